@@ -1,0 +1,1 @@
+//! nftables driver over netlink. TODO(nft helper).

@@ -1,0 +1,59 @@
+//! A driver that records what it is asked and enforces nothing: for `check`, dry
+//! runs and in-process tests.
+
+use std::net::IpAddr;
+
+use portcullis_proto::Service;
+
+use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+
+/// Records grants in memory; enforces nothing.
+#[derive(Debug, Default)]
+pub struct NoFirewall {
+    /// Grants currently recorded.
+    pub grants: Vec<Grant>,
+    /// The last plan passed to `setup`.
+    pub plan: Option<Plan>,
+}
+
+impl FirewallDriver for NoFirewall {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn setup(&mut self, plan: &Plan) -> Result<(), FirewallError> {
+        self.plan = Some(plan.clone());
+        Ok(())
+    }
+
+    fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
+        for g in grants {
+            self.grants.retain(|x| (x.addr, x.service) != (g.addr, g.service));
+            self.grants.push(*g);
+        }
+        Ok(())
+    }
+
+    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+        self.grants.retain(|x| !grants.contains(&(x.addr, x.service)));
+        Ok(())
+    }
+
+    fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
+        Ok(self
+            .grants
+            .iter()
+            .map(|g| LiveGrant { addr: g.addr, service: g.service, remaining: Some(g.timeout) })
+            .collect())
+    }
+
+    fn teardown(&mut self) -> Result<(), FirewallError> {
+        self.grants.clear();
+        self.plan = None;
+        Ok(())
+    }
+
+    fn kernel_expiry(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,3 @@
+//! portcullisd internals. See README for the layout.
+
+pub mod firewall;

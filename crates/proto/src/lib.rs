@@ -1,0 +1,25 @@
+//! Pure protocol logic for portcullis. Nothing in this crate opens a socket, reads a
+//! clock or touches a firewall: the daemon feeds it bytes and times, and acts on what
+//! it returns. That keeps every decision unit-testable with fixtures and an injected
+//! clock, and fuzzable.
+//!
+//! # Layout
+//! - [`service`]: `Proto` and `Service` (`tcp/22`), the vocabulary shared by every layer.
+//! - [`tcpflags`]: TCP flag bits and knockd-style flag filters (`syn,!ack`).
+//! - [`time`]: [`time::Millis`], a monotonic millisecond instant supplied by the caller.
+//! - [`wire`]: zero-copy views over sniffed IPv4/IPv6 + TCP/UDP packets.
+//! - [`bpf`]: the classic-BPF program that keeps unrelated traffic in the kernel.
+//! - [`knock`]: the knock-sequence state machine (bounded, O(1) per packet).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bpf;
+pub mod knock;
+pub mod service;
+pub mod tcpflags;
+pub mod time;
+pub mod wire;
+
+pub use service::{Proto, Service};
+pub use tcpflags::{FlagFilter, TcpFlags};
+pub use time::Millis;
