@@ -1,1 +1,35 @@
-fn main() {}
+//! `portcullis`: the client. One module per subcommand; `main` maps errors to exit codes.
+#![forbid(unsafe_code)]
+
+mod knock;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Port-knocking and SPA client")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send a knock sequence, like knock(1): `portcullis knock HOST 7000 8000:udp 9000`.
+    Knock(knock::KnockArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Knock(a) => knock::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

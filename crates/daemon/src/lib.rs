@@ -1,3 +1,18 @@
-//! portcullisd internals. See README for the layout.
+//! portcullisd internals.
+//!
+//! # Layout
+//! - [`config`]: native TOML config, raw → validated, errors with file and line.
+//! - [`capture`]: AF_PACKET + BPF socket, local address view kept current by rtnetlink.
+//! - [`firewall`]: the driver trait and backends (nftables over netlink, none).
+//! - [`daemon`]: the capture loop and the knock [`daemon::engine::Engine`].
+//! - [`cmd`]: `check`, `demo`, `teardown`.
+//! - [`lab`]: throwaway network namespaces for the demo, tests and benchmarks.
+//! - [`log`]: stderr / syslog / journald set-up.
 
+pub mod capture;
+pub mod cmd;
+pub mod config;
+pub mod daemon;
 pub mod firewall;
+pub mod lab;
+pub mod log;

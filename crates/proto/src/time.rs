@@ -12,7 +12,7 @@ pub struct Millis(pub u64);
 
 impl Millis {
     /// `self + d`, saturating instead of overflowing.
-    pub fn add(self, d: Duration) -> Millis {
+    pub fn saturating_add(self, d: Duration) -> Millis {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Millis(self.0.saturating_add(ms))
     }

@@ -1,0 +1,362 @@
+//! The knock engine: sniffed datagram in, log lines and firewall grants out.
+//!
+//! No sockets and no clock here: the caller passes the time, so every decision is
+//! testable with [`crate::firewall::none::NoFirewall`]. Doors are grouped by their
+//! `target` (knocks must be addressed to that IP) so the state machine itself never
+//! needs to know destination addresses; almost every config has a single group.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use portcullis_proto::knock::{DoorSpec, Event, Tracker};
+use portcullis_proto::wire::Datagram;
+use portcullis_proto::{Millis, Service};
+
+use crate::capture::addrs::fold;
+use crate::capture::LocalView;
+use crate::config::{Config, Door};
+use crate::firewall::{FirewallDriver, FirewallError, Grant};
+
+/// Counters exposed in logs (and later metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams handed to the engine.
+    pub packets: u64,
+    /// Of those, addressed to us on a listened interface.
+    pub for_us: u64,
+    /// Sequences completed.
+    pub opened: u64,
+    /// Grants the firewall refused.
+    pub grant_failures: u64,
+    /// Per-knock log lines dropped by the rate limit.
+    pub suppressed_logs: u64,
+}
+
+struct Group {
+    target: Option<IpAddr>,
+    tracker: Tracker,
+    /// Tracker door index → config door index.
+    doors: Vec<usize>,
+}
+
+/// Token bucket for per-knock log lines: a flood of spoofed first knocks must not turn
+/// into a flood of log lines. Grants are always logged.
+struct LogLimiter {
+    tokens: f64,
+    last: Millis,
+}
+
+impl LogLimiter {
+    const RATE_PER_SEC: f64 = 100.0;
+    const BURST: f64 = 500.0;
+
+    fn allow(&mut self, now: Millis) -> bool {
+        let dt = now.since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * Self::RATE_PER_SEC).min(Self::BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Everything between a parsed packet and the firewall.
+pub struct Engine {
+    doors: Vec<Door>,
+    groups: Vec<Group>,
+    driver: Box<dyn FirewallDriver>,
+    limiter: LogLimiter,
+    reported_suppressed: u64,
+    stats: Stats,
+}
+
+impl Engine {
+    /// Build trackers for the configured doors. `max_tracked` is shared between target groups.
+    pub fn new(config: &Config, driver: Box<dyn FirewallDriver>) -> anyhow::Result<Engine> {
+        let mut targets: Vec<Option<IpAddr>> = Vec::new();
+        for d in &config.doors {
+            let t = d.target.map(fold);
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+        let per_group = (config.daemon.max_tracked / targets.len().max(1)).max(2);
+        let mut groups = Vec::with_capacity(targets.len());
+        for target in targets {
+            let doors: Vec<usize> = (0..config.doors.len())
+                .filter(|&i| config.doors[i].target.map(fold) == target)
+                .collect();
+            let specs = doors
+                .iter()
+                .map(|&i| {
+                    let d = &config.doors[i];
+                    DoorSpec { sequence: d.sequence.clone(), timeout: d.seq_timeout, flags: d.flags }
+                })
+                .collect();
+            let tracker = Tracker::new(specs, per_group)
+                .map_err(|e| anyhow::anyhow!("invalid door definition: {e:?}"))?;
+            groups.push(Group { target, tracker, doors });
+        }
+        Ok(Engine {
+            doors: config.doors.clone(),
+            groups,
+            driver,
+            limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
+            reported_suppressed: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The firewall driver (for setup and teardown by the caller).
+    pub fn driver(&mut self) -> &mut dyn FirewallDriver {
+        self.driver.as_mut()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Attempts currently tracked, over all groups.
+    pub fn tracked(&self) -> usize {
+        self.groups.iter().map(|g| g.tracker.len()).sum()
+    }
+
+    /// Handle one parsed datagram that arrived on `ifindex` at `now` (monotonic) /
+    /// `wall` (for log timestamps of grant expiry).
+    pub fn on_datagram(&mut self, view: &LocalView, ifindex: u32, d: &Datagram<'_>, now: Millis, wall: SystemTime) {
+        self.stats.packets += 1;
+        if view.ifindexes.as_ref().is_some_and(|s| !s.contains(&ifindex)) {
+            return;
+        }
+        let src = fold(d.src);
+        let dst = fold(d.dst);
+        let knock = Service { proto: d.proto, port: d.dst_port };
+        let mut counted = false;
+        for gi in 0..self.groups.len() {
+            let addressed = match self.groups[gi].target {
+                Some(t) => t == dst,
+                None => view.addrs.contains(&dst),
+            };
+            if !addressed {
+                continue;
+            }
+            if !counted {
+                self.stats.for_us += 1;
+                counted = true;
+            }
+            let mut events: [Option<Event>; 8] = [None; 8];
+            let mut overflow = Vec::new();
+            let mut n = 0;
+            self.groups[gi].tracker.observe(src, knock, d.flags, now, &mut |e| {
+                if n < events.len() {
+                    events[n] = Some(e);
+                    n += 1;
+                } else {
+                    overflow.push(e);
+                }
+            });
+            for e in events.into_iter().flatten().chain(overflow) {
+                let door = self.groups[gi].doors[event_door(&e)];
+                self.on_event(src, door, e, now, wall);
+            }
+        }
+        self.report_suppressed();
+    }
+
+    fn on_event(&mut self, src: IpAddr, door: usize, e: Event, now: Millis, wall: SystemTime) {
+        let name = &self.doors[door].name;
+        match e {
+            Event::Stage { stage, of, .. } => {
+                if self.limiter.allow(now) {
+                    tracing::info!("{src}: {name}: Stage {stage} (of {of})");
+                } else {
+                    self.stats.suppressed_logs += 1;
+                }
+            }
+            Event::Reset { at_stage, .. } => {
+                if self.limiter.allow(now) {
+                    tracing::info!("{src}: {name}: sequence broken at stage {at_stage}, reset");
+                } else {
+                    self.stats.suppressed_logs += 1;
+                }
+            }
+            Event::TimedOut { at_stage, .. } => {
+                if self.limiter.allow(now) {
+                    tracing::info!("{src}: {name}: sequence timeout at stage {at_stage}");
+                } else {
+                    self.stats.suppressed_logs += 1;
+                }
+            }
+            Event::Open { .. } => self.open(src, door, wall),
+        }
+    }
+
+    fn open(&mut self, src: IpAddr, door: usize, wall: SystemTime) {
+        let d = &self.doors[door];
+        let grants: Vec<Grant> =
+            d.open.iter().map(|&service| Grant { addr: src, service, timeout: d.open_for }).collect();
+        let what = d.open.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
+        let until = humantime::format_rfc3339_seconds(wall + d.open_for);
+        let secs = d.open_for.as_secs();
+        let name = d.name.clone();
+        tracing::info!("{src}: {name}: OPEN SESAME");
+        match self.driver.grant(&grants) {
+            Ok(()) => {
+                self.stats.opened += 1;
+                tracing::info!(
+                    "{src}: {name}: opened {what} until {until} ({secs}s) via {}",
+                    self.driver.name()
+                );
+            }
+            Err(err) => {
+                self.stats.grant_failures += 1;
+                tracing::error!("{src}: {name}: FAILED to open {what}: {err}");
+            }
+        }
+    }
+
+    fn report_suppressed(&mut self) {
+        // Summarise suppressed lines at most once per thousand, so floods stay visible.
+        if self.stats.suppressed_logs >= self.reported_suppressed + 1000 {
+            tracing::warn!(
+                "knock log rate limit: {} per-knock lines suppressed so far (flood?)",
+                self.stats.suppressed_logs
+            );
+            self.reported_suppressed = self.stats.suppressed_logs;
+        }
+    }
+
+    /// Periodic work: lets trackers drop expired generations so memory returns after a flood.
+    pub fn housekeeping(&mut self, now: Millis) {
+        for g in &mut self.groups {
+            g.tracker.housekeeping(now);
+        }
+    }
+
+    /// Grant directly (API, tests): opens `services` for `addr` for `timeout`.
+    pub fn grant(&mut self, addr: IpAddr, services: &[Service], timeout: Duration) -> Result<(), FirewallError> {
+        let grants: Vec<Grant> =
+            services.iter().map(|&service| Grant { addr, service, timeout }).collect();
+        self.driver.grant(&grants)
+    }
+}
+
+fn event_door(e: &Event) -> usize {
+    match *e {
+        Event::Stage { door, .. } | Event::Reset { door, .. } | Event::TimedOut { door, .. } | Event::Open { door } => door,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use portcullis_proto::{Proto, TcpFlags};
+
+    use super::*;
+    use crate::config;
+    use crate::firewall::none::NoFirewall;
+
+    const CONF: &str = r#"
+[[door]]
+name = "ssh"
+sequence = [7000, "8000:udp", 9000]
+seq_timeout = 5
+open = ["tcp/22"]
+open_for = 30
+
+[[door]]
+name = "vip"
+sequence = [7000, 7100, 7200]
+open = ["tcp/443"]
+target = "192.0.2.99"
+"#;
+
+    fn view() -> LocalView {
+        let mut v = LocalView::default();
+        v.addrs.insert("192.0.2.1".parse().unwrap());
+        v
+    }
+
+    fn dgram(src: [u8; 4], dst: [u8; 4], proto: Proto, port: u16) -> Datagram<'static> {
+        Datagram {
+            src: IpAddr::V4(Ipv4Addr::from(src)),
+            dst: IpAddr::V4(Ipv4Addr::from(dst)),
+            proto,
+            src_port: 40000,
+            dst_port: port,
+            flags: TcpFlags(if proto == Proto::Tcp { TcpFlags::SYN } else { 0 }),
+            payload: &[],
+        }
+    }
+
+    fn engine() -> Engine {
+        let c = config::parse(CONF, std::path::Path::new("t.toml")).unwrap();
+        Engine::new(&c, Box::new(NoFirewall::default())).unwrap()
+    }
+
+    fn granted(e: &mut Engine) -> Vec<(IpAddr, Service)> {
+        e.driver().list().unwrap().into_iter().map(|g| (g.addr, g.service)).collect()
+    }
+
+    #[test]
+    fn correct_sequence_grants_the_knocker_only() {
+        let mut e = engine();
+        let v = view();
+        let wall = SystemTime::UNIX_EPOCH;
+        let src = [192, 0, 2, 2];
+        let me = [192, 0, 2, 1];
+        e.on_datagram(&v, 1, &dgram(src, me, Proto::Tcp, 7000), Millis(0), wall);
+        e.on_datagram(&v, 1, &dgram(src, me, Proto::Udp, 8000), Millis(10), wall);
+        assert!(granted(&mut e).is_empty());
+        e.on_datagram(&v, 1, &dgram(src, me, Proto::Tcp, 9000), Millis(20), wall);
+        assert_eq!(granted(&mut e), vec![("192.0.2.2".parse().unwrap(), Service::tcp(22))]);
+        assert_eq!(e.stats().opened, 1);
+    }
+
+    #[test]
+    fn knocks_to_other_addresses_or_interfaces_do_not_count() {
+        let mut e = engine();
+        let mut v = view();
+        let wall = SystemTime::UNIX_EPOCH;
+        let src = [192, 0, 2, 2];
+        for (i, (port, proto)) in [(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)].into_iter().enumerate() {
+            e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 50], proto, port), Millis(i as u64), wall);
+        }
+        assert!(granted(&mut e).is_empty());
+        v.ifindexes = Some([2].into_iter().collect());
+        for (i, (port, proto)) in [(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)].into_iter().enumerate() {
+            e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 1], proto, port), Millis(i as u64), wall);
+        }
+        assert!(granted(&mut e).is_empty());
+        assert_eq!(e.stats().for_us, 0);
+    }
+
+    #[test]
+    fn target_door_only_counts_knocks_to_its_target() {
+        let mut e = engine();
+        let v = view();
+        let wall = SystemTime::UNIX_EPOCH;
+        let src = [192, 0, 2, 3];
+        for (i, port) in [7000, 7100, 7200].into_iter().enumerate() {
+            e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 1], Proto::Tcp, port), Millis(i as u64), wall);
+        }
+        assert!(granted(&mut e).is_empty(), "local address is not the vip target");
+        for (i, port) in [7000, 7100, 7200].into_iter().enumerate() {
+            e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 99], Proto::Tcp, port), Millis(10 + i as u64), wall);
+        }
+        assert_eq!(granted(&mut e), vec![("192.0.2.3".parse().unwrap(), Service::tcp(443))]);
+    }
+
+    #[test]
+    fn log_limiter_caps_per_knock_lines() {
+        let mut l = LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) };
+        let allowed = (0..10_000).filter(|_| l.allow(Millis(0))).count();
+        assert_eq!(allowed, LogLimiter::BURST as usize);
+        assert!(l.allow(Millis(1000)), "refills over time");
+    }
+}

@@ -1,0 +1,131 @@
+//! The daemon: wires config, firewall driver, capture socket and address monitor
+//! around the [`engine::Engine`], and runs the capture loop until told to stop.
+//!
+//! Threading: one capture thread does recv → parse → track → grant synchronously.
+//! The nftables grant is a single netlink round trip (microseconds), so doing it
+//! inline gives the lowest knock-to-open latency and needs no queue that a flood could
+//! fill. The address monitor runs on its own thread.
+
+pub mod engine;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use portcullis_proto::bpf::{self, Match};
+use portcullis_proto::{wire, Millis, Proto};
+
+use crate::capture::{is_timeout, Monitor, PacketSocket};
+use crate::config::{Backend, Config};
+use crate::firewall::none::NoFirewall;
+use crate::firewall::nft::NftDriver;
+use crate::firewall::{FirewallDriver, Plan};
+use engine::Engine;
+
+/// How long a capture read waits before the loop does housekeeping anyway.
+const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+/// Largest packet we copy: headers plus the biggest SPA payload, with room to spare.
+const SNAPLEN: usize = 4096;
+
+/// The driver a config asks for.
+pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
+    Ok(match config.daemon.backend {
+        Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
+        Backend::None => Box::new(NoFirewall::default()),
+    })
+}
+
+/// What the firewall must enforce for `config`.
+pub fn plan_for(config: &Config) -> Plan {
+    Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
+}
+
+/// The BPF matches for every knock of every door (de-duplicated).
+pub fn bpf_matches(config: &Config) -> Vec<Match> {
+    let set: BTreeSet<(u8, u16, u8, u8)> = config
+        .doors
+        .iter()
+        .flat_map(|d| {
+            d.sequence.iter().map(move |k| {
+                let (s, c) = if k.proto == Proto::Tcp { (d.flags.set, d.flags.clear) } else { (0, 0) };
+                (k.proto.number(), k.port, s, c)
+            })
+        })
+        .collect();
+    set.into_iter()
+        .filter_map(|(p, port, set, clear)| {
+            Some(Match {
+                proto: Proto::from_number(p)?,
+                port,
+                flags: portcullis_proto::FlagFilter { set, clear },
+            })
+        })
+        .collect()
+}
+
+/// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
+/// place on exit (fail closed: ports stay protected and grants expire in the kernel).
+pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.daemon.state_dir)
+        .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
+    let mut engine = Engine::new(config, driver_for(config)?)?;
+    let plan = plan_for(config);
+    engine.driver().setup(&plan).context("installing the firewall ruleset")?;
+    let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
+    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
+        .context("opening the capture socket (needs CAP_NET_RAW)")?;
+    let protected = plan.protected.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    tracing::info!(
+        "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
+        config.doors.len(),
+        engine.driver().name(),
+        config.daemon.max_tracked
+    );
+
+    let origin = Instant::now();
+    let now = || Millis(u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let mut generation = monitor.generation();
+    let mut view = monitor.view();
+    let mut buf = vec![0u8; SNAPLEN];
+    let mut last_housekeeping = now();
+    let mut last_error_log: Option<Instant> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        match sock.recv(&mut buf) {
+            Ok(meta) => {
+                if monitor.generation() != generation {
+                    generation = monitor.generation();
+                    view = monitor.view();
+                }
+                if let Ok(d) = wire::parse_ip(&buf[..meta.len]) {
+                    engine.on_datagram(&view, meta.ifindex, &d, now(), SystemTime::now());
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => {
+                // Never exit on capture errors (an interface vanishing mid-read, ENOBUFS):
+                // log at most once a second and keep going.
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!("capture error (continuing): {e}");
+                    last_error_log = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let t = now();
+        if t.since(last_housekeeping) >= Duration::from_secs(1) {
+            engine.housekeeping(t);
+            last_housekeeping = t;
+        }
+    }
+    monitor.stop();
+    let s = engine.stats();
+    tracing::info!(
+        "stopping: {} packets seen, {} opened, {} grant failures; firewall rules left in place, grants expire on their own",
+        s.packets,
+        s.opened,
+        s.grant_failures
+    );
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Logging set-up: stderr, syslog or journald, chosen by config.
+//!
+//! Event lines follow knockd's shapes (`<ip>: <door>: Stage N`, `<ip>: <door>: OPEN
+//! SESAME`) so existing fail2ban filters and habits carry over; details follow as
+//! `key=value` fields. Everything interpolated into a line is either validated config
+//! text (door names) or formatted by us (addresses, numbers), so a packet cannot forge
+//! a log line.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogTarget;
+
+/// Install the global subscriber. `verbose` lowers the level to debug. `RUST_LOG`
+/// overrides both. Safe to call once; later calls are ignored.
+pub fn init(target: LogTarget, verbose: bool) -> anyhow::Result<()> {
+    let level = if verbose { LevelFilter::DEBUG } else { LevelFilter::INFO };
+    let filter = EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match target {
+        LogTarget::Stderr => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
+        LogTarget::Syslog => {
+            let writer = syslog_tracing::Syslog::new(
+                c"portcullisd",
+                syslog_tracing::Options::LOG_PID,
+                syslog_tracing::Facility::Daemon,
+            )
+            .ok_or_else(|| anyhow::anyhow!("syslog logger already initialised"))?;
+            // syslog adds its own timestamp and host; keep the level for filters.
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(writer)
+                        .with_target(false)
+                        .with_ansi(false)
+                        .without_time(),
+                )
+                .try_init()
+        }
+        LogTarget::Journald => registry
+            .with(tracing_journald::layer()?.with_syslog_identifier("portcullisd".into()))
+            .try_init(),
+    };
+    // A subscriber already installed (tests, a second init) is not an error.
+    let _ = result;
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Shared helpers for the privileged integration tests: a [`Lab`] with a running
+//! daemon, real peer tools (`knock`, `nmap`) run inside the namespaces, and waits that
+//! poll instead of sleeping blindly.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+pub use portcullis_daemon::lab::{self, Lab, Probe};
+
+/// Skip (loudly) unless we are root: CI runs as root, so these always run there.
+pub fn root_or_skip(name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {name}: needs root (network namespaces, nftables). CI runs it as root.");
+    false
+}
+
+/// Path of a peer tool, or a panic telling how to install it (a missing tool is a
+/// set-up error, not a reason to skip).
+pub fn tool(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{name} is not installed: apt-get install knockd nmap nftables (see README)");
+}
+
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullisd")
+}
+
+/// The `portcullis` client, built next to the daemon by `cargo build --workspace`.
+pub fn client_bin() -> String {
+    let p = Path::new(daemon_bin()).with_file_name("portcullis");
+    assert!(p.exists(), "{} missing: run `cargo build --workspace` before the tests", p.display());
+    p.display().to_string()
+}
+
+/// A lab with the daemon running in the server namespace.
+pub struct Server {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub pid: u32,
+    _listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Start with `config` (the `[daemon]` state_dir is filled in) and TCP listeners on
+    /// `listen` ports in the server namespace, so granted ports answer "open".
+    pub fn start(tag: &str, config: &str, listen: &[u16]) -> Server {
+        let lab = Lab::new(tag).expect("lab");
+        let dir = std::env::temp_dir().join(format!("pc-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut listeners = Vec::new();
+        for &p in listen {
+            listeners.push(lab.in_ns(&lab.server, move || TcpListener::bind(("::", p)).unwrap()).unwrap());
+        }
+        let mut s = Server { lab, log: dir.join("daemon.log"), dir, pid: 0, _listeners: listeners };
+        s.spawn(config);
+        s
+    }
+
+    /// (Re)start the daemon process with `config`.
+    pub fn spawn(&mut self, config: &str) {
+        let state = self.dir.join("state");
+        let text = if config.contains("[daemon]") {
+            config.replacen("[daemon]", &format!("[daemon]\nstate_dir = \"{}\"", state.display()), 1)
+        } else {
+            format!("[daemon]\nstate_dir = \"{}\"\n{config}", state.display())
+        };
+        let conf = self.dir.join("portcullis.toml");
+        std::fs::write(&conf, text).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let before = std::fs::read_to_string(&self.log).unwrap_or_default().matches("ready:").count();
+        let server = self.lab.server.clone();
+        let child = self
+            .lab
+            .spawn(&server, &[daemon_bin(), "run", "--config", conf.to_str().unwrap()], Stdio::null(), Stdio::from(log))
+            .unwrap();
+        self.pid = child.id();
+        let ok = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&self.log).unwrap_or_default().matches("ready:").count() > before
+        });
+        assert!(ok, "daemon not ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run `args` in the client namespace; panics with output if it fails.
+    pub fn client(&self, args: &[&str]) {
+        run_ok(&self.lab, &self.lab.client, args);
+    }
+
+    /// Run `args` in the other host's namespace.
+    pub fn other(&self, args: &[&str]) {
+        run_ok(&self.lab, &self.lab.other, args);
+    }
+
+    pub fn probe(&self, ns: &str, addr: &str, port: u16) -> Probe {
+        let ip: IpAddr = addr.parse().unwrap();
+        self.lab.probe(ns, ip, port, Duration::from_millis(600)).unwrap()
+    }
+
+    /// nmap's view of one TCP port from `ns`: "open", "closed" or "filtered".
+    pub fn nmap(&self, ns: &str, addr: &str, port: u16) -> String {
+        let port_s = port.to_string();
+        let mut args = vec![
+            "nmap", "-Pn", "-n", "-sS", "-p", &port_s, "--max-retries", "1", "--max-rtt-timeout", "400ms", "-oG", "-",
+        ];
+        if addr.contains(':') {
+            args.push("-6");
+        }
+        args.push(addr);
+        let nmap = tool("nmap");
+        args[0] = &nmap;
+        let out = self.lab.exec(ns, &args).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let needle = format!("{port}/");
+        let field = text
+            .lines()
+            .find_map(|l| l.split("Ports: ").nth(1))
+            .and_then(|p| p.split(", ").find(|e| e.starts_with(&needle)))
+            .unwrap_or_else(|| panic!("unexpected nmap output:\n{text}"));
+        field.split('/').nth(1).unwrap_or("").to_string()
+    }
+
+    /// Kill the daemon with SIGKILL (by PID).
+    pub fn kill9(&mut self) {
+        self.lab.kill(self.pid);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log_text());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn run_ok(lab: &Lab, ns: &str, args: &[&str]) {
+    let out = lab.exec(ns, args).unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed in {ns}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Poll `f` every 20 ms until it is true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
