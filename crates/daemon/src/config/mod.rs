@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portcullis_proto::knock::DoorSpec;
 use portcullis_proto::{FlagFilter, Proto, Service};
 use serde::Deserialize;
 use toml::Spanned;
@@ -441,6 +442,14 @@ impl Config {
                     d.sequence.len()
                 ));
             }
+            let spec = DoorSpec { sequence: d.sequence.clone(), timeout: d.seq_timeout, flags: d.flags };
+            if d.sequence.len() >= 3 && spec.sweep_walkable() {
+                out.push(format!(
+                    "door {}: ports only rise or only fall on one protocol, so a port scan in that order \
+                     walks the sequence; mix the order (e.g. 7000, 9000, 8000) or protocols",
+                    d.name
+                ));
+            }
             let uniq: BTreeSet<_> = d.sequence.iter().collect();
             if uniq.len() != d.sequence.len() {
                 out.push(format!(
@@ -571,7 +580,11 @@ target = "2001:db8::1"
         assert!(w.contains("also a protected port"), "{w}");
         let c = p("[[door]]\nname='r'\nsequence=[7000, 7000, 8000]\nopen=['tcp/22']\n").unwrap();
         assert!(c.warnings().join("\n").contains("repeated"));
-        let c = p("[[door]]\nname='ok'\nsequence=[7000, 8000, 9000]\nopen=['tcp/22']\n").unwrap();
-        assert!(c.warnings().is_empty());
+        let c = p("[[door]]\nname='s'\nsequence=[7000, 8000, 9000]\nopen=['tcp/22']\n").unwrap();
+        assert!(c.warnings().join("\n").contains("port scan"));
+        let c = p("[[door]]\nname='ok'\nsequence=[7000, 9000, 8000]\nopen=['tcp/22']\n").unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let c = p("[[door]]\nname='ok'\nsequence=[7000, '8000:udp', 9000]\nopen=['tcp/22']\n").unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 }

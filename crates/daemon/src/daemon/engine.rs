@@ -69,6 +69,9 @@ pub struct Engine {
     groups: Vec<Group>,
     driver: Box<dyn FirewallDriver>,
     limiter: LogLimiter,
+    /// Grant lines have their own, separate budget: a flood of knocks can never
+    /// crowd them out, and a 1-knock door hit by a flood cannot flood the log.
+    open_limiter: LogLimiter,
     reported_suppressed: u64,
     stats: Stats,
 }
@@ -105,6 +108,7 @@ impl Engine {
             groups,
             driver,
             limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
+            open_limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             reported_suppressed: 0,
             stats: Stats::default(),
         })
@@ -191,11 +195,11 @@ impl Engine {
                     self.stats.suppressed_logs += 1;
                 }
             }
-            Event::Open { .. } => self.open(src, door, wall),
+            Event::Open { .. } => self.open(src, door, now, wall),
         }
     }
 
-    fn open(&mut self, src: IpAddr, door: usize, wall: SystemTime) {
+    fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
         let grants: Vec<Grant> =
             d.open.iter().map(|&service| Grant { addr: src, service, timeout: d.open_for }).collect();
@@ -203,14 +207,23 @@ impl Engine {
         let until = humantime::format_rfc3339_seconds(wall + d.open_for);
         let secs = d.open_for.as_secs();
         let name = d.name.clone();
-        tracing::info!("{src}: {name}: OPEN SESAME");
+        let n = d.sequence.len();
+        let log = self.open_limiter.allow(now);
+        if log {
+            tracing::info!("{src}: {name}: Stage {n} (of {n})");
+            tracing::info!("{src}: {name}: OPEN SESAME");
+        } else {
+            self.stats.suppressed_logs += 1;
+        }
         match self.driver.grant(&grants) {
             Ok(()) => {
                 self.stats.opened += 1;
-                tracing::info!(
-                    "{src}: {name}: opened {what} until {until} ({secs}s) via {}",
-                    self.driver.name()
-                );
+                if log {
+                    tracing::info!(
+                        "{src}: {name}: opened {what} until {until} ({secs}s) via {}",
+                        self.driver.name()
+                    );
+                }
             }
             Err(err) => {
                 self.stats.grant_failures += 1;
