@@ -16,6 +16,7 @@
 pub mod bpf;
 pub mod knock;
 pub mod service;
+pub mod spa;
 pub mod tcpflags;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,17 @@
+//! Single-packet authorization (SPA).
+//!
+//! - [`fwknop`]: a codec for fwknop's SPA packets (Rijndael mode, optional HMAC), so
+//!   stock fwknop clients can talk to portcullisd and the portcullis client can talk to
+//!   stock fwknopd.
+//! - [`SpaError`]: why a packet was refused.
+//!
+//! Everything here is pure: no sockets, no clock reads (times are passed in), no
+//! `unsafe`. Every packet byte is treated as hostile. The server-side order is fixed:
+//! check the length and charset → authenticate (constant-time HMAC) → decrypt → decode
+//! the fields and check the inner digest → time window ([`fwknop::check_age`]) → replay
+//! ([`fwknop::canonical_replay_key`], cache kept by the daemon) → policy (daemon).
+
+pub mod error;
+pub mod fwknop;
+
+pub use error::SpaError;
