@@ -1,0 +1,636 @@
+//! The pure half of the nftables driver: what to send, never how.
+//!
+//! Everything here turns portcullis values ([`Plan`], [`Grant`]) into nf_tables
+//! messages or into `nft` text, and decodes set-element keys back. Nothing here
+//! touches a socket, so all of it is unit-tested without privileges; `netlink.rs`
+//! sends the messages and `mod.rs` decides which to send when.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, ChainMessage, DataAttribute, Hook, HookNumber, InetHookNumber, ListAttribute,
+    NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute, SetDescription, SetElementAttribute,
+    SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute, TableFlags, TableMessage,
+};
+use portcullis_proto::{Proto, Service};
+
+use super::expr;
+use crate::firewall::{Grant, Plan};
+
+/// The one table we own: `table inet portcullis`.
+pub const TABLE: &str = "portcullis";
+/// Our base chain.
+pub const CHAIN: &str = "input";
+/// `inet_proto . inet_service` of every protected service.
+pub const SET_PROTECTED: &str = "protected";
+/// IPv4 grants: `ipv4_addr . inet_proto . inet_service`, with timeouts.
+pub const SET_ALLOW4: &str = "allow4";
+/// IPv6 grants: `ipv6_addr . inet_proto . inet_service`, with timeouts.
+pub const SET_ALLOW6: &str = "allow6";
+
+/// Hook priority `filter - 5`: just before the usual `filter` (0) chains. Order does
+/// not change the outcome (our drop is final wherever it runs) but running first
+/// keeps the drop of a protected port from depending on other tables.
+/// <https://wiki.nftables.org/wiki-nftables/index.php/Netfilter_hooks#Priority_within_hook>
+pub const CHAIN_PRIORITY: i32 = -5;
+
+/// `NF_ACCEPT` as a chain policy.
+const POLICY_ACCEPT: u32 = 1;
+
+/// Transaction-local set ids, so rules and elements in the setup batch can name
+/// sets that do not exist yet.
+const ID_PROTECTED: u32 = 1;
+const ID_ALLOW4: u32 = 2;
+const ID_ALLOW6: u32 = 3;
+
+/// nft datatype ids (`enum datatypes` in nftables' `datatype.h`); a concatenation's
+/// type is the field types shifted together 6 bits at a time.
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+const TYPE_INET_PROTOCOL: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_BITS: u32 = 6;
+
+const fn concat_type(types: &[u32]) -> u32 {
+    let mut t = 0;
+    let mut i = 0;
+    while i < types.len() {
+        t = (t << TYPE_BITS) | types[i];
+        i += 1;
+    }
+    t
+}
+
+/// Key layouts: each concatenated field padded to a 4-byte register.
+pub const KEY_LEN_PROTECTED: usize = 4 + 4;
+pub const KEY_LEN_ALLOW4: usize = 4 + 4 + 4;
+pub const KEY_LEN_ALLOW6: usize = 16 + 4 + 4;
+
+/// At most this many elements go into one `NEWSETELEM`/`DELSETELEM` message: the
+/// element list is a netlink attribute with a 16-bit length, so a big grant batch
+/// is split into several messages (all in the same atomic batch).
+pub const ELEMS_PER_MESSAGE: usize = 256;
+
+/// One nf_tables message to send inside a batch, with what it is for error reports.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `"<operation>: <step>"`, reported as the failing operation if the kernel
+    /// refuses this message.
+    pub what: &'static str,
+    /// Extra `NLM_F_*` flags (`NLM_F_REQUEST | NLM_F_ACK` are always set).
+    pub flags: u16,
+    /// The message; it is always sent with family `inet`.
+    pub msg: NfTablesMessage,
+}
+
+/// A set element as the kernel reports it (or as we re-add it on setup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elem {
+    /// Source address allowed in.
+    pub addr: IpAddr,
+    /// Service it may reach.
+    pub service: Service,
+    /// The element's full timeout in ms (`timeout` in `nft list`), if any.
+    pub timeout_ms: Option<u64>,
+    /// Time left in ms (`expires` in `nft list`), if the element has a timeout.
+    pub expires_ms: Option<u64>,
+}
+
+/// A grant timeout in milliseconds for the kernel. Never 0: an element timeout of
+/// 0 means "no timeout", i.e. a hole that never closes.
+pub fn timeout_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The set holding grants for this address family.
+pub fn allow_set(addr: &IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => SET_ALLOW4,
+        IpAddr::V6(_) => SET_ALLOW6,
+    }
+}
+
+/// `inet_proto . inet_service` as 8 bytes: protocol in the first byte of its
+/// register, port big-endian in the first two bytes of the next.
+fn service_key(service: &Service, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[service.proto.number(), 0, 0, 0]);
+    out.extend_from_slice(&service.port.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// Key of `protected` for a service.
+pub fn protected_key(service: &Service) -> Vec<u8> {
+    let mut key = Vec::with_capacity(KEY_LEN_PROTECTED);
+    service_key(service, &mut key);
+    key
+}
+
+/// Key of `allow4`/`allow6` for an address and service.
+pub fn allow_key(addr: &IpAddr, service: &Service) -> Vec<u8> {
+    let mut key = Vec::with_capacity(KEY_LEN_ALLOW6);
+    match addr {
+        IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
+    }
+    service_key(service, &mut key);
+    key
+}
+
+/// Decode an `allow4`/`allow6` key. `None` if the length or protocol is not one
+/// we write (an element someone else added by hand).
+pub fn decode_allow_key(key: &[u8]) -> Option<(IpAddr, Service)> {
+    let (addr, rest): (IpAddr, &[u8]) = match key.len() {
+        KEY_LEN_ALLOW4 => {
+            let octets: [u8; 4] = key.get(..4)?.try_into().ok()?;
+            (Ipv4Addr::from(octets).into(), key.get(4..)?)
+        }
+        KEY_LEN_ALLOW6 => {
+            let octets: [u8; 16] = key.get(..16)?.try_into().ok()?;
+            (Ipv6Addr::from(octets).into(), key.get(16..)?)
+        }
+        _ => return None,
+    };
+    let proto = Proto::from_number(*rest.first()?)?;
+    let port = u16::from_be_bytes([*rest.get(4)?, *rest.get(5)?]);
+    if port == 0 {
+        return None;
+    }
+    Some((addr, Service { proto, port }))
+}
+
+fn table_msg(what: &'static str, flags: u16, add: bool) -> Request {
+    let attributes = if add {
+        vec![TableAttribute::Name(TABLE.into()), TableAttribute::Flags(TableFlags::empty())]
+    } else {
+        vec![TableAttribute::Name(TABLE.into())]
+    };
+    let body = TableMessage { attributes };
+    let msg = if add { NfTablesMessage::NewTable(body) } else { NfTablesMessage::DeleteTable(body) };
+    Request { what, flags, msg }
+}
+
+fn set_msg(
+    what: &'static str,
+    name: &str,
+    id: u32,
+    key_type: u32,
+    key_len: usize,
+    size: u32,
+    timeout: bool,
+) -> Request {
+    let mut attributes = vec![
+        SetAttribute::Table(TABLE.into()),
+        SetAttribute::Name(name.into()),
+        SetAttribute::Flags(if timeout { SetFlags::Timeout } else { SetFlags::empty() }),
+        SetAttribute::KeyType(key_type),
+        SetAttribute::KeyLen(key_len as u32),
+        SetAttribute::Id(id),
+    ];
+    if size > 0 {
+        attributes.push(SetAttribute::Description(vec![SetDescription::Size(size)]));
+    }
+    Request { what, flags: NLM_F_CREATE, msg: NfTablesMessage::NewSet(SetMessage { attributes }) }
+}
+
+fn rule_msg(what: &'static str, exprs: Vec<expr::Expr>) -> Request {
+    Request {
+        what,
+        flags: NLM_F_CREATE | NLM_F_APPEND,
+        msg: NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.into()),
+                RuleAttribute::Chain(CHAIN.into()),
+                RuleAttribute::Expressions(exprs),
+            ],
+        }),
+    }
+}
+
+/// One element: key, plus timeout and remaining time when given.
+fn element(
+    key: Vec<u8>,
+    timeout_ms: Option<u64>,
+    expires_ms: Option<u64>,
+) -> ListAttribute<SetElementAttribute> {
+    let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(key))];
+    if let Some(t) = timeout_ms {
+        attrs.push(SetElementAttribute::Timeout(t));
+    }
+    if let Some(e) = expires_ms {
+        attrs.push(SetElementAttribute::Expiration(e));
+    }
+    ListAttribute::Element(attrs)
+}
+
+/// `NEWSETELEM`/`DELSETELEM` messages for `elems`, at most [`ELEMS_PER_MESSAGE`]
+/// elements each.
+fn element_msgs(
+    what: &'static str,
+    add: bool,
+    set: &str,
+    set_id: Option<u32>,
+    elems: Vec<ListAttribute<SetElementAttribute>>,
+    out: &mut Vec<Request>,
+) {
+    let mut elems = elems.into_iter().peekable();
+    while elems.peek().is_some() {
+        let chunk: Vec<_> = elems.by_ref().take(ELEMS_PER_MESSAGE).collect();
+        let mut attributes = vec![SetElementList::Table(TABLE.into()), SetElementList::Set(set.into())];
+        if let Some(id) = set_id {
+            attributes.push(SetElementList::SetId(id));
+        }
+        attributes.push(SetElementList::Elements(chunk));
+        let body = SetElementMessage { attributes };
+        let (msg, flags) = if add {
+            (NfTablesMessage::NewSetElement(body), NLM_F_CREATE)
+        } else {
+            (NfTablesMessage::DeleteSetElement(body), 0)
+        };
+        out.push(Request { what, flags, msg });
+    }
+}
+
+/// Which live grants survive a re-install under `plan`: those whose service is
+/// still protected and that have time left, at most `max_grants` per family
+/// (longest remaining first), so that the new, possibly smaller sets accept them.
+pub fn restorable(plan: &Plan, live: &[Elem]) -> Vec<Elem> {
+    let mut keep: Vec<Elem> = live
+        .iter()
+        .filter(|e| plan.protected.contains(&e.service))
+        .filter(|e| e.expires_ms != Some(0))
+        .copied()
+        .collect();
+    // Longest remaining first; no timeout at all counts as longest.
+    keep.sort_by_key(|e| std::cmp::Reverse(e.expires_ms.unwrap_or(u64::MAX)));
+    if plan.max_grants > 0 {
+        let max = plan.max_grants as usize;
+        let (mut v4, mut v6) = (0usize, 0usize);
+        keep.retain(|e| {
+            let n = if e.addr.is_ipv4() { &mut v4 } else { &mut v6 };
+            *n += 1;
+            *n <= max
+        });
+    }
+    keep
+}
+
+/// The setup batch: replace the whole table atomically and re-add `restore`.
+///
+/// `add table` + `delete table` first, so the delete cannot fail with ENOENT on a
+/// first install; then the complete new table. All in one transaction: packets see
+/// either the old ruleset or the new one, never a gap.
+pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
+    let mut out = vec![
+        // add table inet portcullis
+        table_msg("nft setup: add table", NLM_F_CREATE, true),
+        // delete table inet portcullis
+        table_msg("nft setup: delete old table", 0, false),
+        // add table inet portcullis
+        table_msg("nft setup: add table", NLM_F_CREATE, true),
+        // add set inet portcullis protected { type inet_proto . inet_service; }
+        set_msg(
+            "nft setup: add set protected",
+            SET_PROTECTED,
+            ID_PROTECTED,
+            concat_type(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]),
+            KEY_LEN_PROTECTED,
+            0,
+            false,
+        ),
+        // add set inet portcullis allow4 { type ipv4_addr . inet_proto . inet_service;
+        //     flags timeout; size <max_grants>; }
+        set_msg(
+            "nft setup: add set allow4",
+            SET_ALLOW4,
+            ID_ALLOW4,
+            concat_type(&[TYPE_IPADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]),
+            KEY_LEN_ALLOW4,
+            plan.max_grants,
+            true,
+        ),
+        // add set inet portcullis allow6 { type ipv6_addr . inet_proto . inet_service;
+        //     flags timeout; size <max_grants>; }
+        set_msg(
+            "nft setup: add set allow6",
+            SET_ALLOW6,
+            ID_ALLOW6,
+            concat_type(&[TYPE_IP6ADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]),
+            KEY_LEN_ALLOW6,
+            plan.max_grants,
+            true,
+        ),
+    ];
+    // add element inet portcullis protected { tcp . 22, ... }
+    let protected = plan.protected.iter().map(|s| element(protected_key(s), None, None)).collect();
+    element_msgs(
+        "nft setup: add protected services",
+        true,
+        SET_PROTECTED,
+        Some(ID_PROTECTED),
+        protected,
+        &mut out,
+    );
+
+    // add chain inet portcullis input { type filter hook input priority filter - 5; policy accept; }
+    out.push(Request {
+        what: "nft setup: add chain input",
+        flags: NLM_F_CREATE,
+        msg: NfTablesMessage::NewChain(ChainMessage {
+            attributes: vec![
+                ChainAttribute::Table(TABLE.into()),
+                ChainAttribute::Name(CHAIN.into()),
+                ChainAttribute::Hook(vec![
+                    Hook::Number(HookNumber::Inet(InetHookNumber::LocalIn)),
+                    // The kernel reads the priority as a signed 32-bit value.
+                    Hook::Priority(CHAIN_PRIORITY as u32),
+                ]),
+                ChainAttribute::Policy(POLICY_ACCEPT),
+                ChainAttribute::Type("filter".into()),
+            ],
+        }),
+    });
+    // ct state established,related accept
+    out.push(rule_msg("nft setup: add rule ct state", expr::rule_established()));
+    // ip saddr . meta l4proto . th dport @allow4 accept
+    out.push(rule_msg("nft setup: add rule allow4", expr::rule_allow4(SET_ALLOW4, ID_ALLOW4)));
+    // ip6 saddr . meta l4proto . th dport @allow6 accept
+    out.push(rule_msg("nft setup: add rule allow6", expr::rule_allow6(SET_ALLOW6, ID_ALLOW6)));
+    // meta l4proto . th dport @protected drop
+    out.push(rule_msg("nft setup: add rule protected", expr::rule_protected(SET_PROTECTED, ID_PROTECTED)));
+
+    // add element inet portcullis allow4 { <addr> . <proto> . <port> timeout <t> expires <left> }
+    for (set, id) in [(SET_ALLOW4, ID_ALLOW4), (SET_ALLOW6, ID_ALLOW6)] {
+        let elems = restore
+            .iter()
+            .filter(|e| allow_set(&e.addr) == set)
+            .map(|e| element(allow_key(&e.addr, &e.service), e.timeout_ms, e.expires_ms))
+            .collect();
+        element_msgs("nft setup: restore live grants", true, set, Some(id), elems, &mut out);
+    }
+    out
+}
+
+/// The grant batch. Per set:
+///
+/// ```text
+/// add element inet portcullis allow4 { <key> timeout <t> }
+/// delete element inet portcullis allow4 { <key> }
+/// add element inet portcullis allow4 { <key> timeout <t> }
+/// ```
+///
+/// Whether or not the element exists, the result is a fresh element with the full
+/// timeout. Kernels since 6.10 or so already refresh an existing element's timeout on
+/// a plain add (6.18 does: see the `plain_add_refreshes_timeout` test), older ones
+/// silently keep the old expiry; add+delete+add is correct on both. The delete
+/// cannot hit ENOENT because the first add created the element, and the kernel
+/// counts elements deleted in the same transaction against the set size, so
+/// refreshing works in a full set too.
+pub fn grant_requests(grants: &[Grant]) -> Vec<Request> {
+    // Collapse duplicate keys (the last grant wins) so each element appears once.
+    let mut seen = std::collections::HashSet::with_capacity(grants.len());
+    let mut uniq: Vec<&Grant> = grants.iter().rev().filter(|g| seen.insert((g.addr, g.service))).collect();
+    uniq.reverse();
+
+    let mut out = Vec::new();
+    for set in [SET_ALLOW4, SET_ALLOW6] {
+        let mine: Vec<&Grant> = uniq.iter().copied().filter(|g| allow_set(&g.addr) == set).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let full = |g: &&Grant| element(allow_key(&g.addr, &g.service), Some(timeout_ms(g.timeout)), None);
+        element_msgs("nft grant: add elements", true, set, None, mine.iter().map(full).collect(), &mut out);
+        let keys = mine.iter().map(|g| element(allow_key(&g.addr, &g.service), None, None)).collect();
+        element_msgs("nft grant: delete elements for refresh", false, set, None, keys, &mut out);
+        element_msgs(
+            "nft grant: re-add elements",
+            true,
+            set,
+            None,
+            mine.iter().map(full).collect(),
+            &mut out,
+        );
+    }
+    out
+}
+
+/// The revoke batch: `delete element` for each of `present` (which the caller has
+/// checked exist; a missing one would abort the batch with ENOENT).
+pub fn revoke_requests(present: &[(IpAddr, Service)]) -> Vec<Request> {
+    let mut out = Vec::new();
+    for set in [SET_ALLOW4, SET_ALLOW6] {
+        let keys: Vec<_> = present
+            .iter()
+            .filter(|(a, _)| allow_set(a) == set)
+            .map(|(a, s)| element(allow_key(a, s), None, None))
+            .collect();
+        // delete element inet portcullis allow4 { <key>, ... }
+        element_msgs("nft revoke: delete elements", false, set, None, keys, &mut out);
+    }
+    out
+}
+
+/// The teardown batch: `delete table inet portcullis`.
+pub fn teardown_requests() -> Vec<Request> {
+    vec![table_msg("nft teardown: delete table", 0, false)]
+}
+
+/// The `nft -f` text equivalent to what [`setup_requests`] installs (grants aside),
+/// laid out the way `nft list table inet portcullis` prints it.
+pub fn render(plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    let _ = writeln!(s, "\tset {SET_PROTECTED} {{");
+    let _ = writeln!(s, "\t\ttype inet_proto . inet_service");
+    if !plan.protected.is_empty() {
+        let elems: Vec<String> =
+            plan.protected.iter().map(|svc| format!("{} . {}", svc.proto, svc.port)).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
+    for (name, ty) in [(SET_ALLOW4, "ipv4_addr"), (SET_ALLOW6, "ipv6_addr")] {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "\tset {name} {{");
+        let _ = writeln!(s, "\t\ttype {ty} . inet_proto . inet_service");
+        if plan.max_grants > 0 {
+            let _ = writeln!(s, "\t\tsize {}", plan.max_grants);
+        }
+        let _ = writeln!(s, "\t\tflags timeout");
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "\tchain {CHAIN} {{");
+    let _ = writeln!(s, "\t\ttype filter hook input priority filter - {}; policy accept;", -CHAIN_PRIORITY);
+    for rule in RULES {
+        let _ = writeln!(s, "\t\t{rule}");
+    }
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// The chain's rules in `nft` syntax, in order; the same text `nft list` prints for
+/// the bytecode in `expr.rs`.
+pub const RULES: [&str; 4] = [
+    "ct state established,related accept",
+    "ip saddr . meta l4proto . th dport @allow4 accept",
+    "ip6 saddr . meta l4proto . th dport @allow6 accept",
+    "meta l4proto . th dport @protected drop",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024 }
+    }
+
+    #[test]
+    fn render_matches_nft_list_layout() {
+        let want = "\
+table inet portcullis {
+\tset protected {
+\t\ttype inet_proto . inet_service
+\t\telements = { tcp . 22, udp . 53 }
+\t}
+
+\tset allow4 {
+\t\ttype ipv4_addr . inet_proto . inet_service
+\t\tsize 1024
+\t\tflags timeout
+\t}
+
+\tset allow6 {
+\t\ttype ipv6_addr . inet_proto . inet_service
+\t\tsize 1024
+\t\tflags timeout
+\t}
+
+\tchain input {
+\t\ttype filter hook input priority filter - 5; policy accept;
+\t\tct state established,related accept
+\t\tip saddr . meta l4proto . th dport @allow4 accept
+\t\tip6 saddr . meta l4proto . th dport @allow6 accept
+\t\tmeta l4proto . th dport @protected drop
+\t}
+}
+";
+        assert_eq!(render(&plan()), want);
+    }
+
+    #[test]
+    fn render_empty_plan_has_no_elements_or_size() {
+        let text = render(&Plan::default());
+        assert!(!text.contains("elements"), "{text}");
+        assert!(!text.contains("size"), "{text}");
+    }
+
+    #[test]
+    fn type_ids_match_nft() {
+        // Seen in `nft --debug=mnl`: protected has key type 0x30d.
+        assert_eq!(concat_type(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), 0x30d);
+        assert_eq!(concat_type(&[TYPE_IPADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), (0x1cc << 6) | 13);
+    }
+
+    #[test]
+    fn keys_are_register_padded_and_round_trip() {
+        // `nft --debug=netlink`: element 00000006 00001600 for tcp . 22
+        assert_eq!(protected_key(&Service::tcp(22)), [6, 0, 0, 0, 0, 22, 0, 0]);
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let k = allow_key(&a, &Service::udp(0x1234));
+        assert_eq!(k, [192, 0, 2, 7, 17, 0, 0, 0, 0x12, 0x34, 0, 0]);
+        assert_eq!(decode_allow_key(&k), Some((a, Service::udp(0x1234))));
+        let a6: IpAddr = "2001:db8::7".parse().unwrap();
+        let k6 = allow_key(&a6, &Service::tcp(443));
+        assert_eq!(k6.len(), KEY_LEN_ALLOW6);
+        assert_eq!(decode_allow_key(&k6), Some((a6, Service::tcp(443))));
+        // Wrong length, unknown protocol, port 0: not ours.
+        assert_eq!(decode_allow_key(&k6[..20]), None);
+        assert_eq!(decode_allow_key(&[192, 0, 2, 7, 1, 0, 0, 0, 0, 22, 0, 0]), None);
+        assert_eq!(decode_allow_key(&[192, 0, 2, 7, 6, 0, 0, 0, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn timeouts_never_become_zero() {
+        assert_eq!(timeout_ms(Duration::ZERO), 1);
+        assert_eq!(timeout_ms(Duration::from_micros(300)), 1);
+        assert_eq!(timeout_ms(Duration::from_secs(30)), 30_000);
+        assert_eq!(timeout_ms(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn setup_batch_shape() {
+        let reqs = setup_requests(&plan(), &[]);
+        let whats: Vec<&str> = reqs.iter().map(|r| r.what).collect();
+        assert_eq!(
+            whats,
+            [
+                "nft setup: add table",
+                "nft setup: delete old table",
+                "nft setup: add table",
+                "nft setup: add set protected",
+                "nft setup: add set allow4",
+                "nft setup: add set allow6",
+                "nft setup: add protected services",
+                "nft setup: add chain input",
+                "nft setup: add rule ct state",
+                "nft setup: add rule allow4",
+                "nft setup: add rule allow6",
+                "nft setup: add rule protected",
+            ]
+        );
+        // No protected services: no element message (an empty list would be refused).
+        let empty = setup_requests(&Plan::default(), &[]);
+        assert_eq!(empty.len(), reqs.len() - 1);
+    }
+
+    #[test]
+    fn restore_keeps_only_protected_with_time_left_and_fits_the_set() {
+        let a = |i: u8| IpAddr::from([10, 0, 0, i]);
+        let e =
+            |i: u8, svc, left| Elem { addr: a(i), service: svc, timeout_ms: Some(60_000), expires_ms: left };
+        let live = [
+            e(1, Service::tcp(22), Some(5_000)),
+            e(2, Service::tcp(2222), Some(5_000)), // no longer protected
+            e(3, Service::udp(53), Some(0)),       // expired
+            e(4, Service::udp(53), Some(50_000)),
+            e(5, Service::tcp(22), Some(1_000)),
+        ];
+        let mut p = plan();
+        let got = restorable(&p, &live);
+        assert_eq!(got, [live[3], live[0], live[4]]);
+        p.max_grants = 2;
+        let got = restorable(&p, &live);
+        assert_eq!(got, [live[3], live[0]], "longest remaining kept when the set shrinks");
+    }
+
+    #[test]
+    fn big_batches_are_chunked_and_deduplicated() {
+        let grants: Vec<Grant> = (0..1000u32)
+            .map(|i| Grant {
+                addr: IpAddr::from(0x0a00_0000u32.wrapping_add(i).to_be_bytes()),
+                service: Service::tcp(22),
+                timeout: Duration::from_secs(30),
+            })
+            .collect();
+        let reqs = grant_requests(&grants);
+        // 1000 elements = 4 messages of <= 256, times add/delete/add.
+        assert_eq!(reqs.len(), 12);
+        let mut twice = grants[..3].to_vec();
+        twice.push(grants[0]);
+        let reqs = grant_requests(&twice);
+        let NfTablesMessage::NewSetElement(m) = &reqs[0].msg else { panic!("not NEWSETELEM") };
+        let n = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                SetElementList::Elements(e) => Some(e.len()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+    }
+}
