@@ -52,14 +52,18 @@ pub fn parse_knocks(ports: &[String], udp: bool) -> anyhow::Result<Vec<Service>>
 pub fn resolve(host: &str, v4: bool, v6: bool) -> anyhow::Result<IpAddr> {
     let addrs: Vec<SocketAddr> =
         (host, 0).to_socket_addrs().with_context(|| format!("cannot resolve {host:?}"))?.collect();
-    addrs
-        .iter()
-        .map(SocketAddr::ip)
-        .find(|ip| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6()))
-        .with_context(|| {
-            let fam = if v4 { "IPv4 " } else if v6 { "IPv6 " } else { "" };
+    addrs.iter().map(SocketAddr::ip).find(|ip| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6())).with_context(
+        || {
+            let fam = if v4 {
+                "IPv4 "
+            } else if v6 {
+                "IPv6 "
+            } else {
+                ""
+            };
             format!("{host:?} has no {fam}address")
-        })
+        },
+    )
 }
 
 /// Send one knock.

@@ -102,7 +102,10 @@ impl Lab {
             (o, "eth0", "voth", SERVER4_OTHER, OTHER4, SERVER6_OTHER, OTHER6),
         ];
         for (peer, peer_if, srv_if, srv4, peer4, srv6, peer6) in links {
-            sh(&["ip", "link", "add", srv_if, "netns", s, "type", "veth", "peer", "name", peer_if, "netns", peer])?;
+            sh(&[
+                "ip", "link", "add", srv_if, "netns", s, "type", "veth", "peer", "name", peer_if, "netns",
+                peer,
+            ])?;
             sh(&["ip", "-n", s, "addr", "add", &format!("{srv4}/24"), "dev", srv_if])?;
             sh(&["ip", "-n", s, "addr", "add", &format!("{srv6}/64"), "dev", srv_if, "nodad"])?;
             sh(&["ip", "-n", peer, "addr", "add", &format!("{peer4}/24"), "dev", peer_if])?;
@@ -125,7 +128,13 @@ impl Lab {
 
     /// Start a long-running process in `ns`; it is killed (by PID) when the lab drops.
     /// Returns its PID. Output goes where `stdout`/`stderr` say.
-    pub fn spawn(&mut self, ns: &str, args: &[&str], stdout: Stdio, stderr: Stdio) -> anyhow::Result<&mut Child> {
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        args: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> anyhow::Result<&mut Child> {
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(args)
@@ -140,7 +149,11 @@ impl Lab {
     }
 
     /// Run `f` on a thread that has entered `ns` (sockets it creates live there).
-    pub fn in_ns<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        ns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let path = PathBuf::from("/run/netns").join(ns);
         std::thread::spawn(move || -> anyhow::Result<T> {
             enter(&path)?;

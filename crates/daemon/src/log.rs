@@ -47,9 +47,9 @@ pub fn init(target: LogTarget, verbose: bool) -> anyhow::Result<()> {
                 )
                 .try_init()
         }
-        LogTarget::Journald => registry
-            .with(tracing_journald::layer()?.with_syslog_identifier("portcullisd".into()))
-            .try_init(),
+        LogTarget::Journald => {
+            registry.with(tracing_journald::layer()?.with_syslog_identifier("portcullisd".into())).try_init()
+        }
     };
     // A subscriber already installed (tests, a second init) is not an error.
     let _ = result;

@@ -60,12 +60,7 @@ pub struct Insn {
 impl Insn {
     /// A non-jump instruction, like the C macro `BPF_STMT`.
     pub const fn stmt(code: u16, k: u32) -> Insn {
-        Insn {
-            code,
-            jt: 0,
-            jf: 0,
-            k,
-        }
+        Insn { code, jt: 0, jf: 0, k }
     }
 
     /// A conditional jump, like the C macro `BPF_JUMP`.
@@ -190,10 +185,7 @@ pub fn program_with_precision(matches: &[Match]) -> (Vec<Insn>, Precision) {
     if let Some(p) = generate(&table.without_flags()) {
         return (p, Precision::PortsOnly);
     }
-    let coarse = Table {
-        coarse: true,
-        ..table.without_flags()
-    };
+    let coarse = Table { coarse: true, ..table.without_flags() };
     match generate(&coarse) {
         Some(p) => (p, Precision::Coarse),
         // The coarse program is a few dozen instructions; if it ever failed to assemble,
@@ -235,20 +227,12 @@ impl Table {
                 Proto::Udp => udp.push((m.port, FlagFilter::ANY)),
             }
         }
-        Table {
-            tcp: group(tcp),
-            udp: group(udp),
-            coarse: false,
-        }
+        Table { tcp: group(tcp), udp: group(udp), coarse: false }
     }
 
     fn without_flags(&self) -> Table {
         let any = |v: &[(u16, Flags)]| v.iter().map(|&(p, _)| (p, Flags::Any)).collect();
-        Table {
-            tcp: any(&self.tcp),
-            udp: any(&self.udp),
-            coarse: self.coarse,
-        }
+        Table { tcp: any(&self.tcp), udp: any(&self.udp), coarse: self.coarse }
     }
 
     fn is_empty(&self) -> bool {
@@ -269,14 +253,7 @@ fn group(mut v: Vec<(u16, FlagFilter)>) -> Vec<(u16, Flags)> {
                 Flags::OneOf(_) if any => *flags = Flags::Any,
                 Flags::OneOf(list) => list.push(f),
             },
-            _ => out.push((
-                port,
-                if any {
-                    Flags::Any
-                } else {
-                    Flags::OneOf(vec![f])
-                },
-            )),
+            _ => out.push((port, if any { Flags::Any } else { Flags::OneOf(vec![f]) })),
         }
     }
     out
@@ -430,12 +407,7 @@ struct Label(usize);
 enum Item {
     Bind(Label),
     Stmt(Insn),
-    Cond {
-        code: u16,
-        k: u32,
-        jt: Target,
-        jf: Target,
-    },
+    Cond { code: u16, k: u32, jt: Target, jf: Target },
 }
 
 /// A tiny assembler with labels. Conditional jumps whose target is more than 255
@@ -462,12 +434,7 @@ impl Asm {
     }
 
     fn jump(&mut self, cond: u16, k: u32, jt: Target, jf: Target) {
-        self.items.push(Item::Cond {
-            code: op::JMP | cond | op::K,
-            k,
-            jt,
-            jf,
-        });
+        self.items.push(Item::Cond { code: op::JMP | cond | op::K, k, jt, jf });
     }
 
     /// Instructions a conditional jump takes: 1 if short, else one `ja` per far side.
@@ -654,19 +621,11 @@ mod tests {
     const ACK: u8 = TcpFlags::ACK;
 
     fn tcp(port: u16, flags: FlagFilter) -> Match {
-        Match {
-            proto: Proto::Tcp,
-            port,
-            flags,
-        }
+        Match { proto: Proto::Tcp, port, flags }
     }
 
     fn udp(port: u16) -> Match {
-        Match {
-            proto: Proto::Udp,
-            port,
-            flags: FlagFilter::ANY,
-        }
+        Match { proto: Proto::Udp, port, flags: FlagFilter::ANY }
     }
 
     /// The ethertype the kernel would report for this packet, as a well-formed link
@@ -688,11 +647,7 @@ mod tests {
 
     /// What the kernel's `bpf_check_classic` would refuse, for the opcodes we emit.
     fn assert_valid(prog: &[Insn]) {
-        assert!(
-            !prog.is_empty() && prog.len() <= MAX_INSNS,
-            "length {}",
-            prog.len()
-        );
+        assert!(!prog.is_empty() && prog.len() <= MAX_INSNS, "length {}", prog.len());
         let last = prog[prog.len() - 1];
         assert_eq!(last.code & 0x07, op::RET, "must end in ret");
         for (pc, i) in prog.iter().enumerate() {
@@ -713,10 +668,7 @@ mod tests {
             ];
             assert!(known.contains(&i.code), "pc {pc}: opcode {:#x}", i.code);
             if i.code == op::JMP | op::JA {
-                assert!(
-                    pc + 1 + (i.k as usize) < prog.len(),
-                    "pc {pc}: ja out of program"
-                );
+                assert!(pc + 1 + (i.k as usize) < prog.len(), "pc {pc}: ja out of program");
             } else if i.code & 0x07 == op::JMP {
                 let far = usize::from(i.jt.max(i.jf));
                 assert!(pc + 1 + far < prog.len(), "pc {pc}: jump out of program");
@@ -734,14 +686,8 @@ mod tests {
         assert_eq!(prog, vec![Insn::stmt(op::RET | op::K, 0)]);
         assert_eq!(run(&prog, &packet(false, Proto::Tcp, 7000, SYN)), 0);
         // Nothing matchable is as good as nothing.
-        let bogus = FlagFilter {
-            set: SYN,
-            clear: SYN,
-        };
-        assert_eq!(
-            program(&[tcp(0, FlagFilter::ANY), udp(0), tcp(1, bogus)]),
-            prog
-        );
+        let bogus = FlagFilter { set: SYN, clear: SYN };
+        assert_eq!(program(&[tcp(0, FlagFilter::ANY), udp(0), tcp(1, bogus)]), prog);
     }
 
     #[test]
@@ -780,11 +726,7 @@ mod tests {
         let pkt = packet(false, Proto::Tcp, 7000, SYN);
         assert_eq!(interpret(&prog, &pkt, PACKET_HOST, ETH_P_IP), ACCEPT);
         for pkttype in [1, 2, 3, PACKET_OUTGOING] {
-            assert_eq!(
-                interpret(&prog, &pkt, pkttype, ETH_P_IP),
-                0,
-                "pkttype {pkttype}"
-            );
+            assert_eq!(interpret(&prog, &pkt, pkttype, ETH_P_IP), 0, "pkttype {pkttype}");
         }
         assert_eq!(interpret(&prog, &pkt, PACKET_HOST, 0x0806), 0);
         // The version nibble must agree with the ethertype.
@@ -806,10 +748,7 @@ mod tests {
             b.ext = vec![first];
             assert_eq!(run(&prog, &b.build()), ACCEPT, "{first:?}");
         }
-        b.ext = vec![Ext::Fragment {
-            offset: 0,
-            more: true,
-        }];
+        b.ext = vec![Ext::Fragment { offset: 0, more: true }];
         assert_eq!(run(&prog, &b.build()), ACCEPT);
         // ESP (50) and no-next-header (59) are not.
         let mut esp = packet(true, Proto::Tcp, 7000, SYN);
@@ -853,34 +792,16 @@ mod tests {
 
     #[test]
     fn same_port_in_several_doors_with_different_filters() {
-        let fin = FlagFilter {
-            set: TcpFlags::FIN,
-            clear: 0,
-        };
-        let psh_ack = FlagFilter {
-            set: TcpFlags::PSH | ACK,
-            clear: TcpFlags::RST,
-        };
-        let no_rst = FlagFilter {
-            set: 0,
-            clear: TcpFlags::RST,
-        };
-        let m = [
-            tcp(7000, FlagFilter::SYN_ONLY),
-            tcp(7000, fin),
-            tcp(7000, psh_ack),
-            tcp(8000, no_rst),
-        ];
+        let fin = FlagFilter { set: TcpFlags::FIN, clear: 0 };
+        let psh_ack = FlagFilter { set: TcpFlags::PSH | ACK, clear: TcpFlags::RST };
+        let no_rst = FlagFilter { set: 0, clear: TcpFlags::RST };
+        let m = [tcp(7000, FlagFilter::SYN_ONLY), tcp(7000, fin), tcp(7000, psh_ack), tcp(8000, no_rst)];
         let prog = program(&m);
         assert_valid(&prog);
         for flags in 0..=u8::MAX {
             for port in [7000, 8000] {
                 let pkt = packet(false, Proto::Tcp, port, flags);
-                assert_eq!(
-                    run(&prog, &pkt) != 0,
-                    user_accepts(&m, &pkt),
-                    "{port} {flags:#x}"
-                );
+                assert_eq!(run(&prog, &pkt) != 0, user_accepts(&m, &pkt), "{port} {flags:#x}");
             }
         }
     }
@@ -903,11 +824,7 @@ mod tests {
                 for v6 in [false, true] {
                     let pkt = packet(v6, proto, port, flags);
                     let want = user_accepts(&m, &pkt);
-                    assert_eq!(
-                        run(&prog, &pkt) != 0,
-                        want,
-                        "{proto}/{port} {flags:#x} v6={v6}"
-                    );
+                    assert_eq!(run(&prog, &pkt) != 0, want, "{proto}/{port} {flags:#x} v6={v6}");
                 }
             }
         }
@@ -918,12 +835,7 @@ mod tests {
         // 200 distinct filters (5 instructions each) on one port: the port's body is far
         // longer than an 8-bit jump.
         let filters: Vec<FlagFilter> = (0..=u8::MAX)
-            .flat_map(|set| {
-                [FlagFilter {
-                    set,
-                    clear: !set & 0x3f,
-                }]
-            })
+            .flat_map(|set| [FlagFilter { set, clear: !set & 0x3f }])
             .filter(|f| f.set & f.clear == 0 && f.clear != 0 && f.set != 0)
             .take(200)
             .collect();
@@ -933,18 +845,11 @@ mod tests {
         assert_eq!(precision, Precision::Exact);
         assert_valid(&prog);
         assert!(prog.len() > 1000);
-        assert!(
-            prog.iter().any(|i| i.code == op::JMP | op::JA),
-            "no relaxed jump"
-        );
+        assert!(prog.iter().any(|i| i.code == op::JMP | op::JA), "no relaxed jump");
         for flags in 0..=u8::MAX {
             for port in [7000, 20001, 20000] {
                 let pkt = packet(true, Proto::Tcp, port, flags);
-                assert_eq!(
-                    run(&prog, &pkt) != 0,
-                    user_accepts(&m, &pkt),
-                    "{port} {flags:#x}"
-                );
+                assert_eq!(run(&prog, &pkt) != 0, user_accepts(&m, &pkt), "{port} {flags:#x}");
             }
         }
     }
@@ -953,16 +858,8 @@ mod tests {
     fn oversized_configurations_fall_back_soundly() {
         // 1500 TCP ports, each with its own flag filter: exact does not fit, ports-only
         // does.
-        let filters = [
-            FlagFilter::SYN_ONLY,
-            FlagFilter {
-                set: TcpFlags::FIN,
-                clear: 0,
-            },
-        ];
-        let m: Vec<Match> = (1..=1500)
-            .map(|p| tcp(p * 40, filters[usize::from(p % 2)]))
-            .collect();
+        let filters = [FlagFilter::SYN_ONLY, FlagFilter { set: TcpFlags::FIN, clear: 0 }];
+        let m: Vec<Match> = (1..=1500).map(|p| tcp(p * 40, filters[usize::from(p % 2)])).collect();
         let (prog, precision) = program_with_precision(&m);
         assert_eq!(precision, Precision::PortsOnly);
         assert_valid(&prog);
@@ -972,63 +869,27 @@ mod tests {
         assert_eq!(run(&prog, &packet(false, Proto::Udp, 60000, 0)), 0);
 
         // Every TCP port: coarse. UDP, absent from the config, is still dropped.
-        let m: Vec<Match> = (1..=u16::MAX)
-            .map(|p| tcp(p, FlagFilter::SYN_ONLY))
-            .collect();
+        let m: Vec<Match> = (1..=u16::MAX).map(|p| tcp(p, FlagFilter::SYN_ONLY)).collect();
         let (prog, precision) = program_with_precision(&m);
         assert_eq!(precision, Precision::Coarse);
         assert_valid(&prog);
         assert_eq!(run(&prog, &packet(true, Proto::Tcp, 12345, ACK)), ACCEPT);
         assert_eq!(run(&prog, &packet(true, Proto::Udp, 12345, 0)), 0);
-        assert_eq!(
-            interpret(
-                &prog,
-                &packet(true, Proto::Tcp, 1, SYN),
-                PACKET_OUTGOING,
-                ETH_P_IPV6
-            ),
-            0
-        );
+        assert_eq!(interpret(&prog, &packet(true, Proto::Tcp, 1, SYN), PACKET_OUTGOING, ETH_P_IPV6), 0);
     }
 
     #[test]
     fn interpreter_matches_kernel_on_basic_opcodes() {
         let p = [0x12, 0x34, 0x56, 0x78, 0x45];
-        let ld = |code, k| {
-            interpret(
-                &[Insn::stmt(code, k), Insn::stmt(op::RET | op::A, 0)],
-                &p,
-                0,
-                0,
-            )
-        };
+        let ld = |code, k| interpret(&[Insn::stmt(code, k), Insn::stmt(op::RET | op::A, 0)], &p, 0, 0);
         assert_eq!(ld(op::LD | op::W | op::ABS, 0), 0x1234_5678);
         assert_eq!(ld(op::LD | op::H | op::ABS, 3), 0x7845);
         assert_eq!(ld(op::LD | op::B | op::ABS, 4), 0x45);
-        assert_eq!(
-            ld(op::LD | op::W | op::ABS, 2),
-            0,
-            "out of bounds returns 0"
-        );
+        assert_eq!(ld(op::LD | op::W | op::ABS, 2), 0, "out of bounds returns 0");
         assert_eq!(ld(op::LD | op::B | op::ABS, u32::MAX - 0x1000), 0);
-        assert_eq!(
-            ld(op::LD | op::W | op::ABS, SKF_AD_OFF + 8),
-            0,
-            "unsupported ancillary"
-        );
-        let msh = [
-            Insn::stmt(op::LDX | op::B | op::MSH, 4),
-            Insn::stmt(op::LD | op::B | op::IND, 0),
-        ];
-        assert_eq!(
-            interpret(
-                &[msh[0], msh[1], Insn::stmt(op::RET | op::A, 0)],
-                &[0; 21],
-                0,
-                0
-            ),
-            0
-        );
+        assert_eq!(ld(op::LD | op::W | op::ABS, SKF_AD_OFF + 8), 0, "unsupported ancillary");
+        let msh = [Insn::stmt(op::LDX | op::B | op::MSH, 4), Insn::stmt(op::LD | op::B | op::IND, 0)];
+        assert_eq!(interpret(&[msh[0], msh[1], Insn::stmt(op::RET | op::A, 0)], &[0; 21], 0, 0), 0);
         assert_eq!(interpret(&msh, &p, 0, 0), 0, "falling off the end drops");
     }
 
@@ -1038,10 +899,7 @@ mod tests {
         let filter = prop_oneof![
             Just(FlagFilter::ANY),
             Just(FlagFilter::SYN_ONLY),
-            (any::<u8>(), any::<u8>()).prop_map(|(set, clear)| FlagFilter {
-                set,
-                clear: clear & !set
-            }),
+            (any::<u8>(), any::<u8>()).prop_map(|(set, clear)| FlagFilter { set, clear: clear & !set }),
             (any::<u8>(), any::<u8>()).prop_map(|(set, clear)| FlagFilter { set, clear }),
         ];
         let m = (any::<bool>(), port, filter).prop_map(|(is_tcp, port, flags)| Match {
@@ -1053,13 +911,7 @@ mod tests {
     }
 
     fn flags() -> impl Strategy<Value = u8> + Clone {
-        prop_oneof![
-            Just(SYN),
-            Just(SYN | ACK),
-            Just(ACK),
-            Just(TcpFlags::FIN),
-            any::<u8>()
-        ]
+        prop_oneof![Just(SYN), Just(SYN | ACK), Just(ACK), Just(TcpFlags::FIN), any::<u8>()]
     }
 
     fn arb_packet() -> impl Strategy<Value = Vec<u8>> {
@@ -1071,38 +923,26 @@ mod tests {
             (0u8..5).prop_map(Ext::Auth),
         ];
         let built = (
-            (
-                any::<bool>(),
-                any::<bool>(),
-                prop_oneof![4 => 1u16..=3, 1 => any::<u16>()],
-                flags(),
-            ),
+            (any::<bool>(), any::<bool>(), prop_oneof![4 => 1u16..=3, 1 => any::<u16>()], flags()),
             (0u8..=3, 0u8..=3, 0u16..=2, any::<bool>()),
             proptest::collection::vec(ext, 0..3),
             (proptest::collection::vec(any::<u8>(), 0..24), 0usize..8),
         )
-            .prop_map(
-                |((v6, is_tcp, port, flags), (ipo, tcpo, off, mf), ext, (payload, pad))| {
-                    let proto = if is_tcp { Proto::Tcp } else { Proto::Udp };
-                    let mut b = Builder::new(v6, proto, port, flags);
-                    (b.ip_options, b.tcp_options, b.frag_offset, b.more_frags) =
-                        (ipo, tcpo, off, mf);
-                    if v6 {
-                        b.ext = ext;
-                    }
-                    b.payload = payload;
-                    b.padding = pad;
-                    b.build()
-                },
-            );
+            .prop_map(|((v6, is_tcp, port, flags), (ipo, tcpo, off, mf), ext, (payload, pad))| {
+                let proto = if is_tcp { Proto::Tcp } else { Proto::Udp };
+                let mut b = Builder::new(v6, proto, port, flags);
+                (b.ip_options, b.tcp_options, b.frag_offset, b.more_frags) = (ipo, tcpo, off, mf);
+                if v6 {
+                    b.ext = ext;
+                }
+                b.payload = payload;
+                b.padding = pad;
+                b.build()
+            });
         // Then damage some: overwrite bytes and/or truncate.
         let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3);
-        let damaged = (
-            built.clone(),
-            edits,
-            proptest::option::of(any::<prop::sample::Index>()),
-        )
-            .prop_map(|(mut p, edits, cut)| {
+        let damaged = (built.clone(), edits, proptest::option::of(any::<prop::sample::Index>())).prop_map(
+            |(mut p, edits, cut)| {
                 for (at, byte) in edits {
                     let i = at.index(p.len());
                     p[i] = byte;
@@ -1111,7 +951,8 @@ mod tests {
                     p.truncate(cut.index(p.len() + 1));
                 }
                 p
-            });
+            },
+        );
         prop_oneof![
             3 => built,
             2 => damaged,

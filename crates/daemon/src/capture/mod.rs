@@ -45,8 +45,7 @@ impl PacketSocket {
     pub fn open(prog: &[Insn], timeout: Duration) -> io::Result<PacketSocket> {
         let eth_p_all = i32::from((libc::ETH_P_ALL as u16).to_be());
         let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(eth_p_all)))?;
-        let filter: Vec<SockFilter> =
-            prog.iter().map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k)).collect();
+        let filter: Vec<SockFilter> = prog.iter().map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k)).collect();
         sock.attach_filter(&filter)?;
         // RcvBufForce ignores rmem_max (we are root or hold CAP_NET_ADMIN); fall back
         // to the capped size if that is refused.

@@ -29,7 +29,12 @@ pub fn report(c: &config::Config) -> String {
         config::Interfaces::All => "all".to_string(),
         config::Interfaces::Named(n) => n.join(", "),
     };
-    let _ = writeln!(s, "interfaces: {ifs}; backend: {:?}; state dir: {}", c.daemon.backend, c.daemon.state_dir.display());
+    let _ = writeln!(
+        s,
+        "interfaces: {ifs}; backend: {:?}; state dir: {}",
+        c.daemon.backend,
+        c.daemon.state_dir.display()
+    );
     let _ = writeln!(s, "\ndoors:");
     for d in &c.doors {
         let seq: Vec<String> = d.sequence.iter().map(|k| format!("{}:{}", k.port, k.proto)).collect();

@@ -71,7 +71,10 @@ fn client_binary() -> anyhow::Result<PathBuf> {
     if sibling.exists() {
         return Ok(sibling);
     }
-    bail!("the `portcullis` client binary is not next to {} (build both: cargo build --release)", exe.display())
+    bail!(
+        "the `portcullis` client binary is not next to {} (build both: cargo build --release)",
+        exe.display()
+    )
 }
 
 /// Run the demo.
@@ -80,7 +83,15 @@ pub fn demo(verbose: bool) -> anyhow::Result<ExitCode> {
     let daemon = std::env::current_exe()?;
     println!("portcullis demo: a server, a client and another host, each in its own network namespace.");
     let mut lab = Lab::new("demo")?;
-    println!("  server {} ({}), client {} ({}), other host {} ({})", lab.server, lab::SERVER4, lab.client, lab::CLIENT4, lab.other, lab::OTHER4);
+    println!(
+        "  server {} ({}), client {} ({}), other host {} ({})",
+        lab.server,
+        lab::SERVER4,
+        lab.client,
+        lab::CLIENT4,
+        lab.other,
+        lab::OTHER4
+    );
 
     let dir = tempfile_dir()?;
     let conf = dir.join("demo.toml");
@@ -93,7 +104,12 @@ pub fn demo(verbose: bool) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel::<String>();
     let conf_s = conf.display().to_string();
     let daemon_s = daemon.display().to_string();
-    let child = lab.spawn(&lab.server.clone(), &[&daemon_s, "run", "--config", &conf_s], Stdio::null(), Stdio::piped())?;
+    let child = lab.spawn(
+        &lab.server.clone(),
+        &[&daemon_s, "run", "--config", &conf_s],
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
     let stderr = child.stderr.take().context("daemon stderr")?;
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -119,16 +135,32 @@ pub fn demo(verbose: bool) -> anyhow::Result<ExitCode> {
         Ok(())
     };
 
-    steps.check("client -> tcp/2222 before knocking", lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?, Probe::Filtered);
+    steps.check(
+        "client -> tcp/2222 before knocking",
+        lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?,
+        Probe::Filtered,
+    );
     knock(&lab, &["7000", "9000", "8000:udp"])?;
     drain(&rx, verbose);
-    steps.check("client -> tcp/2222 after a wrong sequence", lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?, Probe::Filtered);
+    steps.check(
+        "client -> tcp/2222 after a wrong sequence",
+        lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?,
+        Probe::Filtered,
+    );
     knock(&lab, &["7000", "8000:udp", "9000"])?;
     let opened = Instant::now();
     std::thread::sleep(Duration::from_millis(50));
     drain(&rx, verbose);
-    steps.check("client -> tcp/2222 after the right sequence", lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?, Probe::Open);
-    steps.check("other host -> tcp/2222 (not the knocker)", lab.probe(&lab.other, srv_other, PORT, PROBE_TIMEOUT)?, Probe::Filtered);
+    steps.check(
+        "client -> tcp/2222 after the right sequence",
+        lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?,
+        Probe::Open,
+    );
+    steps.check(
+        "other host -> tcp/2222 (not the knocker)",
+        lab.probe(&lab.other, srv_other, PORT, PROBE_TIMEOUT)?,
+        Probe::Filtered,
+    );
 
     println!("  waiting for the grant to expire ({GRANT_SECS} s, enforced by the kernel's set timeout)...");
     let mut closed_after = None;
@@ -144,8 +176,13 @@ pub fn demo(verbose: bool) -> anyhow::Result<ExitCode> {
         Some(t) => println!("  grant closed {:.1} s after the knock", t.as_secs_f64()),
         None => println!("  grant did not close within {} s", GRANT_SECS + 3),
     }
-    steps.check("client -> tcp/2222 after expiry", lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?, Probe::Filtered);
-    let early = closed_after.is_some_and(|t| t < Duration::from_secs(GRANT_SECS) - Duration::from_millis(500));
+    steps.check(
+        "client -> tcp/2222 after expiry",
+        lab.probe(&lab.client, srv, PORT, PROBE_TIMEOUT)?,
+        Probe::Filtered,
+    );
+    let early =
+        closed_after.is_some_and(|t| t < Duration::from_secs(GRANT_SECS) - Duration::from_millis(500));
     if early {
         println!("  grant closed too early");
         steps.failed += 1;

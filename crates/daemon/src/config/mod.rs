@@ -281,7 +281,8 @@ impl Validator<'_> {
                 "syslog" => LogTarget::Syslog,
                 "journald" => LogTarget::Journald,
                 other => {
-                    return self.err(s.span(), format!("log must be stderr, syslog or journald, not {other:?}"))
+                    return self
+                        .err(s.span(), format!("log must be stderr, syslog or journald, not {other:?}"))
                 }
             },
         };
@@ -346,7 +347,9 @@ impl Validator<'_> {
         }
         let seq_timeout = match raw.seq_timeout {
             None => Duration::from_secs(10),
-            Some(d) => self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "seq_timeout")?,
+            Some(d) => {
+                self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "seq_timeout")?
+            }
         };
         let flags = match raw.tcp_flags {
             None => FlagFilter::SYN_ONLY,
@@ -362,7 +365,10 @@ impl Validator<'_> {
             match Service::parse_grant(o.get_ref()) {
                 Ok(s) if !open.contains(&s) => open.push(s),
                 Ok(_) => return self.err(o.span(), format!("{:?} is listed twice", o.get_ref())),
-                Err(e) => return self.err(o.span(), format!("open {:?}: {e} (write tcp/22 or udp/53)", o.get_ref())),
+                Err(e) => {
+                    return self
+                        .err(o.span(), format!("open {:?}: {e} (write tcp/22 or udp/53)", o.get_ref()))
+                }
             }
         }
         if open.is_empty() {
@@ -376,7 +382,9 @@ impl Validator<'_> {
             None => None,
             Some(t) => match t.get_ref().parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
-                Err(_) => return self.err(t.span(), format!("target {:?} is not an IP address", t.get_ref())),
+                Err(_) => {
+                    return self.err(t.span(), format!("target {:?} is not an IP address", t.get_ref()))
+                }
             },
         };
         Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target })
@@ -419,8 +427,8 @@ pub fn valid_ifname(n: &str) -> bool {
 /// Well-known service ports that make poor knocks: real traffic to them breaks sequences
 /// and scanners hit them constantly.
 const WELL_KNOWN: &[u16] = &[
-    20, 21, 22, 23, 25, 53, 80, 110, 123, 143, 161, 389, 443, 445, 465, 587, 993, 995, 1433, 1521,
-    3306, 3389, 5432, 5900, 6379, 8080, 8443, 27017,
+    20, 21, 22, 23, 25, 53, 80, 110, 123, 143, 161, 389, 443, 445, 465, 587, 993, 995, 1433, 1521, 3306,
+    3389, 5432, 5900, 6379, 8080, 8443, 27017,
 ];
 
 impl Config {

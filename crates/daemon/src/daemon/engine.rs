@@ -89,9 +89,8 @@ impl Engine {
         let per_group = (config.daemon.max_tracked / targets.len().max(1)).max(2);
         let mut groups = Vec::with_capacity(targets.len());
         for target in targets {
-            let doors: Vec<usize> = (0..config.doors.len())
-                .filter(|&i| config.doors[i].target.map(fold) == target)
-                .collect();
+            let doors: Vec<usize> =
+                (0..config.doors.len()).filter(|&i| config.doors[i].target.map(fold) == target).collect();
             let specs = doors
                 .iter()
                 .map(|&i| {
@@ -131,7 +130,14 @@ impl Engine {
 
     /// Handle one parsed datagram that arrived on `ifindex` at `now` (monotonic) /
     /// `wall` (for log timestamps of grant expiry).
-    pub fn on_datagram(&mut self, view: &LocalView, ifindex: u32, d: &Datagram<'_>, now: Millis, wall: SystemTime) {
+    pub fn on_datagram(
+        &mut self,
+        view: &LocalView,
+        ifindex: u32,
+        d: &Datagram<'_>,
+        now: Millis,
+        wall: SystemTime,
+    ) {
         self.stats.packets += 1;
         if view.ifindexes.as_ref().is_some_and(|s| !s.contains(&ifindex)) {
             return;
@@ -251,16 +257,23 @@ impl Engine {
     }
 
     /// Grant directly (API, tests): opens `services` for `addr` for `timeout`.
-    pub fn grant(&mut self, addr: IpAddr, services: &[Service], timeout: Duration) -> Result<(), FirewallError> {
-        let grants: Vec<Grant> =
-            services.iter().map(|&service| Grant { addr, service, timeout }).collect();
+    pub fn grant(
+        &mut self,
+        addr: IpAddr,
+        services: &[Service],
+        timeout: Duration,
+    ) -> Result<(), FirewallError> {
+        let grants: Vec<Grant> = services.iter().map(|&service| Grant { addr, service, timeout }).collect();
         self.driver.grant(&grants)
     }
 }
 
 fn event_door(e: &Event) -> usize {
     match *e {
-        Event::Stage { door, .. } | Event::Reset { door, .. } | Event::TimedOut { door, .. } | Event::Open { door } => door,
+        Event::Stage { door, .. }
+        | Event::Reset { door, .. }
+        | Event::TimedOut { door, .. }
+        | Event::Open { door } => door,
     }
 }
 
@@ -337,12 +350,16 @@ target = "192.0.2.99"
         let mut v = view();
         let wall = SystemTime::UNIX_EPOCH;
         let src = [192, 0, 2, 2];
-        for (i, (port, proto)) in [(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)].into_iter().enumerate() {
+        for (i, (port, proto)) in
+            [(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)].into_iter().enumerate()
+        {
             e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 50], proto, port), Millis(i as u64), wall);
         }
         assert!(granted(&mut e).is_empty());
         v.ifindexes = Some([2].into_iter().collect());
-        for (i, (port, proto)) in [(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)].into_iter().enumerate() {
+        for (i, (port, proto)) in
+            [(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)].into_iter().enumerate()
+        {
             e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 1], proto, port), Millis(i as u64), wall);
         }
         assert!(granted(&mut e).is_empty());

@@ -19,8 +19,8 @@ use portcullis_proto::{wire, Millis, Proto};
 
 use crate::capture::{is_timeout, Monitor, PacketSocket};
 use crate::config::{Backend, Config};
-use crate::firewall::none::NoFirewall;
 use crate::firewall::nft::NftDriver;
+use crate::firewall::none::NoFirewall;
 use crate::firewall::{FirewallDriver, Plan};
 use engine::Engine;
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
-pub mod none;
 pub mod nft;
+pub mod none;
 
 /// One hole: `addr` may open new connections to `service` for `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

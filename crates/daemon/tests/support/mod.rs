@@ -84,7 +84,12 @@ impl Server {
         let server = self.lab.server.clone();
         let child = self
             .lab
-            .spawn(&server, &[daemon_bin(), "run", "--config", conf.to_str().unwrap()], Stdio::null(), Stdio::from(log))
+            .spawn(
+                &server,
+                &[daemon_bin(), "run", "--config", conf.to_str().unwrap()],
+                Stdio::null(),
+                Stdio::from(log),
+            )
             .unwrap();
         self.pid = child.id();
         let ok = wait_until(Duration::from_secs(10), || {
@@ -116,7 +121,18 @@ impl Server {
     pub fn nmap(&self, ns: &str, addr: &str, port: u16) -> String {
         let port_s = port.to_string();
         let mut args = vec![
-            "nmap", "-Pn", "-n", "-sS", "-p", &port_s, "--max-retries", "1", "--max-rtt-timeout", "400ms", "-oG", "-",
+            "nmap",
+            "-Pn",
+            "-n",
+            "-sS",
+            "-p",
+            &port_s,
+            "--max-retries",
+            "1",
+            "--max-rtt-timeout",
+            "400ms",
+            "-oG",
+            "-",
         ];
         if addr.contains(':') {
             args.push("-6");

@@ -289,23 +289,13 @@ impl Tracker {
         let addr = canonical(src);
         for &door in doors.iter() {
             let id = DoorId::from(door);
-            let (Some(spec), Some(&timeout)) = (self.doors.get(id), self.timeouts_ms.get(id))
-            else {
+            let (Some(spec), Some(&timeout)) = (self.doors.get(id), self.timeouts_ms.get(id)) else {
                 continue;
             };
             if knock.proto == Proto::Tcp && !spec.flags.matches(flags) {
                 continue;
             }
-            step(
-                &mut self.table,
-                Key::new(addr, door),
-                id,
-                spec,
-                timeout,
-                knock,
-                now,
-                emit,
-            );
+            step(&mut self.table, Key::new(addr, door), id, spec, timeout, knock, now, emit);
         }
     }
 
@@ -325,11 +315,7 @@ impl Tracker {
     ///
     /// # Errors
     /// [`SpecError::NoSuchDoor`], or the sequence errors of [`Tracker::new`].
-    pub fn set_sequence(
-        &mut self,
-        door: DoorId,
-        sequence: Option<Vec<Service>>,
-    ) -> Result<(), SpecError> {
+    pub fn set_sequence(&mut self, door: DoorId, sequence: Option<Vec<Service>>) -> Result<(), SpecError> {
         let id = u16::try_from(door).map_err(|_| SpecError::NoSuchDoor { door })?;
         if door >= self.doors.len() {
             return Err(SpecError::NoSuchDoor { door });
@@ -404,10 +390,7 @@ impl Tracker {
                 }
             }
         }
-        self.index = index
-            .into_iter()
-            .map(|(k, v)| (k, v.into_boxed_slice()))
-            .collect();
+        self.index = index.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
     }
 }
 
@@ -447,10 +430,7 @@ fn step(
     let current = match found {
         Some(a) if a.age_ms(now) > timeout_ms => {
             table.forget(&key, loc);
-            emit(Event::TimedOut {
-                door,
-                at_stage: usize::from(a.stage),
-            });
+            emit(Event::TimedOut { door, at_stage: usize::from(a.stage) });
             None
         }
         other => other,
@@ -463,29 +443,14 @@ fn step(
                     table.forget(&key, loc);
                     emit(Event::Open { door });
                 } else {
-                    table.put(
-                        key,
-                        loc,
-                        Attempt {
-                            stage: a.stage + 1,
-                            ..a
-                        },
-                        now,
-                    );
-                    emit(Event::Stage {
-                        door,
-                        stage: done + 1,
-                        of,
-                    });
+                    table.put(key, loc, Attempt { stage: a.stage + 1, ..a }, now);
+                    emit(Event::Stage { door, stage: done + 1, of });
                 }
             } else if done.checked_sub(1).and_then(|i| seq.get(i)) == Some(&knock) {
                 // Retransmitted SYN or duplicate datagram of the knock just accepted.
             } else {
                 table.forget(&key, loc);
-                emit(Event::Reset {
-                    door,
-                    at_stage: done,
-                });
+                emit(Event::Reset { door, at_stage: done });
                 if is_first {
                     start(table, key, loc, of, door, now, emit);
                 }
@@ -510,15 +475,7 @@ fn start(
         emit(Event::Open { door });
     } else {
         // Truncation is intended: start times wrap at 32 bits (see MAX_TIMEOUT).
-        table.put(
-            key,
-            loc,
-            Attempt {
-                stage: 1,
-                started: now.0 as u32,
-            },
-            now,
-        );
+        table.put(key, loc, Attempt { stage: 1, started: now.0 as u32 }, now);
         emit(Event::Stage { door, stage: 1, of });
     }
 }

@@ -129,12 +129,7 @@ pub(super) struct Table {
 impl Table {
     /// `half >= 1` slots per generation; `max_age_ms` is the longest door timeout.
     pub(super) fn new(half: usize, max_age_ms: u64) -> Table {
-        Table {
-            current: Generation::default(),
-            previous: Generation::default(),
-            half,
-            max_age_ms,
-        }
+        Table { current: Generation::default(), previous: Generation::default(), half, max_age_ms }
     }
 
     /// Free generations whose attempts have all expired, and retire `current` once
@@ -147,9 +142,7 @@ impl Table {
     pub(super) fn tick(&mut self, now: Millis, slack_ms: u64) {
         let old = self.max_age_ms.saturating_add(slack_ms);
         let stale = |g: &Generation| now.0.saturating_sub(g.last_write.0) > old;
-        if self.previous.map.capacity() != 0
-            && (self.previous.map.is_empty() || stale(&self.previous))
-        {
+        if self.previous.map.capacity() != 0 && (self.previous.map.is_empty() || stale(&self.previous)) {
             self.previous = Generation::default();
         }
         if !self.current.map.is_empty() {
@@ -205,10 +198,7 @@ impl Table {
     /// Store `attempt` for `key` in `current`, whose slot for it was found at `loc`
     /// by [`Table::get`] (with no writes since). May evict `previous`.
     pub(super) fn put(&mut self, key: Key, loc: Loc, attempt: Attempt, now: Millis) {
-        let slot = Slot {
-            started: attempt.started.to_le_bytes(),
-            stage: attempt.stage,
-        };
+        let slot = Slot { started: attempt.started.to_le_bytes(), stage: attempt.stage };
         debug_assert!(slot.stage != 0);
         if loc == Loc::Current {
             if let Some(s) = self.current.map.get_mut(&key) {
@@ -283,10 +273,7 @@ impl Table {
 }
 
 fn live(s: &Slot) -> Option<Attempt> {
-    (s.stage != 0).then(|| Attempt {
-        stage: s.stage,
-        started: u32::from_le_bytes(s.started),
-    })
+    (s.stage != 0).then(|| Attempt { stage: s.stage, started: u32::from_le_bytes(s.started) })
 }
 
 /// Bytes one bucket costs: the `(Key, Slot)` pair plus hashbrown's control byte.
@@ -299,9 +286,7 @@ pub(super) fn buckets_for(n: usize) -> usize {
     if n < 15 {
         16
     } else {
-        (n.saturating_mul(8) / 7)
-            .checked_next_power_of_two()
-            .unwrap_or(usize::MAX)
+        (n.saturating_mul(8) / 7).checked_next_power_of_two().unwrap_or(usize::MAX)
     }
 }
 
@@ -335,10 +320,7 @@ mod tests {
         for n in (1..2_000).chain([50_000, 500_000, 917_504, 917_505]) {
             let real = HashMap::<Key, Slot>::with_capacity(n).capacity();
             assert!(real >= n);
-            assert!(
-                (real + 1).next_power_of_two() <= buckets_for(n),
-                "n={n} real={real}"
-            );
+            assert!((real + 1).next_power_of_two() <= buckets_for(n), "n={n} real={real}");
         }
     }
 
@@ -346,15 +328,7 @@ mod tests {
     fn full_current_rotates_without_growing() {
         let mut t = Table::new(100, 1_000);
         let cap = {
-            t.put(
-                Key::new([0; 16], 0),
-                Loc::Nowhere,
-                Attempt {
-                    stage: 1,
-                    started: 0,
-                },
-                Millis(0),
-            );
+            t.put(Key::new([0; 16], 0), Loc::Nowhere, Attempt { stage: 1, started: 0 }, Millis(0));
             t.current.map.capacity()
         };
         for i in 1..1_000u32 {
@@ -362,15 +336,7 @@ mod tests {
             a[..4].copy_from_slice(&i.to_be_bytes());
             let k = Key::new(a, 0);
             let (loc, _) = t.get(&k);
-            t.put(
-                k,
-                loc,
-                Attempt {
-                    stage: 1,
-                    started: 0,
-                },
-                Millis(0),
-            );
+            t.put(k, loc, Attempt { stage: 1, started: 0 }, Millis(0));
             assert!(t.current.map.len() <= 100 && t.previous.map.len() <= 100);
             assert_eq!(t.current.map.capacity(), cap, "current must never grow");
         }

@@ -95,21 +95,12 @@ fn resets_on_wrong_port() {
     let mut t = tracker(vec![std_door()]);
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(7000), 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(9000), 10),
-        [Event::Reset {
-            door: 0,
-            at_stage: 1
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(9000), 10), [Event::Reset { door: 0, at_stage: 1 }]);
     // Nothing left to advance: later knocks of the door do nothing.
     assert_eq!(hit(&mut t, a, tcp(8000), 20), []);
     assert_eq!(hit(&mut t, a, tcp(9000), 30), []);
     assert!(t.is_empty());
-    assert!(opens(
-        &knock_all(&mut t, a, &[tcp(7000), tcp(8000), tcp(9000)], 100),
-        0
-    ));
+    assert!(opens(&knock_all(&mut t, a, &[tcp(7000), tcp(8000), tcp(9000)], 100), 0));
 }
 
 #[test]
@@ -117,20 +108,8 @@ fn wrong_knock_that_is_the_first_knock_restarts_the_attempt() {
     let mut t = tracker(vec![std_door()]);
     let a = ip("192.0.2.1");
     knock_all(&mut t, a, &[tcp(7000), tcp(8000)], 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(7000), 100),
-        [
-            Event::Reset {
-                door: 0,
-                at_stage: 2
-            },
-            stage(0, 1, 3)
-        ]
-    );
-    assert!(opens(
-        &knock_all(&mut t, a, &[tcp(8000), tcp(9000)], 200),
-        0
-    ));
+    assert_eq!(hit(&mut t, a, tcp(7000), 100), [Event::Reset { door: 0, at_stage: 2 }, stage(0, 1, 3)]);
+    assert!(opens(&knock_all(&mut t, a, &[tcp(8000), tcp(9000)], 200), 0));
 }
 
 #[test]
@@ -141,11 +120,7 @@ fn ignores_ports_outside_the_door() {
     assert!(t.wants(tcp(7000)));
     hit(&mut t, a, tcp(7000), 0);
     assert_eq!(hit(&mut t, a, tcp(22), 5), []);
-    assert_eq!(
-        hit(&mut t, a, udp(8000), 6),
-        [],
-        "same port, other protocol: not in the door"
-    );
+    assert_eq!(hit(&mut t, a, udp(8000), 6), [], "same port, other protocol: not in the door");
     hit(&mut t, a, tcp(8000), 10);
     assert_eq!(hit(&mut t, a, tcp(9000), 20), [Event::Open { door: 0 }]);
 }
@@ -159,16 +134,10 @@ fn port_sweep_never_opens_a_non_monotonic_sequence() {
         let mut t = tracker(vec![spec]);
         let a = ip("192.0.2.1");
         for (now, port) in (1..=u16::MAX).enumerate() {
-            assert!(
-                !opens(&hit(&mut t, a, tcp(port), now as u64), 0),
-                "{seq:?} at {port}"
-            );
+            assert!(!opens(&hit(&mut t, a, tcp(port), now as u64), 0), "{seq:?} at {port}");
         }
         for (now, port) in (1..=u16::MAX).rev().enumerate() {
-            assert!(
-                !opens(&hit(&mut t, a, tcp(port), 70_000 + now as u64), 0),
-                "{seq:?}"
-            );
+            assert!(!opens(&hit(&mut t, a, tcp(port), 70_000 + now as u64), 0), "{seq:?}");
         }
     }
 }
@@ -214,11 +183,7 @@ fn ignores_tcp_knocks_with_mismatched_flags() {
     let a = ip("192.0.2.1");
     let synack = TcpFlags(TcpFlags::SYN | TcpFlags::ACK);
     let rstack = TcpFlags(TcpFlags::RST | TcpFlags::ACK);
-    assert_eq!(
-        hit_flags(&mut t, a, tcp(7000), synack, 0),
-        [],
-        "no attempt starts"
-    );
+    assert_eq!(hit_flags(&mut t, a, tcp(7000), synack, 0), [], "no attempt starts");
     hit(&mut t, a, tcp(7000), 1);
     // Wrong port, but fails the filter: neither progress nor reset.
     assert_eq!(hit_flags(&mut t, a, tcp(9000), synack, 2), []);
@@ -236,10 +201,7 @@ fn any_filter_accepts_every_tcp_packet() {
     let a = ip("192.0.2.1");
     hit_flags(&mut t, a, tcp(7000), TcpFlags(TcpFlags::ACK), 0);
     hit_flags(&mut t, a, tcp(8000), NONE, 1);
-    assert!(opens(
-        &hit_flags(&mut t, a, tcp(9000), TcpFlags(0xff), 2),
-        0
-    ));
+    assert!(opens(&hit_flags(&mut t, a, tcp(9000), TcpFlags(0xff), 2), 0));
 }
 
 #[test]
@@ -247,27 +209,15 @@ fn tolerates_duplicate_syns() {
     let mut t = tracker(vec![std_door()]);
     let a = ip("192.0.2.1");
     let seq = [7000, 7000, 8000, 8000, 8000, 9000].map(tcp);
-    assert_eq!(
-        knock_all(&mut t, a, &seq, 0),
-        [stage(0, 1, 3), stage(0, 2, 3), Event::Open { door: 0 }]
-    );
+    assert_eq!(knock_all(&mut t, a, &seq, 0), [stage(0, 1, 3), stage(0, 2, 3), Event::Open { door: 0 }]);
 }
 
 #[test]
 fn repeat_of_an_earlier_knock_is_not_a_duplicate() {
-    let mut t = tracker(vec![door(
-        &[tcp(1000), tcp(2000), tcp(3000), tcp(4000)],
-        5_000,
-    )]);
+    let mut t = tracker(vec![door(&[tcp(1000), tcp(2000), tcp(3000), tcp(4000)], 5_000)]);
     let a = ip("192.0.2.1");
     knock_all(&mut t, a, &[tcp(1000), tcp(2000), tcp(3000)], 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(2000), 100),
-        [Event::Reset {
-            door: 0,
-            at_stage: 3
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(2000), 100), [Event::Reset { door: 0, at_stage: 3 }]);
 }
 
 #[test]
@@ -276,21 +226,11 @@ fn repeated_port_sequence_advances() {
     let a = ip("192.0.2.1");
     assert_eq!(hit(&mut t, a, tcp(1000), 0), [stage(0, 1, 3)]);
     assert_eq!(hit(&mut t, a, tcp(1000), 1), [stage(0, 2, 3)]);
-    assert_eq!(
-        hit(&mut t, a, tcp(1000), 2),
-        [],
-        "a third 1000 is a duplicate"
-    );
+    assert_eq!(hit(&mut t, a, tcp(1000), 2), [], "a third 1000 is a duplicate");
     assert_eq!(hit(&mut t, a, tcp(2000), 3), [Event::Open { door: 0 }]);
     // 1000 then 2000: 2000 is neither expected nor a repeat.
     hit(&mut t, a, tcp(1000), 10);
-    assert_eq!(
-        hit(&mut t, a, tcp(2000), 11),
-        [Event::Reset {
-            door: 0,
-            at_stage: 1
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(2000), 11), [Event::Reset { door: 0, at_stage: 1 }]);
 }
 
 #[test]
@@ -327,13 +267,7 @@ fn fails_one_ms_after_timeout_and_reports_it_once() {
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(7000), 1_000);
     hit(&mut t, a, tcp(8000), 3_000);
-    assert_eq!(
-        hit(&mut t, a, tcp(9000), 6_001),
-        [Event::TimedOut {
-            door: 0,
-            at_stage: 2
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(9000), 6_001), [Event::TimedOut { door: 0, at_stage: 2 }]);
     assert_eq!(hit(&mut t, a, tcp(9000), 6_002), []);
     assert!(t.is_empty());
 }
@@ -344,13 +278,7 @@ fn timeout_counts_from_the_first_knock_not_the_last() {
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(7000), 0);
     hit(&mut t, a, tcp(8000), 4_000);
-    assert_eq!(
-        hit(&mut t, a, tcp(9000), 8_000),
-        [Event::TimedOut {
-            door: 0,
-            at_stage: 2
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(9000), 8_000), [Event::TimedOut { door: 0, at_stage: 2 }]);
 }
 
 #[test]
@@ -358,16 +286,7 @@ fn restarts_after_timeout() {
     let mut t = tracker(vec![std_door()]);
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(7000), 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(7000), 6_000),
-        [
-            Event::TimedOut {
-                door: 0,
-                at_stage: 1
-            },
-            stage(0, 1, 3)
-        ]
-    );
+    assert_eq!(hit(&mut t, a, tcp(7000), 6_000), [Event::TimedOut { door: 0, at_stage: 1 }, stage(0, 1, 3)]);
     hit(&mut t, a, tcp(8000), 8_000);
     assert_eq!(hit(&mut t, a, tcp(9000), 10_999), [Event::Open { door: 0 }]);
 }
@@ -379,13 +298,7 @@ fn doors_keep_their_own_timeouts() {
     let mut t = tracker(vec![short, long]);
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(1), 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(2), 2_000),
-        [Event::TimedOut {
-            door: 0,
-            at_stage: 1
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(2), 2_000), [Event::TimedOut { door: 0, at_stage: 1 }]);
     assert_eq!(hit(&mut t, a, tcp(3), 9_000), [Event::Open { door: 1 }]);
 }
 
@@ -396,18 +309,9 @@ fn survives_the_32_bit_millisecond_wrap() {
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(7000), origin);
     hit(&mut t, a, tcp(8000), origin + 2_500);
-    assert_eq!(
-        hit(&mut t, a, tcp(9000), origin + 5_000),
-        [Event::Open { door: 0 }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(9000), origin + 5_000), [Event::Open { door: 0 }]);
     hit(&mut t, a, tcp(7000), origin + 10_000);
-    assert_eq!(
-        hit(&mut t, a, tcp(8000), origin + 15_001),
-        [Event::TimedOut {
-            door: 0,
-            at_stage: 1
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(8000), origin + 15_001), [Event::TimedOut { door: 0, at_stage: 1 }]);
 }
 
 #[test]
@@ -469,16 +373,7 @@ fn doors_sharing_a_port_reset_independently() {
         [Event::Open { door: 0 }, stage(1, 1, 3)],
         "door 1 had no attempt, so port 3 starts one"
     );
-    assert_eq!(
-        hit(&mut t, a, tcp(1), 3),
-        [
-            stage(0, 1, 3),
-            Event::Reset {
-                door: 1,
-                at_stage: 1
-            }
-        ]
-    );
+    assert_eq!(hit(&mut t, a, tcp(1), 3), [stage(0, 1, 3), Event::Reset { door: 1, at_stage: 1 }]);
 }
 
 #[test]
@@ -514,13 +409,7 @@ fn one_source_finishing_or_failing_keeps_others_progress() {
     // The oldest attempt completes, the next one fails.
     hit(&mut t, srcs[0], tcp(8000), 10);
     assert!(opens(&hit(&mut t, srcs[0], tcp(9000), 11), 0));
-    assert_eq!(
-        hit(&mut t, srcs[1], tcp(9000), 12),
-        [Event::Reset {
-            door: 0,
-            at_stage: 1
-        }]
-    );
+    assert_eq!(hit(&mut t, srcs[1], tcp(9000), 12), [Event::Reset { door: 0, at_stage: 1 }]);
     for &s in &srcs[2..] {
         assert_eq!(hit(&mut t, s, tcp(8000), 20), [stage(0, 2, 3)]);
         assert!(opens(&hit(&mut t, s, tcp(9000), 30), 0));
@@ -543,11 +432,7 @@ fn mixed_protocol_door_needs_each_protocol() {
     let mut t = tracker(vec![door(&[tcp(1000), udp(2000), tcp(3000)], 5_000)]);
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(1000), 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(2000), 1),
-        [],
-        "tcp/2000 is not in the door"
-    );
+    assert_eq!(hit(&mut t, a, tcp(2000), 1), [], "tcp/2000 is not in the door");
     assert_eq!(hit(&mut t, a, udp(2000), 2), [stage(0, 2, 3)]);
     assert_eq!(hit(&mut t, a, udp(3000), 3), []);
     assert_eq!(hit(&mut t, a, tcp(3000), 4), [Event::Open { door: 0 }]);
@@ -581,20 +466,10 @@ fn one_knock_door_opens_immediately() {
     let mut t = tracker(vec![door(&[udp(5000)], 5_000), door(&[tcp(6000)], 5_000)]);
     let a = ip("192.0.2.1");
     assert_eq!(hit(&mut t, a, udp(5000), 0), [Event::Open { door: 0 }]);
-    assert_eq!(
-        hit(&mut t, a, udp(5000), 1),
-        [Event::Open { door: 0 }],
-        "every packet opens"
-    );
-    assert_eq!(
-        hit_flags(&mut t, a, tcp(6000), TcpFlags(TcpFlags::ACK), 2),
-        []
-    );
+    assert_eq!(hit(&mut t, a, udp(5000), 1), [Event::Open { door: 0 }], "every packet opens");
+    assert_eq!(hit_flags(&mut t, a, tcp(6000), TcpFlags(TcpFlags::ACK), 2), []);
     assert_eq!(hit(&mut t, a, tcp(6000), 3), [Event::Open { door: 1 }]);
-    assert!(
-        t.is_empty() && t.slots() == 0,
-        "nothing is stored for 1-knock doors"
-    );
+    assert!(t.is_empty() && t.slots() == 0, "nothing is stored for 1-knock doors");
 }
 
 // ---- configuration ----
@@ -605,16 +480,12 @@ fn set_sequence_replaces_sequence_and_forgets_progress() {
     let (a, b) = (ip("192.0.2.1"), ip("2001:db8::1"));
     knock_all(&mut t, a, &[tcp(7000), tcp(8000)], 0);
     hit(&mut t, b, tcp(1), 0);
-    t.set_sequence(0, Some(vec![tcp(7100), tcp(8000), tcp(9000)]))
-        .expect("valid");
+    t.set_sequence(0, Some(vec![tcp(7100), tcp(8000), tcp(9000)])).expect("valid");
     assert_eq!(t.len(), 1, "door 1's progress is kept");
     assert!(!t.wants(tcp(7000)) && t.wants(tcp(7100)));
     assert_eq!(t.doors()[0].sequence, [tcp(7100), tcp(8000), tcp(9000)]);
     assert_eq!(hit(&mut t, a, tcp(9000), 100), [], "old progress is gone");
-    assert!(opens(
-        &knock_all(&mut t, a, &[tcp(7100), tcp(8000), tcp(9000)], 200),
-        0
-    ));
+    assert!(opens(&knock_all(&mut t, a, &[tcp(7100), tcp(8000), tcp(9000)], 200), 0));
     assert!(opens(&hit(&mut t, b, tcp(2), 300), 1));
 }
 
@@ -652,18 +523,9 @@ fn set_sequence_rejects_bad_input_and_changes_nothing() {
     let mut t = tracker(vec![std_door()]);
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(7000), 0);
-    assert_eq!(
-        t.set_sequence(1, None),
-        Err(SpecError::NoSuchDoor { door: 1 })
-    );
-    assert_eq!(
-        t.set_sequence(usize::MAX, None),
-        Err(SpecError::NoSuchDoor { door: usize::MAX })
-    );
-    assert_eq!(
-        t.set_sequence(0, Some(vec![])),
-        Err(SpecError::EmptySequence { door: 0 })
-    );
+    assert_eq!(t.set_sequence(1, None), Err(SpecError::NoSuchDoor { door: 1 }));
+    assert_eq!(t.set_sequence(usize::MAX, None), Err(SpecError::NoSuchDoor { door: usize::MAX }));
+    assert_eq!(t.set_sequence(0, Some(vec![])), Err(SpecError::EmptySequence { door: 0 }));
     assert_eq!(
         t.set_sequence(0, Some(vec![tcp(1); 33])),
         Err(SpecError::SequenceTooLong { door: 0, len: 33 })
@@ -675,49 +537,28 @@ fn set_sequence_rejects_bad_input_and_changes_nothing() {
 #[test]
 fn new_rejects_invalid_specs() {
     let err = |doors: Vec<DoorSpec>, cap: usize| Tracker::new(doors, cap).err();
-    assert_eq!(
-        err(vec![door(&[], 1_000)], 10),
-        Some(SpecError::EmptySequence { door: 0 })
-    );
+    assert_eq!(err(vec![door(&[], 1_000)], 10), Some(SpecError::EmptySequence { door: 0 }));
     assert_eq!(
         err(vec![std_door(), door(&[tcp(1); 33], 1_000)], 10),
         Some(SpecError::SequenceTooLong { door: 1, len: 33 })
     );
-    assert_eq!(
-        err(vec![door(&[tcp(1)], 0)], 10),
-        Some(SpecError::BadTimeout { door: 0 })
-    );
+    assert_eq!(err(vec![door(&[tcp(1)], 0)], 10), Some(SpecError::BadTimeout { door: 0 }));
     let mut sub_ms = std_door();
     sub_ms.timeout = Duration::from_micros(999);
-    assert_eq!(
-        err(vec![sub_ms], 10),
-        Some(SpecError::BadTimeout { door: 0 })
-    );
+    assert_eq!(err(vec![sub_ms], 10), Some(SpecError::BadTimeout { door: 0 }));
     let mut too_long = std_door();
     too_long.timeout = MAX_TIMEOUT + Duration::from_millis(1);
-    assert_eq!(
-        err(vec![too_long], 10),
-        Some(SpecError::BadTimeout { door: 0 })
-    );
+    assert_eq!(err(vec![too_long], 10), Some(SpecError::BadTimeout { door: 0 }));
     assert_eq!(err(vec![std_door()], 0), Some(SpecError::BadCapacity));
     assert_eq!(err(vec![std_door()], 1), Some(SpecError::BadCapacity));
-    assert_eq!(
-        err(vec![std_door()], MAX_CAPACITY + 1),
-        Some(SpecError::BadCapacity)
-    );
-    assert_eq!(
-        err(vec![door(&[tcp(1)], 1); MAX_DOORS + 1], 10),
-        Some(SpecError::TooManyDoors)
-    );
+    assert_eq!(err(vec![std_door()], MAX_CAPACITY + 1), Some(SpecError::BadCapacity));
+    assert_eq!(err(vec![door(&[tcp(1)], 1); MAX_DOORS + 1], 10), Some(SpecError::TooManyDoors));
 
     let mut max = std_door();
     max.timeout = MAX_TIMEOUT;
     assert!(Tracker::new(vec![max, door(&[tcp(1); 32], 1)], 2).is_ok());
     assert!(Tracker::new(vec![door(&[tcp(1)], 1); MAX_DOORS], 2).is_ok());
-    assert!(
-        Tracker::new(vec![], 2).is_ok(),
-        "no doors: a tracker that ignores everything"
-    );
+    assert!(Tracker::new(vec![], 2).is_ok(), "no doors: a tracker that ignores everything");
     assert!(SpecError::BadCapacity.to_string().contains("capacity"));
 }
 
@@ -728,12 +569,7 @@ fn last_of_many_doors_works() {
     let mut t = Tracker::new(doors, 10).expect("valid");
     let a = ip("192.0.2.1");
     hit(&mut t, a, tcp(2), 0);
-    assert_eq!(
-        hit(&mut t, a, tcp(3), 1),
-        [Event::Open {
-            door: MAX_DOORS - 1
-        }]
-    );
+    assert_eq!(hit(&mut t, a, tcp(3), 1), [Event::Open { door: MAX_DOORS - 1 }]);
 }
 
 // ---- bounds, eviction, memory ----
@@ -752,16 +588,10 @@ fn unmatched_packets_emit_nothing_and_allocate_nothing() {
 #[test]
 fn len_never_exceeds_capacity_under_flood() {
     for cap in [2, 3, 10, 101] {
-        let mut t =
-            Tracker::new(vec![std_door(), door(&[tcp(7000), tcp(1)], 5_000)], cap).expect("valid");
+        let mut t = Tracker::new(vec![std_door(), door(&[tcp(7000), tcp(1)], 5_000)], cap).expect("valid");
         for n in 0..5_000u32 {
             hit(&mut t, v4(n), tcp(7000), u64::from(n / 10));
-            assert!(
-                t.len() <= cap && t.slots() <= cap,
-                "cap {cap}: {} {}",
-                t.len(),
-                t.slots()
-            );
+            assert!(t.len() <= cap && t.slots() <= cap, "cap {cap}: {} {}", t.len(), t.slots());
         }
         assert_eq!(t.slots(), cap / 2 * 2, "both generations full");
         assert!(t.memory_allocated_bytes() <= t.memory_bound_bytes());
@@ -777,11 +607,7 @@ fn forgets_oldest_attempts_first() {
     }
     assert_eq!(t.len(), 10, "room for exactly capacity attempts");
     hit(&mut t, srcs[10], tcp(7000), 10);
-    assert_eq!(
-        t.len(),
-        6,
-        "the older generation (sources 0..5) was forgotten"
-    );
+    assert_eq!(t.len(), 6, "the older generation (sources 0..5) was forgotten");
     for &s in &srcs[..5] {
         assert_eq!(hit(&mut t, s, tcp(8000), 20), [], "evicted");
     }
@@ -831,8 +657,7 @@ fn legit_source_opens_amid_a_flood() {
 
 #[test]
 fn memory_returns_to_zero_after_flood_and_housekeeping() {
-    let mut t =
-        Tracker::new(vec![std_door(), door(&[tcp(7000), tcp(1)], 1_000)], 1_000).expect("valid");
+    let mut t = Tracker::new(vec![std_door(), door(&[tcp(7000), tcp(1)], 1_000)], 1_000).expect("valid");
     for n in 0..5_000u32 {
         hit(&mut t, v4(n), tcp(7000), u64::from(n / 5)); // flood over t = 0..1000 ms
     }
@@ -842,10 +667,7 @@ fn memory_returns_to_zero_after_flood_and_housekeeping() {
     t.housekeeping(Millis(999 + 5_001));
     assert_eq!((t.len(), t.slots(), t.memory_allocated_bytes()), (0, 0, 0));
     // And the tracker still works afterwards.
-    assert!(opens(
-        &knock_all(&mut t, ip("192.0.2.1"), &std_door().sequence, 10_000),
-        0
-    ));
+    assert!(opens(&knock_all(&mut t, ip("192.0.2.1"), &std_door().sequence, 10_000), 0));
 }
 
 #[test]
@@ -857,10 +679,7 @@ fn matching_packet_frees_generations_after_twice_the_timeout() {
     // Within the slack, expired attempts are kept so that a retry reports TimedOut.
     assert_eq!(
         hit(&mut t, v4(1_999), tcp(7000), 10_000).first(),
-        Some(&Event::TimedOut {
-            door: 0,
-            at_stage: 1
-        })
+        Some(&Event::TimedOut { door: 0, at_stage: 1 })
     );
     assert_eq!(t.len(), 1_000);
     // Past twice the timeout, packets collect them even without housekeeping.
@@ -871,11 +690,7 @@ fn matching_packet_frees_generations_after_twice_the_timeout() {
 #[test]
 fn memory_bound_is_about_50_bytes_per_attempt_at_the_default_capacity() {
     let t = Tracker::new(vec![std_door()], 1_000_000).expect("valid");
-    assert_eq!(
-        t.memory_allocated_bytes(),
-        0,
-        "nothing is allocated before use"
-    );
+    assert_eq!(t.memory_allocated_bytes(), 0, "nothing is allocated before use");
     let per_attempt = t.memory_bound_bytes() as f64 / 1_000_000.0;
     assert!((50.0..51.0).contains(&per_attempt), "{per_attempt}");
     // Best case: capacity / 2 exactly fills a power-of-two table at 7/8 load.
@@ -901,13 +716,7 @@ fn handles_200k_spoofed_sources_with_100k_capacity() {
     let mut t = Tracker::new(vec![std_door()], 100_000).expect("valid");
     let mut events = 0usize;
     for n in 0..200_000u32 {
-        t.observe(
-            v4(n),
-            tcp(7000),
-            SYN,
-            Millis(u64::from(n / 100)),
-            &mut |_| events += 1,
-        );
+        t.observe(v4(n), tcp(7000), SYN, Millis(u64::from(n / 100)), &mut |_| events += 1);
     }
     assert_eq!(events, 200_000);
     assert!(t.len() <= 100_000 && t.len() >= 50_000);
@@ -946,10 +755,7 @@ impl Model {
             if let Some((stage, started)) = cur {
                 if now.saturating_sub(started) > timeout {
                     self.attempts.remove(&(src, door));
-                    out.push(Event::TimedOut {
-                        door,
-                        at_stage: stage,
-                    });
+                    out.push(Event::TimedOut { door, at_stage: stage });
                     cur = None;
                 }
             }
@@ -958,11 +764,7 @@ impl Model {
                     out.push(Event::Open { door });
                 } else {
                     m.attempts.insert((src, door), (1, now));
-                    out.push(Event::Stage {
-                        door,
-                        stage: 1,
-                        of: seq.len(),
-                    });
+                    out.push(Event::Stage { door, stage: 1, of: seq.len() });
                 }
             };
             match cur {
@@ -972,20 +774,13 @@ impl Model {
                         out.push(Event::Open { door });
                     } else {
                         self.attempts.insert((src, door), (stage + 1, started));
-                        out.push(Event::Stage {
-                            door,
-                            stage: stage + 1,
-                            of: seq.len(),
-                        });
+                        out.push(Event::Stage { door, stage: stage + 1, of: seq.len() });
                     }
                 }
                 Some((stage, _)) if seq[stage - 1] == svc => {}
                 Some((stage, _)) => {
                     self.attempts.remove(&(src, door));
-                    out.push(Event::Reset {
-                        door,
-                        at_stage: stage,
-                    });
+                    out.push(Event::Reset { door, at_stage: stage });
                     if seq[0] == svc {
                         start(self, &mut out);
                     }
@@ -1047,16 +842,7 @@ fn src_of(p: &Packet) -> IpAddr {
     let a = Ipv4Addr::new(198, 51, 100, p.src);
     match (p.v6, p.src < 6) {
         (true, true) => IpAddr::V6(a.to_ipv6_mapped()),
-        (true, false) => IpAddr::V6(Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            0,
-            0,
-            0,
-            0,
-            0,
-            u16::from(p.src),
-        )),
+        (true, false) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(p.src))),
         (false, _) => IpAddr::V4(a),
     }
 }

@@ -85,10 +85,7 @@ impl Builder {
                 IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
             )
         } else {
-            (
-                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-                IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
-            )
+            (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)))
         };
         Builder {
             src,
@@ -160,12 +157,7 @@ impl Builder {
 
     fn ipv6(&self, src: Ipv6Addr, dst: Ipv6Addr, l4: &[u8]) -> Vec<u8> {
         let mut chain = Vec::new();
-        let kinds: Vec<u8> = self
-            .ext
-            .iter()
-            .map(|e| e.kind())
-            .chain([self.proto.number()])
-            .collect();
+        let kinds: Vec<u8> = self.ext.iter().map(|e| e.kind()).chain([self.proto.number()]).collect();
         for (i, e) in self.ext.iter().enumerate() {
             e.emit(kinds[i + 1], &mut chain);
         }
@@ -183,10 +175,8 @@ impl Builder {
 
 /// The Internet checksum (RFC 1071) over `data`.
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

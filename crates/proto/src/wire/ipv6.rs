@@ -195,8 +195,7 @@ impl<T: AsRef<[u8]>> ExtHeader<T> {
 
     /// Whether the fragment header's M ("more fragments") flag is set.
     pub fn more_frags(&self) -> bool {
-        self.kind == next_header::FRAGMENT
-            && read_u16(&self.buffer.as_ref()[ext_field::FRAG_OFF]) & 1 != 0
+        self.kind == next_header::FRAGMENT && read_u16(&self.buffer.as_ref()[ext_field::FRAG_OFF]) & 1 != 0
     }
 }
 
@@ -224,11 +223,7 @@ pub fn walk_ext_headers(first: u8, payload: &[u8]) -> Result<Upper> {
     for seen in 0..=MAX_EXT_HEADERS {
         match kind {
             next_header::TCP | next_header::UDP => {
-                return Ok(Upper {
-                    protocol: kind,
-                    offset,
-                    fragmented,
-                });
+                return Ok(Upper { protocol: kind, offset, fragmented });
             }
             // RFC 8200 §4.1: hop-by-hop only directly after the fixed header (Linux drops
             // it elsewhere, so such a packet never reaches a socket).

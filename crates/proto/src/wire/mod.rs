@@ -142,15 +142,7 @@ fn parse_transport(
     if src_port == 0 || dst_port == 0 {
         return Err(Error);
     }
-    Ok(Datagram {
-        src,
-        dst,
-        proto,
-        src_port,
-        dst_port,
-        flags,
-        payload,
-    })
+    Ok(Datagram { src, dst, proto, src_port, dst_port, flags, payload })
 }
 
 /// Big-endian `u16` from the first two bytes. Callers pass a slice taken with a

@@ -116,10 +116,7 @@ fn parses_ipv4_with_options() {
 fn parses_ipv4_udp_and_ignores_link_padding() {
     let d = parse_ip(&IPV4_UDP_PADDED).unwrap();
     assert_eq!((d.src, d.dst, d.proto), (V4_SRC, V4_DST, Proto::Udp));
-    assert_eq!(
-        (d.src_port, d.dst_port, d.flags),
-        (40000, 62201, TcpFlags(0))
-    );
+    assert_eq!((d.src_port, d.dst_port, d.flags), (40000, 62201, TcpFlags(0)));
     assert_eq!(d.payload, b"SPA!");
 }
 
@@ -154,11 +151,7 @@ fn parses_ipv6_auth_header_in_4_byte_units() {
 fn every_truncation_is_rejected_without_panicking() {
     for fixture in FIXTURES {
         // The IP length field covers the whole fixture except the UDP link padding.
-        let ip_len = if fixture == IPV4_UDP_PADDED.as_slice() {
-            32
-        } else {
-            fixture.len()
-        };
+        let ip_len = if fixture == IPV4_UDP_PADDED.as_slice() { 32 } else { fixture.len() };
         for n in 0..fixture.len() {
             let r = parse_ip(&fixture[..n]);
             assert_eq!(r.is_ok(), n >= ip_len, "prefix {n} of {fixture:02x?}");
@@ -180,10 +173,7 @@ fn rejects_bad_ihl() {
 #[test]
 fn rejects_ipv4_total_length_inconsistent_with_buffer() {
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 2, &[0, 45])), Err(Error));
-    assert_eq!(
-        parse_ip(&patched(&IPV4_TCP_SYN, 2, &[0xff, 0xff])),
-        Err(Error)
-    );
+    assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 2, &[0xff, 0xff])), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 2, &[0, 19])), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 2, &[0, 0])), Err(Error));
     // Shorter than the buffer: the rest is padding, and here it cuts the MSS option.
@@ -191,22 +181,13 @@ fn rejects_ipv4_total_length_inconsistent_with_buffer() {
     assert_eq!(parse_ip(&p), Err(Error));
     // Without options (data offset 5) the header fits and the option bytes are padding.
     let p = patched(&p, 32, &[0x50]);
-    assert_eq!(
-        parse_ip(&p).map(|d| (d.dst_port, d.payload)),
-        Ok((7000, &[][..]))
-    );
+    assert_eq!(parse_ip(&p).map(|d| (d.dst_port, d.payload)), Ok((7000, &[][..])));
 }
 
 #[test]
 fn rejects_nonfirst_fragment_v4_but_accepts_first() {
-    assert_eq!(
-        parse_ip(&patched(&IPV4_TCP_SYN, 6, &[0x00, 0x01])),
-        Err(Error)
-    );
-    assert_eq!(
-        parse_ip(&patched(&IPV4_TCP_SYN, 6, &[0x3f, 0xff])),
-        Err(Error)
-    );
+    assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 6, &[0x00, 0x01])), Err(Error));
+    assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 6, &[0x3f, 0xff])), Err(Error));
     // MF set, offset 0: first fragment with the TCP header present.
     assert!(parse_ip(&patched(&IPV4_TCP_SYN, 6, &[0x20, 0x00])).is_ok());
 }
@@ -250,12 +231,8 @@ fn accepts_eight_ext_headers_and_rejects_nine() {
     for v6_proto in [Proto::Tcp, Proto::Udp] {
         let mut b = Builder::new(true, v6_proto, 7000, TcpFlags::SYN);
         b.ext = vec![Ext::HopByHop(0)];
-        b.ext
-            .extend([Ext::DestOpts(1), Ext::Routing(0), Ext::Auth(1)].repeat(2));
-        b.ext.push(Ext::Fragment {
-            offset: 0,
-            more: false,
-        });
+        b.ext.extend([Ext::DestOpts(1), Ext::Routing(0), Ext::Auth(1)].repeat(2));
+        b.ext.push(Ext::Fragment { offset: 0, more: false });
         assert_eq!(b.ext.len(), 8);
         assert_eq!(parse_ip(&b.build()).unwrap().dst_port, 7000);
         b.ext.push(Ext::DestOpts(0));
@@ -266,17 +243,10 @@ fn accepts_eight_ext_headers_and_rejects_nine() {
 #[test]
 fn rejects_esp_no_next_header_and_unknown() {
     for next in [50, 59, 1, 58, 135, 255] {
-        assert_eq!(
-            parse_ip(&patched(&IPV6_TCP_SYN, 6, &[next])),
-            Err(Error),
-            "{next}"
-        );
+        assert_eq!(parse_ip(&patched(&IPV6_TCP_SYN, 6, &[next])), Err(Error), "{next}");
     }
     // The same inside a chain: dest-opts' next header at 48.
-    assert_eq!(
-        parse_ip(&patched(&IPV6_EXT_CHAIN_UDP_FRAG, 48, &[50])),
-        Err(Error)
-    );
+    assert_eq!(parse_ip(&patched(&IPV6_EXT_CHAIN_UDP_FRAG, 48, &[50])), Err(Error));
 }
 
 #[test]
@@ -291,31 +261,21 @@ fn rejects_ipv6_jumbogram_and_bad_payload_length() {
     assert_eq!(parse_ip(&patched(&IPV6_TCP_SYN, 4, &[0, 0])), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV6_TCP_SYN, 4, &[0, 25])), Err(Error));
     // Extension header longer than the payload.
-    assert_eq!(
-        parse_ip(&patched(&IPV6_EXT_CHAIN_UDP_FRAG, 41, &[9])),
-        Err(Error)
-    );
+    assert_eq!(parse_ip(&patched(&IPV6_EXT_CHAIN_UDP_FRAG, 41, &[9])), Err(Error));
 }
 
 #[test]
 fn rejects_port_zero() {
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 20, &[0, 0])), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 22, &[0, 0])), Err(Error));
-    assert_eq!(
-        parse_ip(&patched(&IPV4_UDP_PADDED, 22, &[0, 0])),
-        Err(Error)
-    );
+    assert_eq!(parse_ip(&patched(&IPV4_UDP_PADDED, 22, &[0, 0])), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV6_TCP_SYN, 42, &[0, 0])), Err(Error));
 }
 
 #[test]
 fn rejects_bad_tcp_data_offset() {
     for off in [0x00, 0x40, 0x70, 0xf0] {
-        assert_eq!(
-            parse_ip(&patched(&IPV4_TCP_SYN, 32, &[off])),
-            Err(Error),
-            "{off:#x}"
-        );
+        assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 32, &[off])), Err(Error), "{off:#x}");
     }
     // Data offset 5 makes the MSS option payload.
     let p = patched(&IPV4_TCP_SYN, 32, &[0x50]);
@@ -338,11 +298,7 @@ fn rejects_other_protocols_and_versions() {
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 9, &[1])), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 9, &[132])), Err(Error));
     for v in [0x05, 0x55, 0x65, 0xf5] {
-        assert_eq!(
-            parse_ip(&patched(&IPV4_TCP_SYN, 0, &[v])),
-            Err(Error),
-            "{v:#x}"
-        );
+        assert_eq!(parse_ip(&patched(&IPV4_TCP_SYN, 0, &[v])), Err(Error), "{v:#x}");
     }
     assert_eq!(parse_ip(&[]), Err(Error));
     assert_eq!(parse_ip(&patched(&IPV6_TCP_SYN, 0, &[0x40])), Err(Error));
@@ -355,44 +311,36 @@ fn arb_ext_chain() -> impl Strategy<Value = Vec<Ext>> {
         any::<bool>().prop_map(|more| Ext::Fragment { offset: 0, more }),
         (1u8..8).prop_map(Ext::Auth),
     ];
-    (
-        proptest::option::of(0u8..4),
-        proptest::collection::vec(ext, 0..=7),
-    )
+    (proptest::option::of(0u8..4), proptest::collection::vec(ext, 0..=7))
         .prop_map(|(hbh, rest)| hbh.map(Ext::HopByHop).into_iter().chain(rest).collect())
 }
 
 fn arb_builder() -> impl Strategy<Value = Builder> {
     (
-        (
-            any::<bool>(),
-            prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)],
-        ),
+        (any::<bool>(), prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)]),
         (1..=u16::MAX, 1..=u16::MAX, any::<u8>()),
         (any::<[u8; 16]>(), any::<[u8; 16]>()),
         (0u8..=10, 0u8..=10, any::<bool>(), arb_ext_chain()),
         (proptest::collection::vec(any::<u8>(), 0..64), 0usize..16),
     )
-        .prop_map(
-            |((v6, proto), (sp, dp, flags), (s, d), (ipo, tcpo, mf, ext), (payload, pad))| {
-                let mut b = Builder::new(v6, proto, dp, flags);
-                b.src_port = sp;
-                if v6 {
-                    b.src = IpAddr::V6(Ipv6Addr::from(s));
-                    b.dst = IpAddr::V6(Ipv6Addr::from(d));
-                    b.ext = ext;
-                } else {
-                    b.src = IpAddr::V4(Ipv4Addr::new(s[0], s[1], s[2], s[3]));
-                    b.dst = IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3]));
-                    b.ip_options = ipo;
-                    b.more_frags = mf;
-                }
-                b.tcp_options = tcpo;
-                b.payload = payload;
-                b.padding = pad;
-                b
-            },
-        )
+        .prop_map(|((v6, proto), (sp, dp, flags), (s, d), (ipo, tcpo, mf, ext), (payload, pad))| {
+            let mut b = Builder::new(v6, proto, dp, flags);
+            b.src_port = sp;
+            if v6 {
+                b.src = IpAddr::V6(Ipv6Addr::from(s));
+                b.dst = IpAddr::V6(Ipv6Addr::from(d));
+                b.ext = ext;
+            } else {
+                b.src = IpAddr::V4(Ipv4Addr::new(s[0], s[1], s[2], s[3]));
+                b.dst = IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3]));
+                b.ip_options = ipo;
+                b.more_frags = mf;
+            }
+            b.tcp_options = tcpo;
+            b.payload = payload;
+            b.padding = pad;
+            b
+        })
 }
 
 proptest! {

@@ -172,12 +172,9 @@ pub(crate) fn encrypt(pass: &[u8], salt: &[u8; 8], plaintext: &[u8]) -> Vec<u8> 
 /// (some real clients send none); whether the result is a real plaintext is decided
 /// by the caller (16 digits + `:`, then the inner digest).
 pub(crate) fn decrypt(pass: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SpaError> {
-    let rest = blob
-        .strip_prefix(SALTED.as_slice())
-        .ok_or(SpaError::BadCiphertext("missing Salted__ header"))?;
-    let (salt, ct) = rest
-        .split_first_chunk::<8>()
-        .ok_or(SpaError::BadCiphertext("missing salt"))?;
+    let rest =
+        blob.strip_prefix(SALTED.as_slice()).ok_or(SpaError::BadCiphertext("missing Salted__ header"))?;
+    let (salt, ct) = rest.split_first_chunk::<8>().ok_or(SpaError::BadCiphertext("missing salt"))?;
     if ct.is_empty() || ct.len() % BLOCK != 0 {
         return Err(SpaError::BadCiphertext("not a whole number of blocks"));
     }
@@ -210,18 +207,10 @@ mod tests {
         // D2 chains D1, D3 chains D2.
         let salt = [1, 2, 3, 4, 5, 6, 7, 8];
         let kiv = bytes_to_key(b"fwknoptest", &salt);
-        let d1: [u8; 16] = Md5::new()
-            .chain_update(b"fwknoptest")
-            .chain_update(salt)
-            .finalize()
-            .into();
+        let d1: [u8; 16] = Md5::new().chain_update(b"fwknoptest").chain_update(salt).finalize().into();
         assert_eq!(&kiv[..16], &d1);
-        let d2: [u8; 16] = Md5::new()
-            .chain_update(d1)
-            .chain_update(b"fwknoptest")
-            .chain_update(salt)
-            .finalize()
-            .into();
+        let d2: [u8; 16] =
+            Md5::new().chain_update(d1).chain_update(b"fwknoptest").chain_update(salt).finalize().into();
         assert_eq!(&kiv[16..32], &d2);
     }
 
@@ -242,18 +231,9 @@ mod tests {
             decrypt(b"k", b"Salted_x12345678aaaaaaaaaaaaaaaa"),
             Err(SpaError::BadCiphertext("missing Salted__ header"))
         );
-        assert!(matches!(
-            decrypt(b"k", b"Salted__1234567"),
-            Err(SpaError::BadCiphertext(_))
-        ));
-        assert!(matches!(
-            decrypt(b"k", b"Salted__12345678"),
-            Err(SpaError::BadCiphertext(_))
-        ));
-        assert!(matches!(
-            decrypt(b"k", b"Salted__12345678abc"),
-            Err(SpaError::BadCiphertext(_))
-        ));
+        assert!(matches!(decrypt(b"k", b"Salted__1234567"), Err(SpaError::BadCiphertext(_))));
+        assert!(matches!(decrypt(b"k", b"Salted__12345678"), Err(SpaError::BadCiphertext(_))));
+        assert!(matches!(decrypt(b"k", b"Salted__12345678abc"), Err(SpaError::BadCiphertext(_))));
     }
 
     #[test]
@@ -267,15 +247,10 @@ mod tests {
 
     #[test]
     fn hmac_matches_rfc4231_case_2() {
-        let mac = hmac_b64(
-            HashType::Sha256,
-            b"Jefe",
-            &[b"what do ya want ", b"for nothing?"],
-        );
+        let mac = hmac_b64(HashType::Sha256, b"Jefe", &[b"what do ya want ", b"for nothing?"]);
         let expect = b64_encode(&[
-            0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95,
-            0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9,
-            0x64, 0xec, 0x38, 0x43,
+            0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95, 0x75, 0xc7,
+            0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43,
         ]);
         assert_eq!(mac, expect);
     }

@@ -39,11 +39,7 @@ fn authenticate<'a>(wire: &'a [u8], key: &FwknopKey) -> Result<&'a [u8], SpaErro
         return Ok(wire);
     };
     let mac_len = b64_len(*hmac_type);
-    let split = wire
-        .len()
-        .checked_sub(mac_len)
-        .filter(|&s| s > 0)
-        .ok_or(SpaError::BadMac)?;
+    let split = wire.len().checked_sub(mac_len).filter(|&s| s > 0).ok_or(SpaError::BadMac)?;
     let (data, mac) = wire.split_at(split);
     let want = hmac_b64(*hmac_type, hmac_key, &[SALTED_B64.as_bytes(), data]);
     if bool::from(want.as_bytes().ct_eq(mac)) {

@@ -37,9 +37,8 @@ pub(crate) fn seal(
     rng(&mut salt);
     let blob = encrypt(&key.cipher_pass(), &salt, plaintext);
     let full = b64_encode(&blob);
-    let data = full
-        .strip_prefix(SALTED_B64)
-        .ok_or(SpaError::Unreachable("salted blob lacks its base64 prefix"))?;
+    let data =
+        full.strip_prefix(SALTED_B64).ok_or(SpaError::Unreachable("salted blob lacks its base64 prefix"))?;
     // fwknopd classifies ≥ 400 characters (prefix re-added) as GnuPG and refuses them.
     if data.len() > MAX_PRE_HMAC_LEN {
         return Err(SpaError::TooLong);
@@ -86,8 +85,5 @@ pub fn fwknop_keygen(rng: &mut impl FnMut(&mut [u8])) -> (Zeroizing<String>, Zer
     let mut hkey = Zeroizing::new([0u8; 64]);
     rng(key.as_mut_slice());
     rng(hkey.as_mut_slice());
-    (
-        Zeroizing::new(b64_encode_padded(key.as_slice())),
-        Zeroizing::new(b64_encode_padded(hkey.as_slice())),
-    )
+    (Zeroizing::new(b64_encode_padded(key.as_slice())), Zeroizing::new(b64_encode_padded(hkey.as_slice())))
 }

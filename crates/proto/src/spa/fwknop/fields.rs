@@ -111,14 +111,12 @@ pub(crate) fn valid_user(user: &str) -> bool {
 /// `space / ? " ' \ ,`. The host is otherwise reported as sent (fwknopd resolves and
 /// validates it later; the `bad%host` vector must decode).
 fn parse_nat(raw: &str) -> Result<(String, u16), SpaError> {
-    let (host, port) = raw
-        .split_once(',')
-        .ok_or(SpaError::BadField("nat_access: missing comma"))?;
+    let (host, port) = raw.split_once(',').ok_or(SpaError::BadField("nat_access: missing comma"))?;
     let host_ok = !host.is_empty()
         && host.len() <= MAX_NAT_HOST_LEN
-        && host.bytes().all(|b| {
-            is_printable(b) && !matches!(b, b' ' | b'/' | b'?' | b'"' | b'\'' | b'\\' | b',')
-        });
+        && host
+            .bytes()
+            .all(|b| is_printable(b) && !matches!(b, b' ' | b'/' | b'?' | b'"' | b'\'' | b'\\' | b','));
     if !host_ok {
         return Err(SpaError::BadField("nat_access: host"));
     }
@@ -128,9 +126,8 @@ fn parse_nat(raw: &str) -> Result<(String, u16), SpaError> {
 
 /// One `proto/port` entry of an access message.
 fn parse_access(spec: &str) -> Result<Access, SpaError> {
-    let (proto, port) = spec
-        .split_once('/')
-        .ok_or(SpaError::BadField("message: access entry without '/'"))?;
+    let (proto, port) =
+        spec.split_once('/').ok_or(SpaError::BadField("message: access entry without '/'"))?;
     let proto = match proto {
         "tcp" => AccessProto::Tcp,
         "udp" => AccessProto::Udp,
@@ -150,33 +147,19 @@ struct Body {
 }
 
 fn parse_message(raw: &str, msg_type: MsgType) -> Result<Body, SpaError> {
-    let (ip, rest) = raw
-        .split_once(',')
-        .ok_or(SpaError::BadField("message: missing comma"))?;
+    let (ip, rest) = raw.split_once(',').ok_or(SpaError::BadField("message: missing comma"))?;
     // Dotted-quad only (std rejects leading zeros, which inet_aton would read as octal).
-    let allow_ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| SpaError::BadField("message: allow IP is not a dotted-quad IPv4 address"))?;
+    let allow_ip: Ipv4Addr =
+        ip.parse().map_err(|_| SpaError::BadField("message: allow IP is not a dotted-quad IPv4 address"))?;
     if msg_type == MsgType::Command {
         if rest.is_empty() {
             return Err(SpaError::BadField("message: empty command"));
         }
-        return Ok(Body {
-            allow_ip,
-            access: Vec::new(),
-            command: Some(rest.to_owned()),
-        });
+        return Ok(Body { allow_ip, access: Vec::new(), command: Some(rest.to_owned()) });
     }
     // At most ~48 entries fit in 192 raw bytes; the Vec grows with real input only.
-    let access = rest
-        .split(',')
-        .map(parse_access)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Body {
-        allow_ip,
-        access,
-        command: None,
-    })
+    let access = rest.split(',').map(parse_access).collect::<Result<Vec<_>, _>>()?;
+    Ok(Body { allow_ip, access, command: None })
 }
 
 /// Which inner digest type matches `digest` over `encoded`. Type is inferred from the
@@ -215,31 +198,26 @@ pub(crate) fn parse_plaintext(pt: &[u8]) -> Result<SpaMessage, SpaError> {
     if !(MIN_COLONS..=MAX_COLONS).contains(&colons) {
         return Err(SpaError::BadField("field count"));
     }
-    let split = pt
-        .iter()
-        .rposition(|&b| b == b':')
-        .ok_or(SpaError::Unreachable("colon counted but not found"))?;
+    let split =
+        pt.iter().rposition(|&b| b == b':').ok_or(SpaError::Unreachable("colon counted but not found"))?;
     let (encoded, digest) = (&pt[..split], &pt[split + 1..]);
     let digest_type = verify_digest(encoded, digest)?;
 
     // Printable ASCII is valid UTF-8.
-    let text = std::str::from_utf8(encoded)
-        .map_err(|_| SpaError::Unreachable("printable ASCII is UTF-8"))?;
+    let text = std::str::from_utf8(encoded).map_err(|_| SpaError::Unreachable("printable ASCII is UTF-8"))?;
     let mut fields = text.split(':');
     let mut next = |what: &'static str| fields.next().ok_or(SpaError::BadField(what));
 
     let rand_field = next("random value")?;
-    let rand: [u8; RAND_LEN] = rand_field
-        .as_bytes()
-        .try_into()
-        .map_err(|_| SpaError::Unreachable("random value length checked"))?;
+    let rand: [u8; RAND_LEN] =
+        rand_field.as_bytes().try_into().map_err(|_| SpaError::Unreachable("random value length checked"))?;
 
     let user = decode_b64_field(next("user")?, MAX_USER_B64, "user")?;
     if !valid_user(&user) {
         return Err(SpaError::BadField("user"));
     }
-    let timestamp = parse_decimal(next("timestamp")?, MAX_TIMESTAMP_LEN)
-        .ok_or(SpaError::BadField("timestamp"))?;
+    let timestamp =
+        parse_decimal(next("timestamp")?, MAX_TIMESTAMP_LEN).ok_or(SpaError::BadField("timestamp"))?;
     let version = next("version")?;
     if version.is_empty() || version.len() > MAX_VERSION_LEN {
         return Err(SpaError::BadField("version"));
@@ -251,23 +229,19 @@ pub(crate) fn parse_plaintext(pt: &[u8]) -> Result<SpaMessage, SpaError> {
 
     // What remains: message [nat] [server_auth] [timeout]. Bounded by the colon count.
     let rest: Vec<&str> = fields.collect();
-    let (msg, nat, sa, timeout) =
-        match (msg_type.has_nat(), msg_type.has_timeout(), rest.as_slice()) {
-            (false, false, [m]) => (*m, None, None, None),
-            (false, false, [m, s]) => (*m, None, Some(*s), None),
-            (true, false, [m, n]) => (*m, Some(*n), None, None),
-            (true, false, [m, n, s]) => (*m, Some(*n), Some(*s), None),
-            (false, true, [m, t]) => (*m, None, None, Some(*t)),
-            (false, true, [m, s, t]) => (*m, None, Some(*s), Some(*t)),
-            (true, true, [m, n, t]) => (*m, Some(*n), None, Some(*t)),
-            (true, true, [m, n, s, t]) => (*m, Some(*n), Some(*s), Some(*t)),
-            _ => return Err(SpaError::BadField("field count for message type")),
-        };
+    let (msg, nat, sa, timeout) = match (msg_type.has_nat(), msg_type.has_timeout(), rest.as_slice()) {
+        (false, false, [m]) => (*m, None, None, None),
+        (false, false, [m, s]) => (*m, None, Some(*s), None),
+        (true, false, [m, n]) => (*m, Some(*n), None, None),
+        (true, false, [m, n, s]) => (*m, Some(*n), Some(*s), None),
+        (false, true, [m, t]) => (*m, None, None, Some(*t)),
+        (false, true, [m, s, t]) => (*m, None, Some(*s), Some(*t)),
+        (true, true, [m, n, t]) => (*m, Some(*n), None, Some(*t)),
+        (true, true, [m, n, s, t]) => (*m, Some(*n), Some(*s), Some(*t)),
+        _ => return Err(SpaError::BadField("field count for message type")),
+    };
 
-    let body = parse_message(
-        &decode_b64_field(msg, MAX_MESSAGE_B64, "message")?,
-        msg_type,
-    )?;
+    let body = parse_message(&decode_b64_field(msg, MAX_MESSAGE_B64, "message")?, msg_type)?;
     let nat_access = match nat {
         Some(n) => Some(parse_nat(&decode_b64_field(n, MAX_NAT_B64, "nat_access")?)?),
         None => None,
@@ -347,9 +321,7 @@ pub(crate) fn build_plaintext(msg: &SpaMessage) -> Result<Zeroizing<String>, Spa
     pt.push_str(&digest);
     match parse_plaintext(pt.as_bytes()) {
         Ok(back) if back == *msg => Ok(pt),
-        Ok(_) => Err(SpaError::InvalidMessage(
-            "a field does not survive encoding",
-        )),
+        Ok(_) => Err(SpaError::InvalidMessage("a field does not survive encoding")),
         Err(SpaError::BadField(what)) => Err(SpaError::InvalidMessage(what)),
         Err(SpaError::NotDecrypted) => Err(SpaError::InvalidMessage("random value")),
         Err(_) => Err(SpaError::InvalidMessage("plaintext does not verify")),
@@ -359,40 +331,26 @@ pub(crate) fn build_plaintext(msg: &SpaMessage) -> Result<Zeroizing<String>, Spa
 /// Consistency checks with specific messages (the parse-back catches the rest).
 fn check_shape(msg: &SpaMessage) -> Result<(), SpaError> {
     if !msg.rand.iter().all(u8::is_ascii_digit) {
-        return Err(SpaError::InvalidMessage(
-            "random value must be 16 ASCII digits",
-        ));
+        return Err(SpaError::InvalidMessage("random value must be 16 ASCII digits"));
     }
     if msg.user.len() > 48 || !valid_user(&msg.user) {
         return Err(SpaError::InvalidMessage("user"));
     }
-    match (
-        msg.msg_type == MsgType::Command,
-        &msg.command,
-        msg.access.is_empty(),
-    ) {
+    match (msg.msg_type == MsgType::Command, &msg.command, msg.access.is_empty()) {
         (true, Some(c), true) if !c.is_empty() => {}
         (true, _, _) => {
-            return Err(SpaError::InvalidMessage(
-                "command type needs a command and no access",
-            ));
+            return Err(SpaError::InvalidMessage("command type needs a command and no access"));
         }
         (false, None, false) => {}
         (false, _, _) => {
-            return Err(SpaError::InvalidMessage(
-                "access types need access entries and no command",
-            ));
+            return Err(SpaError::InvalidMessage("access types need access entries and no command"));
         }
     }
     if msg.msg_type.has_nat() != msg.nat_access.is_some() {
-        return Err(SpaError::InvalidMessage(
-            "nat_access must be set exactly for NAT types",
-        ));
+        return Err(SpaError::InvalidMessage("nat_access must be set exactly for NAT types"));
     }
     if msg.msg_type.has_timeout() != msg.client_timeout.is_some() {
-        return Err(SpaError::InvalidMessage(
-            "client_timeout must be set exactly for timeout types",
-        ));
+        return Err(SpaError::InvalidMessage("client_timeout must be set exactly for timeout types"));
     }
     Ok(())
 }

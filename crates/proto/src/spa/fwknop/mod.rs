@@ -176,11 +176,7 @@ impl FwknopKey {
     /// # Errors
     /// [`SpaError::BadKey`] if the encryption key is not 1..=32 bytes, the HMAC key is
     /// not 1..=136 bytes, or both are equal (fwknopd refuses that stanza).
-    pub fn new(
-        enc_key: &[u8],
-        mode: EncMode,
-        hmac: Option<(HmacType, &[u8])>,
-    ) -> Result<Self, SpaError> {
+    pub fn new(enc_key: &[u8], mode: EncMode, hmac: Option<(HmacType, &[u8])>) -> Result<Self, SpaError> {
         if enc_key.is_empty() || enc_key.len() > MAX_ENC_KEY_LEN {
             return Err(SpaError::BadKey("encryption key must be 1 to 32 bytes"));
         }
@@ -196,11 +192,7 @@ impl FwknopKey {
             }
             None => None,
         };
-        Ok(FwknopKey {
-            enc_key: Zeroizing::new(enc_key.to_vec()),
-            mode,
-            hmac,
-        })
+        Ok(FwknopKey { enc_key: Zeroizing::new(enc_key.to_vec()), mode, hmac })
     }
 
     /// Keys from configuration base64 (`KEY_BASE64` / `HMAC_KEY_BASE64`; padding optional).
@@ -212,12 +204,12 @@ impl FwknopKey {
         mode: EncMode,
         hmac: Option<(HmacType, &str)>,
     ) -> Result<Self, SpaError> {
-        let enc = crypto::b64_decode_config(enc_key_b64)
-            .ok_or(SpaError::BadKey("KEY_BASE64 is not base64"))?;
+        let enc =
+            crypto::b64_decode_config(enc_key_b64).ok_or(SpaError::BadKey("KEY_BASE64 is not base64"))?;
         match hmac {
             Some((t, h)) => {
-                let hk = crypto::b64_decode_config(h)
-                    .ok_or(SpaError::BadKey("HMAC_KEY_BASE64 is not base64"))?;
+                let hk =
+                    crypto::b64_decode_config(h).ok_or(SpaError::BadKey("HMAC_KEY_BASE64 is not base64"))?;
                 FwknopKey::new(&enc, mode, Some((t, &hk)))
             }
             None => FwknopKey::new(&enc, mode, None),
@@ -372,14 +364,8 @@ impl Access {
     /// The TCP/UDP service this entry asks for; `None` for `icmp`/`none`.
     pub const fn service(self) -> Option<Service> {
         match self.proto {
-            AccessProto::Tcp => Some(Service {
-                proto: Proto::Tcp,
-                port: self.port,
-            }),
-            AccessProto::Udp => Some(Service {
-                proto: Proto::Udp,
-                port: self.port,
-            }),
+            AccessProto::Tcp => Some(Service { proto: Proto::Tcp, port: self.port }),
+            AccessProto::Udp => Some(Service { proto: Proto::Udp, port: self.port }),
             AccessProto::Icmp | AccessProto::None => None,
         }
     }
@@ -391,10 +377,7 @@ impl From<Service> for Access {
             Proto::Tcp => AccessProto::Tcp,
             Proto::Udp => AccessProto::Udp,
         };
-        Access {
-            proto,
-            port: s.port,
-        }
+        Access { proto, port: s.port }
     }
 }
 
@@ -503,9 +486,7 @@ impl SpaMessage {
             m.client_timeout = None;
         }
         if m.msg_type == MsgType::Command && m.client_timeout.is_some() {
-            return Err(SpaError::InvalidMessage(
-                "command messages cannot carry a timeout",
-            ));
+            return Err(SpaError::InvalidMessage("command messages cannot carry a timeout"));
         }
         m.msg_type = m.msg_type.with_timeout(m.client_timeout.is_some());
         Ok(m)
@@ -566,11 +547,7 @@ pub fn check_age(msg: &SpaMessage, now: u64, max_age: u64) -> Result<(), SpaErro
 ///    fuzzer reaches the field parser without a MAC bypass), parses it and, if it is
 ///    accepted, checks that re-encoding gives back the same bytes.
 pub fn fuzz_decode(data: &[u8]) {
-    if let Ok(k) = FwknopKey::new(
-        b"fuzz-enc-key",
-        EncMode::Cbc,
-        Some((HashType::Sha256, b"fuzz-hmac-key")),
-    ) {
+    if let Ok(k) = FwknopKey::new(b"fuzz-enc-key", EncMode::Cbc, Some((HashType::Sha256, b"fuzz-hmac-key"))) {
         let _ = decode(data, &k);
     }
     if let Ok(k) = FwknopKey::new(b"fuzz", EncMode::Legacy, None) {

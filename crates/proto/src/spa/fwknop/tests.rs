@@ -9,10 +9,7 @@ use super::crypto::{b64_encode, digest_b64, is_b64_char};
 use super::encode::seal;
 use super::*;
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/fwknop/positive.tsv"
-);
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/fwknop/positive.tsv");
 
 /// Deterministic test RNG (SplitMix64).
 fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
@@ -65,54 +62,28 @@ fn load_vectors() -> Option<Vec<Row>> {
     let header: Vec<String> = lines.next()?.split('\t').map(str::to_owned).collect();
     let rows = lines
         .filter(|l| !l.is_empty())
-        .map(|l| {
-            Row(header
-                .iter()
-                .cloned()
-                .zip(l.split('\t').map(str::to_owned))
-                .collect())
-        })
+        .map(|l| Row(header.iter().cloned().zip(l.split('\t').map(str::to_owned)).collect()))
         .collect();
     Some(rows)
 }
 
 fn assert_matches_row(msg: &SpaMessage, row: &Row) {
     let id = row.get("id");
-    assert_eq!(
-        std::str::from_utf8(&msg.rand).unwrap(),
-        row.get("rand"),
-        "{id} rand"
-    );
+    assert_eq!(std::str::from_utf8(&msg.rand).unwrap(), row.get("rand"), "{id} rand");
     assert_eq!(msg.user, row.get("user"), "{id} user");
-    assert_eq!(
-        msg.timestamp.to_string(),
-        row.get("timestamp"),
-        "{id} timestamp"
-    );
+    assert_eq!(msg.timestamp.to_string(), row.get("timestamp"), "{id} timestamp");
     assert_eq!(msg.version, row.get("version"), "{id} version");
-    assert_eq!(
-        msg.msg_type.as_u8().to_string(),
-        row.get("msg_type"),
-        "{id} msg_type"
-    );
+    assert_eq!(msg.msg_type.as_u8().to_string(), row.get("msg_type"), "{id} msg_type");
     assert_eq!(msg.message_text(), row.get("message"), "{id} message");
     let nat = msg.nat_access.as_ref().map(|(h, p)| format!("{h},{p}"));
     assert_eq!(nat.as_deref(), row.opt("nat_access"), "{id} nat_access");
-    assert_eq!(
-        msg.server_auth.as_deref(),
-        row.opt("server_auth"),
-        "{id} server_auth"
-    );
+    assert_eq!(msg.server_auth.as_deref(), row.opt("server_auth"), "{id} server_auth");
     assert_eq!(
         msg.client_timeout.map(|t| t.to_string()).as_deref(),
         row.opt("client_timeout"),
         "{id} client_timeout"
     );
-    assert_eq!(
-        msg.digest_type.as_str(),
-        row.get("digest_type"),
-        "{id} digest_type"
-    );
+    assert_eq!(msg.digest_type.as_str(), row.get("digest_type"), "{id} digest_type");
 }
 
 #[test]
@@ -129,15 +100,9 @@ fn decodes_every_positive_vector() {
         assert_matches_row(&msg, row);
         passed += 1;
     }
-    eprintln!(
-        "fwknop vectors: {passed} passed, {skipped} skipped, {} total",
-        rows.len()
-    );
+    eprintln!("fwknop vectors: {passed} passed, {skipped} skipped, {} total", rows.len());
     assert_eq!(passed + skipped, rows.len());
-    assert!(
-        passed >= 79,
-        "expected at least 79 decodable vectors, got {passed}"
-    );
+    assert!(passed >= 79, "expected at least 79 decodable vectors, got {passed}");
 }
 
 #[test]
@@ -158,10 +123,7 @@ fn dual_key_vectors_fail_as_cbc_and_pass_as_legacy() {
     let mut n = 0;
     for row in rows.iter().filter(|r| r.get("id").ends_with("_dual_keys")) {
         let wire = row.get("wire").as_bytes();
-        assert_eq!(
-            decode(wire, &row.key(EncMode::Cbc)),
-            Err(SpaError::NotDecrypted)
-        );
+        assert_eq!(decode(wire, &row.key(EncMode::Cbc)), Err(SpaError::NotDecrypted));
         assert_matches_row(&decode(wire, &row.key(EncMode::Legacy)).unwrap(), row);
         n += 1;
     }
@@ -171,28 +133,16 @@ fn dual_key_vectors_fail_as_cbc_and_pass_as_legacy() {
 #[test]
 fn skipped_nonstandard_sha1_vector_is_refused() {
     let Some(rows) = load_vectors() else { return };
-    let row = rows
-        .iter()
-        .find(|r| r.get("id") == "golden_access_sha1")
-        .unwrap();
-    assert_eq!(
-        decode(row.get("wire").as_bytes(), &row.key(row.mode())),
-        Err(SpaError::BadMac)
-    );
+    let row = rows.iter().find(|r| r.get("id") == "golden_access_sha1").unwrap();
+    assert_eq!(decode(row.get("wire").as_bytes(), &row.key(row.mode())), Err(SpaError::BadMac));
 }
 
 #[test]
 fn replay_key_ignores_wire_spelling() {
     let Some(rows) = load_vectors() else { return };
     // Same packet, two stanzas: same replay key.
-    let a = rows
-        .iter()
-        .find(|r| r.get("id") == "fwk_bc_rij_v2_0_3")
-        .unwrap();
-    let b = rows
-        .iter()
-        .find(|r| r.get("id") == "fwk_bc_rij_v2_0_3_dual_keys")
-        .unwrap();
+    let a = rows.iter().find(|r| r.get("id") == "fwk_bc_rij_v2_0_3").unwrap();
+    let b = rows.iter().find(|r| r.get("id") == "fwk_bc_rij_v2_0_3_dual_keys").unwrap();
     let ma = decode(a.get("wire").as_bytes(), &a.key(a.mode())).unwrap();
     let mb = decode(b.get("wire").as_bytes(), &b.key(b.mode())).unwrap();
     assert_eq!(canonical_replay_key(&ma), canonical_replay_key(&mb));
@@ -206,33 +156,13 @@ fn decodes_packet_from_installed_fwknop_client() {
     let home = std::env::temp_dir().join(format!("portcullis-fwknop-test-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&home);
     let out = std::process::Command::new("fwknop")
-        .args([
-            "-A",
-            "tcp/22",
-            "-a",
-            "1.2.3.4",
-            "-D",
-            "127.0.0.1",
-            "--key-rijndael",
-            "k",
-        ])
-        .args([
-            "--use-hmac",
-            "--key-hmac",
-            "h",
-            "-T",
-            "-v",
-            "--no-rc-file",
-            "-U",
-            "alice",
-        ])
+        .args(["-A", "tcp/22", "-a", "1.2.3.4", "-D", "127.0.0.1", "--key-rijndael", "k"])
+        .args(["--use-hmac", "--key-hmac", "h", "-T", "-v", "--no-rc-file", "-U", "alice"])
         .env("HOME", &home)
         .output();
     let _ = std::fs::remove_dir_all(&home);
     let Ok(out) = out else {
-        eprintln!(
-            "\n*** SKIPPED: fwknop client not installed (apt-get install fwknop-client) ***\n"
-        );
+        eprintln!("\n*** SKIPPED: fwknop client not installed (apt-get install fwknop-client) ***\n");
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -245,20 +175,11 @@ fn decodes_packet_from_installed_fwknop_client() {
     let wire = field("Final SPA Data:");
     let key = FwknopKey::new(b"k", EncMode::Cbc, Some((HashType::Sha256, b"h"))).unwrap();
     let msg = decode(wire.as_bytes(), &key).unwrap();
-    assert_eq!(
-        std::str::from_utf8(&msg.rand).unwrap(),
-        field("Random Value:")
-    );
+    assert_eq!(std::str::from_utf8(&msg.rand).unwrap(), field("Random Value:"));
     assert_eq!(msg.user, "alice");
     assert_eq!(msg.msg_type, MsgType::Access);
     assert_eq!(msg.message_text(), "1.2.3.4,tcp/22");
-    assert_eq!(
-        msg.access,
-        vec![Access {
-            proto: AccessProto::Tcp,
-            port: 22
-        }]
-    );
+    assert_eq!(msg.access, vec![Access { proto: AccessProto::Tcp, port: 22 }]);
     assert_eq!(msg.digest_type, HashType::Sha256);
 }
 
@@ -266,12 +187,7 @@ fn decodes_packet_from_installed_fwknop_client() {
 // Helpers for crafted packets
 
 fn hmac_key() -> FwknopKey {
-    FwknopKey::new(
-        b"fwknoptest",
-        EncMode::Cbc,
-        Some((HashType::Sha256, b"hmactest")),
-    )
-    .unwrap()
+    FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((HashType::Sha256, b"hmactest"))).unwrap()
 }
 
 fn sample(seed: u64) -> SpaMessage {
@@ -280,10 +196,7 @@ fn sample(seed: u64) -> SpaMessage {
         "alice",
         1_795_288_322,
         Ipv4Addr::new(1, 2, 3, 4),
-        vec![Access {
-            proto: AccessProto::Tcp,
-            port: 22,
-        }],
+        vec![Access { proto: AccessProto::Tcp, port: 22 }],
         &mut r,
     )
 }
@@ -298,21 +211,14 @@ fn b64(s: &str) -> String {
 
 /// `encoded:sha256(encoded)`, sealed with the HMAC test key, then decoded.
 fn decode_encoded(encoded: &str) -> Result<SpaMessage, SpaError> {
-    let pt = format!(
-        "{encoded}:{}",
-        digest_b64(HashType::Sha256, encoded.as_bytes())
-    );
+    let pt = format!("{encoded}:{}", digest_b64(HashType::Sha256, encoded.as_bytes()));
     let wire = seal(pt.as_bytes(), &hmac_key(), &mut rng(3)).unwrap();
     decode(wire.as_bytes(), &hmac_key())
 }
 
 /// An encoded access message with the given raw message field.
 fn with_message(message: &str) -> String {
-    format!(
-        "1234567890123456:{}:1795288322:3.0.0:1:{}",
-        b64("alice"),
-        b64(message)
-    )
+    format!("1234567890123456:{}:1795288322:3.0.0:1:{}", b64("alice"), b64(message))
 }
 
 // ---------------------------------------------------------------------------------
@@ -339,25 +245,14 @@ fn rejects_truncated_packets() {
     let wire = valid_wire();
     let key = hmac_key();
     for len in 0..wire.len() {
-        let want = if len < MIN_WIRE_LEN {
-            SpaError::BadLength
-        } else {
-            SpaError::BadMac
-        };
-        assert_eq!(
-            decode(&wire.as_bytes()[..len], &key),
-            Err(want),
-            "len {len}"
-        );
+        let want = if len < MIN_WIRE_LEN { SpaError::BadLength } else { SpaError::BadMac };
+        assert_eq!(decode(&wire.as_bytes()[..len], &key), Err(want), "len {len}");
     }
     // Without HMAC, truncation is still refused (never accepted, never a panic).
     let plain = FwknopKey::new(b"fwknoptest", EncMode::Cbc, None).unwrap();
     let wire = encode(&sample(1), &plain, &mut rng(2)).unwrap();
     for len in 0..wire.len() {
-        assert!(
-            decode(&wire.as_bytes()[..len], &plain).is_err(),
-            "len {len}"
-        );
+        assert!(decode(&wire.as_bytes()[..len], &plain).is_err(), "len {len}");
     }
 }
 
@@ -370,11 +265,7 @@ fn rejects_every_flipped_bit_before_decrypting() {
         for bit in 0..8 {
             let mut w = wire.clone().into_bytes();
             w[i] ^= 1 << bit;
-            let want = if is_b64_char(w[i]) {
-                SpaError::BadMac
-            } else {
-                SpaError::BadCharset
-            };
+            let want = if is_b64_char(w[i]) { SpaError::BadMac } else { SpaError::BadCharset };
             assert_eq!(decode(&w, &key), Err(want), "byte {i} bit {bit}");
         }
     }
@@ -390,11 +281,7 @@ fn rejects_every_substituted_char() {
             let mut w = wire.clone().into_bytes();
             let pos = ALPHABET.iter().position(|&c| c == w[i]).unwrap();
             w[i] = ALPHABET[(pos + shift) % 64];
-            assert_eq!(
-                decode(&w, &key),
-                Err(SpaError::BadMac),
-                "char {i} shift {shift}"
-            );
+            assert_eq!(decode(&w, &key), Err(SpaError::BadMac), "char {i} shift {shift}");
         }
     }
 }
@@ -404,27 +291,18 @@ fn rejects_repadded_base64() {
     let key = hmac_key();
     let wire = valid_wire();
     for pad in ["=", "=="] {
-        assert_eq!(
-            decode(format!("{wire}{pad}").as_bytes(), &key),
-            Err(SpaError::BadCharset)
-        );
+        assert_eq!(decode(format!("{wire}{pad}").as_bytes(), &key), Err(SpaError::BadCharset));
     }
     let plain = FwknopKey::new(b"fwknoptest", EncMode::Cbc, None).unwrap();
     let wire = encode(&sample(1), &plain, &mut rng(2)).unwrap();
-    assert_eq!(
-        decode(format!("{wire}=").as_bytes(), &plain),
-        Err(SpaError::BadCharset)
-    );
+    assert_eq!(decode(format!("{wire}=").as_bytes(), &plain), Err(SpaError::BadCharset));
 }
 
 #[test]
 fn rejects_prefix_tacked_data() {
     let wire = valid_wire();
     let tacked = format!("U2FsdGVkX1{wire}");
-    assert_eq!(
-        decode(tacked.as_bytes(), &hmac_key()),
-        Err(SpaError::PrefixTacked)
-    );
+    assert_eq!(decode(tacked.as_bytes(), &hmac_key()), Err(SpaError::PrefixTacked));
 }
 
 #[test]
@@ -439,23 +317,11 @@ fn rejects_non_base64_chars() {
 #[test]
 fn rejects_wrong_encryption_key() {
     let wire = valid_wire();
-    let wrong = FwknopKey::new(
-        b"other",
-        EncMode::Cbc,
-        Some((HashType::Sha256, b"hmactest")),
-    )
-    .unwrap();
+    let wrong = FwknopKey::new(b"other", EncMode::Cbc, Some((HashType::Sha256, b"hmactest"))).unwrap();
     assert_eq!(decode(wire.as_bytes(), &wrong), Err(SpaError::NotDecrypted));
-    let legacy = FwknopKey::new(
-        b"fwknoptest",
-        EncMode::Legacy,
-        Some((HashType::Sha256, b"hmactest")),
-    )
-    .unwrap();
-    assert_eq!(
-        decode(wire.as_bytes(), &legacy),
-        Err(SpaError::NotDecrypted)
-    );
+    let legacy =
+        FwknopKey::new(b"fwknoptest", EncMode::Legacy, Some((HashType::Sha256, b"hmactest"))).unwrap();
+    assert_eq!(decode(wire.as_bytes(), &legacy), Err(SpaError::NotDecrypted));
     let plain = FwknopKey::new(b"fwknoptest", EncMode::Cbc, None).unwrap();
     let wire = encode(&sample(1), &plain, &mut rng(2)).unwrap();
     let wrong = FwknopKey::new(b"fwknoptesu", EncMode::Cbc, None).unwrap();
@@ -464,16 +330,8 @@ fn rejects_wrong_encryption_key() {
 
 #[test]
 fn rejects_wrong_hmac_key() {
-    let wrong = FwknopKey::new(
-        b"fwknoptest",
-        EncMode::Cbc,
-        Some((HashType::Sha256, b"hmactesu")),
-    )
-    .unwrap();
-    assert_eq!(
-        decode(valid_wire().as_bytes(), &wrong),
-        Err(SpaError::BadMac)
-    );
+    let wrong = FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((HashType::Sha256, b"hmactesu"))).unwrap();
+    assert_eq!(decode(valid_wire().as_bytes(), &wrong), Err(SpaError::BadMac));
 }
 
 #[test]
@@ -482,13 +340,8 @@ fn rejects_hmac_type_mismatch() {
         let k = FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((sent, b"hmactest"))).unwrap();
         let wire = encode(&sample(4), &k, &mut rng(5)).unwrap();
         for configured in HashType::ALL.into_iter().filter(|&t| t != sent) {
-            let k2 = FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((configured, b"hmactest")))
-                .unwrap();
-            assert_eq!(
-                decode(wire.as_bytes(), &k2),
-                Err(SpaError::BadMac),
-                "{sent} vs {configured}"
-            );
+            let k2 = FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((configured, b"hmactest"))).unwrap();
+            assert_eq!(decode(wire.as_bytes(), &k2), Err(SpaError::BadMac), "{sent} vs {configured}");
         }
     }
 }
@@ -502,25 +355,12 @@ fn rejects_missing_hmac_when_stanza_requires_one() {
 
 #[test]
 fn rejects_non_digit_random() {
-    for rand in [
-        "abcdefghijklmnop",
-        "123456789012345a",
-        " 234567890123456",
-        "123456789012345:",
-    ] {
-        let enc = format!(
-            "{rand}:{}:1795288322:3.0.0:1:{}",
-            b64("alice"),
-            b64("1.2.3.4,tcp/22")
-        );
+    for rand in ["abcdefghijklmnop", "123456789012345a", " 234567890123456", "123456789012345:"] {
+        let enc = format!("{rand}:{}:1795288322:3.0.0:1:{}", b64("alice"), b64("1.2.3.4,tcp/22"));
         assert_eq!(decode_encoded(&enc), Err(SpaError::NotDecrypted), "{rand}");
     }
     // 17 digits: the 17th byte is not ':'.
-    let enc = format!(
-        "12345678901234567:{}:1795288322:3.0.0:1:{}",
-        b64("alice"),
-        b64("1.2.3.4,tcp/22")
-    );
+    let enc = format!("12345678901234567:{}:1795288322:3.0.0:1:{}", b64("alice"), b64("1.2.3.4,tcp/22"));
     assert_eq!(decode_encoded(&enc), Err(SpaError::NotDecrypted));
 }
 
@@ -531,20 +371,10 @@ fn rejects_bad_digest() {
     let mut flipped = good.clone().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     let flipped = String::from_utf8(flipped).unwrap();
-    for digest in [
-        flipped.as_str(),
-        &good[..42],
-        "",
-        "x",
-        &digest_b64(HashType::Sha256, b"other"),
-    ] {
+    for digest in [flipped.as_str(), &good[..42], "", "x", &digest_b64(HashType::Sha256, b"other")] {
         let pt = format!("{enc}:{digest}");
         let wire = seal(pt.as_bytes(), &hmac_key(), &mut rng(3)).unwrap();
-        assert_eq!(
-            decode(wire.as_bytes(), &hmac_key()),
-            Err(SpaError::BadDigest),
-            "{digest:?}"
-        );
+        assert_eq!(decode(wire.as_bytes(), &hmac_key()), Err(SpaError::BadDigest), "{digest:?}");
     }
 }
 
@@ -557,35 +387,17 @@ fn rejects_wrong_field_counts() {
         // Too few: 5 colons in all.
         (format!("1234567890123456:{rest}:1"), "field count"),
         // Too many: 10 colons in all.
-        (
-            format!("1234567890123456:{rest}:4:{m}:{n}:{m}:60:1:2"),
-            "field count",
-        ),
+        (format!("1234567890123456:{rest}:4:{m}:{n}:{m}:60:1:2"), "field count"),
         // Type 1 with three fields after the type.
-        (
-            format!("1234567890123456:{rest}:1:{m}:{m}:{m}"),
-            "field count for message type",
-        ),
+        (format!("1234567890123456:{rest}:1:{m}:{m}:{m}"), "field count for message type"),
         // Type 2 without its NAT field.
-        (
-            format!("1234567890123456:{rest}:2:{m}"),
-            "field count for message type",
-        ),
+        (format!("1234567890123456:{rest}:2:{m}"), "field count for message type"),
         // Type 4 with only a timeout.
-        (
-            format!("1234567890123456:{rest}:4:{m}:60"),
-            "field count for message type",
-        ),
+        (format!("1234567890123456:{rest}:4:{m}:60"), "field count for message type"),
         // Type 3 without its timeout.
-        (
-            format!("1234567890123456:{rest}:3:{m}"),
-            "field count for message type",
-        ),
+        (format!("1234567890123456:{rest}:3:{m}"), "field count for message type"),
         // Type 5 with one field too many.
-        (
-            format!("1234567890123456:{rest}:5:{m}:{n}:{m}:60"),
-            "field count for message type",
-        ),
+        (format!("1234567890123456:{rest}:5:{m}:{n}:{m}:60"), "field count for message type"),
     ];
     for (enc, what) in cases {
         assert_eq!(decode_encoded(&enc), Err(SpaError::BadField(what)), "{enc}");
@@ -594,30 +406,12 @@ fn rejects_wrong_field_counts() {
 
 #[test]
 fn rejects_bad_ports() {
-    for msg in [
-        "1.2.3.4,tcp/0",
-        "1.2.3.4,tcp/65536",
-        "1.2.3.4,udp/022",
-        "1.2.3.4,tcp/",
-        "1.2.3.4,tcp/-1",
-    ] {
-        assert_eq!(
-            decode_encoded(&with_message(msg)),
-            Err(SpaError::BadField("message: port")),
-            "{msg}"
-        );
+    for msg in ["1.2.3.4,tcp/0", "1.2.3.4,tcp/65536", "1.2.3.4,udp/022", "1.2.3.4,tcp/", "1.2.3.4,tcp/-1"] {
+        assert_eq!(decode_encoded(&with_message(msg)), Err(SpaError::BadField("message: port")), "{msg}");
     }
     for nat in ["10.0.0.1,0", "10.0.0.1,65536"] {
-        let enc = format!(
-            "{}:{}",
-            with_message("1.2.3.4,tcp/22").replacen(":1:", ":2:", 1),
-            b64(nat)
-        );
-        assert_eq!(
-            decode_encoded(&enc),
-            Err(SpaError::BadField("nat_access: port")),
-            "{nat}"
-        );
+        let enc = format!("{}:{}", with_message("1.2.3.4,tcp/22").replacen(":1:", ":2:", 1), b64(nat));
+        assert_eq!(decode_encoded(&enc), Err(SpaError::BadField("nat_access: port")), "{nat}");
     }
 }
 
@@ -646,31 +440,19 @@ fn rejects_malformed_access_entries() {
         ("1.2.3.4,sctp/22", "message: protocol"),
         ("1.2.3.4,TCP/22", "message: protocol"),
     ] {
-        assert_eq!(
-            decode_encoded(&with_message(msg)),
-            Err(SpaError::BadField(what)),
-            "{msg}"
-        );
+        assert_eq!(decode_encoded(&with_message(msg)), Err(SpaError::BadField(what)), "{msg}");
     }
 }
 
 #[test]
 fn rejects_oversized_user() {
     let user = "u".repeat(63); // 84 base64 characters
-    let enc = format!(
-        "1234567890123456:{}:1795288322:3.0.0:1:{}",
-        b64(&user),
-        b64("1.2.3.4,tcp/22")
-    );
+    let enc = format!("1234567890123456:{}:1795288322:3.0.0:1:{}", b64(&user), b64("1.2.3.4,tcp/22"));
     assert_eq!(b64(&user).len(), 84);
     assert_eq!(decode_encoded(&enc), Err(SpaError::BadField("user")));
     // 48 bytes = 64 base64 characters: the largest accepted.
     let user = "u".repeat(48);
-    let enc = format!(
-        "1234567890123456:{}:1795288322:3.0.0:1:{}",
-        b64(&user),
-        b64("1.2.3.4,tcp/22")
-    );
+    let enc = format!("1234567890123456:{}:1795288322:3.0.0:1:{}", b64(&user), b64("1.2.3.4,tcp/22"));
     assert_eq!(decode_encoded(&enc).unwrap().user, user);
 }
 
@@ -688,58 +470,33 @@ fn rejects_noncanonical_fields() {
         format!("1234567890123456:{u}:1795288322:3.0.0.0.0:1:{m}"), // 9-char version
         format!("1234567890123456::1795288322:3.0.0:1:{m}"),     // empty user
         format!("1234567890123456:{}:1795288322:3.0.0:1:{m}", b64("a/b")), // bad user char
-        format!(
-            "1234567890123456:{u}:1795288322:3.0.0:0:{}",
-            b64("1.2.3.4,")
-        ), // empty command
+        format!("1234567890123456:{u}:1795288322:3.0.0:0:{}", b64("1.2.3.4,")), // empty command
         format!("1234567890123456:{u}:1795288322:3.0.0:3:{m}:065"), // timeout leading zero
         format!("1234567890123456:{u}:1795288322:3.0.0:3:{m}:65537"), // timeout too large
         format!("1234567890123456:{u}:1795288322:3.0.0:1:{m}:"), // empty server_auth
-        format!(
-            "1234567890123456:{u}:1795288322:3.0.0:1:{}",
-            b64("1.2.3.4,tcp/22\n")
-        ),
+        format!("1234567890123456:{u}:1795288322:3.0.0:1:{}", b64("1.2.3.4,tcp/22\n")),
     ] {
-        assert!(
-            matches!(decode_encoded(&enc), Err(SpaError::BadField(_))),
-            "{enc}"
-        );
+        assert!(matches!(decode_encoded(&enc), Err(SpaError::BadField(_))), "{enc}");
     }
 }
 
 #[test]
 fn rejects_bad_nat_fields() {
     let base = with_message("1.2.3.4,tcp/22").replacen(":1:", ":2:", 1);
-    for nat in [
-        "10.0.0.1",
-        "10.0.0.1,22,23",
-        "a b,22",
-        ",22",
-        &format!("{},22", "h".repeat(71)),
-    ] {
+    for nat in ["10.0.0.1", "10.0.0.1,22,23", "a b,22", ",22", &format!("{},22", "h".repeat(71))] {
         assert!(
-            matches!(
-                decode_encoded(&format!("{base}:{}", b64(nat))),
-                Err(SpaError::BadField(_))
-            ),
+            matches!(decode_encoded(&format!("{base}:{}", b64(nat))), Err(SpaError::BadField(_))),
             "{nat}"
         );
     }
-    let ok = decode_encoded(&format!(
-        "{base}:{}",
-        b64(&format!("{},22", "h".repeat(70)))
-    ))
-    .unwrap();
+    let ok = decode_encoded(&format!("{base}:{}", b64(&format!("{},22", "h".repeat(70))))).unwrap();
     assert_eq!(ok.nat_access.unwrap().0.len(), 70);
 }
 
 #[test]
 fn rejects_non_printable_plaintext() {
     let enc = format!("{}\u{1}", with_message("1.2.3.4,tcp/22"));
-    assert_eq!(
-        decode_encoded(&enc),
-        Err(SpaError::BadField("plaintext is not printable ASCII"))
-    );
+    assert_eq!(decode_encoded(&enc), Err(SpaError::BadField("plaintext is not printable ASCII")));
 }
 
 #[test]
@@ -759,14 +516,8 @@ fn accepts_missing_pkcs7_padding_only_when_digest_verifies() {
 
 #[test]
 fn refuses_bad_key_configuration() {
-    assert!(matches!(
-        FwknopKey::new(b"", EncMode::Cbc, None),
-        Err(SpaError::BadKey(_))
-    ));
-    assert!(matches!(
-        FwknopKey::new(&[1; 33], EncMode::Cbc, None),
-        Err(SpaError::BadKey(_))
-    ));
+    assert!(matches!(FwknopKey::new(b"", EncMode::Cbc, None), Err(SpaError::BadKey(_))));
+    assert!(matches!(FwknopKey::new(&[1; 33], EncMode::Cbc, None), Err(SpaError::BadKey(_))));
     assert!(matches!(
         FwknopKey::new(b"same", EncMode::Cbc, Some((HashType::Sha256, b"same"))),
         Err(SpaError::BadKey(_))
@@ -777,10 +528,7 @@ fn refuses_bad_key_configuration() {
     ));
     assert!(FwknopKey::from_base64("not base64!", EncMode::Cbc, None).is_err());
     let dbg = format!("{:?}", hmac_key());
-    assert!(
-        !dbg.contains("fwknoptest") && !dbg.contains("hmactest"),
-        "{dbg}"
-    );
+    assert!(!dbg.contains("fwknoptest") && !dbg.contains("hmactest"), "{dbg}");
 }
 
 #[test]
@@ -804,10 +552,7 @@ fn random_digits_are_digits_and_uniformish() {
         }
     }
     // 16000 digits: each expected 1600; allow a generous band.
-    assert!(
-        counts.iter().all(|&c| (1400..1800).contains(&c)),
-        "{counts:?}"
-    );
+    assert!(counts.iter().all(|&c| (1400..1800).contains(&c)), "{counts:?}");
     // A byte source stuck at 255 is rejected byte by byte, never biased.
     let mut stuck = 0u32;
     let mut mostly_high = |buf: &mut [u8]| {
@@ -825,10 +570,7 @@ fn encode_auto_upgrades_type_with_timeout() {
     for (from, to) in [
         (MsgType::Access, MsgType::ClientTimeoutAccess),
         (MsgType::NatAccess, MsgType::ClientTimeoutNatAccess),
-        (
-            MsgType::LocalNatAccess,
-            MsgType::ClientTimeoutLocalNatAccess,
-        ),
+        (MsgType::LocalNatAccess, MsgType::ClientTimeoutLocalNatAccess),
     ] {
         let mut m = sample(1);
         m.msg_type = from;
@@ -846,10 +588,7 @@ fn encode_auto_upgrades_type_with_timeout() {
     }
     let mut cmd = SpaMessage::new_command("alice", 1, Ipv4Addr::LOCALHOST, "uname -a", &mut rng(1));
     cmd.client_timeout = Some(5);
-    assert!(matches!(
-        encode(&cmd, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&cmd, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
 }
 
 #[test]
@@ -857,41 +596,23 @@ fn encode_refuses_inconsistent_messages() {
     let key = hmac_key();
     let mut m = sample(1);
     m.msg_type = MsgType::NatAccess; // no nat field
-    assert!(matches!(
-        encode(&m, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&m, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
     let mut m = sample(1);
     m.access.clear();
-    assert!(matches!(
-        encode(&m, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&m, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
     let mut m = sample(1);
     m.rand[3] = b'x';
-    assert!(matches!(
-        encode(&m, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&m, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
     let mut m = sample(1);
     m.user = "a:b".into();
-    assert!(matches!(
-        encode(&m, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&m, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
     let mut m = sample(1);
     m.version = "3:0".into();
-    assert!(matches!(
-        encode(&m, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&m, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
     let mut m = sample(1);
     m.nat_access = None;
     m.server_auth = Some("x\u{7}".into());
-    assert!(matches!(
-        encode(&m, &key, &mut rng(2)),
-        Err(SpaError::InvalidMessage(_))
-    ));
+    assert!(matches!(encode(&m, &key, &mut rng(2)), Err(SpaError::InvalidMessage(_))));
 }
 
 #[test]
@@ -899,12 +620,7 @@ fn encode_refuses_packets_fwknopd_would_misclassify_as_gnupg() {
     let key = hmac_key();
     let mut m = sample(1);
     // 14 ports of tcp/NNNNN: 396 characters before the HMAC, the reference's example.
-    m.access = (0..14)
-        .map(|i| Access {
-            proto: AccessProto::Tcp,
-            port: 10_000 + i,
-        })
-        .collect();
+    m.access = (0..14).map(|i| Access { proto: AccessProto::Tcp, port: 10_000 + i }).collect();
     assert_eq!(encode(&m, &key, &mut rng(2)), Err(SpaError::TooLong));
     m.access.truncate(8);
     let wire = encode(&m, &key, &mut rng(2)).unwrap();
@@ -966,10 +682,8 @@ fn fuzz_entry_survives_vectors_and_junk() {
         let mut buf = vec![0u8; len];
         r(&mut buf);
         fuzz_decode(&buf);
-        let b64ish: Vec<u8> = buf
-            .iter()
-            .map(|b| b"ABCDEFGHabcdefgh01234567+/Zz9xX8"[usize::from(b % 32)])
-            .collect();
+        let b64ish: Vec<u8> =
+            buf.iter().map(|b| b"ABCDEFGHabcdefgh01234567+/Zz9xX8"[usize::from(b % 32)]).collect();
         fuzz_decode(&b64ish);
     }
 }
@@ -987,12 +701,7 @@ fn arb_msg_type() -> impl Strategy<Value = MsgType> {
 
 fn arb_access() -> impl Strategy<Value = Access> {
     (
-        prop::sample::select(vec![
-            AccessProto::Tcp,
-            AccessProto::Udp,
-            AccessProto::Icmp,
-            AccessProto::None,
-        ]),
+        prop::sample::select(vec![AccessProto::Tcp, AccessProto::Udp, AccessProto::Icmp, AccessProto::None]),
         1u16..=65535,
     )
         .prop_map(|(proto, port)| Access { proto, port })
