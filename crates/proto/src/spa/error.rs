@@ -15,11 +15,19 @@ use std::fmt;
 /// [`BadField`](SpaError::BadField). A daemon trying several stanzas should move on to
 /// the next stanza on `BadMac` and `NotDecrypted` (wrong keys), and may stop on the
 /// pre-checks (they do not depend on the key).
+///
+/// Native format ([`crate::spa::native`]), in order: [`BadLength`](SpaError::BadLength)
+/// → [`BadMagic`](SpaError::BadMagic) → [`BadVersion`](SpaError::BadVersion) →
+/// [`WrongServer`](SpaError::WrongServer) → [`DecryptFailed`](SpaError::DecryptFailed)
+/// → [`BadField`](SpaError::BadField) / [`TrailingData`](SpaError::TrailingData) →
+/// [`UnknownUser`](SpaError::UnknownUser) → [`BadSignature`](SpaError::BadSignature),
+/// then [`Stale`](SpaError::Stale) from `check_time`.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpaError {
     /// The wire data is outside 140..=1500 bytes (decoding), or the packet being
-    /// built would be (encoding).
+    /// built would be (encoding). Native format: not exactly
+    /// [`PACKET_LEN`](crate::spa::native::PACKET_LEN) bytes.
     BadLength,
     /// The wire data contains a byte outside the base64 alphabet `A–Z a–z 0–9 + /`
     /// (`=` included: fwknop clients never send padding).
@@ -49,6 +57,24 @@ pub enum SpaError {
     /// (more than 389 characters of ciphertext before the HMAC) and real fwknopd
     /// servers would refuse it. Send fewer ports or a shorter user name.
     TooLong,
+    /// Native format: the packet does not start with the magic bytes.
+    BadMagic,
+    /// Native format: the magic is right but the version byte is not one we speak.
+    BadVersion,
+    /// Native format: the server tag does not match this server's public key (junk,
+    /// or a packet for another server). Rejected before any public-key operation.
+    WrongServer,
+    /// Native format: the AEAD did not open (tampered packet, or sealed to another
+    /// key), or the ephemeral key is a small-order point.
+    DecryptFailed,
+    /// Native format: the (decrypted, well-formed) request names a user the server
+    /// does not know.
+    UnknownUser,
+    /// Native format: the user's signature over the request does not verify.
+    BadSignature,
+    /// Bytes left over after the last field (for the native format: non-zero padding);
+    /// the context says where.
+    TrailingData(&'static str),
     /// An internal invariant failed. Never expected; reported instead of panicking.
     Unreachable(&'static str),
 }
@@ -68,6 +94,13 @@ impl fmt::Display for SpaError {
             SpaError::BadKey(what) => write!(f, "invalid SPA key configuration: {what}"),
             SpaError::InvalidMessage(what) => write!(f, "cannot encode SPA message: {what}"),
             SpaError::TooLong => f.write_str("SPA packet too long for fwknop servers"),
+            SpaError::BadMagic => f.write_str("SPA packet has the wrong magic bytes"),
+            SpaError::BadVersion => f.write_str("SPA packet has an unsupported version"),
+            SpaError::WrongServer => f.write_str("SPA packet is not addressed to this server key"),
+            SpaError::DecryptFailed => f.write_str("SPA packet did not decrypt (tampered or wrong key)"),
+            SpaError::UnknownUser => f.write_str("SPA request names an unknown user"),
+            SpaError::BadSignature => f.write_str("SPA request signature does not verify"),
+            SpaError::TrailingData(what) => write!(f, "trailing data in SPA packet: {what}"),
             SpaError::Unreachable(what) => write!(f, "internal error: {what}"),
         }
     }

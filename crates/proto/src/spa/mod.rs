@@ -3,6 +3,8 @@
 //! - [`fwknop`]: a codec for fwknop's SPA packets (Rijndael mode, optional HMAC), so
 //!   stock fwknop clients can talk to portcullisd and the portcullis client can talk to
 //!   stock fwknopd.
+//! - [`native`]: portcullis' own format (X25519 + HKDF-SHA256 + ChaCha20-Poly1305,
+//!   per-user Ed25519 signatures bound to the server key; spec in `docs/spa-native.md`).
 //! - [`SpaError`]: why a packet was refused.
 //!
 //! Everything here is pure: no sockets, no clock reads (times are passed in), no
@@ -13,5 +15,6 @@
 
 pub mod error;
 pub mod fwknop;
+pub mod native;
 
 pub use error::SpaError;
