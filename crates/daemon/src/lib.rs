@@ -7,6 +7,7 @@
 //! - [`daemon`]: the capture loop and the knock [`daemon::engine::Engine`].
 //! - [`cmd`]: `check`, `demo`, `teardown`.
 //! - [`lab`]: throwaway network namespaces for the demo, tests and benchmarks.
+//! - [`spa`]: the SPA gate (fwknop and native formats) and its persisted replay cache.
 //! - [`log`]: stderr / syslog / journald set-up.
 
 pub mod capture;
@@ -16,3 +17,4 @@ pub mod daemon;
 pub mod firewall;
 pub mod lab;
 pub mod log;
+pub mod spa;

@@ -16,6 +16,11 @@ use portcullis_proto::{FlagFilter, Proto, Service};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod access_conf;
+pub mod spa;
+
+pub use spa::SpaConfig;
+
 /// Default cap on tracked (source, door) knock attempts.
 pub const DEFAULT_MAX_TRACKED: usize = 1_000_000;
 /// Default kernel set size (simultaneous grants per address family).
@@ -24,7 +29,7 @@ pub const DEFAULT_MAX_GRANTS: u32 = 262_144;
 pub const MAX_SEQUENCE: usize = 32;
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where it was read from (for messages).
     pub path: PathBuf,
@@ -32,6 +37,8 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// The doors, in file order.
     pub doors: Vec<Door>,
+    /// Single-packet authorization, if configured.
+    pub spa: Option<SpaConfig>,
 }
 
 /// Daemon-wide settings (`[daemon]`).
@@ -129,6 +136,7 @@ pub struct RawConfig {
     daemon: RawDaemon,
     #[serde(default, rename = "door")]
     doors: Vec<Spanned<RawDoor>>,
+    spa: Option<Spanned<spa::RawSpa>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -226,11 +234,22 @@ impl Validator<'_> {
             }
             doors.push(door);
         }
-        if doors.is_empty() {
+        let spa = match raw.spa {
+            None => None,
+            Some(s) => {
+                let span = s.span();
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match spa::validate(s.into_inner(), dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at.unwrap_or(span), message),
+                }
+            }
+        };
+        if doors.is_empty() && spa.is_none() {
             return Err(ConfigError {
                 path: self.path.to_owned(),
                 line: None,
-                message: "no doors configured: add at least one [[door]]".into(),
+                message: "nothing to do: add at least one [[door]] or an [spa] section".into(),
             });
         }
         if doors.len() > usize::from(u16::MAX) {
@@ -240,7 +259,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {
@@ -434,7 +453,12 @@ const WELL_KNOWN: &[u16] = &[
 impl Config {
     /// Every service some door opens (sorted, unique): these are the protected ports.
     pub fn protected(&self) -> Vec<Service> {
-        let set: BTreeSet<Service> = self.doors.iter().flat_map(|d| d.open.iter().copied()).collect();
+        let mut set: BTreeSet<Service> = self.doors.iter().flat_map(|d| d.open.iter().copied()).collect();
+        if let Some(spa) = &self.spa {
+            set.extend(spa.protect.iter().copied());
+            set.extend(spa.users.values().flat_map(|u| u.open.iter().copied()));
+            set.extend(spa.stanzas.iter().flat_map(|s| s.open_ports.iter().copied()));
+        }
         set.into_iter().collect()
     }
 
@@ -575,7 +599,7 @@ target = "2001:db8::1"
         }
         assert!(p(base).is_ok());
         let e = p("").unwrap_err();
-        assert!(e.to_string().contains("no doors"), "{e}");
+        assert!(e.to_string().contains("nothing to do"), "{e}");
         assert!(e.to_string().starts_with("test.toml: "), "{e}");
     }
 

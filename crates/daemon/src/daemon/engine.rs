@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_proto::knock::{DoorSpec, Event, Tracker};
 use portcullis_proto::wire::Datagram;
-use portcullis_proto::{Millis, Service};
+use portcullis_proto::{Millis, Proto, Service};
 
 use crate::capture::addrs::fold;
 use crate::capture::LocalView;
 use crate::config::{Config, Door};
 use crate::firewall::{FirewallDriver, FirewallError, Grant};
+use crate::spa::{SpaGate, Verdict};
 
 /// Counters exposed in logs (and later metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +29,10 @@ pub struct Stats {
     pub opened: u64,
     /// Grants the firewall refused.
     pub grant_failures: u64,
+    /// SPA packets accepted.
+    pub spa_accepted: u64,
+    /// SPA packets rejected.
+    pub spa_rejected: u64,
     /// Per-knock log lines dropped by the rate limit.
     pub suppressed_logs: u64,
 }
@@ -74,6 +79,7 @@ pub struct Engine {
     open_limiter: LogLimiter,
     reported_suppressed: u64,
     stats: Stats,
+    spa: Option<SpaGate>,
 }
 
 impl Engine {
@@ -110,7 +116,14 @@ impl Engine {
             open_limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             reported_suppressed: 0,
             stats: Stats::default(),
+            spa: None,
         })
+    }
+
+    /// Add single-packet authorization on the gate's UDP ports.
+    pub fn with_spa(mut self, gate: SpaGate) -> Engine {
+        self.spa = Some(gate);
+        self
     }
 
     /// The firewall driver (for setup and teardown by the caller).
@@ -144,6 +157,13 @@ impl Engine {
         }
         let src = fold(d.src);
         let dst = fold(d.dst);
+        if d.proto == Proto::Udp && self.spa.as_ref().is_some_and(|g| g.is_spa_port(d.dst_port)) {
+            if view.addrs.contains(&dst) {
+                self.stats.for_us += 1;
+                self.on_spa(src, d.payload, now, wall);
+            }
+            return;
+        }
         let knock = Service { proto: d.proto, port: d.dst_port };
         let mut counted = false;
         for gi in 0..self.groups.len() {
@@ -207,33 +227,71 @@ impl Engine {
 
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
+        let (label, n, services, duration) = (d.name.clone(), d.sequence.len(), d.open.clone(), d.open_for);
+        if self.open_limiter.allow(now) {
+            tracing::info!("{src}: {label}: Stage {n} (of {n})");
+        }
+        self.apply_grant(src, &label, src, &services, duration, now, wall);
+    }
+
+    fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
+        let now_unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let Some(gate) = self.spa.as_mut() else { return };
+        match gate.handle(src, payload, now_unix, now) {
+            Verdict::Grant(dec) => {
+                self.stats.spa_accepted += 1;
+                let label = format!("spa: {}", dec.who);
+                self.apply_grant(src, &label, dec.allow, &dec.services, dec.duration, now, wall);
+            }
+            Verdict::Reject(reason) => {
+                self.stats.spa_rejected += 1;
+                if self.limiter.allow(now) {
+                    tracing::info!("{src}: spa: rejected: {}", reason.escape_debug());
+                } else {
+                    self.stats.suppressed_logs += 1;
+                }
+            }
+        }
+    }
+
+    /// The one grant path, for doors, SPA and the API: log, open, log the result.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_grant(
+        &mut self,
+        src: IpAddr,
+        label: &str,
+        allow: IpAddr,
+        services: &[Service],
+        duration: Duration,
+        now: Millis,
+        wall: SystemTime,
+    ) {
+        let allow = fold(allow);
         let grants: Vec<Grant> =
-            d.open.iter().map(|&service| Grant { addr: src, service, timeout: d.open_for }).collect();
-        let what = d.open.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
-        let until = humantime::format_rfc3339_seconds(wall + d.open_for);
-        let secs = d.open_for.as_secs();
-        let name = d.name.clone();
-        let n = d.sequence.len();
+            services.iter().map(|&service| Grant { addr: allow, service, timeout: duration }).collect();
+        let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
+        let until = humantime::format_rfc3339_seconds(wall + duration);
+        let secs = duration.as_secs();
         let log = self.open_limiter.allow(now);
         if log {
-            tracing::info!("{src}: {name}: Stage {n} (of {n})");
-            tracing::info!("{src}: {name}: OPEN SESAME");
+            tracing::info!("{src}: {label}: OPEN SESAME");
         } else {
             self.stats.suppressed_logs += 1;
         }
+        let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
         match self.driver.grant(&grants) {
             Ok(()) => {
                 self.stats.opened += 1;
                 if log {
                     tracing::info!(
-                        "{src}: {name}: opened {what} until {until} ({secs}s) via {}",
+                        "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
                         self.driver.name()
                     );
                 }
             }
             Err(err) => {
                 self.stats.grant_failures += 1;
-                tracing::error!("{src}: {name}: FAILED to open {what}: {err}");
+                tracing::error!("{src}: {label}: FAILED to open {what}{for_whom}: {err}");
             }
         }
     }
@@ -250,9 +308,12 @@ impl Engine {
     }
 
     /// Periodic work: lets trackers drop expired generations so memory returns after a flood.
-    pub fn housekeeping(&mut self, now: Millis) {
+    pub fn housekeeping(&mut self, now: Millis, wall: SystemTime) {
         for g in &mut self.groups {
             g.tracker.housekeeping(now);
+        }
+        if let Some(gate) = self.spa.as_mut() {
+            gate.housekeeping(wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
     }
 

@@ -22,6 +22,8 @@ use crate::config::{Backend, Config};
 use crate::firewall::nft::NftDriver;
 use crate::firewall::none::NoFirewall;
 use crate::firewall::{FirewallDriver, Plan};
+use crate::spa::replay::{self, ReplayCache};
+use crate::spa::SpaGate;
 use engine::Engine;
 
 /// How long a capture read waits before the loop does housekeeping anyway.
@@ -54,6 +56,10 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
             })
         })
         .collect();
+    let mut set = set;
+    if let Some(spa) = &config.spa {
+        set.extend(spa.ports.iter().map(|&p| (Proto::Udp.number(), p, 0, 0)));
+    }
     set.into_iter()
         .filter_map(|(p, port, set, clear)| {
             Some(Match {
@@ -70,8 +76,22 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
-    let mut engine = Engine::new(config, driver_for(config)?)?;
     let plan = plan_for(config);
+    let mut engine = Engine::new(config, driver_for(config)?)?;
+    if let Some(spa) = &config.spa {
+        let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let path = config.daemon.state_dir.join("spa-replay");
+        let replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
+            .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+        tracing::info!(
+            "spa: udp port(s) {:?}, {} native user(s), {} fwknop stanza(s), {} replay entries restored",
+            spa.ports,
+            spa.users.len(),
+            spa.stanzas.len(),
+            replay.len()
+        );
+        engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
+    }
     engine.driver().setup(&plan).context("installing the firewall ruleset")?;
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
     let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
@@ -115,7 +135,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         }
         let t = now();
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
-            engine.housekeeping(t);
+            engine.housekeeping(t, SystemTime::now());
             last_housekeeping = t;
         }
     }

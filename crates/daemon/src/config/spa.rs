@@ -1,0 +1,438 @@
+//! `[spa]`: single-packet authorization settings, native users and fwknop stanzas.
+//!
+//! fwknop stanzas can be written inline (`[[spa.fwknop]]`, same meaning as access.conf
+//! keys) or read from an existing fwknop `access.conf` (`access_conf = "..."`), so a
+//! migrating site points portcullisd at the file it already has.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_proto::spa::fwknop::{EncMode, FwknopKey, HashType};
+use portcullis_proto::spa::native::{ServerKey, UserPublicKey};
+use portcullis_proto::Service;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::access_conf;
+
+/// Validated `[spa]` settings.
+#[derive(Debug, Clone)]
+pub struct SpaConfig {
+    /// UDP ports sniffed for SPA packets.
+    pub ports: Vec<u16>,
+    /// Allowed clock skew, either way, in seconds (fwknop's MAX_SPA_PACKET_AGE).
+    pub max_age: u64,
+    /// Extra services to protect even if no stanza lists them (stanzas without OPEN_PORTS).
+    pub protect: Vec<Service>,
+    /// Native format: the server's X25519 key, if native SPA is enabled.
+    pub server_key: Option<ServerKey>,
+    /// Native users by name.
+    pub users: HashMap<String, NativeUser>,
+    /// fwknop stanzas, in file order (first match wins, as in fwknopd).
+    pub stanzas: Vec<FwknopStanza>,
+}
+
+/// A native-format user.
+#[derive(Debug, Clone)]
+pub struct NativeUser {
+    /// The user's Ed25519 public key.
+    pub key: UserPublicKey,
+    /// Services the user may open.
+    pub open: Vec<Service>,
+    /// Longest grant the user may ask for.
+    pub max_open_for: Duration,
+}
+
+/// An fwknop access stanza.
+#[derive(Debug, Clone)]
+pub struct FwknopStanza {
+    /// Name for logs (`name` inline, `access.conf:LINE` from a file).
+    pub name: String,
+    /// Packet sources allowed (`SOURCE`); empty = ANY.
+    pub source: Vec<Cidr>,
+    /// Keys.
+    pub key: FwknopKey,
+    /// `OPEN_PORTS`: what may be opened; empty = any protected service.
+    pub open_ports: Vec<Service>,
+    /// `RESTRICT_PORTS`: never opened.
+    pub restrict_ports: Vec<Service>,
+    /// `FW_ACCESS_TIMEOUT`.
+    pub fw_access_timeout: Duration,
+    /// `MAX_FW_TIMEOUT`: cap on a client-requested timeout.
+    pub max_fw_timeout: Duration,
+    /// `REQUIRE_USERNAME`.
+    pub require_username: Option<String>,
+    /// `REQUIRE_SOURCE_ADDRESS`: refuse "use source" (0.0.0.0) requests.
+    pub require_source_address: bool,
+    /// `ACCESS_EXPIRE(_EPOCH)`: the stanza stops working after this Unix time.
+    pub expires: Option<u64>,
+}
+
+/// An IPv4/IPv6 network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `a.b.c.d`, `a.b.c.d/n`, `x::y/n`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().ok()?
+            }
+            Some(_) => return None,
+        };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            if prefix == 0 {
+                0
+            } else {
+                bits >> (width - prefix)
+            }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                masked(u32::from(n).into(), self.prefix, 32) == masked(u32::from(i).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                masked(u128::from(n), self.prefix, 128) == masked(u128::from(i), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpa {
+    ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    max_age: Option<Spanned<i64>>,
+    protect: Option<Spanned<Vec<Spanned<String>>>>,
+    server_key_file: Option<Spanned<String>>,
+    access_conf: Option<Spanned<String>>,
+    #[serde(default)]
+    user: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    fwknop: Vec<Spanned<RawStanza>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    key: Spanned<String>,
+    open: Spanned<Vec<Spanned<String>>>,
+    max_open_for: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStanza {
+    name: Spanned<String>,
+    source: Option<Vec<Spanned<String>>>,
+    key: Option<Spanned<String>>,
+    key_base64: Option<Spanned<String>>,
+    hmac_key: Option<Spanned<String>>,
+    hmac_key_base64: Option<Spanned<String>>,
+    hmac_digest_type: Option<Spanned<String>>,
+    encryption_mode: Option<Spanned<String>>,
+    open_ports: Option<Vec<Spanned<String>>>,
+    restrict_ports: Option<Vec<Spanned<String>>>,
+    fw_access_timeout: Option<Spanned<i64>>,
+    max_fw_timeout: Option<Spanned<i64>>,
+    require_username: Option<Spanned<String>>,
+    require_source_address: Option<bool>,
+    access_expire_epoch: Option<Spanned<i64>>,
+}
+
+/// A located refusal: byte offset into the config text, message.
+pub(super) type SpaErr = (Option<std::ops::Range<usize>>, String);
+
+fn at<T>(span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, SpaErr> {
+    Err((Some(span), msg.into()))
+}
+
+/// Default fwknop SPA port.
+pub const DEFAULT_PORT: u16 = 62201;
+
+pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaErr> {
+    let ports = match raw.ports {
+        None => vec![DEFAULT_PORT],
+        Some(list) => {
+            let span = list.span();
+            let mut out = Vec::new();
+            for p in list.into_inner() {
+                match u16::try_from(*p.get_ref()) {
+                    Ok(v) if v != 0 => out.push(v),
+                    _ => return at(p.span(), "SPA port must be in 1..65535"),
+                }
+            }
+            if out.is_empty() {
+                return at(span, "ports is empty");
+            }
+            out
+        }
+    };
+    let max_age = match raw.max_age {
+        None => 120,
+        Some(a) => match u64::try_from(*a.get_ref()) {
+            Ok(v) if (1..=3600).contains(&v) => v,
+            _ => return at(a.span(), "max_age must be 1 to 3600 seconds"),
+        },
+    };
+    let protect = match raw.protect {
+        None => Vec::new(),
+        Some(l) => services(l.into_inner())?,
+    };
+    let server_key = match raw.server_key_file {
+        None => None,
+        Some(p) => {
+            let path = resolve(config_dir, p.get_ref());
+            Some(read_server_key(&path).or_else(|m| at(p.span(), m))?)
+        }
+    };
+    let mut users = HashMap::new();
+    for u in raw.user {
+        let span = u.span();
+        let u = u.into_inner();
+        let name = u.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() > 32
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return at(u.name.span(), "user name must be 1-32 characters of A-Z a-z 0-9 _ . -");
+        }
+        let key = match u.key.get_ref().parse::<UserPublicKey>() {
+            Ok(k) => k,
+            Err(_) => {
+                return at(
+                    u.key.span(),
+                    "key must be a user public key (pcu1-pub-...; see `portcullis keygen --user`)",
+                )
+            }
+        };
+        let open = services(u.open.into_inner())?;
+        if open.is_empty() {
+            return at(span, "user must be allowed to open at least one service");
+        }
+        let max_open_for = match u.max_open_for {
+            None => Duration::from_secs(300),
+            Some(s) => match u64::try_from(*s.get_ref()) {
+                Ok(v) if (1..=86_400).contains(&v) => Duration::from_secs(v),
+                _ => return at(s.span(), "max_open_for must be 1 to 86400 seconds"),
+            },
+        };
+        if users.insert(name.clone(), NativeUser { key, open, max_open_for }).is_some() {
+            return at(span, format!("user {name:?} is defined twice"));
+        }
+    }
+    if !users.is_empty() && server_key.is_none() {
+        return Err((
+            None,
+            "[[spa.user]] needs [spa] server_key_file (see `portcullis keygen --server`)".into(),
+        ));
+    }
+    let mut stanzas = Vec::new();
+    for s in raw.fwknop {
+        stanzas.push(stanza(s.into_inner())?);
+    }
+    if let Some(p) = raw.access_conf {
+        let path = resolve(config_dir, p.get_ref());
+        let text = std::fs::read_to_string(&path)
+            .or_else(|e| at(p.span(), format!("cannot read {}: {e}", path.display())))?;
+        let parsed = access_conf::parse(&text, &path).or_else(|e| at(p.span(), e.to_string()))?;
+        stanzas.extend(parsed);
+    }
+    if server_key.is_none() && stanzas.is_empty() {
+        return Err((
+            None,
+            "[spa] has neither native users (server_key_file + [[spa.user]]) nor fwknop stanzas".into(),
+        ));
+    }
+    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas })
+}
+
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        dir.join(path)
+    }
+}
+
+/// Read a server secret key file (`pcs1-sec-...`), refusing group/world-readable files.
+pub fn read_server_key(path: &Path) -> Result<ServerKey, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!("{} is readable by others: chmod 600 it", path.display()));
+    }
+    if meta.len() > 4096 {
+        return Err(format!("{} is not a key file", path.display()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    ServerKey::from_text(text.trim())
+        .map_err(|_| format!("{} does not hold a server secret key (pcs1-sec-...)", path.display()))
+}
+
+fn services(list: Vec<Spanned<String>>) -> Result<Vec<Service>, SpaErr> {
+    let mut out = Vec::new();
+    for s in list {
+        match Service::parse_grant(s.get_ref()) {
+            Ok(v) => {
+                if !out.contains(&v) {
+                    out.push(v)
+                }
+            }
+            Err(e) => return at(s.span(), format!("{:?}: {e} (write tcp/22 or udp/53)", s.get_ref())),
+        }
+    }
+    Ok(out)
+}
+
+/// Parse an HMAC/digest type name as fwknop spells it.
+pub fn hash_type(s: &str) -> Option<HashType> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "md5" => HashType::Md5,
+        "sha1" => HashType::Sha1,
+        "sha256" => HashType::Sha256,
+        "sha384" => HashType::Sha384,
+        "sha512" => HashType::Sha512,
+        "sha3_256" => HashType::Sha3_256,
+        "sha3_512" => HashType::Sha3_512,
+        _ => return None,
+    })
+}
+
+/// Parse an encryption mode as fwknop spells it (only CBC and legacy are supported).
+pub fn enc_mode(s: &str) -> Option<EncMode> {
+    match s.to_ascii_lowercase().as_str() {
+        "cbc" => Some(EncMode::Cbc),
+        "legacy" => Some(EncMode::Legacy),
+        _ => None,
+    }
+}
+
+fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
+    let name = r.name.get_ref().clone();
+    let span = r.name.span();
+    let enc = match (&r.key, &r.key_base64) {
+        (Some(k), None) => KeyText::Raw(k.get_ref().clone()),
+        (None, Some(k)) => KeyText::B64(k.get_ref().clone()),
+        _ => return at(span, "set exactly one of key / key_base64"),
+    };
+    let hmac = match (&r.hmac_key, &r.hmac_key_base64) {
+        (None, None) => None,
+        (Some(k), None) => Some(KeyText::Raw(k.get_ref().clone())),
+        (None, Some(k)) => Some(KeyText::B64(k.get_ref().clone())),
+        _ => return at(span, "set at most one of hmac_key / hmac_key_base64"),
+    };
+    let hmac_type = match &r.hmac_digest_type {
+        None => HashType::Sha256,
+        Some(t) => match hash_type(t.get_ref()) {
+            Some(h) => h,
+            None => {
+                return at(
+                    t.span(),
+                    "hmac_digest_type must be md5, sha1, sha256, sha384, sha512, sha3_256 or sha3_512",
+                )
+            }
+        },
+    };
+    let mode = match &r.encryption_mode {
+        None => EncMode::Cbc,
+        Some(m) => match enc_mode(m.get_ref()) {
+            Some(v) => v,
+            None => return at(m.span(), "encryption_mode must be cbc or legacy"),
+        },
+    };
+    let key =
+        build_key(&enc, mode, hmac.as_ref().map(|h| (hmac_type, h))).or_else(|m| at(span.clone(), m))?;
+    let mut source = Vec::new();
+    for s in r.source.unwrap_or_default() {
+        if s.get_ref().eq_ignore_ascii_case("any") {
+            continue;
+        }
+        match Cidr::parse(s.get_ref()) {
+            Some(c) => source.push(c),
+            None => return at(s.span(), format!("source {:?} is not an address or CIDR", s.get_ref())),
+        }
+    }
+    let secs = |v: Option<Spanned<i64>>, default: u64, what: &str| -> Result<Duration, SpaErr> {
+        match v {
+            None => Ok(Duration::from_secs(default)),
+            Some(s) => match u64::try_from(*s.get_ref()) {
+                Ok(x) if (1..=86_400).contains(&x) => Ok(Duration::from_secs(x)),
+                _ => at(s.span(), format!("{what} must be 1 to 86400 seconds")),
+            },
+        }
+    };
+    Ok(FwknopStanza {
+        name,
+        source,
+        key,
+        open_ports: services(r.open_ports.unwrap_or_default())?,
+        restrict_ports: services(r.restrict_ports.unwrap_or_default())?,
+        fw_access_timeout: secs(r.fw_access_timeout, 30, "fw_access_timeout")?,
+        max_fw_timeout: secs(r.max_fw_timeout, 300, "max_fw_timeout")?,
+        require_username: r.require_username.map(Spanned::into_inner),
+        require_source_address: r.require_source_address.unwrap_or(false),
+        expires: match r.access_expire_epoch {
+            None => None,
+            Some(e) => match u64::try_from(*e.get_ref()) {
+                Ok(v) => Some(v),
+                Err(_) => return at(e.span(), "access_expire_epoch must be a Unix time"),
+            },
+        },
+    })
+}
+
+/// A key as written: raw passphrase bytes or base64.
+pub enum KeyText {
+    /// `KEY` / `HMAC_KEY`: the bytes as written.
+    Raw(String),
+    /// `KEY_BASE64` / `HMAC_KEY_BASE64`.
+    B64(String),
+}
+
+/// Build an fwknop key from its textual forms.
+pub fn build_key(
+    enc: &KeyText,
+    mode: EncMode,
+    hmac: Option<(HashType, &KeyText)>,
+) -> Result<FwknopKey, String> {
+    use base64::Engine;
+    let bytes = |k: &KeyText, what: &str| -> Result<Vec<u8>, String> {
+        match k {
+            KeyText::Raw(s) => Ok(s.as_bytes().to_vec()),
+            KeyText::B64(s) => base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s.trim()))
+                .map_err(|_| format!("{what} is not valid base64")),
+        }
+    };
+    let e = bytes(enc, "KEY_BASE64")?;
+    let h = match hmac {
+        Some((t, k)) => Some((t, bytes(k, "HMAC_KEY_BASE64")?)),
+        None => None,
+    };
+    FwknopKey::new(&e, mode, h.as_ref().map(|(t, k)| (*t, k.as_slice()))).map_err(|e| e.to_string())
+}

@@ -1,0 +1,270 @@
+//! The SPA gate: one sniffed UDP payload in, a grant decision out.
+//!
+//! Order, for both formats (cheapest and most-rejecting first, as in boringtun):
+//! 1. shape checks (length, charset / magic, server tag) — no crypto;
+//! 2. authenticate: fwknop HMAC in constant time before decrypting, native AEAD +
+//!    Ed25519 signature (budgeted: only packets that pass 1. spend crypto);
+//! 3. time window (symmetric skew, `max_age`);
+//! 4. replay: canonical key of the decrypted request, persisted ([`replay`]);
+//! 5. policy: which services this stanza/user may open, for how long, for whom.
+//!
+//! Nothing here sends anything: SPA never answers. Rejections carry a static reason
+//! for the log (and fail2ban); attacker-controlled text is only ever logged escaped.
+
+pub mod replay;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use portcullis_proto::spa::fwknop::{self, MsgType};
+use portcullis_proto::spa::native::{self, ServerKey, UserPublicKey};
+use portcullis_proto::spa::SpaError;
+use portcullis_proto::{Millis, Service};
+
+use crate::config::spa::{FwknopStanza, NativeUser, SpaConfig};
+use replay::{Refusal, ReplayCache};
+
+/// What an accepted request grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Who asked, for logs: `fwknop stanza NAME user "x"` or `user alice`.
+    pub who: String,
+    /// The address to let in.
+    pub allow: IpAddr,
+    /// What to open.
+    pub services: Vec<Service>,
+    /// For how long.
+    pub duration: Duration,
+}
+
+/// The gate's answer for one payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Open this.
+    Grant(Decision),
+    /// Refused, with a reason for the log.
+    Reject(String),
+}
+
+/// Native packets that pass the cheap checks cost ~60-130 µs of crypto each; this
+/// budget bounds what someone holding the (public) server key can make us spend.
+struct Budget {
+    tokens: f64,
+    last: Millis,
+}
+
+impl Budget {
+    const PER_SEC: f64 = 4000.0;
+    const BURST: f64 = 400.0;
+
+    fn take(&mut self, now: Millis) -> bool {
+        self.tokens = (self.tokens + now.since(self.last).as_secs_f64() * Self::PER_SEC).min(Self::BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Decides SPA packets.
+pub struct SpaGate {
+    ports: Vec<u16>,
+    max_age: u64,
+    server_key: Option<ServerKey>,
+    users: HashMap<String, NativeUser>,
+    user_keys: HashMap<String, UserPublicKey>,
+    stanzas: Vec<FwknopStanza>,
+    protected: Vec<Service>,
+    replay: ReplayCache,
+    budget: Budget,
+}
+
+fn reason(e: SpaError) -> String {
+    e.to_string()
+}
+
+impl SpaGate {
+    /// Build from config. `protected` is every service the firewall protects (what a
+    /// stanza without `OPEN_PORTS` may open).
+    pub fn new(cfg: &SpaConfig, protected: Vec<Service>, replay: ReplayCache) -> SpaGate {
+        SpaGate {
+            ports: cfg.ports.clone(),
+            max_age: cfg.max_age,
+            server_key: cfg.server_key.clone(),
+            user_keys: cfg.users.iter().map(|(n, u)| (n.clone(), u.key)).collect(),
+            users: cfg.users.clone(),
+            stanzas: cfg.stanzas.clone(),
+            protected,
+            replay,
+            budget: Budget { tokens: Budget::BURST, last: Millis(0) },
+        }
+    }
+
+    /// Whether UDP to `port` is SPA.
+    pub fn is_spa_port(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+
+    /// The sniffed UDP ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// Periodic work: drop expired replay entries, fsync appended ones.
+    pub fn housekeeping(&mut self, now_unix: u64) {
+        self.replay.purge(now_unix);
+        self.replay.sync();
+    }
+
+    /// Decide one payload sent by `src`.
+    pub fn handle(&mut self, src: IpAddr, payload: &[u8], now_unix: u64, now: Millis) -> Verdict {
+        if payload.starts_with(&native::MAGIC) {
+            self.native(src, payload, now_unix, now)
+        } else if !self.stanzas.is_empty() {
+            self.fwknop(src, payload, now_unix)
+        } else {
+            Verdict::Reject("not a native SPA packet (no fwknop stanzas configured)".into())
+        }
+    }
+
+    fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), Verdict> {
+        match self.replay.admit(key, expires, now_unix) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Replayed) => Err(Verdict::Reject("replayed packet".into())),
+            Err(Refusal::Full) => {
+                tracing::error!("spa: replay cache full of live entries; refusing SPA until entries expire");
+                Err(Verdict::Reject("replay cache full".into()))
+            }
+        }
+    }
+
+    fn native(&mut self, src: IpAddr, payload: &[u8], now_unix: u64, now: Millis) -> Verdict {
+        let Some(server) = &self.server_key else {
+            return Verdict::Reject("native SPA is not configured".into());
+        };
+        if let Err(e) = native::precheck(payload, server.public()) {
+            return Verdict::Reject(reason(e));
+        }
+        if !self.budget.take(now) {
+            return Verdict::Reject("native SPA crypto budget exhausted (flood?)".into());
+        }
+        let req = match native::open(payload, server, &self.user_keys) {
+            Ok(r) => r,
+            Err(e) => return Verdict::Reject(reason(e)),
+        };
+        if let Err(e) = native::check_time(&req, now_unix, self.max_age) {
+            return Verdict::Reject(format!("{} (user {:?})", reason(e), req.user));
+        }
+        if let Err(v) = self.admit(
+            native::canonical_replay_key(&req),
+            native::replay_key_expiry(&req, self.max_age),
+            now_unix,
+        ) {
+            return v;
+        }
+        let Some(user) = self.users.get(&req.user) else {
+            return Verdict::Reject(format!("unknown user {:?}", req.user));
+        };
+        if let Some(s) = req.services.iter().find(|s| !user.open.contains(s)) {
+            return Verdict::Reject(format!("user {:?} may not open {s}", req.user));
+        }
+        if req.duration_secs == 0 {
+            return Verdict::Reject(format!("user {:?} asked for a zero duration", req.user));
+        }
+        let duration = Duration::from_secs(u64::from(req.duration_secs)).min(user.max_open_for);
+        Verdict::Grant(Decision {
+            who: format!("user {:?}", req.user),
+            allow: req.allow.resolve(src),
+            services: req.services.clone(),
+            duration,
+        })
+    }
+
+    fn fwknop(&mut self, src: IpAddr, payload: &[u8], now_unix: u64) -> Verdict {
+        if let Err(e) = fwknop::precheck(payload) {
+            return Verdict::Reject(reason(e));
+        }
+        // First stanza whose source matches and whose keys authenticate wins (fwknopd).
+        let mut best = SpaError::BadMac;
+        let mut found = None;
+        for (i, st) in self.stanzas.iter().enumerate() {
+            if !st.source.is_empty() && !st.source.iter().any(|c| c.contains(src)) {
+                continue;
+            }
+            if st.expires.is_some_and(|e| now_unix > e) {
+                continue;
+            }
+            match fwknop::decode(payload, &st.key) {
+                Ok(m) => {
+                    found = Some((i, m));
+                    break;
+                }
+                Err(SpaError::BadMac) => {}
+                Err(e) => best = e,
+            }
+        }
+        let Some((i, msg)) = found else {
+            return Verdict::Reject(reason(best));
+        };
+        let st = &self.stanzas[i];
+        let who = format!("fwknop stanza {} user {:?}", st.name, msg.user);
+        if let Err(e) = fwknop::check_age(&msg, now_unix, self.max_age) {
+            return Verdict::Reject(format!("{} ({who})", reason(e)));
+        }
+        let expires = msg.timestamp.saturating_add(self.max_age).saturating_add(1);
+        if let Err(v) = self.admit(fwknop::canonical_replay_key(&msg), expires, now_unix) {
+            return v;
+        }
+        let st = &self.stanzas[i];
+        match msg.msg_type {
+            MsgType::Access | MsgType::ClientTimeoutAccess => {}
+            MsgType::Command => {
+                return Verdict::Reject(format!("command message refused: never executed ({who})"))
+            }
+            _ => return Verdict::Reject(format!("NAT access refused: forwarding is not configured ({who})")),
+        }
+        if let Some(u) = &st.require_username {
+            if *u != msg.user {
+                return Verdict::Reject(format!("username mismatch ({who})"));
+            }
+        }
+        let allow = if msg.allow_ip == Ipv4Addr::UNSPECIFIED {
+            if st.require_source_address {
+                return Verdict::Reject(format!("\"use source\" refused by REQUIRE_SOURCE_ADDRESS ({who})"));
+            }
+            src
+        } else {
+            IpAddr::V4(msg.allow_ip)
+        };
+        let mut services = Vec::with_capacity(msg.access.len());
+        for a in &msg.access {
+            let Some(s) = a.service() else {
+                return Verdict::Reject(format!("{a} cannot be opened (tcp and udp only) ({who})"));
+            };
+            let permitted = if st.open_ports.is_empty() {
+                self.protected.contains(&s)
+            } else {
+                st.open_ports.contains(&s)
+            };
+            if !permitted || st.restrict_ports.contains(&s) {
+                return Verdict::Reject(format!("{s} is not permitted for this stanza ({who})"));
+            }
+            services.push(s);
+        }
+        if services.is_empty() {
+            return Verdict::Reject(format!("nothing to open ({who})"));
+        }
+        let duration = match msg.client_timeout {
+            Some(t) if t > 0 => Duration::from_secs(u64::from(t)).min(st.max_fw_timeout),
+            _ => st.fw_access_timeout,
+        };
+        Verdict::Grant(Decision { who, allow, services, duration })
+    }
+}
+
+#[cfg(test)]
+mod tests;

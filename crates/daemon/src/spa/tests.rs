@@ -1,0 +1,254 @@
+//! Gate decisions for both formats, with packets built by the proto encoders.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use portcullis_proto::spa::fwknop::{self, Access, EncMode, FwknopKey, HashType, SpaMessage};
+use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerKey, UserKey};
+use portcullis_proto::{Millis, Service};
+
+use super::replay::ReplayCache;
+use super::{SpaGate, Verdict};
+use crate::config::spa::{Cidr, FwknopStanza, NativeUser, SpaConfig};
+
+const NOW: u64 = 1_795_288_322;
+
+fn rng() -> impl FnMut(&mut [u8]) {
+    seeded(7)
+}
+
+fn seeded(seed: u8) -> impl FnMut(&mut [u8]) {
+    let mut n = seed;
+    move |b: &mut [u8]| {
+        for x in b {
+            n = n.wrapping_mul(31).wrapping_add(17);
+            *x = n;
+        }
+    }
+}
+
+fn key() -> FwknopKey {
+    FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((HashType::Sha256, b"hmactest"))).unwrap()
+}
+
+fn stanza() -> FwknopStanza {
+    FwknopStanza {
+        name: "laptop".into(),
+        source: Vec::new(),
+        key: key(),
+        open_ports: vec![Service::tcp(22)],
+        restrict_ports: Vec::new(),
+        fw_access_timeout: Duration::from_secs(30),
+        max_fw_timeout: Duration::from_secs(120),
+        require_username: None,
+        require_source_address: false,
+        expires: None,
+    }
+}
+
+struct Fixture {
+    gate: SpaGate,
+    server: ServerKey,
+    alice: UserKey,
+}
+
+fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
+    let mut r = rng();
+    let server = ServerKey::generate(&mut r);
+    let alice = UserKey::generate(&mut r);
+    let mut users = HashMap::new();
+    users.insert(
+        "alice".to_string(),
+        NativeUser {
+            key: alice.public(),
+            open: vec![Service::tcp(22)],
+            max_open_for: Duration::from_secs(60),
+        },
+    );
+    let cfg = SpaConfig {
+        ports: vec![62201],
+        max_age: 120,
+        protect: Vec::new(),
+        server_key: Some(server.clone()),
+        users,
+        stanzas,
+    };
+    let gate = SpaGate::new(&cfg, vec![Service::tcp(22), Service::tcp(443)], ReplayCache::in_memory(1000));
+    Fixture { gate, server, alice }
+}
+
+fn fwknop_packet(allow: Ipv4Addr, access: &[Service], timeout: Option<u32>, ts: u64) -> Vec<u8> {
+    let mut r = rng();
+    let mut m =
+        SpaMessage::new_access("alice", ts, allow, access.iter().map(|&s| Access::from(s)).collect(), &mut r);
+    m.client_timeout = timeout;
+    fwknop::encode(&m, &key(), &mut r).unwrap().into_bytes()
+}
+
+fn src() -> IpAddr {
+    "192.0.2.2".parse().unwrap()
+}
+
+fn granted(v: &Verdict) -> (IpAddr, Vec<Service>, Duration) {
+    match v {
+        Verdict::Grant(d) => (d.allow, d.services.clone(), d.duration),
+        Verdict::Reject(r) => panic!("rejected: {r}"),
+    }
+}
+
+fn rejected(v: &Verdict) -> &str {
+    match v {
+        Verdict::Reject(r) => r,
+        Verdict::Grant(d) => panic!("granted {d:?}"),
+    }
+}
+
+#[test]
+fn fwknop_access_opens_for_the_source_and_refuses_the_replay() {
+    let mut f = fixture(vec![stanza()]);
+    let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW);
+    let v = f.gate.handle(src(), &p, NOW, Millis(0));
+    assert_eq!(granted(&v), (src(), vec![Service::tcp(22)], Duration::from_secs(30)));
+    assert!(rejected(&f.gate.handle(src(), &p, NOW + 1, Millis(1))).contains("replayed"));
+    // Re-encrypting the same request (what a key holder could do) is still a replay.
+    let mut r = rng();
+    let mut m = SpaMessage::new_access(
+        "alice",
+        NOW,
+        Ipv4Addr::UNSPECIFIED,
+        vec![Access::from(Service::tcp(22))],
+        &mut r,
+    );
+    m.rand = fwknop::decode(&p, &key()).unwrap().rand;
+    let again = fwknop::encode(&m, &key(), &mut seeded(99)).unwrap();
+    assert_ne!(again.as_bytes(), &p[..]);
+    assert!(rejected(&f.gate.handle(src(), again.as_bytes(), NOW, Millis(2))).contains("replayed"));
+}
+
+#[test]
+fn fwknop_allow_ip_and_client_timeout_are_honoured_and_capped() {
+    let mut f = fixture(vec![stanza()]);
+    let p = fwknop_packet(Ipv4Addr::new(203, 0, 113, 9), &[Service::tcp(22)], Some(9999), NOW);
+    let (allow, _, d) = granted(&f.gate.handle(src(), &p, NOW, Millis(0)));
+    assert_eq!(allow, "203.0.113.9".parse::<IpAddr>().unwrap());
+    assert_eq!(d, Duration::from_secs(120), "capped by MAX_FW_TIMEOUT");
+}
+
+#[test]
+fn fwknop_policy_refusals() {
+    let mut f = fixture(vec![stanza()]);
+    let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(443)], None, NOW);
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("not permitted"));
+    let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW - 500);
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("window"));
+
+    let mut st = stanza();
+    st.require_source_address = true;
+    st.require_username = Some("bob".into());
+    let mut f = fixture(vec![st]);
+    let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW);
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("username"));
+
+    let mut st = stanza();
+    st.source = vec![Cidr::parse("198.51.100.0/24").unwrap()];
+    let mut f = fixture(vec![st]);
+    let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW);
+    assert!(
+        rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("HMAC"),
+        "no stanza for this source"
+    );
+}
+
+#[test]
+fn fwknop_command_and_nat_messages_are_refused() {
+    let mut f = fixture(vec![stanza()]);
+    let mut r = rng();
+    let m = SpaMessage::new_command("alice", NOW, Ipv4Addr::new(192, 0, 2, 2), "touch /tmp/pwned", &mut r);
+    let p = fwknop::encode(&m, &key(), &mut r).unwrap();
+    assert!(rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))).contains("never executed"));
+    let mut m = SpaMessage::new_access(
+        "alice",
+        NOW,
+        Ipv4Addr::UNSPECIFIED,
+        vec![Access::from(Service::tcp(22))],
+        &mut r,
+    );
+    m.msg_type = fwknop::MsgType::NatAccess;
+    m.nat_access = Some(("192.0.2.50".into(), 22));
+    let p = fwknop::encode(&m, &key(), &mut r).unwrap();
+    assert!(rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(1))).contains("NAT"));
+}
+
+#[test]
+fn fwknop_wrong_key_and_junk_are_refused() {
+    let mut f = fixture(vec![stanza()]);
+    let mut r = rng();
+    let m = SpaMessage::new_access(
+        "alice",
+        NOW,
+        Ipv4Addr::UNSPECIFIED,
+        vec![Access::from(Service::tcp(22))],
+        &mut r,
+    );
+    let other = FwknopKey::new(b"otherkey", EncMode::Cbc, Some((HashType::Sha256, b"otherhmac"))).unwrap();
+    let p = fwknop::encode(&m, &other, &mut r).unwrap();
+    assert!(rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))).contains("HMAC"));
+    assert!(!rejected(&f.gate.handle(src(), &[b'A'; 10], NOW, Millis(0))).is_empty());
+    assert!(!rejected(&f.gate.handle(src(), &[0xff; 300], NOW, Millis(0))).is_empty());
+}
+
+fn native_packet(
+    f: &Fixture,
+    user: &UserKey,
+    name: &str,
+    allow: AllowAddr,
+    svc: &[Service],
+    secs: u32,
+) -> Vec<u8> {
+    let mut r = rng();
+    let req = Request::new(name, NOW, allow, svc.iter().copied(), secs, &mut r).unwrap();
+    native::seal(&req, f.server.public(), user, &mut r).unwrap()
+}
+
+#[test]
+fn native_request_opens_and_cannot_be_replayed() {
+    let mut f = fixture(Vec::new());
+    let alice = f.alice.clone();
+    let allow: IpAddr = "2001:db8:9::7".parse().unwrap();
+    let IpAddr::V6(v6) = allow else { unreachable!() };
+    let p = native_packet(&f, &alice, "alice", AllowAddr::V6(v6), &[Service::tcp(22)], 600);
+    let (a, s, d) = granted(&f.gate.handle(src(), &p, NOW, Millis(0)));
+    assert_eq!((a, s, d), (allow, vec![Service::tcp(22)], Duration::from_secs(60)), "capped by max_open_for");
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(1))).contains("replayed"));
+}
+
+#[test]
+fn native_refuses_wrong_user_key_unknown_user_and_forbidden_services() {
+    let mut f = fixture(Vec::new());
+    let mallory = UserKey::generate(&mut seeded(200));
+    let p = native_packet(&f, &mallory, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("signature"));
+    let p = native_packet(&f, &mallory, "mallory", AllowAddr::Source, &[Service::tcp(22)], 30);
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("unknown user"));
+    let alice = f.alice.clone();
+    let p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(443)], 30);
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("may not open"));
+    // Sealed for another server.
+    let other = ServerKey::generate(&mut |b: &mut [u8]| b.fill(3));
+    let req = Request::new("alice", NOW, AllowAddr::Source, [Service::tcp(22)], 30, &mut rng()).unwrap();
+    let p = native::seal(&req, other.public(), &alice, &mut rng()).unwrap();
+    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("not addressed to this server"));
+}
+
+#[test]
+fn native_crypto_budget_bounds_work_per_second() {
+    let mut f = fixture(Vec::new());
+    let alice = f.alice.clone();
+    let mut p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
+    let last = p.len() - 1;
+    p[last] ^= 1; // passes the cheap checks, fails the AEAD
+    let spent =
+        (0..2000).filter(|_| !rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("budget")).count();
+    assert_eq!(spent, 400, "burst, then budget");
+}
