@@ -1,7 +1,10 @@
 //! `portcullis`: the client. One module per subcommand; `main` maps errors to exit codes.
 #![forbid(unsafe_code)]
 
+mod fwknoprc;
+mod keygen;
 mod knock;
+mod spa;
 
 use std::process::ExitCode;
 
@@ -18,12 +21,18 @@ struct Args {
 enum Command {
     /// Send a knock sequence, like knock(1): `portcullis knock HOST 7000 8000:udp 9000`.
     Knock(knock::KnockArgs),
+    /// Send one SPA packet (fwknop-compatible by default, `--native` for portcullis' format).
+    Spa(Box<spa::SpaArgs>),
+    /// Generate keys: fwknop KEY/HMAC_KEY (default), or native `--server` / `--user` pairs.
+    Keygen(keygen::KeygenArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Knock(a) => knock::run(&a),
+        Command::Spa(a) => spa::run(&a),
+        Command::Keygen(a) => keygen::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -308,27 +308,14 @@ fn services(list: Vec<Spanned<String>>) -> Result<Vec<Service>, SpaErr> {
     Ok(out)
 }
 
-/// Parse an HMAC/digest type name as fwknop spells it.
+/// Parse an HMAC/digest type name as fwknop spells it (`sha256`, `sha3_256`, ...).
 pub fn hash_type(s: &str) -> Option<HashType> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "md5" => HashType::Md5,
-        "sha1" => HashType::Sha1,
-        "sha256" => HashType::Sha256,
-        "sha384" => HashType::Sha384,
-        "sha512" => HashType::Sha512,
-        "sha3_256" => HashType::Sha3_256,
-        "sha3_512" => HashType::Sha3_512,
-        _ => return None,
-    })
+    s.to_ascii_lowercase().parse().ok()
 }
 
 /// Parse an encryption mode as fwknop spells it (only CBC and legacy are supported).
 pub fn enc_mode(s: &str) -> Option<EncMode> {
-    match s.to_ascii_lowercase().as_str() {
-        "cbc" => Some(EncMode::Cbc),
-        "legacy" => Some(EncMode::Legacy),
-        _ => None,
-    }
+    s.parse().ok()
 }
 
 fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {

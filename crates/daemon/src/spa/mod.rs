@@ -157,7 +157,7 @@ impl SpaGate {
             Err(e) => return Verdict::Reject(reason(e)),
         };
         if let Err(e) = native::check_time(&req, now_unix, self.max_age) {
-            return Verdict::Reject(format!("{} (user {:?})", reason(e), req.user));
+            return Verdict::Reject(format!("{} (user {})", reason(e), req.user));
         }
         if let Err(v) = self.admit(
             native::canonical_replay_key(&req),
@@ -167,17 +167,17 @@ impl SpaGate {
             return v;
         }
         let Some(user) = self.users.get(&req.user) else {
-            return Verdict::Reject(format!("unknown user {:?}", req.user));
+            return Verdict::Reject(format!("unknown user {}", req.user));
         };
         if let Some(s) = req.services.iter().find(|s| !user.open.contains(s)) {
-            return Verdict::Reject(format!("user {:?} may not open {s}", req.user));
+            return Verdict::Reject(format!("user {} may not open {s}", req.user));
         }
         if req.duration_secs == 0 {
-            return Verdict::Reject(format!("user {:?} asked for a zero duration", req.user));
+            return Verdict::Reject(format!("user {} asked for a zero duration", req.user));
         }
         let duration = Duration::from_secs(u64::from(req.duration_secs)).min(user.max_open_for);
         Verdict::Grant(Decision {
-            who: format!("user {:?}", req.user),
+            who: format!("user {}", req.user),
             allow: req.allow.resolve(src),
             services: req.services.clone(),
             duration,
@@ -189,7 +189,10 @@ impl SpaGate {
             return Verdict::Reject(reason(e));
         }
         // First stanza whose source matches and whose keys authenticate wins (fwknopd).
-        let mut best = SpaError::BadMac;
+        // For the log: a MAC failure on an HMAC stanza is the meaningful reason; what a
+        // no-HMAC stanza made of the same bytes is secondary.
+        let mut bad_mac = false;
+        let mut other: Option<SpaError> = None;
         let mut found = None;
         for (i, st) in self.stanzas.iter().enumerate() {
             if !st.source.is_empty() && !st.source.iter().any(|c| c.contains(src)) {
@@ -203,15 +206,21 @@ impl SpaGate {
                     found = Some((i, m));
                     break;
                 }
-                Err(SpaError::BadMac) => {}
-                Err(e) => best = e,
+                Err(SpaError::BadMac) => bad_mac = true,
+                Err(e) => {
+                    other.get_or_insert(e);
+                }
             }
         }
         let Some((i, msg)) = found else {
-            return Verdict::Reject(reason(best));
+            return Verdict::Reject(match (bad_mac, other) {
+                (true, Some(e)) => format!("{} (stanzas without HMAC: {e})", SpaError::BadMac),
+                (_, Some(e)) => reason(e),
+                (_, None) => reason(SpaError::BadMac),
+            });
         };
         let st = &self.stanzas[i];
-        let who = format!("fwknop stanza {} user {:?}", st.name, msg.user);
+        let who = format!("fwknop stanza {} user {}", st.name, msg.user.escape_debug());
         if let Err(e) = fwknop::check_age(&msg, now_unix, self.max_age) {
             return Verdict::Reject(format!("{} ({who})", reason(e)));
         }

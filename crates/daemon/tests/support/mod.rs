@@ -56,10 +56,22 @@ impl Server {
     /// Start with `config` (the `[daemon]` state_dir is filled in) and TCP listeners on
     /// `listen` ports in the server namespace, so granted ports answer "open".
     pub fn start(tag: &str, config: &str, listen: &[u16]) -> Server {
+        Server::start_with(tag, config, listen, &[])
+    }
+
+    /// Like [`Server::start`], first writing `files` (name, contents; mode 0600) next
+    /// to the config, for key files and access.conf.
+    pub fn start_with(tag: &str, config: &str, listen: &[u16], files: &[(&str, &str)]) -> Server {
         let lab = Lab::new(tag).expect("lab");
         let dir = std::env::temp_dir().join(format!("pc-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let mut listeners = Vec::new();
         for &p in listen {
             listeners.push(lab.in_ns(&lab.server, move || TcpListener::bind(("::", p)).unwrap()).unwrap());

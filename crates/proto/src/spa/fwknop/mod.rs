@@ -85,6 +85,21 @@ pub enum EncMode {
     Legacy,
 }
 
+impl FromStr for EncMode {
+    type Err = SpaError;
+
+    /// fwknop's `ENCRYPTION_MODE` / `-M` names that portcullis supports: `cbc`, `legacy`.
+    fn from_str(s: &str) -> Result<Self, SpaError> {
+        if s.eq_ignore_ascii_case("cbc") {
+            Ok(EncMode::Cbc)
+        } else if s.eq_ignore_ascii_case("legacy") {
+            Ok(EncMode::Legacy)
+        } else {
+            Err(SpaError::BadKey("encryption mode must be cbc or legacy"))
+        }
+    }
+}
+
 /// Hash algorithms fwknop uses for the inner digest and for the HMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HashType {

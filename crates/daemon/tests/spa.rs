@@ -1,0 +1,369 @@
+//! SPA end to end: the Debian fwknop client against portcullisd, `portcullis spa`
+//! against a real fwknopd, and the native format over IPv4 and IPv6. Real packets in
+//! throwaway namespaces; root required (CI runs as root).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+// Keys in fwknop's --key-gen format (test-only).
+const KEY_B64: &str = "wzNP62oPPgEc+kXDPQLHPOayQBuNbYUTPP+QrErNDmg=";
+const HMAC_B64: &str =
+    "Yh+xizBnl6FotC5ec7FanVGClRMlsOAPh2u6eovnerfBVKwaVKzjGoblFMHMc593TNyi0dWn4opLoTIV9q/ttg==";
+
+fn access_conf() -> String {
+    format!(
+        "SOURCE ANY\nKEY_BASE64 {KEY_B64}\nHMAC_KEY_BASE64 {HMAC_B64}\nHMAC_DIGEST_TYPE sha256\nOPEN_PORTS tcp/2222\nFW_ACCESS_TIMEOUT 20\n"
+    )
+}
+
+/// A native server key pair and a user key pair, made with `portcullis keygen`.
+struct NativeKeys {
+    server_secret: String,
+    server_public: String,
+    user_secret: String,
+    user_public: String,
+}
+
+fn keygen(kind: &str) -> (String, String) {
+    let out = Command::new(client_bin()).args(["keygen", kind]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let pick = |needle: &str| {
+        text.lines().find(|l| l.contains(needle)).and_then(|l| l.rsplit(' ').next()).unwrap().to_string()
+    };
+    (pick("secret key"), pick("public key"))
+}
+
+fn native_keys() -> NativeKeys {
+    let (server_secret, server_public) = keygen("--server");
+    let (user_secret, user_public) = keygen("--user");
+    NativeKeys { server_secret, server_public, user_secret, user_public }
+}
+
+fn config(k: &NativeKeys) -> String {
+    format!(
+        r#"
+[spa]
+server_key_file = "server.key"
+access_conf = "access.conf"
+
+[[spa.user]]
+name = "alice"
+key = "{}"
+open = ["tcp/2222", "tcp/2223"]
+max_open_for = 20
+
+[[spa.fwknop]]
+name = "legacy"
+key = "legacykey"
+encryption_mode = "legacy"
+open_ports = ["tcp/2224"]
+"#,
+        k.user_public
+    )
+}
+
+fn start(tag: &str, k: &NativeKeys) -> Server {
+    let access = access_conf();
+    Server::start_with(
+        tag,
+        &config(k),
+        &[2222, 2223, 2224],
+        &[("server.key", &k.server_secret), ("access.conf", &access), ("alice.key", &k.user_secret)],
+    )
+}
+
+fn fwknop(s: &Server, extra: &[&str]) {
+    // HOME in the test dir: the client writes ~/.fwknop.run there, not in /root.
+    let mut cmd: Vec<String> =
+        vec!["env".into(), format!("HOME={}", s.dir.display()), tool("fwknop"), "--no-rc-file".into()];
+    cmd.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    s.client(&argv);
+}
+
+fn resend(s: &Server, file: &str) {
+    // The file ends with a newline; send exactly the packet, as the client did.
+    let script = format!("printf %s \"$(cat {file})\" > /dev/udp/{}/62201", lab::SERVER4);
+    s.client(&["bash", "-c", &script]);
+}
+
+fn count(s: &Server, needle: &str) -> usize {
+    s.log_text().matches(needle).count()
+}
+
+#[test]
+fn debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts() {
+    if !root_or_skip("debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts") {
+        return;
+    }
+    let k = native_keys();
+    let mut s = start("fwk", &k);
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
+    let saved = s.dir.join("spa.pkt").display().to_string();
+    fwknop(
+        &s,
+        &[
+            "-A",
+            "tcp/2222",
+            "-a",
+            lab::CLIENT4,
+            "-D",
+            lab::SERVER4,
+            "--use-hmac",
+            "--key-base64-rijndael",
+            KEY_B64,
+            "--key-base64-hmac",
+            HMAC_B64,
+            "-B",
+            &saved,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open),
+        "log:\n{}",
+        s.log_text()
+    );
+    assert_eq!(
+        s.nmap(&s.lab.other, lab::SERVER4_OTHER, 2222),
+        "filtered",
+        "open for the allowed address only"
+    );
+    assert!(s.log_text().contains("spa: fwknop stanza access.conf:1 user"), "{}", s.log_text());
+
+    // The captured packet, sent again: refused.
+    resend(&s, &saved);
+    assert!(
+        wait_until(Duration::from_secs(2), || count(&s, "rejected: replayed packet") == 1),
+        "{}",
+        s.log_text()
+    );
+    // ...and still refused after a kill -9 and restart (the replay cache is persisted).
+    s.kill9();
+    let cfg = config(&k);
+    s.spawn(&cfg);
+    resend(&s, &saved);
+    assert!(
+        wait_until(Duration::from_secs(2), || count(&s, "rejected: replayed packet") == 2),
+        "{}",
+        s.log_text()
+    );
+
+    // A stale packet (timestamp 10 minutes old) is refused.
+    fwknop(
+        &s,
+        &[
+            "-A",
+            "tcp/2222",
+            "-a",
+            lab::CLIENT4,
+            "-D",
+            lab::SERVER4,
+            "--use-hmac",
+            "--time-offset-minus",
+            "10m",
+            "--key-base64-rijndael",
+            KEY_B64,
+            "--key-base64-hmac",
+            HMAC_B64,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || s.log_text().contains("outside the allowed window")),
+        "{}",
+        s.log_text()
+    );
+    // A wrong key is refused.
+    fwknop(
+        &s,
+        &[
+            "-A",
+            "tcp/2222",
+            "-s",
+            "-D",
+            lab::SERVER4,
+            "--use-hmac",
+            "--key-rijndael",
+            "nope",
+            "--key-hmac",
+            "nopenope",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || s.log_text().contains("HMAC verification failed")),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn debian_fwknop_legacy_stanza_without_hmac_opens_its_port() {
+    if !root_or_skip("debian_fwknop_legacy_stanza_without_hmac_opens_its_port") {
+        return;
+    }
+    let k = native_keys();
+    let s = start("fwkleg", &k);
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2224), Probe::Filtered);
+    fwknop(&s, &["-A", "tcp/2224", "-s", "-D", lab::SERVER4, "-M", "legacy", "--key-rijndael", "legacykey"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2224) == Probe::Open),
+        "log:\n{}",
+        s.log_text()
+    );
+    // The legacy stanza may not open what the HMAC stanza protects.
+    fwknop(&s, &["-A", "tcp/2222", "-s", "-D", lab::SERVER4, "-M", "legacy", "--key-rijndael", "legacykey"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.log_text().contains("not permitted")),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
+}
+
+#[test]
+fn native_spa_opens_for_an_allow_address_other_than_the_source_over_ipv4_and_ipv6() {
+    if !root_or_skip("native_spa_opens_for_an_allow_address_other_than_the_source_over_ipv4_and_ipv6") {
+        return;
+    }
+    let k = native_keys();
+    let s = start("native", &k);
+    let c = client_bin();
+    let key = s.dir.join("alice.key").display().to_string();
+    let native = |allow: &str, server: &str, port: &str, user_key: &str| {
+        s.client(&[
+            &c,
+            "spa",
+            "--native",
+            "--server-key",
+            &k.server_public,
+            "--user-key",
+            user_key,
+            "-U",
+            "alice",
+            "-A",
+            port,
+            "-a",
+            allow,
+            "-f",
+            "10",
+            server,
+        ]);
+    };
+    native(lab::OTHER4, lab::SERVER4, "tcp/2222", &key);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222) == Probe::Open),
+        "log:\n{}",
+        s.log_text()
+    );
+    assert_eq!(
+        s.probe(&s.lab.client, lab::SERVER4, 2222),
+        Probe::Filtered,
+        "the sender itself was not allowed"
+    );
+
+    native(lab::OTHER6, lab::SERVER6, "tcp/2223", &key);
+    assert!(
+        wait_until(Duration::from_secs(2), || s.probe(&s.lab.other, lab::SERVER6_OTHER, 2223) == Probe::Open),
+        "log:\n{}",
+        s.log_text()
+    );
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER6, 2223), Probe::Filtered);
+
+    // Someone else's user key, claiming to be alice: refused.
+    let (mallory_secret, _) = keygen("--user");
+    let mkey = s.dir.join("mallory.key");
+    std::fs::write(&mkey, mallory_secret).unwrap();
+    native(lab::CLIENT4, lab::SERVER4, "tcp/2222", &mkey.display().to_string());
+    assert!(
+        wait_until(Duration::from_secs(2), || s.log_text().contains("signature does not verify")),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
+}
+
+#[test]
+fn portcullis_spa_opens_a_real_fwknopd() {
+    if !root_or_skip("portcullis_spa_opens_a_real_fwknopd") {
+        return;
+    }
+    let fwknopd = tool("fwknopd");
+    let mut lab = Lab::new("fwknopd").unwrap();
+    let dir = std::env::temp_dir().join(format!("pc-fwknopd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    std::fs::write(
+        dir.join("fwknopd.conf"),
+        format!("PCAP_INTF vcli;\nPCAP_FILTER udp port 62201;\nFWKNOP_RUN_DIR {d};\nENABLE_DIGEST_PERSISTENCE N;\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("access.conf"), access_conf()).unwrap();
+    for f in ["fwknopd.conf", "access.conf"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = lab.server.clone();
+    let _listener = lab.in_ns(&server, || std::net::TcpListener::bind(("0.0.0.0", 2222)).unwrap()).unwrap();
+    // The server's own firewall: closed unless fwknopd adds a rule.
+    for rule in [
+        vec![
+            "iptables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+        vec!["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "DROP"],
+    ] {
+        run_ok(&lab, &server, &rule);
+    }
+    let log = std::fs::File::create(dir.join("fwknopd.log")).unwrap();
+    let conf = format!("{d}/fwknopd.conf");
+    let access = format!("{d}/access.conf");
+    let pid = format!("{d}/fwknopd.pid");
+    let digest = format!("{d}/digest.cache");
+    lab.spawn(
+        &server,
+        &[&fwknopd, "-f", "-c", &conf, "-a", &access, "-i", "vcli", "-p", &pid, "-d", &digest],
+        Stdio::null(),
+        Stdio::from(log),
+    )
+    .unwrap();
+    let srv: std::net::IpAddr = lab::SERVER4.parse().unwrap();
+    assert_eq!(lab.probe(&lab.client, srv, 2222, Duration::from_millis(500)).unwrap(), Probe::Filtered);
+    // fwknopd needs a moment to open its capture.
+    std::thread::sleep(Duration::from_millis(1500));
+    let c = client_bin();
+    run_ok(
+        &lab,
+        &lab.client,
+        &[
+            &c,
+            "spa",
+            "-A",
+            "tcp/2222",
+            "-s",
+            "--key-base64-rijndael",
+            KEY_B64,
+            "--key-base64-hmac",
+            HMAC_B64,
+            lab::SERVER4,
+        ],
+    );
+    let opened = wait_until(Duration::from_secs(5), || {
+        lab.probe(&lab.client, srv, 2222, Duration::from_millis(300)).unwrap() == Probe::Open
+    });
+    let text = std::fs::read_to_string(dir.join("fwknopd.log")).unwrap_or_default();
+    assert!(opened, "fwknopd did not open the port; its log:\n{text}");
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
