@@ -620,3 +620,15 @@ target = "2001:db8::1"
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/portcullis.toml"));
+        let c = super::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.doors.len(), 2);
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+}
