@@ -1,7 +1,8 @@
 //! portcullisd internals.
 //!
 //! # Layout
-//! - [`config`]: native TOML config, raw → validated, errors with file and line.
+//! - [`actions`]: knockd-style start/stop commands: substitution, runner, pending stops.
+//! - [`config`]: native TOML config (and knockd.conf), raw → validated, errors with file and line.
 //! - [`capture`]: AF_PACKET + BPF socket, local address view kept current by rtnetlink.
 //! - [`firewall`]: the driver trait and backends (nftables over netlink, none).
 //! - [`daemon`]: the capture loop and the knock [`daemon::engine::Engine`].
@@ -9,6 +10,7 @@
 //! - [`lab`]: throwaway network namespaces for the demo, tests and benchmarks.
 //! - [`log`]: stderr / syslog / journald set-up.
 
+pub mod actions;
 pub mod capture;
 pub mod cmd;
 pub mod config;

@@ -17,6 +17,9 @@ use crate::capture::LocalView;
 use crate::config::{Config, Door};
 use crate::firewall::{FirewallDriver, FirewallError, Grant};
 
+// knockd drop-in (issue 3): commands, one-time sequences, daemon-side expiry.
+mod knockd;
+
 /// Counters exposed in logs (and later metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -74,6 +77,8 @@ pub struct Engine {
     open_limiter: LogLimiter,
     reported_suppressed: u64,
     stats: Stats,
+    /// knockd drop-in state (issue 3), see `engine/knockd.rs`.
+    ext: knockd::Ext,
 }
 
 impl Engine {
@@ -95,11 +100,12 @@ impl Engine {
                 .iter()
                 .map(|&i| {
                     let d = &config.doors[i];
-                    DoorSpec { sequence: d.sequence.clone(), timeout: d.seq_timeout, flags: d.flags }
+                    DoorSpec { sequence: knockd::tracker_sequence(d), timeout: d.seq_timeout, flags: d.flags }
                 })
                 .collect();
-            let tracker = Tracker::new(specs, per_group)
+            let mut tracker = Tracker::new(specs, per_group)
                 .map_err(|e| anyhow::anyhow!("invalid door definition: {e:?}"))?;
+            knockd::disable_exhausted(&mut tracker, &doors, &config.doors);
             groups.push(Group { target, tracker, doors });
         }
         Ok(Engine {
@@ -110,6 +116,7 @@ impl Engine {
             open_limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             reported_suppressed: 0,
             stats: Stats::default(),
+            ext: knockd::Ext::default(),
         })
     }
 
@@ -221,9 +228,13 @@ impl Engine {
         } else {
             self.stats.suppressed_logs += 1;
         }
-        match self.driver.grant(&grants) {
-            Ok(()) => {
+        // A knockd door may open nothing itself and only run commands (issue 3).
+        let result = if grants.is_empty() { None } else { Some(self.driver.grant(&grants)) };
+        match result {
+            None => {}
+            Some(Ok(())) => {
                 self.stats.opened += 1;
+                self.schedule_expiry(&grants, wall);
                 if log {
                     tracing::info!(
                         "{src}: {name}: opened {what} until {until} ({secs}s) via {}",
@@ -231,11 +242,12 @@ impl Engine {
                     );
                 }
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 self.stats.grant_failures += 1;
                 tracing::error!("{src}: {name}: FAILED to open {what}: {err}");
             }
         }
+        self.after_open(src, door, wall, log);
     }
 
     fn report_suppressed(&mut self) {
@@ -264,7 +276,9 @@ impl Engine {
         timeout: Duration,
     ) -> Result<(), FirewallError> {
         let grants: Vec<Grant> = services.iter().map(|&service| Grant { addr, service, timeout }).collect();
-        self.driver.grant(&grants)
+        self.driver.grant(&grants)?;
+        self.schedule_expiry(&grants, SystemTime::now());
+        Ok(())
     }
 }
 
