@@ -570,6 +570,8 @@ impl Validator<'_> {
             );
         }
         let open_for = match raw.open_for {
+            // A command-only door: its "open" time is the command's.
+            None if open.is_empty() => commands.as_ref().map_or(Duration::from_secs(30), |c| c.cmd_timeout),
             None => Duration::from_secs(30),
             Some(d) => self.duration(d, Duration::from_secs(1), Duration::from_secs(86_400), "open_for")?,
         };

@@ -95,14 +95,14 @@ impl IptablesDriver {
     /// A driver for `variant`; fails if its binaries are missing.
     pub fn new(variant: IptablesVariant) -> Result<IptablesDriver, FirewallError> {
         let flavor = resolve(variant)?;
-        let bin = |tool: &str| {
-            let name = format!("{tool}-{}", flavor.suffix());
+        let bin = |family: &str, action: &str| {
+            let name = format!("{family}-{}-{action}", flavor.suffix());
             find_bin(&name).ok_or_else(|| FirewallError::Protocol(format!("{name} not found (apt-get install iptables)")))
         };
         Ok(IptablesDriver {
             flavor,
-            restore: [bin("iptables-restore")?, bin("ip6tables-restore")?],
-            save: [bin("iptables-save")?, bin("ip6tables-save")?],
+            restore: [bin("iptables", "restore")?, bin("ip6tables", "restore")?],
+            save: [bin("iptables", "save")?, bin("ip6tables", "save")?],
             grants: HashMap::new(),
             max_grants: 0,
         })
