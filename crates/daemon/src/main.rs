@@ -31,6 +31,10 @@ enum Command {
         /// Sniff on these interfaces instead of the config's (like knockd -i); repeatable.
         #[arg(short, long)]
         interface: Vec<String>,
+        /// Log here instead of where the config says (e.g. stderr for a knockd.conf
+        /// that says UseSyslog); a LogFile still gets the lines too.
+        #[arg(long, value_enum)]
+        log: Option<LogArg>,
         /// Debug logging.
         #[arg(short, long)]
         verbose: bool,
@@ -77,7 +81,16 @@ impl From<FormatArg> for config::Format {
     }
 }
 
+/// `--log` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogArg {
+    Stderr,
+    Syslog,
+    Journald,
+}
+
 struct RunArgs {
+    log: Option<LogArg>,
     format: FormatArg,
     state_dir: Option<PathBuf>,
     interfaces: Vec<String>,
@@ -86,8 +99,8 @@ struct RunArgs {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { config, format, state_dir, interface, verbose } => {
-            run(&config, RunArgs { format, state_dir, interfaces: interface }, verbose)
+        Command::Run { config, format, state_dir, interface, log, verbose } => {
+            run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
         }
         Command::Check { config } => cmd::check::check(&config),
         Command::Convert { file, format } => convert(&file, format),
@@ -124,6 +137,12 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
             return Ok(ExitCode::from(2));
         }
     };
+    match args.log {
+        None => {}
+        Some(LogArg::Stderr) => config.daemon.log = config::LogTarget::Stderr,
+        Some(LogArg::Syslog) => config.daemon.log = config::LogTarget::Syslog,
+        Some(LogArg::Journald) => config.daemon.log = config::LogTarget::Journald,
+    }
     if let Some(dir) = args.state_dir {
         config.daemon.state_dir = dir;
     }
