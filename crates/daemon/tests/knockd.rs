@@ -58,7 +58,15 @@ impl Host {
         self.server(&["iptables", "-P", "INPUT", "DROP"]);
         self.server(&["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
         self.server(&[
-            "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT",
+            "iptables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
         ]);
     }
 
@@ -234,7 +242,20 @@ fn howto_syn_ack_flags_and_a_user_chain() {
     h.default_drop_firewall();
     // The Arch wiki "simple stateful firewall" the how-to builds on: new TCP goes to chain TCP.
     h.server(&["iptables", "-N", "TCP"]);
-    h.server(&["iptables", "-A", "INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW", "-j", "TCP"]);
+    h.server(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--syn",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-j",
+        "TCP",
+    ]);
     let _ssh = h.listen(22);
     let conf = h.write("knockd.conf", HOWTO_USER_CHAIN);
     h.start_portcullisd(&conf);
@@ -311,7 +332,9 @@ fn iptables_backend(variant: &str) {
     assert!(rules().contains("portcullis:expires="), "{}", rules());
     assert!(s.log_text().contains(&format!("via {variant}")), "{}", s.log_text());
     // Daemon-side expiry closes it.
-    assert!(wait_until(Duration::from_secs(6), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Filtered));
+    assert!(
+        wait_until(Duration::from_secs(6), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Filtered)
+    );
     let closed = knocked.elapsed();
     assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "after {closed:?}");
     assert!(!rules().contains("portcullis:expires="), "{}", rules());
@@ -321,13 +344,21 @@ fn iptables_backend(variant: &str) {
     let knock = tool("knock");
     s.client(&[&knock, "-6", "-d", "20", lab::SERVER6, "7000", "8000:udp", "9000"]);
     assert!(wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER6, 2222) == Probe::Open));
-    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered, "the grant is for the IPv6 source");
+    assert_eq!(
+        s.probe(&s.lab.client, lab::SERVER4, 2222),
+        Probe::Filtered,
+        "the grant is for the IPv6 source"
+    );
     s.kill9();
     std::thread::sleep(Duration::from_secs(4));
     s.spawn(&conf);
-    assert!(wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER6, 2222) == Probe::Filtered));
-    let v6 = String::from_utf8_lossy(&s.lab.exec(&s.lab.server, &[&save.replace("iptables", "ip6tables")]).unwrap().stdout)
-        .into_owned();
+    assert!(
+        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER6, 2222) == Probe::Filtered)
+    );
+    let v6 = String::from_utf8_lossy(
+        &s.lab.exec(&s.lab.server, &[&save.replace("iptables", "ip6tables")]).unwrap().stdout,
+    )
+    .into_owned();
     assert!(!v6.contains("portcullis:expires="), "{v6}");
     assert_eq!(v6.matches("-A INPUT -j PORTCULLIS").count(), 1, "{v6}");
 }
@@ -352,7 +383,10 @@ fn one_time_sequences_are_consumed_in_order_over_ipv4_and_ipv6() {
         return;
     }
     let mut h = Host::new("onetime");
-    let seqs = h.write("otp", "# one per line, leading space kept\n 7100,7200:udp,7300\n 7400,7500\n 7600:udp,7700\n");
+    let seqs = h.write(
+        "otp",
+        "# one per line, leading space kept\n 7100,7200:udp,7300\n 7400,7500\n 7600:udp,7700\n",
+    );
     let opened = h.dir.join("opened");
     let conf = h.write(
         "knockd.conf",
@@ -420,16 +454,23 @@ fn hung_and_failing_commands_are_logged_and_never_block_knocks() {
     pk(&["7400", "7500", "7600"]);
     pk(&["7700", "7800", "7900"]);
     assert!(
-        wait_until(Duration::from_secs(2), || std::fs::read_to_string(&ok).is_ok_and(|x| x.contains(lab::CLIENT4))),
+        wait_until(Duration::from_secs(2), || std::fs::read_to_string(&ok)
+            .is_ok_and(|x| x.contains(lab::CLIENT4))),
         "{}",
         h.log_text()
     );
     assert!(t.elapsed() < Duration::from_secs(2), "blocked for {:?}", t.elapsed());
-    assert!(h.wait_log("fail: start command failed (exit status: 3); stderr: \"no such chain\"", Duration::from_secs(2)));
+    assert!(h.wait_log(
+        "fail: start command failed (exit status: 3); stderr: \"no such chain\"",
+        Duration::from_secs(2)
+    ));
     assert!(h.wait_log("hang: start command killed after 1", Duration::from_secs(3)), "{}", h.log_text());
     // Still alive and still opening.
     pk(&["7700", "7800", "7900"]);
-    assert!(h.wait_log("ok: already open", Duration::from_secs(2)) || h.log_text().matches("ok: OPEN SESAME").count() == 2);
+    assert!(
+        h.wait_log("ok: already open", Duration::from_secs(2))
+            || h.log_text().matches("ok: OPEN SESAME").count() == 2
+    );
     assert!(h.lab.exec(&h.lab.server, &["kill", "-0", &h.pid.to_string()]).unwrap().status.success());
 }
 
@@ -439,7 +480,8 @@ fn convert_and_check_read_knockd_conf() {
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("knockd.conf");
     std::fs::write(&conf, HOWTO_OPENCLOSE).unwrap();
-    let out = std::process::Command::new(daemon_bin()).args(["convert", conf.to_str().unwrap()]).output().unwrap();
+    let out =
+        std::process::Command::new(daemon_bin()).args(["convert", conf.to_str().unwrap()]).output().unwrap();
     let toml = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(toml.contains("sequence = [\"2222:udp\", \"3333:tcp\", \"4444:udp\"]"), "{toml}");
@@ -447,14 +489,21 @@ fn convert_and_check_read_knockd_conf() {
     let native = dir.join("converted.toml");
     std::fs::write(&native, &toml).unwrap();
     for file in [&conf, &native] {
-        let out = std::process::Command::new(daemon_bin()).args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
+        let out = std::process::Command::new(daemon_bin())
+            .args(["check", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("stop after 10s: IPv4 sh -c \"/usr/sbin/iptables -D INPUT"), "{text}");
     }
     let bad = dir.join("bad.conf");
-    std::fs::write(&bad, "[options]\n  UseSyslog\n[door]\n  sequence = 7000,99999\n  command = true\n").unwrap();
-    let out = std::process::Command::new(daemon_bin()).args(["check", "--config", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(&bad, "[options]\n  UseSyslog\n[door]\n  sequence = 7000,99999\n  command = true\n")
+        .unwrap();
+    let out = std::process::Command::new(daemon_bin())
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("bad.conf:4:") && err.contains("99999"), "{err}");

@@ -105,7 +105,8 @@ mod tests {
         assert_eq!(o.status.code(), Some(3));
         assert_eq!(o.stderr, "oops");
         assert!(!o.ok());
-        let o = run(&sh("head -c 100000 /dev/zero | tr '\\0' x >&2"), IP, "d", Duration::from_secs(5)).unwrap();
+        let o =
+            run(&sh("head -c 100000 /dev/zero | tr '\\0' x >&2"), IP, "d", Duration::from_secs(5)).unwrap();
         assert!(o.ok());
         assert_eq!(o.stderr.len(), STDERR_LIMIT);
         let o = run(&sh("/usr/bin/does-not-exist %IP%"), IP, "d", Duration::from_secs(5)).unwrap();

@@ -241,7 +241,8 @@ impl ActionsHandle {
 }
 
 fn scheduler(shared: &Shared, store: &Store, loaded: Vec<Entry>) {
-    let mut pending: Vec<Pending> = loaded.into_iter().map(|entry| Pending { entry, dispatched: false }).collect();
+    let mut pending: Vec<Pending> =
+        loaded.into_iter().map(|entry| Pending { entry, dispatched: false }).collect();
     let mut next_id = pending.iter().map(|p| p.entry.id).max().unwrap_or(0) + 1;
     loop {
         let mut st = shared.lock();
@@ -256,7 +257,11 @@ fn scheduler(shared: &Shared, store: &Store, loaded: Vec<Entry>) {
             }
             // Re-check at least once a second: wall-clock jumps and queue space.
             let wait = next_due.map_or(1000, |d| (d - now).min(1000));
-            st = shared.sched.wait_timeout(st, Duration::from_millis(wait)).unwrap_or_else(|p| p.into_inner()).0;
+            st = shared
+                .sched
+                .wait_timeout(st, Duration::from_millis(wait))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         let requests: Vec<Request> = st.requests.drain(..).collect();
         let done: Vec<u64> = std::mem::take(&mut st.done);
@@ -268,11 +273,19 @@ fn scheduler(shared: &Shared, store: &Store, loaded: Vec<Entry>) {
         let mut added = Vec::new();
         for r in requests {
             let due = unix_ms(r.at + r.after);
-            if let Some(p) = pending.iter_mut().find(|p| !p.dispatched && p.entry.door == r.key.door && p.entry.addr == r.key.addr) {
+            if let Some(p) = pending
+                .iter_mut()
+                .find(|p| !p.dispatched && p.entry.door == r.key.door && p.entry.addr == r.key.addr)
+            {
                 // Repeat knock on an open grant: extend, do not stack another start.
                 p.entry.due_unix_ms = p.entry.due_unix_ms.max(due);
                 dirty = true;
-                tracing::info!("{}: {}: already open; stop command moved to {}s from now", r.key.addr, r.key.door, r.after.as_secs());
+                tracing::info!(
+                    "{}: {}: already open; stop command moved to {}s from now",
+                    r.key.addr,
+                    r.key.door,
+                    r.after.as_secs()
+                );
                 continue;
             }
             if let Some(stop) = &r.stop {
@@ -287,7 +300,10 @@ fn scheduler(shared: &Shared, store: &Store, loaded: Vec<Entry>) {
                 }
                 let id = next_id;
                 next_id += 1;
-                pending.push(Pending { entry: Entry::new(id, due, &r.key.door, r.key.addr, stop), dispatched: false });
+                pending.push(Pending {
+                    entry: Entry::new(id, due, &r.key.door, r.key.addr, stop),
+                    dispatched: false,
+                });
                 added.push(id);
                 dirty = true;
             }
@@ -380,7 +396,9 @@ fn run_job(job: &Job, limit: Duration) {
             limit.as_secs_f32(),
             o.stderr
         ),
-        Ok(o) => tracing::error!("{addr}: {door}: {what} command failed ({}); stderr: {:?}", o.status, o.stderr),
+        Ok(o) => {
+            tracing::error!("{addr}: {door}: {what} command failed ({}); stderr: {:?}", o.status, o.stderr)
+        }
         Err(e) => tracing::error!("{addr}: {door}: {what} command could not be started: {e}"),
     }
 }

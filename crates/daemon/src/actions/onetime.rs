@@ -42,7 +42,8 @@ mod tests {
     fn consumes_lines_in_order_then_exhausts() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("otp");
-        std::fs::write(&p, "# my sequences\n 1000,2000:udp,3000\n\n 4000, 5000:tcp\n#6000\n 7000:udp\n").unwrap();
+        std::fs::write(&p, "# my sequences\n 1000,2000:udp,3000\n\n 4000, 5000:tcp\n#6000\n 7000:udp\n")
+            .unwrap();
         let s = |v: &[(u16, bool)]| -> Vec<Service> {
             v.iter().map(|&(p, udp)| if udp { Service::udp(p) } else { Service::tcp(p) }).collect()
         };

@@ -141,8 +141,20 @@ mod tests {
         let s = Store::new(dir.path());
         assert_eq!(s.load().unwrap(), Vec::new());
         let e = vec![
-            Entry::new(1, 1000, "ssh", "192.0.2.2".parse().unwrap(), &CommandLine::Shell("x %IP% 'q\"'".into())),
-            Entry::new(2, 2000, "v6", "2001:db8::2".parse().unwrap(), &CommandLine::Argv(vec!["/bin/true".into()])),
+            Entry::new(
+                1,
+                1000,
+                "ssh",
+                "192.0.2.2".parse().unwrap(),
+                &CommandLine::Shell("x %IP% 'q\"'".into()),
+            ),
+            Entry::new(
+                2,
+                2000,
+                "v6",
+                "2001:db8::2".parse().unwrap(),
+                &CommandLine::Argv(vec!["/bin/true".into()]),
+            ),
         ];
         s.save(&e).unwrap();
         assert_eq!(s.load().unwrap(), e);

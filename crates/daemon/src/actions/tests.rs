@@ -52,7 +52,8 @@ fn runs_start_then_stop_after_cmd_timeout() {
     assert!(wait_for(Duration::from_secs(3), || log(dir.path()).lines().count() == 2));
     assert!(t.elapsed() >= Duration::from_millis(600));
     assert!(wait_for(Duration::from_secs(2), || {
-        std::fs::read_to_string(dir.path().join("state/pending-stops.toml")).is_ok_and(|t| !t.contains("[[stop]]"))
+        std::fs::read_to_string(dir.path().join("state/pending-stops.toml"))
+            .is_ok_and(|t| !t.contains("[[stop]]"))
     }));
 }
 

@@ -52,7 +52,8 @@ pub fn report(c: &config::Config) -> String {
         );
         // knockd drop-in (issue 3): commands and one-time sequences.
         if let Some(ot) = &d.one_time {
-            let _ = writeln!(s, "    one-time sequences: {} ({} unused)", ot.path.display(), ot.remaining.len());
+            let _ =
+                writeln!(s, "    one-time sequences: {} ({} unused)", ot.path.display(), ot.remaining.len());
         }
         if let Some(cmds) = &d.commands {
             let show = |c: &Option<config::CommandLine>| match c {

@@ -156,8 +156,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 (k, Some(v)) if v.is_empty() => {
                     return Err(err(n, format!("option {k:?} has an empty value")))
                 }
-                ("logfile", Some(v)) => daemon.log_file = Some(absolute(&v, "LogFile").map_err(|m| err(n, m))?),
-                ("pidfile", Some(v)) => daemon.pid_file = Some(absolute(&v, "PidFile").map_err(|m| err(n, m))?),
+                ("logfile", Some(v)) => {
+                    daemon.log_file = Some(absolute(&v, "LogFile").map_err(|m| err(n, m))?)
+                }
+                ("pidfile", Some(v)) => {
+                    daemon.pid_file = Some(absolute(&v, "PidFile").map_err(|m| err(n, m))?)
+                }
                 (_, Some(v)) => {
                     // Interface: knockd takes one; we also accept a comma-separated list.
                     let mut names = Vec::new();
@@ -175,7 +179,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             continue;
         }
         let Some(section) = sections.last_mut() else {
-            return Err(err(n, format!("{key:?} is outside any section: start with [options] or [doorname]")));
+            return Err(err(
+                n,
+                format!("{key:?} is outside any section: start with [options] or [doorname]"),
+            ));
         };
         let Some(&(_, canon)) = DOOR_KEYS.iter().find(|(k, _)| *k == key) else {
             return Err(err(
@@ -192,7 +199,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             return Err(err(n, format!("{key:?} needs a value: {key} = ...")));
         };
         if let Some((_, first, _)) = section.keys.iter().find(|(k, _, _)| *k == canon) {
-            return Err(err(n, format!("{key:?} is given twice in door [{}] (first at line {first})", section.name)));
+            return Err(err(
+                n,
+                format!("{key:?} is given twice in door [{}] (first at line {first})", section.name),
+            ));
         }
         section.keys.push((canon, n, value));
     }
@@ -223,7 +233,9 @@ fn door(s: Section) -> Result<Door, (usize, String)> {
     let name = s.name.clone();
     let one_time = match get("one_time_sequences") {
         None => None,
-        Some((l, v)) => Some(load_one_time(Path::new(v)).map_err(|e| (l, format!("One_Time_Sequences: {e}")))?),
+        Some((l, v)) => {
+            Some(load_one_time(Path::new(v)).map_err(|e| (l, format!("One_Time_Sequences: {e}")))?)
+        }
     };
     let sequence = match (&one_time, get("sequence")) {
         // knockd: the file replaces Sequence.
@@ -480,7 +492,8 @@ pub fn to_toml(config: &Config) -> String {
                 let _ = writeln!(s, "one_time_sequences = {}", toml_str(&ot.path.display().to_string()));
             }
             None => {
-                let seq: Vec<String> = door.sequence.iter().map(|k| format!("\"{}:{}\"", k.port, k.proto)).collect();
+                let seq: Vec<String> =
+                    door.sequence.iter().map(|k| format!("\"{}:{}\"", k.port, k.proto)).collect();
                 let _ = writeln!(s, "sequence = [{}]", seq.join(", "));
             }
         }

@@ -460,12 +460,9 @@ impl Validator<'_> {
         };
         let command_time_limit = match raw.command_time_limit {
             None => DEFAULT_COMMAND_TIME_LIMIT,
-            Some(d) => self.duration(
-                d,
-                Duration::from_millis(100),
-                Duration::from_secs(3600),
-                "command_time_limit",
-            )?,
+            Some(d) => {
+                self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
+            }
         };
         Ok(DaemonSettings {
             interfaces,

@@ -209,7 +209,16 @@ fn one_time_sequences_come_from_the_file() {
     let ot = d.one_time.as_ref().unwrap();
     assert_eq!(ot.remaining.len(), 2);
     assert_eq!(ot.remaining[1].line, 3);
-    assert_eq!(d.all_knocks(), vec![Service::tcp(1111), Service::udp(2222), Service::tcp(1111), Service::udp(2222), Service::tcp(3333)]);
+    assert_eq!(
+        d.all_knocks(),
+        vec![
+            Service::tcp(1111),
+            Service::udp(2222),
+            Service::tcp(1111),
+            Service::udp(2222),
+            Service::tcp(3333)
+        ]
+    );
     std::fs::write(&f, " 1111\n 99999\n").unwrap();
     let e = p(&format!("[d]\n\none_time_sequences = {}\ncommand = true\n", f.display())).unwrap_err();
     assert_eq!(e.line, Some(3));
@@ -234,7 +243,8 @@ fn converts_to_native_toml_that_reads_back_the_same() {
     for text in [HOWTO_1, HOWTO_2, HOWTO_3, extra.as_str()] {
         let c = p(text).unwrap();
         let toml = to_toml(&c);
-        let back = config::parse(&toml, Path::new("converted.toml")).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let back =
+            config::parse(&toml, Path::new("converted.toml")).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         assert_eq!(back.daemon, c.daemon, "{toml}");
         assert_eq!(back.doors, c.doors, "{toml}");
     }
@@ -253,8 +263,11 @@ fn native_toml_accepts_commands_in_both_forms() {
     assert_eq!(cmds.start6, None);
     assert_eq!(cmds.stop6, cmds.stop4);
     assert_eq!(cmds.cmd_timeout, Duration::from_millis(1500));
-    let e = config::parse("[[door]]\nname = 'a'\nsequence = [1]\nstart_command = ['%IP%']\n", Path::new("n.toml"))
-        .unwrap_err();
+    let e = config::parse(
+        "[[door]]\nname = 'a'\nsequence = [1]\nstart_command = ['%IP%']\n",
+        Path::new("n.toml"),
+    )
+    .unwrap_err();
     assert_eq!(e.line, Some(4));
     let e = config::parse("[[door]]\nname = 'a'\nsequence = [1]\n", Path::new("n.toml")).unwrap_err();
     assert!(e.message.contains("start_command"), "{e}");

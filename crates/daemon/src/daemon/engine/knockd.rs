@@ -146,8 +146,11 @@ impl Engine {
             }
         }
         let Some(ot) = self.doors[door].one_time.clone() else { return };
-        let Some((gi, ti)) =
-            self.groups.iter().enumerate().find_map(|(gi, g)| g.doors.iter().position(|&c| c == door).map(|ti| (gi, ti)))
+        let Some((gi, ti)) = self
+            .groups
+            .iter()
+            .enumerate()
+            .find_map(|(gi, g)| g.doors.iter().position(|&c| c == door).map(|ti| (gi, ti)))
         else {
             return;
         };

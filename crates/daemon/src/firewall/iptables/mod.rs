@@ -62,9 +62,11 @@ pub fn resolve(v: IptablesVariant) -> Result<Flavor, FirewallError> {
             let bin = find_bin("iptables").ok_or_else(|| {
                 FirewallError::Protocol("iptables not found (apt-get install iptables)".into())
             })?;
-            let out = Command::new(&bin).arg("-V").stdin(Stdio::null()).output().map_err(|source| {
-                FirewallError::Kernel { op: "running iptables -V", source }
-            })?;
+            let out = Command::new(&bin)
+                .arg("-V")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| FirewallError::Kernel { op: "running iptables -V", source })?;
             let text = String::from_utf8_lossy(&out.stdout);
             Ok(if text.contains("legacy") { Flavor::Legacy } else { Flavor::Nft })
         }
@@ -97,7 +99,9 @@ impl IptablesDriver {
         let flavor = resolve(variant)?;
         let bin = |family: &str, action: &str| {
             let name = format!("{family}-{}-{action}", flavor.suffix());
-            find_bin(&name).ok_or_else(|| FirewallError::Protocol(format!("{name} not found (apt-get install iptables)")))
+            find_bin(&name).ok_or_else(|| {
+                FirewallError::Protocol(format!("{name} not found (apt-get install iptables)"))
+            })
         };
         Ok(IptablesDriver {
             flavor,
@@ -175,8 +179,11 @@ impl IptablesDriver {
     fn update(&mut self, add: &[GrantRule], del: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
         for fam in 0..2 {
             let a: Vec<GrantRule> = add.iter().filter(|g| family(&g.addr) == fam).copied().collect();
-            let d: Vec<GrantRule> =
-                del.iter().filter(|(ip, _)| family(ip) == fam).filter_map(|&(ip, s)| self.rule(ip, s)).collect();
+            let d: Vec<GrantRule> = del
+                .iter()
+                .filter(|(ip, _)| family(ip) == fam)
+                .filter_map(|&(ip, s)| self.rule(ip, s))
+                .collect();
             if a.is_empty() && d.is_empty() {
                 continue;
             }
@@ -237,7 +244,11 @@ impl FirewallDriver for IptablesDriver {
         }
         let add: Vec<GrantRule> = grants
             .iter()
-            .map(|g| GrantRule { addr: g.addr, service: g.service, expires: now + g.timeout.as_secs().max(1) })
+            .map(|g| GrantRule {
+                addr: g.addr,
+                service: g.service,
+                expires: now + g.timeout.as_secs().max(1),
+            })
             .collect();
         // Refreshing = delete the old rule and insert the new one, in the same commit.
         let del: Vec<(IpAddr, Service)> =
@@ -246,7 +257,8 @@ impl FirewallDriver for IptablesDriver {
     }
 
     fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
-        let del: Vec<(IpAddr, Service)> = grants.iter().copied().filter(|k| self.grants.contains_key(k)).collect();
+        let del: Vec<(IpAddr, Service)> =
+            grants.iter().copied().filter(|k| self.grants.contains_key(k)).collect();
         self.update(&[], &del)
     }
 

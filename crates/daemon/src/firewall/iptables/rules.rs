@@ -163,7 +163,11 @@ mod tests {
 
     #[test]
     fn batches_are_what_the_module_doc_says() {
-        let b = setup_batch(&[Service::tcp(22), Service::udp(53)], &[g("192.0.2.2", Service::tcp(22), 99)], false);
+        let b = setup_batch(
+            &[Service::tcp(22), Service::udp(53)],
+            &[g("192.0.2.2", Service::tcp(22), 99)],
+            false,
+        );
         assert_eq!(
             b,
             "*filter\n:PORTCULLIS - [0:0]\n\
@@ -174,7 +178,8 @@ mod tests {
              -I INPUT 1 -j PORTCULLIS\nCOMMIT\n"
         );
         assert!(!setup_batch(&[], &[], true).contains("INPUT"));
-        let u = update_batch(&[g("2001:db8::2", Service::udp(53), 7)], &[g("2001:db8::2", Service::udp(53), 5)]);
+        let u =
+            update_batch(&[g("2001:db8::2", Service::udp(53), 7)], &[g("2001:db8::2", Service::udp(53), 5)]);
         assert_eq!(
             u,
             "*filter\n\
@@ -182,7 +187,10 @@ mod tests {
              -I PORTCULLIS 2 -s 2001:db8::2/128 -p udp -m udp --dport 53 -m comment --comment portcullis:expires=7 -j RETURN\n\
              COMMIT\n"
         );
-        assert_eq!(teardown_batch(true), "*filter\n-D INPUT -j PORTCULLIS\n-F PORTCULLIS\n-X PORTCULLIS\nCOMMIT\n");
+        assert_eq!(
+            teardown_batch(true),
+            "*filter\n-D INPUT -j PORTCULLIS\n-F PORTCULLIS\n-X PORTCULLIS\nCOMMIT\n"
+        );
     }
 
     #[test]
@@ -196,7 +204,10 @@ mod tests {
             -A PORTCULLIS -p tcp -m tcp --dport 22 -j DROP\nCOMMIT\n";
         let s = parse_save(text);
         assert!(s.jump && s.chain);
-        assert_eq!(s.grants, vec![g("192.0.2.2", Service::tcp(22), 123), g("2001:db8::2", Service::udp(53), 9)]);
+        assert_eq!(
+            s.grants,
+            vec![g("192.0.2.2", Service::tcp(22), 123), g("2001:db8::2", Service::udp(53), 9)]
+        );
         assert_eq!(parse_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), Saved::default());
     }
 }
