@@ -174,3 +174,39 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config;
+    use crate::firewall::none::NoFirewall;
+
+    #[test]
+    fn daemon_side_expiry_closes_grants_and_refresh_moves_the_deadline() {
+        let c = config::parse(
+            "[[door]]\nname='a'\nsequence=[7000, 9000, 8000]\nopen=['tcp/22']\nopen_for=30\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let mut e = Engine::new(&c, Box::new(NoFirewall::default())).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ip: IpAddr = "192.0.2.2".parse().unwrap();
+        let grants = [Grant { addr: ip, service: Service::tcp(22), timeout: Duration::from_secs(30) }];
+        e.driver().grant(&grants).unwrap();
+        e.schedule_expiry(&grants, t0);
+        e.schedule_expiry(&grants, t0 + Duration::from_secs(10)); // a repeat knock
+        e.expire(t0 + Duration::from_secs(31));
+        assert_eq!(e.driver().list().unwrap().len(), 1, "the refreshed deadline counts");
+        e.expire(t0 + Duration::from_secs(40));
+        assert!(e.driver().list().unwrap().is_empty());
+        // Grants found at start are adopted with their remaining time.
+        e.driver().grant(&grants).unwrap();
+        assert_eq!(e.adopt_live_grants(t0).unwrap(), 1);
+        e.expire(t0 + Duration::from_secs(29));
+        assert_eq!(e.driver().list().unwrap().len(), 1);
+        e.expire(t0 + Duration::from_secs(30));
+        assert!(e.driver().list().unwrap().is_empty());
+    }
+}
