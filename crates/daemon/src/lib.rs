@@ -1,7 +1,8 @@
 //! portcullisd internals.
 //!
 //! # Layout
-//! - [`config`]: native TOML config, raw → validated, errors with file and line.
+//! - [`actions`]: knockd-style start/stop commands: substitution, runner, pending stops.
+//! - [`config`]: native TOML config (and knockd.conf), raw → validated, errors with file and line.
 //! - [`capture`]: AF_PACKET + BPF socket, local address view kept current by rtnetlink.
 //! - [`firewall`]: the driver trait and backends (nftables over netlink, none).
 //! - [`daemon`]: the capture loop and the knock [`daemon::engine::Engine`].
@@ -10,6 +11,7 @@
 //! - [`spa`]: the SPA gate (fwknop and native formats) and its persisted replay cache.
 //! - [`log`]: stderr / syslog / journald set-up.
 
+pub mod actions;
 pub mod capture;
 pub mod cmd;
 pub mod config;

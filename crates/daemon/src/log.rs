@@ -7,6 +7,9 @@
 //! a log line.
 
 use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Context;
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
@@ -17,9 +20,31 @@ use crate::config::LogTarget;
 /// Install the global subscriber. `verbose` lowers the level to debug. `RUST_LOG`
 /// overrides both. Safe to call once; later calls are ignored.
 pub fn init(target: LogTarget, verbose: bool) -> anyhow::Result<()> {
+    init_with_file(target, verbose, None)
+}
+
+/// [`init`], and also append every line (with a timestamp) to `file` if given: knockd's
+/// `LogFile`, kept *in addition to* `target` so systemd's journal still has the lines.
+pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> anyhow::Result<()> {
     let level = if verbose { LevelFilter::DEBUG } else { LevelFilter::INFO };
     let filter = EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
-    let registry = tracing_subscriber::registry().with(filter);
+    let file_layer = match file {
+        None => None,
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening log file {}", p.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_target(false)
+                    .with_ansi(false),
+            )
+        }
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(file_layer);
     let result = match target {
         LogTarget::Stderr => registry
             .with(

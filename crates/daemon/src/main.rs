@@ -19,18 +19,39 @@ struct Args {
 enum Command {
     /// Run the daemon in the foreground (use systemd or similar to supervise it).
     Run {
-        /// Config file (native TOML).
+        /// Config file (native TOML, or an unchanged knockd.conf).
         #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
         config: PathBuf,
+        /// Config syntax: auto (detect), native or knockd.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
+        /// Override the state directory (pending stop commands live there).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Sniff on these interfaces instead of the config's (like knockd -i); repeatable.
+        #[arg(short, long)]
+        interface: Vec<String>,
+        /// Log here instead of where the config says (e.g. stderr for a knockd.conf
+        /// that says UseSyslog); a LogFile still gets the lines too.
+        #[arg(long, value_enum)]
+        log: Option<LogArg>,
         /// Debug logging.
         #[arg(short, long)]
         verbose: bool,
     },
     /// Validate a config and print the plan: doors, protected ports, the nft ruleset.
     Check {
-        /// Config file (native TOML).
+        /// Config file (native TOML, or a knockd.conf).
         #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
         config: PathBuf,
+    },
+    /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
+    Convert {
+        /// The file to convert.
+        file: PathBuf,
+        /// Its syntax: auto (detect), native or knockd.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
     },
     /// Remove portcullis' firewall table (closes every grant, unprotects every port).
     Teardown,
@@ -42,11 +63,47 @@ enum Command {
     },
 }
 
+/// `--format` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Auto,
+    Native,
+    Knockd,
+}
+
+impl From<FormatArg> for config::Format {
+    fn from(f: FormatArg) -> config::Format {
+        match f {
+            FormatArg::Auto => config::Format::Auto,
+            FormatArg::Native => config::Format::Native,
+            FormatArg::Knockd => config::Format::Knockd,
+        }
+    }
+}
+
+/// `--log` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogArg {
+    Stderr,
+    Syslog,
+    Journald,
+}
+
+struct RunArgs {
+    log: Option<LogArg>,
+    format: FormatArg,
+    state_dir: Option<PathBuf>,
+    interfaces: Vec<String>,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { config, verbose } => run(&config, verbose),
+        Command::Run { config, format, state_dir, interface, log, verbose } => {
+            run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
+        }
         Command::Check { config } => cmd::check::check(&config),
+        Command::Convert { file, format } => convert(&file, format),
         Command::Teardown => cmd::teardown(),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),
     };
@@ -59,22 +116,60 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, verbose: bool) -> anyhow::Result<ExitCode> {
-    let config = match config::load(path) {
+fn convert(path: &std::path::Path, format: FormatArg) -> anyhow::Result<ExitCode> {
+    match config::load_as(path, format.into()) {
+        Ok(c) => {
+            print!("{}", config::knockd::to_toml(&c));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("portcullisd: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let mut config = match config::load_as(path, args.format.into()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("portcullisd: {e}");
             return Ok(ExitCode::from(2));
         }
     };
-    log::init(config.daemon.log, verbose)?;
+    match args.log {
+        None => {}
+        Some(LogArg::Stderr) => config.daemon.log = config::LogTarget::Stderr,
+        Some(LogArg::Syslog) => config.daemon.log = config::LogTarget::Syslog,
+        Some(LogArg::Journald) => config.daemon.log = config::LogTarget::Journald,
+    }
+    if let Some(dir) = args.state_dir {
+        config.daemon.state_dir = dir;
+    }
+    if !args.interfaces.is_empty() {
+        if let Some(bad) = args.interfaces.iter().find(|n| !config::valid_ifname(n)) {
+            eprintln!("portcullisd: invalid interface name {bad:?}");
+            return Ok(ExitCode::from(2));
+        }
+        config.daemon.interfaces = config::Interfaces::Named(args.interfaces);
+    }
+    log::init_with_file(config.daemon.log, verbose, config.daemon.log_file.as_deref())?;
     for w in config.warnings() {
         tracing::warn!("config: {w}");
+    }
+    let pid_file = config.daemon.pid_file.clone();
+    if let Some(p) = &pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| anyhow::anyhow!("writing pid file {}: {e}", p.display()))?;
     }
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
-    daemon::run(&config, shutdown)?;
+    let result = daemon::run(&config, shutdown);
+    if let Some(p) = &pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }

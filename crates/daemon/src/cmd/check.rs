@@ -50,6 +50,27 @@ pub fn report(c: &config::Config) -> String {
             humantime::format_duration(d.open_for),
             d.target.map(|t| format!(" (knocks to {t} only)")).unwrap_or_default()
         );
+        // knockd drop-in (issue 3): commands and one-time sequences.
+        if let Some(ot) = &d.one_time {
+            let _ =
+                writeln!(s, "    one-time sequences: {} ({} unused)", ot.path.display(), ot.remaining.len());
+        }
+        if let Some(cmds) = &d.commands {
+            let show = |c: &Option<config::CommandLine>| match c {
+                None => "(nothing)".to_string(),
+                Some(config::CommandLine::Shell(x)) => format!("sh -c {x:?}"),
+                Some(config::CommandLine::Argv(v)) => format!("{v:?}"),
+            };
+            let _ = writeln!(s, "    start (IPv4): {}", show(&cmds.start4));
+            let _ = writeln!(s, "    start (IPv6): {}", show(&cmds.start6));
+            let _ = writeln!(
+                s,
+                "    stop after {}: IPv4 {}, IPv6 {}",
+                humantime::format_duration(cmds.cmd_timeout),
+                show(&cmds.stop4),
+                show(&cmds.stop6)
+            );
+        }
     }
     let plan = plan_for(c);
     let prot: Vec<String> = plan.protected.iter().map(ToString::to_string).collect();
@@ -61,6 +82,8 @@ pub fn report(c: &config::Config) -> String {
             let _ = writeln!(s, "  - {w}");
         }
     }
-    let _ = writeln!(s, "\nequivalent nftables ruleset:\n{}", nft::render(&plan));
+    if c.daemon.backend == config::Backend::Nftables {
+        let _ = writeln!(s, "\nequivalent nftables ruleset:\n{}", nft::render(&plan));
+    }
     s
 }

@@ -4,6 +4,10 @@
 //! because a typo in a security config must not quietly weaken it.
 //!
 //! The format is documented in `docs/config.md` and `examples/portcullis.toml`.
+//! knockd's `knockd.conf` is read by [`knockd`] into the same [`Config`]; [`load`]
+//! detects which format a file is in (see `docs/knockd.md`).
+
+pub mod knockd;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -56,7 +60,17 @@ pub struct DaemonSettings {
     pub backend: Backend,
     /// Kernel set size: simultaneous grants per address family.
     pub max_grants: u32,
+    // --- knockd drop-in (issue 3) ---
+    /// Also append log lines to this file (knockd `LogFile`).
+    pub log_file: Option<PathBuf>,
+    /// Write our PID here at start, remove it at exit (knockd `PidFile`).
+    pub pid_file: Option<PathBuf>,
+    /// A start/stop command still running after this long is killed (its process group).
+    pub command_time_limit: Duration,
 }
+
+/// Default for [`DaemonSettings::command_time_limit`].
+pub const DEFAULT_COMMAND_TIME_LIMIT: Duration = Duration::from_secs(30);
 
 /// Which interfaces to sniff.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +97,67 @@ pub enum LogTarget {
 pub enum Backend {
     /// nftables over netlink (the default).
     Nftables,
+    /// iptables/ip6tables chains updated with `*tables-restore` (daemon-side expiry).
+    Iptables(IptablesVariant),
     /// Enforce nothing: log what would be opened (dry run).
     None,
+}
+
+/// Which iptables implementation the `iptables` backend drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesVariant {
+    /// Whatever `iptables -V` says the system uses (nf_tables or legacy).
+    Auto,
+    /// `iptables-legacy-restore` / `ip6tables-legacy-restore` (x_tables).
+    Legacy,
+    /// `iptables-nft-restore` / `ip6tables-nft-restore` (nf_tables with xt compat).
+    Nft,
+}
+
+/// A command run for a knocker. The knocker's address is always passed as data,
+/// never spliced into text a shell parses (see [`crate::actions::subst`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandLine {
+    /// A `/bin/sh -c` command line, knockd style; `%IP%` becomes `"$1"`.
+    Shell(String),
+    /// An argv run without a shell; `%IP%` inside an element becomes the address.
+    Argv(Vec<String>),
+}
+
+/// knockd-style commands of a door, already resolved per address family
+/// (`*_6` falls back to the IPv4 command when absent; empty means nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Commands {
+    /// Run when an IPv4 knocker completes the sequence.
+    pub start4: Option<CommandLine>,
+    /// Run when an IPv6 knocker completes the sequence.
+    pub start6: Option<CommandLine>,
+    /// Run `cmd_timeout` after `start4`.
+    pub stop4: Option<CommandLine>,
+    /// Run `cmd_timeout` after `start6`.
+    pub stop6: Option<CommandLine>,
+    /// Time between the start and the stop command (knockd `Cmd_Timeout`).
+    pub cmd_timeout: Duration,
+}
+
+/// A knockd `One_Time_Sequences` file as read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTimeSequences {
+    /// The file; used lines get a `#` written over their first byte.
+    pub path: PathBuf,
+    /// The unused sequences, in file order; the first one is the door's current one.
+    pub remaining: Vec<OneTimeLine>,
+}
+
+/// One unused line of a one-time sequences file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTimeLine {
+    /// 1-based line number (for logs).
+    pub line: usize,
+    /// Byte offset of the line's first byte (overwritten with `#` once used).
+    pub offset: u64,
+    /// The knocks.
+    pub sequence: Vec<Service>,
 }
 
 /// A door: a knock sequence and what it opens.
@@ -104,6 +177,24 @@ pub struct Door {
     pub open_for: Duration,
     /// Only knocks addressed to this IP count (routers, VIPs); default: any local address.
     pub target: Option<IpAddr>,
+    // --- knockd drop-in (issue 3) ---
+    /// Commands run for the knocker (knockd `Start_Command` and friends).
+    pub commands: Option<Commands>,
+    /// knockd `One_Time_Sequences`: `sequence` is the first remaining line (empty
+    /// when the file is exhausted: the door is disabled).
+    pub one_time: Option<OneTimeSequences>,
+}
+
+impl Door {
+    /// Every knock this door may ever need: its sequence plus, for one-time doors,
+    /// every unused sequence still to come (the capture filter must pass them all).
+    pub fn all_knocks(&self) -> Vec<Service> {
+        let mut out = self.sequence.clone();
+        if let Some(ot) = &self.one_time {
+            out.extend(ot.remaining.iter().flat_map(|l| l.sequence.iter().copied()));
+        }
+        out
+    }
 }
 
 /// A refused configuration: file, line (when known) and reason.
@@ -148,18 +239,34 @@ struct RawDaemon {
     max_tracked: Option<Spanned<i64>>,
     backend: Option<Spanned<String>>,
     max_grants: Option<Spanned<i64>>,
+    log_file: Option<Spanned<String>>,
+    pid_file: Option<Spanned<String>>,
+    command_time_limit: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDoor {
     name: Spanned<String>,
-    sequence: Spanned<Vec<Spanned<RawKnock>>>,
+    sequence: Option<Spanned<Vec<Spanned<RawKnock>>>>,
     seq_timeout: Option<Spanned<RawDuration>>,
     tcp_flags: Option<Spanned<String>>,
-    open: Spanned<Vec<Spanned<String>>>,
+    open: Option<Spanned<Vec<Spanned<String>>>>,
     open_for: Option<Spanned<RawDuration>>,
     target: Option<Spanned<String>>,
+    start_command: Option<Spanned<RawCommand>>,
+    start_command_6: Option<Spanned<RawCommand>>,
+    stop_command: Option<Spanned<RawCommand>>,
+    stop_command_6: Option<Spanned<RawCommand>>,
+    cmd_timeout: Option<Spanned<RawDuration>>,
+    one_time_sequences: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Shell(String),
+    Argv(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,10 +283,32 @@ enum RawDuration {
     Text(String),
 }
 
-/// Read and validate a native config file.
+/// Which syntax a config file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Decide from the content ([`knockd::looks_like_knockd`]).
+    #[default]
+    Auto,
+    /// portcullis' TOML.
+    Native,
+    /// knockd's `knockd.conf`.
+    Knockd,
+}
+
+/// Read and validate a config file, detecting its format.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_as(path, Format::Auto)
+}
+
+/// Read and validate a config file in the given format.
+pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
     let text = read_bounded(path)?;
-    parse(&text, path)
+    match format {
+        Format::Native => parse(&text, path),
+        Format::Knockd => knockd::parse(&text, path),
+        Format::Auto if knockd::looks_like_knockd(&text) => knockd::parse(&text, path),
+        Format::Auto => parse(&text, path),
+    }
 }
 
 /// Read a config file, refusing absurd sizes (a config is never megabytes).
@@ -316,9 +445,18 @@ impl Validator<'_> {
             None => Backend::Nftables,
             Some(s) => match s.get_ref().as_str() {
                 "nftables" => Backend::Nftables,
+                "iptables" => Backend::Iptables(IptablesVariant::Auto),
+                "iptables-legacy" => Backend::Iptables(IptablesVariant::Legacy),
+                "iptables-nft" => Backend::Iptables(IptablesVariant::Nft),
                 "none" => Backend::None,
                 other => {
-                    return self.err(s.span(), format!("backend must be nftables or none, not {other:?}"))
+                    return self.err(
+                        s.span(),
+                        format!(
+                            "backend must be nftables, iptables, iptables-legacy, iptables-nft or none, \
+                             not {other:?}"
+                        ),
+                    )
                 }
             },
         };
@@ -329,7 +467,33 @@ impl Validator<'_> {
                 _ => return self.err(n.span(), "max_grants must be between 16 and 4194304"),
             },
         };
-        Ok(DaemonSettings { interfaces, state_dir, log, max_tracked, backend, max_grants })
+        let log_file = match raw.log_file {
+            None => None,
+            Some(s) if s.get_ref().starts_with('/') => Some(PathBuf::from(s.into_inner())),
+            Some(s) => return self.err(s.span(), "log_file must be an absolute path"),
+        };
+        let pid_file = match raw.pid_file {
+            None => None,
+            Some(s) if s.get_ref().starts_with('/') => Some(PathBuf::from(s.into_inner())),
+            Some(s) => return self.err(s.span(), "pid_file must be an absolute path"),
+        };
+        let command_time_limit = match raw.command_time_limit {
+            None => DEFAULT_COMMAND_TIME_LIMIT,
+            Some(d) => {
+                self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
+            }
+        };
+        Ok(DaemonSettings {
+            interfaces,
+            state_dir,
+            log,
+            max_tracked,
+            backend,
+            max_grants,
+            log_file,
+            pid_file,
+            command_time_limit,
+        })
     }
 
     fn door(&self, raw: RawDoor) -> Result<Door, ConfigError> {
@@ -343,9 +507,23 @@ impl Validator<'_> {
                 format!("door name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ . -"),
             );
         }
-        let seq_span = raw.sequence.span();
-        let knocks = raw.sequence.into_inner();
-        if knocks.is_empty() || knocks.len() > MAX_SEQUENCE {
+        let name_span = raw.name.span();
+        let one_time = match &raw.one_time_sequences {
+            None => None,
+            Some(p) => match knockd::load_one_time(Path::new(p.get_ref())) {
+                Ok(ot) => Some(ot),
+                Err(e) => return self.err(p.span(), format!("one_time_sequences: {e}")),
+            },
+        };
+        let (seq_span, knocks) = match (raw.sequence, &one_time) {
+            (Some(s), _) => (s.span(), s.into_inner()),
+            (None, Some(_)) => (name_span.clone(), Vec::new()),
+            (None, None) => {
+                return self.err(name_span, format!("door {name:?} has no sequence (or one_time_sequences)"))
+            }
+        };
+        let from_file = one_time.is_some() && knocks.is_empty();
+        if !from_file && (knocks.is_empty() || knocks.len() > MAX_SEQUENCE) {
             return self.err(seq_span, format!("sequence must have 1 to {MAX_SEQUENCE} knocks"));
         }
         let mut sequence = Vec::with_capacity(knocks.len());
@@ -364,6 +542,10 @@ impl Validator<'_> {
                 Err(m) => return self.err(k.span(), m),
             }
         }
+        if let Some(ot) = &one_time {
+            // The file decides (knockd: One_Time_Sequences replaces Sequence).
+            sequence = ot.remaining.first().map(|l| l.sequence.clone()).unwrap_or_default();
+        }
         let seq_timeout = match raw.seq_timeout {
             None => Duration::from_secs(10),
             Some(d) => {
@@ -378,9 +560,9 @@ impl Validator<'_> {
                 Err(e) => return self.err(f.span(), format!("tcp_flags: {e}")),
             },
         };
-        let open_span = raw.open.span();
+        let open_span = raw.open.as_ref().map_or(name_span.clone(), |o| o.span());
         let mut open = Vec::new();
-        for o in raw.open.into_inner() {
+        for o in raw.open.map(Spanned::into_inner).unwrap_or_default() {
             match Service::parse_grant(o.get_ref()) {
                 Ok(s) if !open.contains(&s) => open.push(s),
                 Ok(_) => return self.err(o.span(), format!("{:?} is listed twice", o.get_ref())),
@@ -390,10 +572,22 @@ impl Validator<'_> {
                 }
             }
         }
-        if open.is_empty() {
-            return self.err(open_span, "open must list at least one service, e.g. [\"tcp/22\"]");
+        let commands = self.commands(
+            raw.start_command,
+            raw.start_command_6,
+            raw.stop_command,
+            raw.stop_command_6,
+            raw.cmd_timeout,
+        )?;
+        if open.is_empty() && commands.is_none() {
+            return self.err(
+                open_span,
+                "open must list at least one service, e.g. [\"tcp/22\"] (or give a start_command)",
+            );
         }
         let open_for = match raw.open_for {
+            // A command-only door: its "open" time is the command's.
+            None if open.is_empty() => commands.as_ref().map_or(Duration::from_secs(30), |c| c.cmd_timeout),
             None => Duration::from_secs(30),
             Some(d) => self.duration(d, Duration::from_secs(1), Duration::from_secs(86_400), "open_for")?,
         };
@@ -406,7 +600,46 @@ impl Validator<'_> {
                 }
             },
         };
-        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target })
+        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time })
+    }
+
+    fn commands(
+        &self,
+        start: Option<Spanned<RawCommand>>,
+        start6: Option<Spanned<RawCommand>>,
+        stop: Option<Spanned<RawCommand>>,
+        stop6: Option<Spanned<RawCommand>>,
+        cmd_timeout: Option<Spanned<RawDuration>>,
+    ) -> Result<Option<Commands>, ConfigError> {
+        let any = start.is_some() || start6.is_some() || stop.is_some() || stop6.is_some();
+        if !any {
+            if let Some(t) = cmd_timeout {
+                return self.err(t.span(), "cmd_timeout needs a start_command");
+            }
+            return Ok(None);
+        }
+        let one = |c: Option<Spanned<RawCommand>>| -> Result<Option<Option<CommandLine>>, ConfigError> {
+            let Some(c) = c else { return Ok(None) };
+            let span = c.span();
+            match c.into_inner() {
+                RawCommand::Shell(s) if s.trim().is_empty() => Ok(Some(None)),
+                RawCommand::Shell(s) => Ok(Some(Some(CommandLine::Shell(s)))),
+                RawCommand::Argv(v) if v.is_empty() => Ok(Some(None)),
+                RawCommand::Argv(v) if v[0].is_empty() || v[0].contains("%IP%") => {
+                    self.err(span, "the program (first element) must be a fixed, non-empty path")
+                }
+                RawCommand::Argv(v) => Ok(Some(Some(CommandLine::Argv(v)))),
+            }
+        };
+        let start4 = one(start)?.flatten();
+        let start6 = one(start6)?.unwrap_or_else(|| start4.clone());
+        let stop4 = one(stop)?.flatten();
+        let stop6 = one(stop6)?.unwrap_or_else(|| stop4.clone());
+        let cmd_timeout = match cmd_timeout {
+            None => Duration::from_secs(10),
+            Some(d) => self.duration(d, Duration::ZERO, Duration::from_secs(86_400), "cmd_timeout")?,
+        };
+        Ok(Some(Commands { start4, start6, stop4, stop6, cmd_timeout }))
     }
 
     fn duration(
@@ -466,7 +699,11 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let protected = self.protected();
         let mut out = Vec::new();
+        out.extend(knockd::door_warnings(self));
         for d in &self.doors {
+            if d.sequence.is_empty() {
+                continue; // an exhausted one-time door: reported above
+            }
             if d.sequence.len() < 3 {
                 out.push(format!(
                     "door {}: only {} knock(s); anyone probing a few ports can stumble on it (use 3 or more)",

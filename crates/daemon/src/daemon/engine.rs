@@ -18,6 +18,9 @@ use crate::config::{Config, Door};
 use crate::firewall::{FirewallDriver, FirewallError, Grant};
 use crate::spa::{SpaGate, Verdict};
 
+// knockd drop-in (issue 3): commands, one-time sequences, daemon-side expiry.
+mod knockd;
+
 /// Counters exposed in logs (and later metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -80,6 +83,8 @@ pub struct Engine {
     reported_suppressed: u64,
     stats: Stats,
     spa: Option<SpaGate>,
+    /// knockd drop-in state (issue 3), see `engine/knockd.rs`.
+    ext: knockd::Ext,
 }
 
 impl Engine {
@@ -101,11 +106,12 @@ impl Engine {
                 .iter()
                 .map(|&i| {
                     let d = &config.doors[i];
-                    DoorSpec { sequence: d.sequence.clone(), timeout: d.seq_timeout, flags: d.flags }
+                    DoorSpec { sequence: knockd::tracker_sequence(d), timeout: d.seq_timeout, flags: d.flags }
                 })
                 .collect();
-            let tracker = Tracker::new(specs, per_group)
+            let mut tracker = Tracker::new(specs, per_group)
                 .map_err(|e| anyhow::anyhow!("invalid door definition: {e:?}"))?;
+            knockd::disable_exhausted(&mut tracker, &doors, &config.doors);
             groups.push(Group { target, tracker, doors });
         }
         Ok(Engine {
@@ -117,6 +123,7 @@ impl Engine {
             reported_suppressed: 0,
             stats: Stats::default(),
             spa: None,
+            ext: knockd::Ext::default(),
         })
     }
 
@@ -228,10 +235,12 @@ impl Engine {
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
         let (label, n, services, duration) = (d.name.clone(), d.sequence.len(), d.open.clone(), d.open_for);
-        if self.open_limiter.allow(now) {
+        let log = self.open_limiter.allow(now);
+        if log {
             tracing::info!("{src}: {label}: Stage {n} (of {n})");
         }
-        self.apply_grant(src, &label, src, &services, duration, now, wall);
+        self.apply_grant(src, &label, src, &services, duration, log, wall);
+        self.after_open(src, door, wall, log);
     }
 
     fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
@@ -241,7 +250,8 @@ impl Engine {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
                 let label = format!("spa: {}", dec.who);
-                self.apply_grant(src, &label, dec.allow, &dec.services, dec.duration, now, wall);
+                let log = self.open_limiter.allow(now);
+                self.apply_grant(src, &label, dec.allow, &dec.services, dec.duration, log, wall);
             }
             Verdict::Reject(reason) => {
                 self.stats.spa_rejected += 1;
@@ -254,7 +264,9 @@ impl Engine {
         }
     }
 
-    /// The one grant path, for doors, SPA and the API: log, open, log the result.
+    /// The one grant path, for doors, SPA and the API: log, open, schedule daemon-side
+    /// expiry where the firewall does not expire by itself, log the result. `log` says
+    /// whether the grant-line budget allows logging this one.
     #[allow(clippy::too_many_arguments)]
     fn apply_grant(
         &mut self,
@@ -263,7 +275,7 @@ impl Engine {
         allow: IpAddr,
         services: &[Service],
         duration: Duration,
-        now: Millis,
+        log: bool,
         wall: SystemTime,
     ) {
         let allow = fold(allow);
@@ -272,16 +284,20 @@ impl Engine {
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
         let until = humantime::format_rfc3339_seconds(wall + duration);
         let secs = duration.as_secs();
-        let log = self.open_limiter.allow(now);
         if log {
             tracing::info!("{src}: {label}: OPEN SESAME");
         } else {
             self.stats.suppressed_logs += 1;
         }
         let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
+        // A knockd door may open nothing itself and only run commands (issue 3).
+        if grants.is_empty() {
+            return;
+        }
         match self.driver.grant(&grants) {
             Ok(()) => {
                 self.stats.opened += 1;
+                self.schedule_expiry(&grants, wall);
                 if log {
                     tracing::info!(
                         "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
@@ -325,7 +341,9 @@ impl Engine {
         timeout: Duration,
     ) -> Result<(), FirewallError> {
         let grants: Vec<Grant> = services.iter().map(|&service| Grant { addr, service, timeout }).collect();
-        self.driver.grant(&grants)
+        self.driver.grant(&grants)?;
+        self.schedule_expiry(&grants, SystemTime::now());
+        Ok(())
     }
 }
 

@@ -36,6 +36,9 @@ pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
     Ok(match config.daemon.backend {
         Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
         Backend::None => Box::new(NoFirewall::default()),
+        Backend::Iptables(v) => Box::new(
+            crate::firewall::iptables::IptablesDriver::new(v).context("setting up the iptables backend")?,
+        ),
     })
 }
 
@@ -50,7 +53,7 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
         .doors
         .iter()
         .flat_map(|d| {
-            d.sequence.iter().map(move |k| {
+            d.all_knocks().into_iter().map(move |k| {
                 let (s, c) = if k.proto == Proto::Tcp { (d.flags.set, d.flags.clear) } else { (0, 0) };
                 (k.proto.number(), k.port, s, c)
             })
@@ -93,6 +96,16 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
     engine.driver().setup(&plan).context("installing the firewall ruleset")?;
+    // knockd drop-in (issue 3): daemon-side expiry and the command driver.
+    engine.adopt_live_grants(SystemTime::now()).context("reading live grants")?;
+    let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
+        let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
+            .context("starting the command runner")?;
+        engine.set_actions(a.handle());
+        Some(a)
+    } else {
+        None
+    };
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
     let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
@@ -134,12 +147,16 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         let t = now();
+        engine.expire(SystemTime::now()); // issue 3: daemon-side expiry (one heap peek)
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, SystemTime::now());
             last_housekeeping = t;
         }
     }
     monitor.stop();
+    if let Some(a) = actions {
+        a.shutdown(); // pending stop commands stay recorded for the next start
+    }
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures; firewall rules left in place, grants expire on their own",

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
+pub mod iptables;
 pub mod nft;
 pub mod none;
 
