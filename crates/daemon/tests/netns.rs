@@ -30,7 +30,7 @@ fn debian_knock_client_opens_the_door_for_the_knocker_only() {
 
     let knock = tool("knock");
     s.client(&[&knock, "-d", "50", lab::SERVER4, "7000", "8000:udp", "9000"]);
-    assert!(wait_until(Duration::from_secs(2), || s.log_text().contains("OPEN SESAME")), "{}", s.log_text());
+    s.wait_log("OPEN SESAME", 1);
     assert_eq!(s.nmap(&s.lab.client, lab::SERVER4, 2222), "open", "open for the knocker");
     assert_eq!(s.nmap(&s.lab.other, lab::SERVER4_OTHER, 2222), "filtered", "still filtered for others");
 
@@ -111,16 +111,12 @@ open_for = 5
     let c = client_bin();
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
     s.client(&[&c, "knock", "-u", lab::SERVER4, "4000", "5000", "6000"]);
-    assert!(wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open));
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
 
     assert_eq!(s.probe(&s.lab.client, lab::SERVER6, 2223), Probe::Filtered);
     let knock = tool("knock");
     s.client(&[&knock, "-6", "-d", "20", lab::SERVER6, "7100", "7200", "7300:udp"]);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER6, 2223) == Probe::Open),
-        "log:\n{}",
-        s.log_text()
-    );
+    s.wait_probe(&s.lab.client, lab::SERVER6, 2223, Probe::Open);
     assert_eq!(s.nmap(&s.lab.client, lab::SERVER6, 2223), "open");
     assert_eq!(s.nmap(&s.lab.other, lab::SERVER6_OTHER, 2223), "filtered");
     // The IPv6 grant is for the IPv6 source only.
@@ -151,7 +147,7 @@ fn grant_expires_within_a_second_of_its_duration() {
     let c = client_bin();
     s.client(&[&c, "knock", lab::SERVER4, "7000", "8000:udp", "9000"]);
     let knocked = Instant::now();
-    assert!(wait_until(Duration::from_secs(1), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open));
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     let closed = time_to_close(&s, knocked, Duration::from_secs(8)).expect("grant never closed");
     assert!(
         closed >= Duration::from_millis(3700) && closed <= Duration::from_secs(5),
@@ -168,7 +164,7 @@ fn grants_still_expire_after_kill_9() {
     let c = client_bin();
     s.client(&[&c, "knock", lab::SERVER4, "7000", "8000:udp", "9000"]);
     let knocked = Instant::now();
-    assert!(wait_until(Duration::from_secs(1), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open));
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     s.kill9();
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Open, "grant survives the daemon");
     let closed =
@@ -180,7 +176,7 @@ fn grants_still_expire_after_kill_9() {
     s.spawn(DOOR);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
     s.client(&[&c, "knock", lab::SERVER4, "7000", "8000:udp", "9000"]);
-    assert!(wait_until(Duration::from_secs(1), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open));
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
 }
 
 #[test]
@@ -192,7 +188,7 @@ fn restart_keeps_open_grants_with_their_remaining_time() {
     let c = client_bin();
     s.client(&[&c, "knock", lab::SERVER4, "7000", "8000:udp", "9000"]);
     let knocked = Instant::now();
-    assert!(wait_until(Duration::from_secs(1), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open));
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     s.kill9();
     s.spawn(DOOR);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Open, "restart must not close live grants");
@@ -210,27 +206,14 @@ fn knocks_work_after_the_interface_goes_down_and_up() {
     std::thread::sleep(Duration::from_millis(300));
     run_ok(&s.lab, &s.lab.server, &["ip", "link", "set", "vcli", "up"]);
     run_ok(&s.lab, &s.lab.server, &["ip", "addr", "add", "192.0.2.77/24", "dev", "vcli"]);
-    assert!(
-        wait_until(Duration::from_secs(3), || s.probe(&s.lab.client, lab::SERVER4, 2223) == Probe::Closed)
-    );
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2223, Probe::Closed);
     let c = client_bin();
     s.client(&[&c, "knock", "-d", "10", lab::SERVER4, "7000", "8000:udp", "9000"]);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open),
-        "log:\n{}",
-        s.log_text()
-    );
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     // An address added after start counts too (the view follows rtnetlink events).
     let knock = tool("knock");
     s.other(&[&knock, "-d", "10", "192.0.2.77", "7000", "8000:udp", "9000"]);
-    assert!(
-        wait_until(Duration::from_secs(2), || s
-            .log_text()
-            .contains(&format!("{}: ssh: OPEN SESAME", lab::OTHER4))),
-        "log:\n{}",
-        s.log_text()
-    );
-    assert!(s.lab.exec(&s.lab.server, &["true"]).unwrap().status.success());
+    s.wait_log(&format!("{}: ssh: OPEN SESAME", lab::OTHER4), 1);
 }
 
 #[test]

@@ -92,10 +92,6 @@ fn resend(s: &Server, file: &str) {
     s.client(&["bash", "-c", &script]);
 }
 
-fn count(s: &Server, needle: &str) -> usize {
-    s.log_text().matches(needle).count()
-}
-
 #[test]
 fn debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts() {
     if !root_or_skip("debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts") {
@@ -123,11 +119,7 @@ fn debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts
             &saved,
         ],
     );
-    assert!(
-        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open),
-        "log:\n{}",
-        s.log_text()
-    );
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     assert_eq!(
         s.nmap(&s.lab.other, lab::SERVER4_OTHER, 2222),
         "filtered",
@@ -137,21 +129,13 @@ fn debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts
 
     // The captured packet, sent again: refused.
     resend(&s, &saved);
-    assert!(
-        wait_until(Duration::from_secs(2), || count(&s, "rejected: replayed packet") == 1),
-        "{}",
-        s.log_text()
-    );
+    s.wait_log("rejected: replayed packet", 1);
     // ...and still refused after a kill -9 and restart (the replay cache is persisted).
     s.kill9();
     let cfg = config(&k);
     s.spawn(&cfg);
     resend(&s, &saved);
-    assert!(
-        wait_until(Duration::from_secs(2), || count(&s, "rejected: replayed packet") == 2),
-        "{}",
-        s.log_text()
-    );
+    s.wait_log("rejected: replayed packet", 2);
 
     // A stale packet (timestamp 10 minutes old) is refused.
     fwknop(
@@ -172,11 +156,7 @@ fn debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts
             HMAC_B64,
         ],
     );
-    assert!(
-        wait_until(Duration::from_secs(2), || s.log_text().contains("outside the allowed window")),
-        "{}",
-        s.log_text()
-    );
+    s.wait_log("outside the allowed window", 1);
     // A wrong key is refused.
     fwknop(
         &s,
@@ -193,11 +173,7 @@ fn debian_fwknop_client_opens_a_door_and_its_replays_are_refused_across_restarts
             "nopenope",
         ],
     );
-    assert!(
-        wait_until(Duration::from_secs(2), || s.log_text().contains("HMAC verification failed")),
-        "{}",
-        s.log_text()
-    );
+    s.wait_log("HMAC verification failed", 1);
 }
 
 #[test]
@@ -209,18 +185,10 @@ fn debian_fwknop_legacy_stanza_without_hmac_opens_its_port() {
     let s = start("fwkleg", &k);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2224), Probe::Filtered);
     fwknop(&s, &["-A", "tcp/2224", "-s", "-D", lab::SERVER4, "-M", "legacy", "--key-rijndael", "legacykey"]);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2224) == Probe::Open),
-        "log:\n{}",
-        s.log_text()
-    );
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2224, Probe::Open);
     // The legacy stanza may not open what the HMAC stanza protects.
     fwknop(&s, &["-A", "tcp/2222", "-s", "-D", lab::SERVER4, "-M", "legacy", "--key-rijndael", "legacykey"]);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.log_text().contains("not permitted")),
-        "{}",
-        s.log_text()
-    );
+    s.wait_log("not permitted", 1);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
 }
 
@@ -254,11 +222,7 @@ fn native_spa_opens_for_an_allow_address_other_than_the_source_over_ipv4_and_ipv
         ]);
     };
     native(lab::OTHER4, lab::SERVER4, "tcp/2222", &key);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222) == Probe::Open),
-        "log:\n{}",
-        s.log_text()
-    );
+    s.wait_probe(&s.lab.other, lab::SERVER4_OTHER, 2222, Probe::Open);
     assert_eq!(
         s.probe(&s.lab.client, lab::SERVER4, 2222),
         Probe::Filtered,
@@ -266,11 +230,7 @@ fn native_spa_opens_for_an_allow_address_other_than_the_source_over_ipv4_and_ipv
     );
 
     native(lab::OTHER6, lab::SERVER6, "tcp/2223", &key);
-    assert!(
-        wait_until(Duration::from_secs(2), || s.probe(&s.lab.other, lab::SERVER6_OTHER, 2223) == Probe::Open),
-        "log:\n{}",
-        s.log_text()
-    );
+    s.wait_probe(&s.lab.other, lab::SERVER6_OTHER, 2223, Probe::Open);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER6, 2223), Probe::Filtered);
 
     // Someone else's user key, claiming to be alice: refused.
@@ -278,11 +238,7 @@ fn native_spa_opens_for_an_allow_address_other_than_the_source_over_ipv4_and_ipv
     let mkey = s.dir.join("mallory.key");
     std::fs::write(&mkey, mallory_secret).unwrap();
     native(lab::CLIENT4, lab::SERVER4, "tcp/2222", &mkey.display().to_string());
-    assert!(
-        wait_until(Duration::from_secs(2), || s.log_text().contains("signature does not verify")),
-        "{}",
-        s.log_text()
-    );
+    s.wait_log("signature does not verify", 1);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
 }
 

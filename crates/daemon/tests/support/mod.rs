@@ -129,6 +129,18 @@ impl Server {
         self.lab.probe(ns, ip, port, Duration::from_millis(600)).unwrap()
     }
 
+    /// Wait (up to 2 s) until a probe from `ns` finds `addr:port` in state `want`.
+    pub fn wait_probe(&self, ns: &str, addr: &str, port: u16, want: Probe) {
+        let ok = wait_until(Duration::from_secs(2), || self.probe(ns, addr, port) == want);
+        assert!(ok, "{addr}:{port} from {ns} never became {want:?}; daemon log:\n{}", self.log_text());
+    }
+
+    /// Wait (up to 2 s) until the daemon log contains `needle` at least `times` times.
+    pub fn wait_log(&self, needle: &str, times: usize) {
+        let ok = wait_until(Duration::from_secs(2), || self.log_text().matches(needle).count() >= times);
+        assert!(ok, "daemon log never showed {needle:?} {times} time(s):\n{}", self.log_text());
+    }
+
     /// nmap's view of one TCP port from `ns`: "open", "closed" or "filtered".
     pub fn nmap(&self, ns: &str, addr: &str, port: u16) -> String {
         let port_s = port.to_string();
