@@ -53,8 +53,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
-    /// Remove portcullis' firewall table (closes every grant, unprotects every port).
-    Teardown,
+    /// Remove what portcullis installed in the firewall (closes every grant, unprotects
+    /// every port): the nftables table by default, or the backend a config names.
+    Teardown {
+        /// Use this config's backend (e.g. iptables) instead of nftables.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Self-contained demonstration in throwaway network namespaces (needs root).
     Demo {
         /// Do not show the daemon's log lines.
@@ -104,7 +109,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => cmd::check::check(&config),
         Command::Convert { file, format } => convert(&file, format),
-        Command::Teardown => cmd::teardown(),
+        Command::Teardown { config } => cmd::teardown(config.as_deref()),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),
     };
     match result {

@@ -242,3 +242,23 @@ fn check_prints_plan_and_refuses_bad_configs() {
     assert!(err.contains("bad.toml:3:") && err.contains("99999"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn teardown_removes_the_table_and_unprotects_the_ports() {
+    if !root_or_skip("teardown_removes_the_table_and_unprotects_the_ports") {
+        return;
+    }
+    let mut s = Server::start("teardown", DOOR, &[2222]);
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);
+    s.kill9();
+    assert_eq!(
+        s.probe(&s.lab.client, lab::SERVER4, 2222),
+        Probe::Filtered,
+        "fail closed after the daemon dies"
+    );
+    run_ok(&s.lab, &s.lab.server, &[daemon_bin(), "teardown"]);
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Open);
+    let out = s.lab.exec(&s.lab.server, &["nft", "list", "tables"]).unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("portcullis"));
+    run_ok(&s.lab, &s.lab.server, &[daemon_bin(), "teardown"]);
+}
