@@ -151,6 +151,11 @@ impl FirewallDriver for NftDriver {
         if grants.is_empty() {
             return Ok(());
         }
+        match self.nl.batch("nft revoke", &ruleset::revoke_blind_requests(grants)) {
+            // Full set (ENFILE) or no table at all (ENOENT): look up what is present.
+            Err(e) if is_errno(&e, libc::ENFILE) || is_errno(&e, libc::ENOENT) => {}
+            r => return r,
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;

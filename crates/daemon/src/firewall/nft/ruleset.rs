@@ -416,6 +416,28 @@ pub fn grant_requests(grants: &[Grant]) -> Vec<Request> {
     out
 }
 
+/// The revoke batch that needs no look-up: `add element` (a no-op for an existing
+/// element) then `delete element`, in one atomic batch, so a missing element cannot
+/// abort it with ENOENT and revoking costs the same with 1 or 100,000 grants live.
+/// The add can only fail when the set is full and the element absent (ENFILE); the
+/// caller then falls back to [`revoke_requests`] on what a dump shows is present.
+pub fn revoke_blind_requests(grants: &[(IpAddr, Service)]) -> Vec<Request> {
+    let mut out = Vec::new();
+    for set in [SET_ALLOW4, SET_ALLOW6] {
+        let mine: Vec<_> = grants.iter().filter(|(a, _)| allow_set(a) == set).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        // add element inet portcullis allow4 { <key> timeout 1ms }
+        let adds = mine.iter().map(|(a, s)| element(allow_key(a, s), Some(1), None)).collect();
+        element_msgs("nft revoke: add elements (no-op if present)", true, set, None, adds, &mut out);
+        // delete element inet portcullis allow4 { <key> }
+        let dels = mine.iter().map(|(a, s)| element(allow_key(a, s), None, None)).collect();
+        element_msgs("nft revoke: delete elements", false, set, None, dels, &mut out);
+    }
+    out
+}
+
 /// The revoke batch: `delete element` for each of `present` (which the caller has
 /// checked exist; a missing one would abort the batch with ENOENT).
 pub fn revoke_requests(present: &[(IpAddr, Service)]) -> Vec<Request> {

@@ -406,6 +406,10 @@ fn full_set_refreshes_but_refuses_new_grants() {
         assert_eq!(errno_of(&err), Some(libc::ENFILE), "{err}");
         assert!(err.to_string().contains("max_grants"), "{err}");
         assert_eq!(drv.list().expect("list").len(), 2, "failed batch changed nothing");
+        // Revoking in a full set, including an absent element, still works (dump fallback).
+        let absent = (ip("192.0.2.3"), Service::tcp(22));
+        drv.revoke(&[(two[0].addr, two[0].service), absent]).expect("revoke in a full set");
+        assert_eq!(drv.list().expect("list").len(), 1);
     });
 }
 
