@@ -118,6 +118,10 @@ pub struct Env {
     seq: Cell<u32>,
     started: Vec<u32>,
     last_dir: PathBuf,
+    /// Start daemons pinned to [`DAEMON_CPU`] (floods: the flooder has the last CPU).
+    pub pin_daemon: bool,
+    /// Run client attempts pinned to the last CPU.
+    pub pin_client: bool,
     /// Print progress to stderr.
     pub verbose: bool,
 }
@@ -156,6 +160,8 @@ impl Env {
             seq: Cell::new(0),
             started: Vec::new(),
             last_dir: PathBuf::new(),
+            pin_daemon: false,
+            pin_client: false,
             verbose,
         };
         env.setup()?;
@@ -292,6 +298,7 @@ impl Env {
         let dir = self.dir.join(format!("{n}-{}", d.name()));
         std::fs::create_dir_all(&dir)?;
         self.last_dir = dir.clone();
+        let pin = self.pin_daemon;
         let srv = self.lab.server.clone();
         let log = dir.join("daemon.log");
         let logf = std::fs::File::create(&log)?;
@@ -312,7 +319,7 @@ impl Env {
                 let bin = s(&self.bins.portcullisd);
                 let c = self.lab.spawn(
                     &srv,
-                    &pinned(&[&bin, "run", "--config", &s(&conf)]),
+                    &pinned(pin, &[&bin, "run", "--config", &s(&conf)]),
                     Stdio::null(),
                     Stdio::from(logf),
                 )?;
@@ -363,7 +370,7 @@ impl Env {
                 )?;
                 let c = self.lab.spawn(
                     &srv,
-                    &pinned(&["knockd", "-i", "eth0", "-c", &s(&conf)]),
+                    &pinned(pin, &["knockd", "-i", "eth0", "-c", &s(&conf)]),
                     Stdio::null(),
                     Stdio::from(logf),
                 )?;
@@ -406,20 +413,23 @@ impl Env {
                 )?;
                 let c = self.lab.spawn(
                     &srv,
-                    &pinned(&[
-                        "fwknopd",
-                        "-f",
-                        "-c",
-                        &s(&conf),
-                        "-a",
-                        &s(&access),
-                        "-i",
-                        "eth0",
-                        "-p",
-                        &s(&run.join("fwknopd.pid")),
-                        "-d",
-                        &s(&run.join("digest.cache")),
-                    ]),
+                    &pinned(
+                        pin,
+                        &[
+                            "fwknopd",
+                            "-f",
+                            "-c",
+                            &s(&conf),
+                            "-a",
+                            &s(&access),
+                            "-i",
+                            "eth0",
+                            "-p",
+                            &s(&run.join("fwknopd.pid")),
+                            "-d",
+                            &s(&run.join("digest.cache")),
+                        ],
+                    ),
                     Stdio::null(),
                     Stdio::from(logf),
                 )?;
@@ -494,7 +504,8 @@ impl Env {
         let src = self.fresh_source()?;
         let spa = if d == Daemon::Fwknopd { Some(self.spa_packet(src)?) } else { None };
         let ns = self.cli_ns.clone();
-        Ok((src, std::thread::spawn(move || attempt_in(&ns, IpAddr::V4(src), spa, limit, every))))
+        let pin = self.pin_client;
+        Ok((src, std::thread::spawn(move || attempt_in(&ns, IpAddr::V4(src), spa, limit, every, pin))))
     }
 
     /// The newest daemon's log (stderr, or knockd's LogFile).
@@ -559,8 +570,12 @@ fn attempt_in(
     spa: Option<Vec<u8>>,
     limit: Duration,
     every: Duration,
+    pin: bool,
 ) -> anyhow::Result<Option<Duration>> {
     lab::enter(ns)?;
+    if pin {
+        pin_to_last_cpu();
+    }
     let dst = server4();
     let t0 = match spa {
         Some(p) => probe::send_udp(src, SocketAddr::new(dst, SPA_PORT), &p)?,
@@ -576,9 +591,9 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// CPU every daemon is pinned to (`taskset`; the flooder takes the last CPU), so that
-/// runs are comparable: the scheduler cannot put attacker and daemon on one core in
-/// one run and on two in the next. No pinning on a single-CPU machine.
+/// CPU daemons are pinned to in floods (`taskset`; the flooder takes the last CPU), so
+/// that runs are comparable: the scheduler cannot put attacker and daemon on one core
+/// in one run and on two in the next. No pinning on a single-CPU machine.
 pub const DAEMON_CPU: &str = "0";
 
 /// Number of CPUs this process may use.
@@ -586,10 +601,23 @@ pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Pin the calling thread to the last CPU: the client and attacker side of the lab
+/// (the daemons have the first, see [`DAEMON_CPU`]). A client thread sharing the
+/// daemon's core would add a scheduler hand-off to every latency figure.
+pub fn pin_to_last_cpu() {
+    let n = cpus();
+    if n > 1 {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(n - 1).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+}
+
 /// `taskset -c DAEMON_CPU args...` (taskset execs, so the PID is the daemon's).
-fn pinned<'a>(args: &[&'a str]) -> Vec<&'a str> {
+fn pinned<'a>(pin: bool, args: &[&'a str]) -> Vec<&'a str> {
     let mut v = Vec::new();
-    if cpus() > 1 {
+    if pin && cpus() > 1 {
         v.extend(["taskset", "-c", DAEMON_CPU]);
     }
     v.extend_from_slice(args);

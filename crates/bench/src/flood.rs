@@ -259,13 +259,7 @@ pub fn spawn(ns: PathBuf, spec: Spec, stop: Arc<AtomicBool>) -> JoinHandle<anyho
     std::thread::spawn(move || {
         portcullis_daemon::lab::enter(&ns)?;
         // The attacker gets the last CPU, the daemons the first (see env::DAEMON_CPU).
-        let n = crate::env::cpus();
-        if n > 1 {
-            let mut set = nix::sched::CpuSet::new();
-            if set.set(n - 1).is_ok() {
-                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-            }
-        }
+        crate::env::pin_to_last_cpu();
         run(&spec, &stop)
     })
 }

@@ -66,6 +66,8 @@ pub fn run_case(
     report: &mut Report,
 ) -> anyhow::Result<Outcome> {
     report.settle();
+    env.pin_daemon = true;
+    env.pin_client = false;
     let r = env.start(d)?;
     let sampler = Sampler::start(r.pid);
     std::thread::sleep(Duration::from_millis(500));
