@@ -34,6 +34,13 @@ pub const SERVER6_OTHER: &str = "2001:db8:2::1";
 /// Other host's IPv6 address.
 pub const OTHER6: &str = "2001:db8:2::2";
 
+/// Other host's address in a bridged lab ([`Lab::new_bridged`]), on the client's segment.
+pub const BRIDGED_OTHER4: &str = "192.0.2.3";
+/// Other host's IPv6 address in a bridged lab ([`Lab::new_bridged`]).
+pub const BRIDGED_OTHER6: &str = "2001:db8:1::3";
+/// The bridge of a bridged lab, in the client namespace (the client's addresses are on it).
+pub const BRIDGE: &str = "br0";
+
 /// What a TCP connection attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
@@ -114,6 +121,71 @@ impl Lab {
             sh(&["ip", "-n", peer, "link", "set", peer_if, "up"])?;
             sh(&["ip", "-n", peer, "route", "add", "default", "via", srv4])?;
             sh(&["ip", "-n", peer, "-6", "route", "add", "default", "via", srv6])?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Lab::new`], but the three hosts share ONE link segment, as on a LAN: a
+    /// bridge [`BRIDGE`] in the client namespace carries the client's own addresses and
+    /// has a veth port to the server's `eth0` and one to the other host's `eth0`. The
+    /// server has that single interface, so a sniffer on `eth0` (knockd, fwknopd) sees
+    /// the client and the other host (an attacker in floods) alike. Addresses, all
+    /// on-link in one /24 and /64: server [`SERVER4`]/[`SERVER6`], client
+    /// [`CLIENT4`]/[`CLIENT6`], other [`BRIDGED_OTHER4`]/[`BRIDGED_OTHER6`]. No routes.
+    pub fn new_bridged(tag: &str) -> anyhow::Result<Lab> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("network namespaces need root");
+        }
+        let id = format!("{tag}-{}", std::process::id());
+        let lab = Lab {
+            server: format!("pc-srv-{id}"),
+            client: format!("pc-cli-{id}"),
+            other: format!("pc-oth-{id}"),
+            children: Vec::new(),
+        };
+        lab.setup_bridged().with_context(|| format!("building bridged lab {id}"))?;
+        Ok(lab)
+    }
+
+    fn setup_bridged(&self) -> anyhow::Result<()> {
+        let (s, c, o) = (self.server.as_str(), self.client.as_str(), self.other.as_str());
+        for ns in [s, c, o] {
+            sh(&["ip", "netns", "add", ns])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])?;
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"])?;
+        }
+        // No STP and no forwarding delay: ports forward as soon as they are up.
+        sh(&[
+            "ip",
+            "-n",
+            c,
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        for (port, peer) in [("p-srv", s), ("p-oth", o)] {
+            sh(&[
+                "ip", "link", "add", port, "netns", c, "type", "veth", "peer", "name", "eth0", "netns", peer,
+            ])?;
+            sh(&["ip", "-n", c, "link", "set", port, "master", BRIDGE])?;
+            sh(&["ip", "-n", c, "link", "set", port, "up"])?;
+        }
+        let hosts = [
+            (s, "eth0", SERVER4, SERVER6),
+            (c, BRIDGE, CLIENT4, CLIENT6),
+            (o, "eth0", BRIDGED_OTHER4, BRIDGED_OTHER6),
+        ];
+        for (ns, dev, a4, a6) in hosts {
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{a4}/24"), "dev", dev])?;
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
         }
         Ok(())
     }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Benchmark portcullisd side by side with knockd and fwknopd, in throwaway network
+# namespaces (never the root namespace's firewall). Installs what it needs, builds in
+# release mode, runs the suite, prints the markdown report and saves it to
+# bench/results-<date>.md.
+#
+#   bash scripts/bench.sh            # full suite, about 10 minutes on 2 cores
+#   bash scripts/bench.sh --quick    # fewer trials, shorter floods, about 3 minutes
+#   bash scripts/bench.sh latency    # one scenario: latency|flood|grants|spa|memory
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need_root
+need_packages iproute2 procps util-linux knockd fwknop-server fwknop-client nftables iptables
+cargo build --release --locked --workspace
+
+cmd=all
+args=()
+for a in "$@"; do
+  case "$a" in
+    all|latency|flood|grants|spa|memory) cmd="$a" ;;
+    *) args+=("$a") ;;
+  esac
+done
+mkdir -p bench
+out="bench/results-$(date -u +%Y-%m-%d).md"
+./target/release/portcullis-bench "$cmd" ${args[@]+"${args[@]}"} --out "$out"
+echo "saved: $out" >&2
