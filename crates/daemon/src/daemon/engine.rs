@@ -6,6 +6,7 @@
 //! needs to know destination addresses; almost every config has a single group.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use portcullis_proto::knock::{DoorSpec, Event, Tracker};
@@ -15,8 +16,10 @@ use portcullis_proto::{Millis, Proto, Service};
 use crate::capture::addrs::fold;
 use crate::capture::LocalView;
 use crate::config::{Config, Door};
-use crate::firewall::{FirewallDriver, FirewallError, Grant};
+use crate::firewall::{FirewallDriver, FirewallError};
+use crate::grants::Granter;
 use crate::spa::{SpaGate, Verdict};
+use crate::store::{Origin, OriginKind};
 
 /// Counters exposed in logs (and later metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +38,36 @@ pub struct Stats {
     pub spa_rejected: u64,
     /// Per-knock log lines dropped by the rate limit.
     pub suppressed_logs: u64,
+    /// Knock sequences completed (each opens its door).
+    pub knock_completed: u64,
+    /// Knock sequences broken by a wrong knock.
+    pub knock_resets: u64,
+    /// Knock sequences that ran out of time.
+    pub knock_timeouts: u64,
+    /// SPA rejections by reason class, indexed like [`SPA_REJECT_CLASSES`].
+    pub spa_rejected_by: [u64; SPA_REJECT_CLASSES.len()],
+}
+
+/// Reason classes for rejected SPA packets (metrics labels).
+pub const SPA_REJECT_CLASSES: [&str; 6] = ["auth", "replay", "window", "policy", "malformed", "other"];
+
+/// Class of an SPA rejection reason (the gate's reasons are fixed texts).
+pub fn spa_reject_class(reason: &str) -> usize {
+    let r = reason.to_ascii_lowercase();
+    let has = |ws: &[&str]| ws.iter().any(|w| r.contains(w));
+    if has(&["replay"]) {
+        1
+    } else if has(&["window", "stale", "future", "expired"]) {
+        2
+    } else if has(&["hmac", "signature", "decrypt", "authentic", "key", "budget"]) {
+        0
+    } else if has(&["not permitted", "nat", "command", "not allowed", "restrict", "source", "user"]) {
+        3
+    } else if has(&["length", "short", "long", "base64", "format", "field", "not a", "invalid", "magic"]) {
+        4
+    } else {
+        5
+    }
 }
 
 struct Group {
@@ -72,7 +105,7 @@ impl LogLimiter {
 pub struct Engine {
     doors: Vec<Door>,
     groups: Vec<Group>,
-    driver: Box<dyn FirewallDriver>,
+    granter: Arc<Granter>,
     limiter: LogLimiter,
     /// Grant lines have their own, separate budget: a flood of knocks can never
     /// crowd them out, and a 1-knock door hit by a flood cannot flood the log.
@@ -83,8 +116,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Build trackers for the configured doors. `max_tracked` is shared between target groups.
+    /// Build trackers for the configured doors, granting through `driver` without records
+    /// (tests, dry runs). `max_tracked` is shared between target groups.
     pub fn new(config: &Config, driver: Box<dyn FirewallDriver>) -> anyhow::Result<Engine> {
+        Engine::with_granter(config, Arc::new(Granter::unrecorded(driver)))
+    }
+
+    /// Like [`Engine::new`], granting through the shared (recording) grant path.
+    pub fn with_granter(config: &Config, granter: Arc<Granter>) -> anyhow::Result<Engine> {
         let mut targets: Vec<Option<IpAddr>> = Vec::new();
         for d in &config.doors {
             let t = d.target.map(fold);
@@ -111,7 +150,7 @@ impl Engine {
         Ok(Engine {
             doors: config.doors.clone(),
             groups,
-            driver,
+            granter,
             limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             open_limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             reported_suppressed: 0,
@@ -126,9 +165,9 @@ impl Engine {
         self
     }
 
-    /// The firewall driver (for setup and teardown by the caller).
-    pub fn driver(&mut self) -> &mut dyn FirewallDriver {
-        self.driver.as_mut()
+    /// The shared grant path (driver and store).
+    pub fn granter(&self) -> &Arc<Granter> {
+        &self.granter
     }
 
     /// Counters so far.
@@ -208,6 +247,7 @@ impl Engine {
                 }
             }
             Event::Reset { at_stage, .. } => {
+                self.stats.knock_resets += 1;
                 if self.limiter.allow(now) {
                     tracing::info!("{src}: {name}: sequence broken at stage {at_stage}, reset");
                 } else {
@@ -215,6 +255,7 @@ impl Engine {
                 }
             }
             Event::TimedOut { at_stage, .. } => {
+                self.stats.knock_timeouts += 1;
                 if self.limiter.allow(now) {
                     tracing::info!("{src}: {name}: sequence timeout at stage {at_stage}");
                 } else {
@@ -228,10 +269,12 @@ impl Engine {
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
         let (label, n, services, duration) = (d.name.clone(), d.sequence.len(), d.open.clone(), d.open_for);
+        self.stats.knock_completed += 1;
         if self.open_limiter.allow(now) {
             tracing::info!("{src}: {label}: Stage {n} (of {n})");
         }
-        self.apply_grant(src, &label, src, &services, duration, now, wall);
+        let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
+        self.apply_grant(src, &label, origin, src, &services, duration, now, wall);
     }
 
     fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
@@ -241,10 +284,12 @@ impl Engine {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
                 let label = format!("spa: {}", dec.who);
-                self.apply_grant(src, &label, dec.allow, &dec.services, dec.duration, now, wall);
+                let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
+                self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, now, wall);
             }
             Verdict::Reject(reason) => {
                 self.stats.spa_rejected += 1;
+                self.stats.spa_rejected_by[spa_reject_class(&reason)] += 1;
                 if self.limiter.allow(now) {
                     tracing::info!("{src}: spa: rejected: {}", reason.escape_debug());
                 } else {
@@ -260,6 +305,7 @@ impl Engine {
         &mut self,
         src: IpAddr,
         label: &str,
+        origin: Origin,
         allow: IpAddr,
         services: &[Service],
         duration: Duration,
@@ -267,8 +313,6 @@ impl Engine {
         wall: SystemTime,
     ) {
         let allow = fold(allow);
-        let grants: Vec<Grant> =
-            services.iter().map(|&service| Grant { addr: allow, service, timeout: duration }).collect();
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
         let until = humantime::format_rfc3339_seconds(wall + duration);
         let secs = duration.as_secs();
@@ -279,13 +323,13 @@ impl Engine {
             self.stats.suppressed_logs += 1;
         }
         let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
-        match self.driver.grant(&grants) {
+        match self.granter.grant(origin, allow, services, duration) {
             Ok(()) => {
                 self.stats.opened += 1;
                 if log {
                     tracing::info!(
                         "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
-                        self.driver.name()
+                        self.granter.driver_name()
                     );
                 }
             }
@@ -324,8 +368,8 @@ impl Engine {
         services: &[Service],
         timeout: Duration,
     ) -> Result<(), FirewallError> {
-        let grants: Vec<Grant> = services.iter().map(|&service| Grant { addr, service, timeout }).collect();
-        self.driver.grant(&grants)
+        let origin = Origin { kind: OriginKind::Api, detail: "engine".into() };
+        self.granter.grant(origin, addr, services, timeout)
     }
 }
 
@@ -387,7 +431,7 @@ target = "192.0.2.99"
     }
 
     fn granted(e: &mut Engine) -> Vec<(IpAddr, Service)> {
-        e.driver().list().unwrap().into_iter().map(|g| (g.addr, g.service)).collect()
+        e.granter().live().unwrap().into_iter().map(|g| (g.addr, g.service)).collect()
     }
 
     #[test]

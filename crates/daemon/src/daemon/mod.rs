@@ -77,7 +77,14 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
     let plan = plan_for(config);
-    let mut engine = Engine::new(config, driver_for(config)?)?;
+    // --- grants (issue 5): firewall setup, grant store + reconciliation, API ---
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
+    let mut api = match &config.api {
+        Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
+        None => None,
+    };
+    // --- end grants ---
+    let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let path = config.daemon.state_dir.join("spa-replay");
@@ -92,7 +99,6 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
-    engine.driver().setup(&plan).context("installing the firewall ruleset")?;
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
     let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
@@ -100,7 +106,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     tracing::info!(
         "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
         config.doors.len(),
-        engine.driver().name(),
+        granter.driver_name(),
         config.daemon.max_tracked
     );
 
@@ -136,10 +142,19 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         let t = now();
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, SystemTime::now());
+            granter.publish_stats(engine.stats());
             last_housekeeping = t;
         }
     }
     monitor.stop();
+    // --- grants (issue 5) ---
+    if let Some(a) = api.as_mut() {
+        a.stop();
+    }
+    if let Ok(store) = granter.store() {
+        store.shutdown();
+    }
+    // --- end grants ---
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures; firewall rules left in place, grants expire on their own",
