@@ -161,7 +161,8 @@ fn flushed_ruleset_is_restored_at_restart_and_unknown_grants_are_revoked() {
     assert!(open_from_client(&s, 2222), "grant restored; log:\n{}", s.log_text());
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Filtered, "protection back");
 
-    // A grant the store does not know about (added behind our back) does not survive a restart.
+    // A grant the store does not know about (added behind our back 30 s ago: older than
+    // the adoption window) does not survive a restart.
     run_ok(
         &s.lab,
         &s.lab.server,
@@ -172,7 +173,7 @@ fn flushed_ruleset_is_restored_at_restart_and_unknown_grants_are_revoked() {
             "inet",
             "portcullis",
             "allow4",
-            "{ 198.51.100.2 . tcp . 2222 timeout 60s }",
+            "{ 198.51.100.2 . tcp . 2222 timeout 90s expires 60s }",
         ],
     );
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Open);

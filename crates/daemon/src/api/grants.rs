@@ -79,7 +79,7 @@ impl From<GrantState> for StateName {
 /// What made a grant.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct OriginView {
-    /// `door`, `spa`, `api` or `cli`.
+    /// `door`, `spa`, `api`, `cli` or `adopted` (found in the firewall at start, see docs/api.md).
     pub kind: String,
     /// Door name, SPA stanza/user, or API token name.
     pub detail: String,
@@ -208,7 +208,7 @@ pub struct ListQuery {
     pub state: Option<StateName>,
     /// Only records for this address.
     pub address: Option<String>,
-    /// Only records from this origin: `door`, `spa`, `api`, `cli`, or `KIND:DETAIL` (e.g. `door:ssh`).
+    /// Only records from this origin: `door`, `spa`, `api`, `cli`, `adopted`, or `KIND:DETAIL` (e.g. `door:ssh`).
     pub origin: Option<String>,
     /// 1-based page (default 1).
     #[param(minimum = 1)]
@@ -394,7 +394,7 @@ pub fn filter(q: &ListQuery) -> Result<Filter, ApiError> {
                 None => (o.as_str(), None),
             };
             let kind = OriginKind::parse(k).ok_or_else(|| {
-                ApiError::bad_request(format!("origin {:?}: kind must be door, spa, api or cli", trunc(o)))
+                ApiError::bad_request(format!("origin {:?}: kind must be door, spa, api, cli or adopted", trunc(o)))
             })?;
             (Some(kind), d)
         }

@@ -237,12 +237,14 @@ pub fn start(
     match &store {
         Ok(s) => match s.reconcile() {
             Ok(r) => tracing::info!(
-                "store: {} (reconciled: {} kept, {} restored, {} expired while down, {} unknown revoked, {} failures)",
+                "store: {} (reconciled: {} kept, {} restored, {} expired while down, {} unknown revoked, \
+                 {} adopted, {} failures)",
                 path.display(),
                 r.kept,
                 r.restored,
                 r.expired,
                 r.unknown_revoked,
+                r.adopted,
                 r.failures
             ),
             Err(e) => tracing::error!("store: reconciliation FAILED: {e}"),

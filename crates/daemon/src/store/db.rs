@@ -22,7 +22,7 @@ const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE grants (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    origin_kind   TEXT    NOT NULL CHECK (origin_kind IN ('door', 'spa', 'api', 'cli')),
+    origin_kind   TEXT    NOT NULL CHECK (origin_kind IN ('door', 'spa', 'api', 'cli', 'adopted')),
     origin_detail TEXT    NOT NULL,
     address       TEXT    NOT NULL,
     protocol      TEXT    NOT NULL CHECK (protocol IN ('tcp', 'udp')),

@@ -54,6 +54,10 @@ pub fn lock_driver(d: &SharedDriver) -> MutexGuard<'_, Box<dyn FirewallDriver>> 
     d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A firewall grant with no record that is younger than this at start is adopted (its
+/// record was most likely still in the channel when the daemon died), not revoked.
+pub const ADOPT_WINDOW: Duration = Duration::from_secs(10);
+
 /// Capacity of the store channel. At ~20 µs per row this is well under a second of work.
 pub const CHANNEL_CAPACITY: usize = 4096;
 
@@ -68,11 +72,15 @@ pub enum OriginKind {
     Api,
     /// The `portcullis grants` CLI through the API (detail: the token name).
     Cli,
+    /// Found in the firewall at start, granted moments before a crash, with its record
+    /// lost in flight: recorded at reconciliation instead of revoked.
+    Adopted,
 }
 
 impl OriginKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [OriginKind; 4] = [OriginKind::Door, OriginKind::Spa, OriginKind::Api, OriginKind::Cli];
+    pub const ALL: [OriginKind; 5] =
+        [OriginKind::Door, OriginKind::Spa, OriginKind::Api, OriginKind::Cli, OriginKind::Adopted];
 
     /// Lower-case name as stored.
     pub const fn as_str(self) -> &'static str {
@@ -81,6 +89,7 @@ impl OriginKind {
             OriginKind::Spa => "spa",
             OriginKind::Api => "api",
             OriginKind::Cli => "cli",
+            OriginKind::Adopted => "adopted",
         }
     }
 
@@ -269,6 +278,8 @@ pub struct ReconcileReport {
     pub expired: usize,
     /// Firewall grants with no active record, revoked.
     pub unknown_revoked: usize,
+    /// Firewall grants with no record but younger than [`ADOPT_WINDOW`]: recorded.
+    pub adopted: usize,
     /// Firewall operations that failed (logged).
     pub failures: usize,
 }
@@ -799,8 +810,33 @@ impl Worker {
                 );
             }
         }
+        let mut adopt = Vec::new();
         for l in &live {
             if !known.contains(&(l.addr, l.service)) && !remove.contains(&(l.addr, l.service)) {
+                if let (Some(t), Some(r)) = (l.timeout, l.remaining) {
+                    let age = t.saturating_sub(r);
+                    if age < ADOPT_WINDOW {
+                        tracing::warn!(
+                            "{}: adopting {} found in the firewall with no record, granted {}s before this \
+                             start (its record was lost in a crash)",
+                            l.addr,
+                            l.service,
+                            age.as_secs()
+                        );
+                        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(0);
+                        adopt.push(NewGrants {
+                            origin: Origin { kind: OriginKind::Adopted, detail: "reconcile".into() },
+                            addr: l.addr,
+                            services: vec![l.service],
+                            requested_at: now - ms(age),
+                            effective_at: now - ms(age),
+                            duration: t,
+                            driver: d.name(),
+                            result: Ok(()),
+                        });
+                        continue;
+                    }
+                }
                 tracing::warn!(
                     "{}: revoking {} found in the firewall with no active record",
                     l.addr,
@@ -823,6 +859,12 @@ impl Worker {
                     tracing::error!("reconcile: restoring {} for {} failed: {e}", g.service, g.addr);
                     report.failures += 1;
                 }
+            }
+        }
+        drop(d);
+        for g in adopt {
+            if self.record(&g).is_ok() {
+                report.adopted += 1;
             }
         }
         Ok(report)

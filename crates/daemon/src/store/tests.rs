@@ -19,10 +19,48 @@ struct Fixture {
     granter: Arc<Granter>,
 }
 
+/// `NoFirewall` whose grants for some addresses look older than they are (its own
+/// `list` reports remaining == timeout, i.e. "just granted").
+struct Aged(NoFirewall, Vec<(IpAddr, Duration)>);
+
+impl FirewallDriver for Aged {
+    fn name(&self) -> &'static str {
+        "aged"
+    }
+    fn setup(&mut self, plan: &crate::firewall::Plan) -> Result<(), crate::firewall::FirewallError> {
+        self.0.setup(plan)
+    }
+    fn grant(&mut self, grants: &[Grant]) -> Result<(), crate::firewall::FirewallError> {
+        self.0.grant(grants)
+    }
+    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), crate::firewall::FirewallError> {
+        self.0.revoke(grants)
+    }
+    fn list(&mut self) -> Result<Vec<crate::firewall::LiveGrant>, crate::firewall::FirewallError> {
+        let mut l = self.0.list()?;
+        for g in &mut l {
+            if let Some((_, age)) = self.1.iter().find(|(a, _)| *a == g.addr) {
+                g.remaining = g.remaining.map(|r| r.saturating_sub(*age));
+            }
+        }
+        Ok(l)
+    }
+    fn teardown(&mut self) -> Result<(), crate::firewall::FirewallError> {
+        self.0.teardown()
+    }
+    fn kernel_expiry(&self) -> bool {
+        false
+    }
+}
+
 fn fixture_with(opts: Options, driver: NoFirewall, dir: Option<tempfile::TempDir>) -> Fixture {
+    fixture_driver(opts, Box::new(driver), dir)
+}
+
+fn fixture_driver(opts: Options, driver: Box<dyn FirewallDriver>, dir: Option<tempfile::TempDir>) -> Fixture {
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let path = dir.path().join("grants.db");
-    let driver: SharedDriver = Arc::new(Mutex::new(Box::new(driver)));
+    let driver: SharedDriver = Arc::new(Mutex::new(driver));
     let store = Store::open(&path, Arc::clone(&driver), opts);
     let granter = Arc::new(Granter::new(Arc::clone(&driver), vec![Service::tcp(22)], store));
     Fixture { _dir: dir, path, driver, granter }
@@ -115,21 +153,33 @@ fn reconcile_restores_missing_closes_expired_and_revokes_unknown() {
         )
         .unwrap();
     }
-    // The firewall after a reboot-ish event: .3 and .9 are there, plus one nobody recorded.
+    // The firewall after a reboot-ish event: .3 and .9 are there, plus two nobody
+    // recorded: .66 granted a minute ago (revoked), .77 just now (adopted: its record was
+    // still in the channel when the daemon died).
     let mut fw = NoFirewall::default();
-    for a in ["192.0.2.3", "192.0.2.9", "198.51.100.66"] {
+    for a in ["192.0.2.3", "192.0.2.9", "198.51.100.66", "198.51.100.77"] {
         fw.grants.push(Grant { addr: ip(a), service: Service::tcp(22), timeout: Duration::from_secs(600) });
     }
-    let f = fixture_with(Options::default(), fw, Some(dir));
+    let aged = Aged(fw, vec![(ip("198.51.100.66"), Duration::from_secs(60))]);
+    let f = fixture_driver(Options::default(), Box::new(aged), Some(dir));
     let report = f.granter.store().unwrap().reconcile().unwrap();
     assert_eq!(
         report,
-        ReconcileReport { kept: 1, restored: 1, expired: 1, unknown_revoked: 1, failures: 0 },
+        ReconcileReport { kept: 1, restored: 1, expired: 1, unknown_revoked: 1, adopted: 1, failures: 0 },
         "{report:?}"
     );
     let mut l = live(&f);
     l.sort();
-    assert_eq!(l, vec![(ip("192.0.2.2"), Service::tcp(22)), (ip("192.0.2.3"), Service::tcp(22))]);
+    assert_eq!(
+        l,
+        vec![
+            (ip("192.0.2.2"), Service::tcp(22)),
+            (ip("192.0.2.3"), Service::tcp(22)),
+            (ip("198.51.100.77"), Service::tcp(22))
+        ]
+    );
+    let adopted = all(&f).into_iter().find(|r| r.address == ip("198.51.100.77")).unwrap();
+    assert_eq!((adopted.origin.kind, adopted.state), (OriginKind::Adopted, GrantState::Active));
     let restored = crate::store::lock_driver(&f.driver).list().unwrap();
     let r2 = restored.iter().find(|g| g.addr == ip("192.0.2.2")).unwrap();
     assert!(r2.remaining.unwrap() <= Duration::from_secs(600), "restored with its remaining time, not more");
