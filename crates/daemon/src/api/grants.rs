@@ -394,7 +394,10 @@ pub fn filter(q: &ListQuery) -> Result<Filter, ApiError> {
                 None => (o.as_str(), None),
             };
             let kind = OriginKind::parse(k).ok_or_else(|| {
-                ApiError::bad_request(format!("origin {:?}: kind must be door, spa, api, cli or adopted", trunc(o)))
+                ApiError::bad_request(format!(
+                    "origin {:?}: kind must be door, spa, api, cli or adopted",
+                    trunc(o)
+                ))
             })?;
             (Some(kind), d)
         }
