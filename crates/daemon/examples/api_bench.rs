@@ -91,7 +91,18 @@ fn lab_benches(rt: &tokio::runtime::Runtime) {
     )
     .unwrap();
     let server = lab.server.clone();
-    let _l = lab.in_ns(&server, || std::net::TcpListener::bind(("0.0.0.0", 2222)).unwrap()).unwrap();
+    // A listener that keeps accepting (a full backlog would drop SYNs and skew the figures).
+    let srv_ns = PathBuf::from("/run/netns").join(&server);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        lab::enter(&srv_ns).unwrap();
+        let l = std::net::TcpListener::bind(("0.0.0.0", 2222)).unwrap();
+        ready_tx.send(()).unwrap();
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    ready_rx.recv().unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
     let d = daemon_bin();
     lab.spawn(
@@ -249,6 +260,7 @@ fn list_bench(rt: &tokio::runtime::Runtime) {
         store::db::configure(&c).unwrap();
         store::db::migrate(&mut c).unwrap();
         let t = Instant::now();
+        let now = store::now_ms();
         for i in 0..1000u32 {
             let g = NewGrants {
                 origin: Origin {
@@ -257,16 +269,16 @@ fn list_bench(rt: &tokio::runtime::Runtime) {
                 },
                 addr: IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
                 services: (1..=100).map(Service::tcp).collect(),
-                requested_at: 0,
-                effective_at: 0,
-                duration: Duration::from_secs(if i % 10 == 0 { 1_000_000_000 } else { 1 }),
+                requested_at: now,
+                effective_at: now,
+                duration: Duration::from_secs(if i % 10 == 0 { 86_400 } else { 1 }),
                 driver: "none",
                 result: Ok(()),
             };
             store::db::record(&mut c, &g).unwrap();
         }
         let seeded = t.elapsed();
-        let n = store::db::expire_due(&mut c, 10_000, None).unwrap().len();
+        let n = store::db::expire_due(&mut c, now + 5_000, None).unwrap().len();
         println!("seeded 100000 records in {:.2}s; {n} marked expired", seeded.as_secs_f64());
     }
     let s = Store::open(&path, Arc::clone(&driver), store::Options::default()).unwrap();
@@ -291,8 +303,13 @@ fn list_bench(rt: &tokio::runtime::Runtime) {
                 .unwrap();
             let t = Instant::now();
             let resp = rt.block_on(app.clone().oneshot(req)).unwrap();
-            let _ = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 26)).unwrap();
+            assert_eq!(resp.status(), 200, "{q}");
+            let body = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 26)).unwrap();
             v.push(t.elapsed());
+            if v.len() == 1 && q.starts_with("/v1") {
+                let j: Value = serde_json::from_slice(&body).unwrap();
+                print!("[total {} items {}] ", j["total"], j["items"].as_array().map_or(0, Vec::len));
+            }
         }
         println!("{q:<52} {}", pct(v));
     }

@@ -41,6 +41,7 @@ CREATE TABLE grants (
 );
 CREATE UNIQUE INDEX grants_one_active ON grants (address, protocol, port) WHERE state = 'active';
 CREATE INDEX grants_state ON grants (state, expires_at);
+CREATE INDEX grants_state_id ON grants (state, id);
 CREATE INDEX grants_address ON grants (address, id);
 CREATE INDEX grants_origin ON grants (origin_kind, state);
 "#,
