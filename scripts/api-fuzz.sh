@@ -77,7 +77,8 @@ PY
 # - use_after_free / ensure_resource_availability: stateful heuristics that treat a
 #   revoked grant (still readable: records are kept) as "freed".
 set +e
-timeout 130 ip netns exec "$NS" schemathesis run "$DIR/openapi.json" \
+# Run from the temp dir: schemathesis keeps a cache in its working directory.
+(cd "$DIR" && timeout 130 ip netns exec "$NS" schemathesis run "$DIR/openapi.json" \
     --url "http://127.0.0.1:$PORT" \
     -H "Authorization: Bearer $TOKEN" \
     --checks all \
@@ -87,7 +88,7 @@ timeout 130 ip netns exec "$NS" schemathesis run "$DIR/openapi.json" \
     --workers 2 \
     --seed 1 \
     --generation-database none \
-    --no-color
+    --no-color)
 rc=$?
 set -e
 if grep -q " 5[0-9][0-9] (" "$DIR/daemon.log"; then
