@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod fwknoprc;
+mod grants;
 mod keygen;
 mod knock;
 mod spa;
@@ -25,6 +26,8 @@ enum Command {
     Spa(Box<spa::SpaArgs>),
     /// Generate keys: fwknop KEY/HMAC_KEY (default), or native `--server` / `--user` pairs.
     Keygen(keygen::KeygenArgs),
+    /// Grants on a local portcullisd through its API: list, show, allow, revoke.
+    Grants(grants::GrantsArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Command::Knock(a) => knock::run(&a),
         Command::Spa(a) => spa::run(&a),
         Command::Keygen(a) => keygen::run(&a),
+        Command::Grants(a) => grants::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,13 +10,18 @@
 //! - [`lab`]: throwaway network namespaces for the demo, tests and benchmarks.
 //! - [`spa`]: the SPA gate (fwknop and native formats) and its persisted replay cache.
 //! - [`log`]: stderr / syslog / journald set-up.
+//! - [`grants`]: the grant path shared by capture thread and API; [`store`]: SQLite
+//!   grant records, expiry scheduler, reconciliation; [`api`]: the local REST API.
 
 pub mod actions;
+pub mod api;
 pub mod capture;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod firewall;
+pub mod grants;
 pub mod lab;
 pub mod log;
 pub mod spa;
+pub mod store;

@@ -21,8 +21,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod access_conf;
+pub mod api;
 pub mod spa;
 
+pub use api::ApiConfig;
 pub use spa::SpaConfig;
 
 /// Default cap on tracked (source, door) knock attempts.
@@ -43,6 +45,8 @@ pub struct Config {
     pub doors: Vec<Door>,
     /// Single-packet authorization, if configured.
     pub spa: Option<SpaConfig>,
+    /// The local REST API, if configured (`[api]`).
+    pub api: Option<ApiConfig>,
 }
 
 /// Daemon-wide settings (`[daemon]`).
@@ -228,6 +232,7 @@ pub struct RawConfig {
     #[serde(default, rename = "door")]
     doors: Vec<Spanned<RawDoor>>,
     spa: Option<Spanned<spa::RawSpa>>,
+    api: Option<Spanned<api::RawApi>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -374,6 +379,18 @@ impl Validator<'_> {
                 }
             }
         };
+        // [api] (issue 5)
+        let api = match raw.api {
+            None => None,
+            Some(a) => {
+                let span = a.span();
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match api::validate(a.into_inner(), dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at.unwrap_or(span), message),
+                }
+            }
+        };
         if doors.is_empty() && spa.is_none() {
             return Err(ConfigError {
                 path: self.path.to_owned(),
@@ -388,7 +405,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {

@@ -6,6 +6,7 @@
 //! needs to know destination addresses; almost every config has a single group.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use portcullis_proto::knock::{DoorSpec, Event, Tracker};
@@ -16,7 +17,9 @@ use crate::capture::addrs::fold;
 use crate::capture::LocalView;
 use crate::config::{Config, Door};
 use crate::firewall::{FirewallDriver, FirewallError, Grant};
+use crate::grants::Granter;
 use crate::spa::{SpaGate, Verdict};
+use crate::store::{Origin, OriginKind};
 
 // knockd drop-in (issue 3): commands, one-time sequences, daemon-side expiry.
 mod knockd;
@@ -38,6 +41,36 @@ pub struct Stats {
     pub spa_rejected: u64,
     /// Per-knock log lines dropped by the rate limit.
     pub suppressed_logs: u64,
+    /// Knock sequences completed (each opens its door).
+    pub knock_completed: u64,
+    /// Knock sequences broken by a wrong knock.
+    pub knock_resets: u64,
+    /// Knock sequences that ran out of time.
+    pub knock_timeouts: u64,
+    /// SPA rejections by reason class, indexed like [`SPA_REJECT_CLASSES`].
+    pub spa_rejected_by: [u64; SPA_REJECT_CLASSES.len()],
+}
+
+/// Reason classes for rejected SPA packets (metrics labels).
+pub const SPA_REJECT_CLASSES: [&str; 6] = ["auth", "replay", "window", "policy", "malformed", "other"];
+
+/// Class of an SPA rejection reason (the gate's reasons are fixed texts).
+pub fn spa_reject_class(reason: &str) -> usize {
+    let r = reason.to_ascii_lowercase();
+    let has = |ws: &[&str]| ws.iter().any(|w| r.contains(w));
+    if has(&["replay"]) {
+        1
+    } else if has(&["window", "stale", "future", "expired"]) {
+        2
+    } else if has(&["hmac", "signature", "decrypt", "authentic", "key", "budget"]) {
+        0
+    } else if has(&["not permitted", "nat", "command", "not allowed", "restrict", "source", "user"]) {
+        3
+    } else if has(&["length", "short", "long", "base64", "format", "field", "not a", "invalid", "magic"]) {
+        4
+    } else {
+        5
+    }
 }
 
 struct Group {
@@ -75,7 +108,7 @@ impl LogLimiter {
 pub struct Engine {
     doors: Vec<Door>,
     groups: Vec<Group>,
-    driver: Box<dyn FirewallDriver>,
+    granter: Arc<Granter>,
     limiter: LogLimiter,
     /// Grant lines have their own, separate budget: a flood of knocks can never
     /// crowd them out, and a 1-knock door hit by a flood cannot flood the log.
@@ -88,8 +121,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Build trackers for the configured doors. `max_tracked` is shared between target groups.
+    /// Build trackers for the configured doors, granting through `driver` without records
+    /// (tests, dry runs). `max_tracked` is shared between target groups.
     pub fn new(config: &Config, driver: Box<dyn FirewallDriver>) -> anyhow::Result<Engine> {
+        Engine::with_granter(config, Arc::new(Granter::unrecorded(driver)))
+    }
+
+    /// Like [`Engine::new`], granting through the shared (recording) grant path.
+    pub fn with_granter(config: &Config, granter: Arc<Granter>) -> anyhow::Result<Engine> {
         let mut targets: Vec<Option<IpAddr>> = Vec::new();
         for d in &config.doors {
             let t = d.target.map(fold);
@@ -117,7 +156,7 @@ impl Engine {
         Ok(Engine {
             doors: config.doors.clone(),
             groups,
-            driver,
+            granter,
             limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             open_limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
             reported_suppressed: 0,
@@ -133,9 +172,9 @@ impl Engine {
         self
     }
 
-    /// The firewall driver (for setup and teardown by the caller).
-    pub fn driver(&mut self) -> &mut dyn FirewallDriver {
-        self.driver.as_mut()
+    /// The shared grant path (driver and store).
+    pub fn granter(&self) -> &Arc<Granter> {
+        &self.granter
     }
 
     /// Counters so far.
@@ -215,6 +254,7 @@ impl Engine {
                 }
             }
             Event::Reset { at_stage, .. } => {
+                self.stats.knock_resets += 1;
                 if self.limiter.allow(now) {
                     tracing::info!("{src}: {name}: sequence broken at stage {at_stage}, reset");
                 } else {
@@ -222,6 +262,7 @@ impl Engine {
                 }
             }
             Event::TimedOut { at_stage, .. } => {
+                self.stats.knock_timeouts += 1;
                 if self.limiter.allow(now) {
                     tracing::info!("{src}: {name}: sequence timeout at stage {at_stage}");
                 } else {
@@ -235,11 +276,13 @@ impl Engine {
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
         let (label, n, services, duration) = (d.name.clone(), d.sequence.len(), d.open.clone(), d.open_for);
+        self.stats.knock_completed += 1;
         let log = self.open_limiter.allow(now);
         if log {
             tracing::info!("{src}: {label}: Stage {n} (of {n})");
         }
-        self.apply_grant(src, &label, src, &services, duration, log, wall);
+        let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
+        self.apply_grant(src, &label, origin, src, &services, duration, log, wall);
         self.after_open(src, door, wall, log);
     }
 
@@ -250,11 +293,13 @@ impl Engine {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
                 let label = format!("spa: {}", dec.who);
+                let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let log = self.open_limiter.allow(now);
-                self.apply_grant(src, &label, dec.allow, &dec.services, dec.duration, log, wall);
+                self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
             }
             Verdict::Reject(reason) => {
                 self.stats.spa_rejected += 1;
+                self.stats.spa_rejected_by[spa_reject_class(&reason)] += 1;
                 if self.limiter.allow(now) {
                     tracing::info!("{src}: spa: rejected: {}", reason.escape_debug());
                 } else {
@@ -272,6 +317,7 @@ impl Engine {
         &mut self,
         src: IpAddr,
         label: &str,
+        origin: Origin,
         allow: IpAddr,
         services: &[Service],
         duration: Duration,
@@ -279,8 +325,6 @@ impl Engine {
         wall: SystemTime,
     ) {
         let allow = fold(allow);
-        let grants: Vec<Grant> =
-            services.iter().map(|&service| Grant { addr: allow, service, timeout: duration }).collect();
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
         let until = humantime::format_rfc3339_seconds(wall + duration);
         let secs = duration.as_secs();
@@ -291,17 +335,19 @@ impl Engine {
         }
         let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
         // A knockd door may open nothing itself and only run commands (issue 3).
-        if grants.is_empty() {
+        if services.is_empty() {
             return;
         }
-        match self.driver.grant(&grants) {
+        let grants: Vec<Grant> =
+            services.iter().map(|&service| Grant { addr: allow, service, timeout: duration }).collect();
+        match self.granter.grant(origin, allow, services, duration) {
             Ok(()) => {
                 self.stats.opened += 1;
                 self.schedule_expiry(&grants, wall);
                 if log {
                     tracing::info!(
                         "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
-                        self.driver.name()
+                        self.granter.driver_name()
                     );
                 }
             }
@@ -340,8 +386,9 @@ impl Engine {
         services: &[Service],
         timeout: Duration,
     ) -> Result<(), FirewallError> {
+        let origin = Origin { kind: OriginKind::Api, detail: "engine".into() };
+        self.granter.grant(origin, addr, services, timeout)?;
         let grants: Vec<Grant> = services.iter().map(|&service| Grant { addr, service, timeout }).collect();
-        self.driver.grant(&grants)?;
         self.schedule_expiry(&grants, SystemTime::now());
         Ok(())
     }
@@ -405,7 +452,7 @@ target = "192.0.2.99"
     }
 
     fn granted(e: &mut Engine) -> Vec<(IpAddr, Service)> {
-        e.driver().list().unwrap().into_iter().map(|g| (g.addr, g.service)).collect()
+        e.granter().live().unwrap().into_iter().map(|g| (g.addr, g.service)).collect()
     }
 
     #[test]

@@ -82,7 +82,14 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
     let plan = plan_for(config);
-    let mut engine = Engine::new(config, driver_for(config)?)?;
+    // --- grants (issue 5): firewall setup, grant store + reconciliation, API ---
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
+    let mut api = match &config.api {
+        Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
+        None => None,
+    };
+    // --- end grants ---
+    let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let path = config.daemon.state_dir.join("spa-replay");
@@ -97,7 +104,6 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
-    engine.driver().setup(&plan).context("installing the firewall ruleset")?;
     // knockd drop-in (issue 3): daemon-side expiry and the command driver.
     engine.adopt_live_grants(SystemTime::now()).context("reading live grants")?;
     let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
@@ -115,7 +121,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     tracing::info!(
         "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
         config.doors.len(),
-        engine.driver().name(),
+        granter.driver_name(),
         config.daemon.max_tracked
     );
 
@@ -156,6 +162,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         engine.expire(wall); // issue 3: daemon-side expiry (one heap peek)
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
+            granter.publish_stats(engine.stats());
             last_housekeeping = t;
         }
     }
@@ -163,6 +170,14 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
     }
+    // --- grants (issue 5) ---
+    if let Some(a) = api.as_mut() {
+        a.stop();
+    }
+    if let Ok(store) = granter.store() {
+        store.shutdown();
+    }
+    // --- end grants ---
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures; firewall rules left in place, grants expire on their own",

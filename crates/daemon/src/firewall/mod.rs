@@ -34,6 +34,8 @@ pub struct LiveGrant {
     pub service: Service,
     /// Time left before the kernel closes it, if the backend knows.
     pub remaining: Option<Duration>,
+    /// The full timeout it was given, if the backend knows (with `remaining`: its age).
+    pub timeout: Option<Duration>,
 }
 
 /// What the driver must enforce: the services that are closed unless granted.

@@ -43,7 +43,12 @@ impl FirewallDriver for NoFirewall {
         Ok(self
             .grants
             .iter()
-            .map(|g| LiveGrant { addr: g.addr, service: g.service, remaining: Some(g.timeout) })
+            .map(|g| LiveGrant {
+                addr: g.addr,
+                service: g.service,
+                remaining: Some(g.timeout),
+                timeout: Some(g.timeout),
+            })
             .collect())
     }
 

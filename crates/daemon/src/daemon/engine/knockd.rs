@@ -56,10 +56,10 @@ impl Engine {
     /// Schedule daemon-side expiry for grants the driver already holds (after `setup`
     /// at start). Grants whose time passed while we were down are closed at once.
     pub fn adopt_live_grants(&mut self, wall: SystemTime) -> Result<usize, FirewallError> {
-        if self.driver.kernel_expiry() {
+        if self.granter.kernel_expiry() {
             return Ok(0);
         }
-        let live = self.driver.list()?;
+        let live = self.granter.live()?;
         for g in &live {
             let left = g.remaining.unwrap_or_default();
             self.schedule(g.addr, g.service, wall + left);
@@ -69,7 +69,7 @@ impl Engine {
     }
 
     pub(super) fn schedule_expiry(&mut self, grants: &[Grant], wall: SystemTime) {
-        if self.driver.kernel_expiry() {
+        if self.granter.kernel_expiry() {
             return;
         }
         for g in grants {
@@ -99,10 +99,10 @@ impl Engine {
         if due.is_empty() {
             return;
         }
-        match self.driver.revoke(&due) {
+        match self.granter.with_driver(|d| d.revoke(&due)) {
             Ok(()) => {
                 for (addr, service) in &due {
-                    tracing::info!("{addr}: closed {service} (expired) via {}", self.driver.name());
+                    tracing::info!("{addr}: closed {service} (expired) via {}", self.granter.driver_name());
                 }
             }
             Err(e) => {
@@ -194,19 +194,19 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let ip: IpAddr = "192.0.2.2".parse().unwrap();
         let grants = [Grant { addr: ip, service: Service::tcp(22), timeout: Duration::from_secs(30) }];
-        e.driver().grant(&grants).unwrap();
+        e.granter().with_driver(|d| d.grant(&grants)).unwrap();
         e.schedule_expiry(&grants, t0);
         e.schedule_expiry(&grants, t0 + Duration::from_secs(10)); // a repeat knock
         e.expire(t0 + Duration::from_secs(31));
-        assert_eq!(e.driver().list().unwrap().len(), 1, "the refreshed deadline counts");
+        assert_eq!(e.granter().live().unwrap().len(), 1, "the refreshed deadline counts");
         e.expire(t0 + Duration::from_secs(40));
-        assert!(e.driver().list().unwrap().is_empty());
+        assert!(e.granter().live().unwrap().is_empty());
         // Grants found at start are adopted with their remaining time.
-        e.driver().grant(&grants).unwrap();
+        e.granter().with_driver(|d| d.grant(&grants)).unwrap();
         assert_eq!(e.adopt_live_grants(t0).unwrap(), 1);
         e.expire(t0 + Duration::from_secs(29));
-        assert_eq!(e.driver().list().unwrap().len(), 1);
+        assert_eq!(e.granter().live().unwrap().len(), 1);
         e.expire(t0 + Duration::from_secs(30));
-        assert!(e.driver().list().unwrap().is_empty());
+        assert!(e.granter().live().unwrap().is_empty());
     }
 }

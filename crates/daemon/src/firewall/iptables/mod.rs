@@ -271,6 +271,8 @@ impl FirewallDriver for IptablesDriver {
                 addr,
                 service,
                 remaining: Some(Duration::from_secs(exp.saturating_sub(now))),
+                // Rules carry only their expiry epoch, not the full timeout.
+                timeout: None,
             })
             .collect())
     }

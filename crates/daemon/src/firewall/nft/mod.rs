@@ -181,6 +181,7 @@ impl FirewallDriver for NftDriver {
                 addr: e.addr,
                 service: e.service,
                 remaining: e.expires_ms.map(Duration::from_millis),
+                timeout: e.timeout_ms.map(Duration::from_millis),
             })
             .collect())
     }

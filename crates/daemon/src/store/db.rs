@@ -1,0 +1,429 @@
+//! The SQL side of the grant store: schema, forward-only migrations, and every query.
+//!
+//! Everything here takes a `&Connection` and does no threading, so it is unit-tested on
+//! an in-memory database. Every value from outside goes in as a bound parameter; SQL
+//! text is only ever assembled from the fixed fragments in this file.
+//!
+//! Times are Unix milliseconds (`i64`). One row per `(address, protocol, port)` grant;
+//! at most one row per key is `active` at a time (a partial unique index enforces it),
+//! so a repeated grant of an active key refreshes that row instead of adding one.
+
+use std::net::IpAddr;
+
+use portcullis_proto::{Proto, Service};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use super::{Filter, GrantRecord, GrantState, NewGrants, Origin, OriginKind};
+
+/// Forward-only migrations; `PRAGMA user_version` is the number applied. Never edit
+/// a released step: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: grants.
+    r#"
+CREATE TABLE grants (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin_kind   TEXT    NOT NULL CHECK (origin_kind IN ('door', 'spa', 'api', 'cli', 'adopted')),
+    origin_detail TEXT    NOT NULL,
+    address       TEXT    NOT NULL,
+    protocol      TEXT    NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+    port          INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    requested_at  INTEGER NOT NULL,
+    effective_at  INTEGER,
+    expires_at    INTEGER NOT NULL,
+    duration_ms   INTEGER NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('active', 'expired', 'revoked', 'failed')),
+    revoked_by    TEXT,
+    closed_at     INTEGER,
+    driver        TEXT    NOT NULL,
+    driver_result TEXT    NOT NULL,
+    refresh_count INTEGER NOT NULL DEFAULT 0,
+    refreshed_at  INTEGER
+);
+CREATE UNIQUE INDEX grants_one_active ON grants (address, protocol, port) WHERE state = 'active';
+CREATE INDEX grants_state ON grants (state, expires_at);
+CREATE INDEX grants_state_id ON grants (state, id);
+CREATE INDEX grants_address ON grants (address, id);
+CREATE INDEX grants_origin ON grants (origin_kind, state);
+"#,
+];
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Connection settings for the writer and the readers.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL: readers (the API) never block the writer (the store thread) and vice versa.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        tracing::warn!("store: journal_mode is {mode}, not wal");
+    }
+    // NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+/// Apply missing migrations in one transaction each. Refuses a database written by a
+/// newer schema (we cannot know what its columns mean).
+pub fn migrate(conn: &mut Connection) -> Result<usize, String> {
+    let have: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(|e| e.to_string())
+        .and_then(|v| usize::try_from(v).map_err(|_| format!("invalid user_version {v}")))?;
+    if have > SCHEMA_VERSION {
+        return Err(format!(
+            "database schema version {have} is newer than this portcullisd ({SCHEMA_VERSION}); \
+             refusing to touch it"
+        ));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(have) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(step).map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(SCHEMA_VERSION)
+}
+
+const COLUMNS: &str = "id, origin_kind, origin_detail, address, protocol, port, requested_at, \
+     effective_at, expires_at, duration_ms, state, revoked_by, closed_at, driver, driver_result, \
+     refresh_count, refreshed_at";
+
+fn row_to_record(r: &Row<'_>) -> rusqlite::Result<GrantRecord> {
+    let kind: String = r.get(1)?;
+    let proto: String = r.get(4)?;
+    let state: String = r.get(10)?;
+    let address: String = r.get(3)?;
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unexpected {what} in the database").into(),
+        )
+    };
+    Ok(GrantRecord {
+        id: r.get(0)?,
+        origin: Origin { kind: OriginKind::parse(&kind).ok_or_else(|| bad(1, "origin"))?, detail: r.get(2)? },
+        address: address.parse().map_err(|_| bad(3, "address"))?,
+        service: Service { proto: proto.parse::<Proto>().map_err(|_| bad(4, "protocol"))?, port: r.get(5)? },
+        requested_at: r.get(6)?,
+        effective_at: r.get(7)?,
+        expires_at: r.get(8)?,
+        duration_ms: r.get(9)?,
+        state: GrantState::parse(&state).ok_or_else(|| bad(10, "state"))?,
+        revoked_by: r.get(11)?,
+        closed_at: r.get(12)?,
+        driver: r.get(13)?,
+        driver_result: r.get(14)?,
+        refresh_count: r.get(15)?,
+        refreshed_at: r.get(16)?,
+    })
+}
+
+/// What recording one grant did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The row.
+    pub id: i64,
+    /// Its (new) expiry, for the scheduler; `None` for failed grants.
+    pub expires_at: Option<i64>,
+    /// An active row was refreshed rather than a new one added.
+    pub refreshed: bool,
+}
+
+/// Record a batch of grants (one per service) in one transaction: all or nothing.
+pub fn record(conn: &mut Connection, g: &NewGrants) -> rusqlite::Result<Vec<Recorded>> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(g.services.len());
+    for &service in &g.services {
+        out.push(record_one(&tx, g, service)?);
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite::Result<Recorded> {
+    let addr = g.addr.to_string();
+    let proto = service.proto.as_str();
+    let duration = i64::try_from(g.duration.as_millis()).unwrap_or(i64::MAX);
+    match &g.result {
+        Err(msg) => {
+            tx.execute(
+                "INSERT INTO grants (origin_kind, origin_detail, address, protocol, port, requested_at, \
+                 effective_at, expires_at, duration_ms, state, closed_at, driver, driver_result) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?6, ?7, 'failed', ?6, ?8, ?9)",
+                params![
+                    g.origin.kind.as_str(),
+                    g.origin.detail,
+                    addr,
+                    proto,
+                    service.port,
+                    g.requested_at,
+                    duration,
+                    g.driver,
+                    msg
+                ],
+            )?;
+            Ok(Recorded { id: tx.last_insert_rowid(), expires_at: None, refreshed: false })
+        }
+        Ok(()) => {
+            let expires = g.effective_at.saturating_add(duration);
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM grants WHERE state = 'active' AND address = ?1 AND protocol = ?2 \
+                     AND port = ?3",
+                    params![addr, proto, service.port],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = existing {
+                // The driver replaced the element with the full new timeout; the record
+                // follows what the firewall now enforces.
+                tx.execute(
+                    "UPDATE grants SET expires_at = ?2, duration_ms = ?3, refresh_count = refresh_count + 1, \
+                     refreshed_at = ?4, driver_result = 'ok' WHERE id = ?1",
+                    params![id, expires, duration, g.effective_at],
+                )?;
+                Ok(Recorded { id, expires_at: Some(expires), refreshed: true })
+            } else {
+                tx.execute(
+                    "INSERT INTO grants (origin_kind, origin_detail, address, protocol, port, requested_at, \
+                     effective_at, expires_at, duration_ms, state, driver, driver_result) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'active', ?10, 'ok')",
+                    params![
+                        g.origin.kind.as_str(),
+                        g.origin.detail,
+                        addr,
+                        proto,
+                        service.port,
+                        g.requested_at,
+                        g.effective_at,
+                        expires,
+                        duration,
+                        g.driver
+                    ],
+                )?;
+                Ok(Recorded { id: tx.last_insert_rowid(), expires_at: Some(expires), refreshed: false })
+            }
+        }
+    }
+}
+
+/// One record by id.
+pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<GrantRecord>> {
+    conn.query_row(&format!("SELECT {COLUMNS} FROM grants WHERE id = ?1"), [id], row_to_record).optional()
+}
+
+/// The active record for a key, if any.
+pub fn active_for(
+    conn: &Connection,
+    addr: IpAddr,
+    service: Service,
+) -> rusqlite::Result<Option<GrantRecord>> {
+    conn.query_row(
+        &format!(
+            "SELECT {COLUMNS} FROM grants WHERE state = 'active' AND address = ?1 AND protocol = ?2 AND port = ?3"
+        ),
+        params![addr.to_string(), service.proto.as_str(), service.port],
+        row_to_record,
+    )
+    .optional()
+}
+
+/// Every active record.
+pub fn all_active(conn: &Connection) -> rusqlite::Result<Vec<GrantRecord>> {
+    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM grants WHERE state = 'active'"))?;
+    let rows = st.query_map([], row_to_record)?;
+    rows.collect()
+}
+
+/// Close an active record (revoked or expired). Returns whether it was active: of two
+/// concurrent closes, exactly one sees `true`.
+pub fn close(
+    conn: &Connection,
+    id: i64,
+    state: GrantState,
+    by: Option<&str>,
+    at: i64,
+) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "UPDATE grants SET state = ?2, revoked_by = ?3, closed_at = ?4 WHERE id = ?1 AND state = 'active'",
+        params![id, state.as_str(), by, at],
+    )?;
+    Ok(n == 1)
+}
+
+/// Mark every active record whose expiry is at or before `now` expired, in one
+/// transaction; `closed_at` is the expiry time itself. Returns the ids.
+pub fn expire_due(conn: &mut Connection, now: i64, only: Option<&[i64]>) -> rusqlite::Result<Vec<i64>> {
+    let tx = conn.transaction()?;
+    let ids: Vec<i64> = {
+        let mut st = tx.prepare("SELECT id FROM grants WHERE state = 'active' AND expires_at <= ?1")?;
+        let rows = st.query_map([now], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<Vec<i64>>>()?
+    };
+    let ids: Vec<i64> = match only {
+        Some(keep) => ids.into_iter().filter(|i| keep.contains(i)).collect(),
+        None => ids,
+    };
+    {
+        let mut st = tx.prepare(
+            "UPDATE grants SET state = 'expired', closed_at = expires_at WHERE id = ?1 AND state = 'active'",
+        )?;
+        for id in &ids {
+            st.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(ids)
+}
+
+/// A page of records, newest first, and the total matching the filter.
+pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<(Vec<GrantRecord>, u64)> {
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(s) = f.state {
+        clauses.push("state = ?");
+        args.push(s.as_str().to_string().into());
+    }
+    if let Some(a) = f.address {
+        clauses.push("address = ?");
+        args.push(a.to_string().into());
+    }
+    if let Some(k) = f.origin_kind {
+        clauses.push("origin_kind = ?");
+        args.push(k.as_str().to_string().into());
+    }
+    if let Some(d) = &f.origin_detail {
+        clauses.push("origin_detail = ?");
+        args.push(d.clone().into());
+    }
+    let filter = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    let total: i64 = conn.query_row(
+        &format!("SELECT COUNT(*) FROM grants{filter}"),
+        rusqlite::params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let offset = (f.page.saturating_sub(1)).saturating_mul(f.per_page);
+    let mut page_args = args.clone();
+    page_args.push(i64::try_from(f.per_page).unwrap_or(i64::MAX).into());
+    page_args.push(i64::try_from(offset).unwrap_or(i64::MAX).into());
+    let mut st =
+        conn.prepare(&format!("SELECT {COLUMNS} FROM grants{filter} ORDER BY id DESC LIMIT ? OFFSET ?"))?;
+    let rows = st.query_map(rusqlite::params_from_iter(page_args.iter()), row_to_record)?;
+    let items = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((items, u64::try_from(total).unwrap_or(0)))
+}
+
+/// Record counts by (origin kind, state), for metrics.
+pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    let mut st = conn.prepare(
+        "SELECT origin_kind, state, COUNT(*) FROM grants GROUP BY origin_kind, state ORDER BY 1, 2",
+    )?;
+    let rows =
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0))))?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        configure(&c).unwrap();
+        migrate(&mut c).unwrap();
+        c
+    }
+
+    fn new(addr: &str, port: u16, at: i64, secs: u64) -> NewGrants {
+        NewGrants {
+            origin: Origin { kind: OriginKind::Door, detail: "ssh".into() },
+            addr: addr.parse().unwrap(),
+            services: vec![Service::tcp(port)],
+            requested_at: at,
+            effective_at: at,
+            duration: Duration::from_secs(secs),
+            driver: "none",
+            result: Ok(()),
+        }
+    }
+
+    #[test]
+    fn migrations_are_versioned_and_idempotent() {
+        let mut c = db();
+        assert_eq!(migrate(&mut c).unwrap(), SCHEMA_VERSION);
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, SCHEMA_VERSION);
+        c.pragma_update(None, "user_version", 99).unwrap();
+        assert!(migrate(&mut c).unwrap_err().contains("newer"));
+    }
+
+    #[test]
+    fn a_repeat_grant_refreshes_the_active_record() {
+        let mut c = db();
+        let a = record(&mut c, &new("192.0.2.2", 22, 1000, 30)).unwrap()[0];
+        let b = record(&mut c, &new("192.0.2.2", 22, 5000, 10)).unwrap()[0];
+        assert_eq!(a.id, b.id);
+        assert!(b.refreshed);
+        let r = get(&c, a.id).unwrap().unwrap();
+        assert_eq!((r.expires_at, r.refresh_count, r.requested_at), (15_000, 1, 1000));
+        // A different port or address is a different grant.
+        assert_ne!(record(&mut c, &new("192.0.2.2", 23, 5000, 10)).unwrap()[0].id, a.id);
+        assert_ne!(record(&mut c, &new("192.0.2.3", 22, 5000, 10)).unwrap()[0].id, a.id);
+        // Once closed, the same key makes a new record.
+        assert!(close(&c, a.id, GrantState::Revoked, Some("t"), 6000).unwrap());
+        assert!(!close(&c, a.id, GrantState::Revoked, Some("t"), 6000).unwrap(), "closes once");
+        assert_ne!(record(&mut c, &new("192.0.2.2", 22, 7000, 10)).unwrap()[0].id, a.id);
+    }
+
+    #[test]
+    fn failed_grants_are_recorded_as_failed_and_do_not_touch_the_active_one() {
+        let mut c = db();
+        let a = record(&mut c, &new("192.0.2.2", 22, 1000, 30)).unwrap()[0];
+        let mut f = new("192.0.2.2", 22, 2000, 30);
+        f.result = Err("nft grant: set full".into());
+        let b = record(&mut c, &f).unwrap()[0];
+        assert_ne!(a.id, b.id);
+        let r = get(&c, b.id).unwrap().unwrap();
+        assert_eq!(r.state, GrantState::Failed);
+        assert!(r.driver_result.contains("set full"));
+        assert_eq!(get(&c, a.id).unwrap().unwrap().state, GrantState::Active);
+    }
+
+    #[test]
+    fn expiry_marks_due_records_only() {
+        let mut c = db();
+        let a = record(&mut c, &new("192.0.2.2", 22, 0, 1)).unwrap()[0].id;
+        let b = record(&mut c, &new("192.0.2.3", 22, 0, 100)).unwrap()[0].id;
+        assert_eq!(expire_due(&mut c, 1000, None).unwrap(), vec![a]);
+        let r = get(&c, a).unwrap().unwrap();
+        assert_eq!((r.state, r.closed_at), (GrantState::Expired, Some(1000)));
+        assert_eq!(get(&c, b).unwrap().unwrap().state, GrantState::Active);
+    }
+
+    #[test]
+    fn list_filters_and_pages_with_bound_parameters() {
+        let mut c = db();
+        for i in 0..25u16 {
+            record(&mut c, &new(if i % 2 == 0 { "192.0.2.2" } else { "2001:db8::2" }, 100 + i, 0, 10))
+                .unwrap();
+        }
+        let f = |page, per_page| Filter { page, per_page, ..Filter::default() };
+        let (items, total) = list(&c, &f(1, 10)).unwrap();
+        assert_eq!((items.len(), total), (10, 25));
+        assert_eq!(items[0].service.port, 124, "newest first");
+        assert_eq!(list(&c, &f(3, 10)).unwrap().0.len(), 5);
+        assert_eq!(list(&c, &f(4, 10)).unwrap().0.len(), 0);
+        let v6 = Filter { address: Some("2001:db8::2".parse().unwrap()), ..f(1, 100) };
+        assert_eq!(list(&c, &v6).unwrap().1, 12);
+        let sql = Filter { origin_detail: Some("x' OR '1'='1".into()), ..f(1, 100) };
+        assert_eq!(list(&c, &sql).unwrap().1, 0);
+        let active =
+            Filter { state: Some(GrantState::Active), origin_kind: Some(OriginKind::Door), ..f(1, 1) };
+        assert_eq!(list(&c, &active).unwrap().1, 25);
+        assert_eq!(counts(&c).unwrap(), vec![("door".into(), "active".into(), 25)]);
+    }
+}
