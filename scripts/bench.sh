@@ -4,7 +4,7 @@
 # release mode, runs the suite, prints the markdown report and saves it to
 # bench/results-<date>.md.
 #
-#   bash scripts/bench.sh            # full suite, about 10 minutes on 2 cores
+#   bash scripts/bench.sh            # full suite, about 7 minutes on 2 cores
 #   bash scripts/bench.sh --quick    # fewer trials, shorter floods, about 3 minutes
 #   bash scripts/bench.sh latency    # one scenario: latency|flood|grants|spa|memory
 set -euo pipefail
@@ -24,5 +24,7 @@ for a in "$@"; do
 done
 mkdir -p bench
 out="bench/results-$(date -u +%Y-%m-%d).md"
+# Never overwrite an earlier run of the same day.
+[ -e "$out" ] && out="bench/results-$(date -u +%Y-%m-%d-%H%M).md"
 ./target/release/portcullis-bench "$cmd" ${args[@]+"${args[@]}"} --out "$out"
 echo "saved: $out" >&2

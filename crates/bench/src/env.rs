@@ -1,6 +1,7 @@
 //! The bench's world: a bridged [`Lab`] (server, client, attacker on one segment), a
 //! pool of fresh client source addresses, a baseline firewall, a service on the
-//! protected port, and the three daemons started and stopped by PID.
+//! protected port, and the daemons (portcullisd as knock and as SPA daemon, knockd,
+//! fwknopd) started and stopped by PID.
 //!
 //! Addresses: the segment is 192.0.2.0/24 (server .1, client .2, attacker .3). Trial
 //! sources are 198.19.4.1 onwards (RFC 2544 benchmark range), all on the client's
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use portcullis_daemon::lab::{self, Lab};
+use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerKey, UserKey};
+use portcullis_proto::{Proto, Service};
 
 use crate::probe;
 use crate::procmon;
@@ -42,6 +45,8 @@ pub const SPA_PORT: u16 = 62201;
 pub const SEQ_TIMEOUT_S: u64 = 5;
 /// How long a grant lasts.
 pub const GRANT_S: u64 = 5;
+/// The native SPA user portcullisd knows (its public key in `[[spa.user]]`).
+pub const NATIVE_USER: &str = "bench";
 /// Trial source addresses available.
 const POOL: u32 = 3000;
 /// First trial source.
@@ -58,6 +63,21 @@ pub enum Daemon {
     KnockdNft,
     /// fwknopd (iptables), HMAC-SHA256 + Rijndael, driven by the real `fwknop` client.
     Fwknopd,
+    /// portcullisd with `[spa]` (an fwknop stanza with fwknopd's keys and a native
+    /// user), driven by packets from the real `fwknop` client.
+    PortcullisdSpaFwknop,
+    /// The same portcullisd SPA configuration, driven by native packets
+    /// (`portcullis_proto::spa::native::seal`, in process).
+    PortcullisdSpaNative,
+}
+
+/// Which SPA packet an attempt sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaFormat {
+    /// Built by the real `fwknop` client (HMAC-SHA256 + Rijndael).
+    Fwknop,
+    /// portcullis native (X25519 + ChaCha20-Poly1305 + Ed25519), 256 bytes.
+    Native,
 }
 
 impl Daemon {
@@ -67,13 +87,31 @@ impl Daemon {
             Daemon::Portcullisd => "portcullisd",
             Daemon::KnockdIpt | Daemon::KnockdNft => "knockd",
             Daemon::Fwknopd => "fwknopd",
+            Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
+            Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
+        }
+    }
+
+    /// portcullisd in any configuration.
+    pub fn is_portcullisd(self) -> bool {
+        matches!(self, Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative)
+    }
+
+    /// The SPA packet an attempt sends, or `None` for knocks.
+    pub fn spa(self) -> Option<SpaFormat> {
+        match self {
+            Daemon::Fwknopd | Daemon::PortcullisdSpaFwknop => Some(SpaFormat::Fwknop),
+            Daemon::PortcullisdSpaNative => Some(SpaFormat::Native),
+            Daemon::Portcullisd | Daemon::KnockdIpt | Daemon::KnockdNft => None,
         }
     }
 
     /// Firewall column.
     pub fn fw(self) -> &'static str {
         match self {
-            Daemon::Portcullisd => "nftables (netlink)",
+            Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
+                "nftables (netlink)"
+            }
             Daemon::KnockdIpt => "iptables",
             Daemon::KnockdNft => "nft set",
             Daemon::Fwknopd => "iptables",
@@ -115,6 +153,9 @@ pub struct Env {
     listener_stop: Arc<AtomicBool>,
     listener: Option<JoinHandle<()>>,
     keys: (String, String),
+    /// Native SPA: the server's X25519 key (written to each portcullisd's key file)
+    /// and the bench user's Ed25519 key.
+    pub native: (ServerKey, UserKey),
     seq: Cell<u32>,
     started: Vec<u32>,
     last_dir: PathBuf,
@@ -157,6 +198,7 @@ impl Env {
             listener_stop: Arc::new(AtomicBool::new(false)),
             listener: None,
             keys: (String::new(), String::new()),
+            native: (ServerKey::generate(&mut urandom), UserKey::generate(&mut urandom)),
             seq: Cell::new(0),
             started: Vec::new(),
             last_dir: PathBuf::new(),
@@ -314,6 +356,37 @@ impl Env {
                         "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n[[door]]\nname = \"bench\"\n\
                          sequence = [{seq}]\nseq_timeout = {SEQ_TIMEOUT_S}\nopen = [\"tcp/{PROTECTED}\"]\nopen_for = {GRANT_S}\n",
                         s(&dir.join("state"))
+                    ),
+                )?;
+                let bin = s(&self.bins.portcullisd);
+                let c = self.lab.spawn(
+                    &srv,
+                    &pinned(pin, &[&bin, "run", "--config", &s(&conf)]),
+                    Stdio::null(),
+                    Stdio::from(logf),
+                )?;
+                let pid = c.id();
+                wait_for_log(&log, "ready:", Duration::from_secs(10))?;
+                pid
+            }
+            Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
+                self.reset_firewall("")?;
+                let key = dir.join("server.key");
+                write_private(&key, self.native.0.to_text().as_bytes())?;
+                let conf = dir.join("portcullis.toml");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n\
+                         [spa]\nports = [{SPA_PORT}]\nserver_key_file = \"{}\"\n\n\
+                         [[spa.user]]\nname = \"{NATIVE_USER}\"\nkey = \"{}\"\nopen = [\"tcp/{PROTECTED}\"]\nmax_open_for = {GRANT_S}\n\n\
+                         [[spa.fwknop]]\nname = \"bench\"\nkey_base64 = \"{}\"\nhmac_key_base64 = \"{}\"\n\
+                         hmac_digest_type = \"sha256\"\nopen_ports = [\"tcp/{PROTECTED}\"]\nfw_access_timeout = {GRANT_S}\n",
+                        s(&dir.join("state")),
+                        s(&key),
+                        self.native.1.public(),
+                        self.keys.0,
+                        self.keys.1
                     ),
                 )?;
                 let bin = s(&self.bins.portcullisd);
@@ -502,7 +575,11 @@ impl Env {
         every: Duration,
     ) -> anyhow::Result<(Ipv4Addr, JoinHandle<anyhow::Result<Option<Duration>>>)> {
         let src = self.fresh_source()?;
-        let spa = if d == Daemon::Fwknopd { Some(self.spa_packet(src)?) } else { None };
+        let spa = match d.spa() {
+            Some(SpaFormat::Fwknop) => Some(self.spa_packet(src)?),
+            Some(SpaFormat::Native) => Some(self.native_packet(src)?),
+            None => None,
+        };
         let ns = self.cli_ns.clone();
         let pin = self.pin_client;
         Ok((src, std::thread::spawn(move || attempt_in(&ns, IpAddr::V4(src), spa, limit, every, pin))))
@@ -555,6 +632,24 @@ impl Env {
         Ok(data.trim_ascii().to_vec())
     }
 
+    /// A native SPA packet for tcp/22, allow address `allow` (explicit, as the format
+    /// recommends), sealed in process for this lab's server key and signed by the
+    /// bench user: 256 bytes, sent by the caller as one datagram.
+    pub fn native_packet(&self, allow: Ipv4Addr) -> anyhow::Result<Vec<u8>> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let req = Request::new(
+            NATIVE_USER,
+            now,
+            AllowAddr::V4(allow),
+            [Service { proto: Proto::Tcp, port: PROTECTED }],
+            u32::try_from(GRANT_S)?,
+            &mut urandom,
+        )
+        .map_err(|e| anyhow::anyhow!("native request: {e}"))?;
+        native::seal(&req, self.native.0.public(), &self.native.1, &mut urandom)
+            .map_err(|e| anyhow::anyhow!("native seal: {e}"))
+    }
+
     /// `rx_packets` of the server's `eth0`.
     pub fn server_rx(&self) -> u64 {
         run_in(&self.lab.server, &["cat", "/sys/class/net/eth0/statistics/rx_packets"])
@@ -582,6 +677,27 @@ fn attempt_in(
         None => probe::knock_tcp(src, dst, &SEQUENCE)?,
     };
     Ok(probe::await_open(src, SocketAddr::new(dst, PROTECTED), t0, limit, every)?)
+}
+
+/// Fill `buf` from the kernel's CSPRNG (keys, nonces, ephemeral secrets). Falls back
+/// to the bench's time-seeded generator only if `/dev/urandom` cannot be read, which
+/// is acceptable for throwaway lab keys.
+pub fn urandom(buf: &mut [u8]) {
+    use std::io::Read as _;
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).is_ok();
+    if !ok {
+        crate::stats::Rng::from_time().fill(buf);
+    }
+}
+
+/// Write a file readable by its owner only (portcullisd refuses a group/world-readable
+/// server key).
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(data)?;
+    Ok(())
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -33,12 +33,17 @@ pub enum Ports {
 }
 
 /// What each packet is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// A TCP SYN.
     Syn,
     /// A UDP datagram of this many random bytes.
     UdpJunk(usize),
+    /// A UDP datagram of this many bytes starting with `prefix`, the rest random
+    /// (e.g. the native SPA magic and version: junk that looks like the format).
+    UdpPrefixed(&'static [u8], usize),
+    /// UDP datagrams with these payloads, used in turn (pre-built packets).
+    UdpPayloads(Arc<Vec<Vec<u8>>>),
 }
 
 /// The spoofed source addresses, used in order and cycled: `count` distinct ones.
@@ -214,7 +219,7 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         };
         let sport = 1024 + (r as u16 % 60000);
         let seq = (r >> 32) as u32;
-        let pkt: &[u8] = match (spec.sources, spec.dst, spec.kind) {
+        let pkt: &[u8] = match (spec.sources, spec.dst, &spec.kind) {
             (Sources::V4 { base, count }, IpAddr::V4(dst), kind) => {
                 let src = Ipv4Addr::from(u32::from(base) + (i % u64::from(count)) as u32);
                 match kind {
@@ -223,9 +228,23 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
                         &syn4
                     }
                     Kind::UdpJunk(len) => {
-                        junk.resize(len, 0);
+                        junk.resize(*len, 0);
                         rng.fill(&mut junk);
                         packet::udp_v4(&mut udp, src, dst, sport, port, &junk);
+                        &udp
+                    }
+                    Kind::UdpPrefixed(prefix, len) => {
+                        junk.resize((*len).max(prefix.len()), 0);
+                        rng.fill(&mut junk);
+                        junk[..prefix.len()].copy_from_slice(prefix);
+                        packet::udp_v4(&mut udp, src, dst, sport, port, &junk);
+                        &udp
+                    }
+                    Kind::UdpPayloads(list) => {
+                        let Some(p) = list.get((i % list.len().max(1) as u64) as usize) else {
+                            bail!("UdpPayloads flood without payloads");
+                        };
+                        packet::udp_v4(&mut udp, src, dst, sport, port, p);
                         &udp
                     }
                 }

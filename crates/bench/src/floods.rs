@@ -15,6 +15,7 @@ use crate::procmon::{self, Sampler};
 use crate::report::Report;
 use crate::stats::{ms, summarize};
 use crate::table::{fmt_ms, thousands, Table};
+use portcullis_proto::spa::native;
 
 /// Time a legitimate attempt has to succeed.
 pub const LEGIT_LIMIT: Duration = Duration::from_millis(2500);
@@ -112,7 +113,7 @@ pub fn run_case(
     }
     // RSS "after": 3 s after the flood for knockd/fwknopd; for portcullisd, once its
     // housekeeping has freed the attempts (at most seq_timeout × 2 + 2 s).
-    let after = if d == Daemon::Portcullisd {
+    let after = if d.is_portcullisd() {
         let limit = t_end + Duration::from_secs(SEQ_TIMEOUT_S * 2 + 2);
         loop {
             let now = procmon::rss_kib(r.pid).unwrap_or(0);
@@ -216,67 +217,109 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
         max_time: secs,
     };
     let syn7000 = "SYN → 7000 (1st knock port), 32,768 spoofed sources";
-    let cases: Vec<(Daemon, String, Option<Spec>)> = vec![
+    // The SPA-port floods against portcullisd. fwknop-looking junk: random base64 of
+    // the length `fwknop -A tcp/22` produces (passes the shape checks, costs an HMAC).
+    let fwk_len = env.spa_packet(std::net::Ipv4Addr::new(198, 19, 3, 1))?.len();
+    let b64_junk = Arc::new(crate::spa::base64_junk(4096, fwk_len));
+    // Native packets with a valid server tag and a random body: what an attacker who
+    // knows the server's public key (or copied headers off the wire) can send. Each
+    // passes `precheck` and costs X25519 + AEAD, within the daemon's crypto budget.
+    let tagged = Arc::new(crate::spa::tagged_native_junk(&env.native.0, &env.native.1, 1024)?);
+    const NATIVE_HDR: &[u8] = &[native::MAGIC[0], native::MAGIC[1], native::MAGIC[2], native::VERSION];
+    // (daemon, label, spec, counts for the "10/10 in every flood" target)
+    let cases: Vec<(Daemon, String, Spec, bool)> = vec![
         (
             Daemon::Portcullisd,
             format!("{syn7000}, full speed"),
-            Some(spec(Kind::Syn, Ports::Fixed(7000), None)),
+            spec(Kind::Syn, Ports::Fixed(7000), None),
+            true,
         ),
         (
             Daemon::Portcullisd,
             format!("{syn7000} @20 kpps"),
-            Some(spec(Kind::Syn, Ports::Fixed(7000), Some(20_000))),
+            spec(Kind::Syn, Ports::Fixed(7000), Some(20_000)),
+            true,
         ),
         (
             Daemon::Portcullisd,
             "SYN → random ports, full speed".into(),
-            Some(spec(Kind::Syn, Ports::Random, None)),
+            spec(Kind::Syn, Ports::Random, None),
+            true,
         ),
-        (Daemon::Portcullisd, "UDP junk → SPA port: portcullisd SPA: not yet implemented".into(), None),
+        (
+            Daemon::PortcullisdSpaFwknop,
+            format!("UDP junk (200 B) → {SPA_PORT} (SPA port), full speed"),
+            spec(Kind::UdpJunk(200), Ports::Fixed(SPA_PORT), None),
+            true,
+        ),
+        (
+            Daemon::PortcullisdSpaFwknop,
+            format!("fwknop-looking junk (random base64, {fwk_len} B) → {SPA_PORT}, full speed"),
+            spec(Kind::UdpPayloads(b64_junk), Ports::Fixed(SPA_PORT), None),
+            true,
+        ),
+        (
+            Daemon::PortcullisdSpaNative,
+            format!(
+                "native-looking junk (`pcn\\x01` + random, {} B) → {SPA_PORT}, full speed",
+                native::PACKET_LEN
+            ),
+            spec(Kind::UdpPrefixed(NATIVE_HDR, native::PACKET_LEN), Ports::Fixed(SPA_PORT), None),
+            true,
+        ),
+        (
+            Daemon::PortcullisdSpaNative,
+            format!(
+                "native, valid server tag + random body ({} B; attacker knows the server public key) → {SPA_PORT}, full speed",
+                native::PACKET_LEN
+            ),
+            spec(Kind::UdpPayloads(tagged), Ports::Fixed(SPA_PORT), None),
+            false,
+        ),
         (
             Daemon::KnockdIpt,
             format!("{syn7000}, full speed"),
-            Some(spec(Kind::Syn, Ports::Fixed(7000), None)),
+            spec(Kind::Syn, Ports::Fixed(7000), None),
+            false,
         ),
         (
             Daemon::KnockdIpt,
             format!("{syn7000} @20 kpps"),
-            Some(spec(Kind::Syn, Ports::Fixed(7000), Some(20_000))),
+            spec(Kind::Syn, Ports::Fixed(7000), Some(20_000)),
+            false,
         ),
         (
             Daemon::KnockdIpt,
             "SYN → random ports, full speed".into(),
-            Some(spec(Kind::Syn, Ports::Random, None)),
+            spec(Kind::Syn, Ports::Random, None),
+            false,
         ),
         (
             Daemon::Fwknopd,
             format!("UDP junk (200 B) → {SPA_PORT} (SPA port), full speed"),
-            Some(spec(Kind::UdpJunk(200), Ports::Fixed(SPA_PORT), None)),
+            spec(Kind::UdpJunk(200), Ports::Fixed(SPA_PORT), None),
+            false,
         ),
         (
             Daemon::Fwknopd,
             "UDP junk (200 B) → random ports, full speed".into(),
-            Some(spec(Kind::UdpJunk(200), Ports::Random, None)),
+            spec(Kind::UdpJunk(200), Ports::Random, None),
+            false,
         ),
     ];
     let mut t = Table::new("2. Flood resilience", &HEADERS);
     let mut pc_results = Vec::new();
-    for (d, label, spec) in cases {
+    for (d, label, spec, in_target) in cases {
         if only.is_some_and(|o| !format!("{} {label}", d.name()).contains(o)) {
             continue;
         }
-        let Some(spec) = spec else {
-            // Hook: once the daemon handles SPA, flood its SPA port like fwknopd's.
-            t.row(vec![d.name().into(), label, "skipped".into()]);
-            continue;
-        };
         env.say(format!("flood: {} — {label}", d.name()));
         let o = run_case(env, d, spec, attempts, report)?;
         let mut row = vec![format!("{} ({})", d.name(), d.fw()), label.clone()];
         row.extend(cells(&o, attempts));
         t.row(row);
-        if d == Daemon::Portcullisd {
-            pc_results.push((label, o));
+        if d.is_portcullisd() {
+            pc_results.push((d, label, in_target, o));
         }
     }
     t.note(format!(
@@ -293,13 +336,30 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
         LEGIT_LIMIT.as_secs_f64()
     ));
     report.tables.push(t);
-    let all_ok = pc_results.iter().all(|(_, o)| o.legit_ok() == attempts);
+    let in_target: Vec<&(Daemon, String, bool, Outcome)> = pc_results.iter().filter(|r| r.2).collect();
+    let all_ok = in_target.iter().all(|r| r.3.legit_ok() == attempts);
     let measured =
-        pc_results.iter().map(|(_, o)| format!("{}/{attempts}", o.legit_ok())).collect::<Vec<_>>().join(", ");
+        in_target.iter().map(|r| format!("{}/{attempts}", r.3.legit_ok())).collect::<Vec<_>>().join(", ");
     report.check(
         &format!("portcullisd: {attempts}/{attempts} legit in every flood scenario"),
         measured,
         all_ok,
     );
+    let spa_junk: Vec<&&(Daemon, String, bool, Outcome)> =
+        in_target.iter().filter(|r| r.0 != Daemon::Portcullisd).collect();
+    if !spa_junk.is_empty() {
+        report.check(
+            &format!("portcullisd SPA: {attempts}/{attempts} legit under SPA-port junk floods"),
+            spa_junk
+                .iter()
+                .map(|r| {
+                    let fmt = if r.0 == Daemon::PortcullisdSpaNative { "native" } else { "fwknop" };
+                    format!("{}/{attempts} ({fmt})", r.3.legit_ok())
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            spa_junk.iter().all(|r| r.3.legit_ok() == attempts),
+        );
+    }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
     let runs = [
         (Daemon::Portcullisd, false),
         (Daemon::Portcullisd, true),
+        (Daemon::PortcullisdSpaFwknop, false),
+        (Daemon::PortcullisdSpaNative, false),
         (Daemon::KnockdIpt, false),
         (Daemon::KnockdNft, false),
         (Daemon::Fwknopd, false),
@@ -91,7 +93,10 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
         "Each trial uses a fresh client source address. Knocks: TCP SYN 7000, 8000, 9000 sent back to back \
          (knock(1) semantics, our own sockets), after a random 0–100 ms pause so trials are not in phase \
          with knockd's 50 ms capture timeout or fwknopd's 100 ms loop; SPA: built by the real `fwknop` client (`-T -B`, HMAC-SHA256 + \
-         Rijndael) in the client namespace and sent as one UDP datagram by the bench so its send time is exact. \
+         Rijndael) in the client namespace and sent as one UDP datagram by the bench so its send time is exact; \
+         the same packets go to fwknopd and to portcullisd's fwknop stanza (same keys, tcp/22, 5 s). Native SPA: \
+         sealed in process before the trial (`portcullis_proto::spa::native::seal`, allow = the trial source, \
+         tcp/22, 5 s) and sent the same way (256 B). \
          Then a probe SYN to tcp/22 from the same source every {} µs (non-blocking connect, ppoll); latency = send \
          time of the first answered probe − send time of the last knock/SPA packet, so figures are upper bounds \
          with {} µs resolution; the first probe leaves about 20 µs after the last knock, so a figure near \
@@ -103,6 +108,8 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
         PROBE_EVERY.as_micros()
     ));
     report.tables.push(t);
+
+    spa_vs_fwknopd(&results, trials, report);
 
     let pc_s = pc.map(|s| (s.median, s.p95));
     let best = |want: &[Daemon]| {
@@ -135,4 +142,69 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
         rf.is_some_and(|r| r >= 100.0),
     );
     Ok(())
+}
+
+/// Table 1b and the SPA targets: portcullisd SPA (both formats) against fwknopd.
+fn spa_vs_fwknopd(results: &[(Daemon, bool, usize, Option<Summary>)], trials: usize, report: &mut Report) {
+    let get = |d: Daemon| results.iter().find(|r| r.0 == d && !r.1);
+    let fw = get(Daemon::Fwknopd).and_then(|r| r.3);
+    let spa = [
+        (Daemon::Fwknopd, "fwknopd", "fwknop client (HMAC-SHA256 + Rijndael)"),
+        (Daemon::PortcullisdSpaFwknop, "portcullisd", "fwknop client (HMAC-SHA256 + Rijndael)"),
+        (Daemon::PortcullisdSpaNative, "portcullisd", "native (X25519 + ChaCha20-Poly1305 + Ed25519)"),
+    ];
+    if spa.iter().skip(1).all(|(d, ..)| get(*d).is_none()) {
+        return;
+    }
+    let mut t = Table::new(
+        "1b. SPA latency: portcullisd against fwknopd (ms)",
+        &["daemon", "SPA packet", "ok", "median", "p95", "fwknopd median ÷ this", "fwknopd p95 ÷ this"],
+    );
+    for (d, name, packet) in spa {
+        let Some((_, _, ok, s)) = get(d) else { continue };
+        let f = |v: fn(&Summary) -> f64| s.as_ref().map_or("–".into(), |s| fmt_ms(v(s)));
+        t.row(vec![
+            name.into(),
+            packet.into(),
+            format!("{ok}/{trials}"),
+            f(|s| s.median),
+            f(|s| s.p95),
+            fmt_ratio(fw.map(|s| s.median), s.map(|s| s.median)),
+            fmt_ratio(fw.map(|s| s.p95), s.map(|s| s.p95)),
+        ]);
+    }
+    t.note(
+        "Same trials as table 1 (fresh source per trial, one UDP datagram to 62201, probe SYN every 100 µs). \
+         portcullisd runs one configuration with both an `[[spa.fwknop]]` stanza holding fwknopd's keys and a \
+         native `[[spa.user]]`; the rows differ only in the packet the client sends. The ratio columns divide \
+         fwknopd's figure by the row's: how many times faster than fwknopd.",
+    );
+    report.tables.push(t);
+
+    let rows: Vec<(&str, usize, Option<Summary>)> =
+        [(Daemon::PortcullisdSpaFwknop, "fwknop format"), (Daemon::PortcullisdSpaNative, "native")]
+            .iter()
+            .filter_map(|(d, label)| get(*d).map(|r| (*label, r.2, r.3)))
+            .collect();
+    report.check(
+        "SPA open latency median ≤ 1 ms (both formats)",
+        rows.iter()
+            .map(|(l, ok, s)| {
+                format!("{l}: {} ms ({ok}/{trials})", s.map_or("–".into(), |s| fmt_ms(s.median)))
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        rows.iter().all(|(_, ok, s)| *ok == trials && s.is_some_and(|s| s.median <= 1.0)),
+    );
+    report.check(
+        "SPA ≥ 100× faster than fwknopd (median, both formats)",
+        rows.iter()
+            .map(|(l, _, s)| format!("{l}: {}", fmt_ratio(fw.map(|f| f.median), s.map(|s| s.median))))
+            .collect::<Vec<_>>()
+            .join("; "),
+        rows.iter().all(|(_, _, s)| match (fw, s) {
+            (Some(f), Some(s)) => f.median / s.median >= 100.0,
+            _ => false,
+        }),
+    );
 }

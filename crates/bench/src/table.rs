@@ -78,10 +78,12 @@ pub fn fmt_ms(v: f64) -> String {
     }
 }
 
-/// Microseconds from seconds: `12.3 µs`, `1,234 µs`.
+/// Microseconds from seconds: `12.3 µs`, `1,234 µs`; below 1 µs, nanoseconds (`86 ns`).
 pub fn fmt_us(secs: f64) -> String {
     let us = secs * 1e6;
-    if us < 100.0 {
+    if us < 1.0 {
+        format!("{:.0} ns", us * 1e3)
+    } else if us < 100.0 {
         format!("{us:.1} µs")
     } else {
         format!("{} µs", thousands(us.round() as u64))
@@ -155,5 +157,6 @@ mod tests {
         assert_eq!(fmt_ratio(Some(3.0), None), "–");
         assert_eq!(fmt_us(0.000_012_34), "12.3 µs");
         assert_eq!(fmt_us(0.001_234), "1,234 µs");
+        assert_eq!(fmt_us(0.000_000_086), "86 ns");
     }
 }
