@@ -180,10 +180,12 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     // --- end grants ---
     let s = engine.stats();
     tracing::info!(
-        "stopping: {} packets seen, {} opened, {} grant failures; firewall rules left in place, grants expire on their own",
+        "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, grants expire on their own",
         s.packets,
         s.opened,
-        s.grant_failures
+        s.grant_failures,
+        s.spa_accepted,
+        s.spa_rejected
     );
     Ok(())
 }

@@ -13,7 +13,8 @@
 
 pub mod replay;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -70,6 +71,46 @@ impl Budget {
     }
 }
 
+/// Ephemeral public keys that already cost an X25519 operation. A genuine native
+/// packet uses a fresh ephemeral key, so a second packet with the same one is a replay
+/// or a copied header with a forged body (which needs no key at all: the server tag
+/// covers only the server and ephemeral public keys); either way it is dropped before
+/// it can spend the crypto budget that genuine packets need. Two generations of keyed
+/// 64-bit hashes, each at most [`SeenEphemeral::GENERATION`] entries, rotated every
+/// `max_age` (a packet older than that is stale anyway): at most ~10 MB.
+struct SeenEphemeral {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    since: Millis,
+    hasher: RandomState,
+}
+
+impl SeenEphemeral {
+    const GENERATION: usize = 250_000;
+
+    fn new() -> SeenEphemeral {
+        SeenEphemeral {
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            since: Millis(0),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Record `eph`; false if it was seen within the window.
+    fn first_sight(&mut self, eph: &[u8], now: Millis, window: Duration) -> bool {
+        if now.since(self.since) >= window || self.current.len() >= Self::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+            self.since = now;
+        }
+        let h = self.hasher.hash_one(eph);
+        if self.previous.contains(&h) {
+            return false;
+        }
+        self.current.insert(h)
+    }
+}
+
 /// Decides SPA packets.
 pub struct SpaGate {
     ports: Vec<u16>,
@@ -81,6 +122,7 @@ pub struct SpaGate {
     protected: Vec<Service>,
     replay: ReplayCache,
     budget: Budget,
+    seen_ephemeral: SeenEphemeral,
 }
 
 fn reason(e: SpaError) -> String {
@@ -101,6 +143,7 @@ impl SpaGate {
             protected,
             replay,
             budget: Budget { tokens: Budget::BURST, last: Millis(0) },
+            seen_ephemeral: SeenEphemeral::new(),
         }
     }
 
@@ -148,6 +191,13 @@ impl SpaGate {
         };
         if let Err(e) = native::precheck(payload, server.public()) {
             return Verdict::Reject(reason(e));
+        }
+        // The ephemeral public key is the last 32 bytes of the cleartext header.
+        let eph = &payload[native::HEADER_LEN - 32..native::HEADER_LEN];
+        if !self.seen_ephemeral.first_sight(eph, now, Duration::from_secs(self.max_age)) {
+            return Verdict::Reject(
+                "native SPA ephemeral key seen before (replayed or copied header)".into(),
+            );
         }
         if !self.budget.take(now) {
             return Verdict::Reject("native SPA crypto budget exhausted (flood?)".into());

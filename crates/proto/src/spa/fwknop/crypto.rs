@@ -68,9 +68,30 @@ pub(crate) fn b64_decode_config(text: &str) -> Option<Zeroizing<Vec<u8>>> {
 }
 
 /// Is `b` in the standard base64 alphabet (without `=`)?
+#[cfg(test)]
 pub(crate) fn is_b64_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
+    B64_CHARS[usize::from(b)]
 }
+
+/// Whether every byte is in the standard base64 alphabet (no `=`). A table lookup per
+/// byte, without early exit or data-dependent branches: under a flood of random
+/// base64-looking junk this check runs on every byte of every packet, and the
+/// branchy form mispredicted on random input (42 % of the daemon's time in a profile).
+pub(crate) fn all_b64(data: &[u8]) -> bool {
+    data.iter().fold(true, |ok, &b| ok & B64_CHARS[usize::from(b)])
+}
+
+/// `A-Z a-z 0-9 + /`.
+const B64_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+        i += 1;
+    }
+    t
+};
 
 /// Length of the unpadded base64 form of a digest of this type.
 pub(crate) const fn b64_len(t: HashType) -> usize {

@@ -9,7 +9,7 @@
 
 use subtle::ConstantTimeEq;
 
-use super::crypto::{b64_decode, b64_len, decrypt, hmac_b64, is_b64_char};
+use super::crypto::{all_b64, b64_decode, b64_len, decrypt, hmac_b64};
 use super::fields::parse_plaintext;
 use super::{FwknopKey, SpaMessage, MAX_WIRE_LEN, MIN_WIRE_LEN, SALTED_B64};
 use crate::spa::SpaError;
@@ -24,7 +24,7 @@ pub fn precheck(wire: &[u8]) -> Result<(), SpaError> {
     if !(MIN_WIRE_LEN..=MAX_WIRE_LEN).contains(&wire.len()) {
         return Err(SpaError::BadLength);
     }
-    if !wire.iter().copied().all(is_b64_char) {
+    if !all_b64(wire) {
         return Err(SpaError::BadCharset);
     }
     if wire.starts_with(SALTED_B64.as_bytes()) {
