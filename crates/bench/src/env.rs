@@ -57,6 +57,10 @@ const POOL_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 4, 1);
 pub enum Daemon {
     /// portcullisd, nftables driver.
     Portcullisd,
+    /// portcullisd, iptables driver, `iptables-nft-restore` batches (`backend = "iptables-nft"`).
+    PortcullisdIptNft,
+    /// portcullisd, iptables driver, `iptables-legacy-restore` batches (`backend = "iptables-legacy"`).
+    PortcullisdIptLegacy,
     /// knockd, start_command `iptables -I`, stop_command `iptables -D`.
     KnockdIpt,
     /// knockd, start_command `nft add element` with a timeout.
@@ -85,6 +89,8 @@ impl Daemon {
     pub fn name(self) -> &'static str {
         match self {
             Daemon::Portcullisd => "portcullisd",
+            Daemon::PortcullisdIptNft => "portcullisd (iptables-nft)",
+            Daemon::PortcullisdIptLegacy => "portcullisd (iptables-legacy)",
             Daemon::KnockdIpt | Daemon::KnockdNft => "knockd",
             Daemon::Fwknopd => "fwknopd",
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
@@ -94,7 +100,23 @@ impl Daemon {
 
     /// portcullisd in any configuration.
     pub fn is_portcullisd(self) -> bool {
-        matches!(self, Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative)
+        matches!(
+            self,
+            Daemon::Portcullisd
+                | Daemon::PortcullisdIptNft
+                | Daemon::PortcullisdIptLegacy
+                | Daemon::PortcullisdSpaFwknop
+                | Daemon::PortcullisdSpaNative
+        )
+    }
+
+    /// portcullisd's `backend` key for this configuration.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Daemon::PortcullisdIptNft => "iptables-nft",
+            Daemon::PortcullisdIptLegacy => "iptables-legacy",
+            _ => "nftables",
+        }
     }
 
     /// The SPA packet an attempt sends, or `None` for knocks.
@@ -102,7 +124,11 @@ impl Daemon {
         match self {
             Daemon::Fwknopd | Daemon::PortcullisdSpaFwknop => Some(SpaFormat::Fwknop),
             Daemon::PortcullisdSpaNative => Some(SpaFormat::Native),
-            Daemon::Portcullisd | Daemon::KnockdIpt | Daemon::KnockdNft => None,
+            Daemon::Portcullisd
+            | Daemon::PortcullisdIptNft
+            | Daemon::PortcullisdIptLegacy
+            | Daemon::KnockdIpt
+            | Daemon::KnockdNft => None,
         }
     }
 
@@ -112,6 +138,8 @@ impl Daemon {
             Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
                 "nftables (netlink)"
             }
+            Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
+            Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
             Daemon::KnockdIpt => "iptables",
             Daemon::KnockdNft => "nft set",
             Daemon::Fwknopd => "iptables",
@@ -150,6 +178,8 @@ pub struct Env {
     /// Attacker namespace path.
     pub atk_ns: PathBuf,
     next_src: Cell<u32>,
+    /// x_tables (iptables-legacy) were used in the server: reset them too.
+    legacy_used: Cell<bool>,
     listener_stop: Arc<AtomicBool>,
     listener: Option<JoinHandle<()>>,
     keys: (String, String),
@@ -195,6 +225,7 @@ impl Env {
             dir,
             bins,
             next_src: Cell::new(0),
+            legacy_used: Cell::new(false),
             listener_stop: Arc::new(AtomicBool::new(false)),
             listener: None,
             keys: (String::new(), String::new()),
@@ -324,7 +355,37 @@ impl Env {
         let f = self.dir.join("base.nft");
         std::fs::write(&f, rules)?;
         run_in(&self.lab.server, &["nft", "-f", &f.display().to_string()])?;
+        if self.legacy_used.get() {
+            // `nft flush ruleset` does not reach x_tables; portcullisd leaves its chain in
+            // place at exit (a restart must not close holes), so flush table filter here
+            // (no --noflush: the table is replaced, our chains go), server namespace only.
+            let empty = self.dir.join("legacy-empty.rules");
+            std::fs::write(
+                &empty,
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+            )?;
+            for bin in ["iptables-legacy-restore", "ip6tables-legacy-restore"] {
+                let (ns, file) = (self.lab.server.clone(), empty.display().to_string());
+                lab::sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "sh",
+                    "-c",
+                    &format!("exec {bin} -w < \"$1\""),
+                    "sh",
+                    &file,
+                ])?;
+            }
+        }
         Ok(())
+    }
+
+    /// Note that iptables-legacy (x_tables) is about to be used in the server namespace,
+    /// so that every later [`Env::reset_firewall`] flushes it as well.
+    pub fn mark_legacy(&self) {
+        self.legacy_used.set(true);
     }
 
     fn iptables(&self, args: &[&str]) -> anyhow::Result<()> {
@@ -337,7 +398,9 @@ impl Env {
     pub fn start(&mut self, d: Daemon) -> anyhow::Result<Running> {
         let n = self.seq.get() + 1;
         self.seq.set(n);
-        let dir = self.dir.join(format!("{n}-{}", d.name()));
+        let slug: String =
+            d.name().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let dir = self.dir.join(format!("{n}-{slug}"));
         std::fs::create_dir_all(&dir)?;
         self.last_dir = dir.clone();
         let pin = self.pin_daemon;
@@ -347,15 +410,19 @@ impl Env {
         let s = |p: &Path| p.display().to_string();
         let seq = SEQUENCE.map(|p| p.to_string()).join(",");
         let pid = match d {
-            Daemon::Portcullisd => {
+            Daemon::Portcullisd | Daemon::PortcullisdIptNft | Daemon::PortcullisdIptLegacy => {
+                if d == Daemon::PortcullisdIptLegacy {
+                    self.mark_legacy();
+                }
                 self.reset_firewall("")?;
                 let conf = dir.join("portcullis.toml");
                 std::fs::write(
                     &conf,
                     format!(
-                        "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n[[door]]\nname = \"bench\"\n\
+                        "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\nbackend = \"{}\"\n\n[[door]]\nname = \"bench\"\n\
                          sequence = [{seq}]\nseq_timeout = {SEQ_TIMEOUT_S}\nopen = [\"tcp/{PROTECTED}\"]\nopen_for = {GRANT_S}\n",
-                        s(&dir.join("state"))
+                        s(&dir.join("state")),
+                        d.backend()
                     ),
                 )?;
                 let bin = s(&self.bins.portcullisd);

@@ -1,7 +1,8 @@
-//! Scenario 3: grant scale. portcullis' nftables driver used directly (add the N-th
-//! grant, revoke one, per-connection cost with N grants live), against raw `iptables`
-//! rule insertion as the knockd/fwknopd-style baseline (portcullis has no iptables
-//! driver: these rows measure iptables itself, not portcullis).
+//! Scenario 3: grant scale. portcullis' nftables driver and its iptables driver
+//! (iptables-nft and, if the kernel has x_tables, iptables-legacy) used directly (add
+//! the N-th grant, revoke one, per-connection cost with N grants live), and raw
+//! `iptables` rule insertion by fork+exec as knockd's start_command and fwknopd do it
+//! (the knockd/fwknopd baseline).
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -9,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use portcullis_daemon::config::IptablesVariant;
+use portcullis_daemon::firewall::iptables::{rules, IptablesDriver};
 use portcullis_daemon::firewall::nft::NftDriver;
 use portcullis_daemon::firewall::{FirewallDriver, Grant, Plan};
 use portcullis_daemon::lab;
@@ -26,6 +29,10 @@ const WINDOW: u64 = 10;
 const REVOKES: usize = 5;
 /// iptables -A / -D timed at each checkpoint.
 const IPT_OPS: usize = 5;
+/// Grants added (then revoked) one by one at each checkpoint, iptables driver.
+const IPT_DRV_OPS: usize = 5;
+/// The iptables driver stops at the checkpoint where one add or revoke took longer.
+const IPT_DRV_SLOW: Duration = Duration::from_secs(5);
 /// Handshakes timed for per-connection cost.
 const CONNS: usize = 30;
 
@@ -207,6 +214,149 @@ fn iptables_part(env: &mut Env, checkpoints: &[u64]) -> anyhow::Result<(Vec<IptP
     Ok((points, conn0, conn_n))
 }
 
+/// Results of the iptables driver at one checkpoint.
+struct DrvPoint {
+    n: u64,
+    /// `iptables-<variant>-restore --noflush` of the whole chain with N grant rules.
+    load: Duration,
+    /// `IptablesDriver::setup` with N grants live (what a daemon restart costs).
+    setup: Duration,
+    add: f64,
+    revoke: f64,
+}
+
+/// What the iptables driver part measured.
+struct DrvRun {
+    label: &'static str,
+    points: Vec<DrvPoint>,
+    conn0: f64,
+    conn_n: Option<f64>,
+    /// Why it stopped before the last checkpoint, if it did.
+    stopped: Option<String>,
+}
+
+/// Run `f` on the driver on a thread inside the server namespace (the driver forks
+/// `iptables-*-restore`/`-save`, which inherit the thread's namespace).
+fn with_drv<T: Send + 'static>(
+    env: &Env,
+    mut drv: IptablesDriver,
+    f: impl FnOnce(&mut IptablesDriver) -> T + Send + 'static,
+) -> anyhow::Result<(IptablesDriver, T)> {
+    env.lab.in_ns(&env.lab.server, move || {
+        let r = f(&mut drv);
+        (drv, r)
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// portcullis' `IptablesDriver` used directly: for each checkpoint N, the chain is
+/// bulk-loaded to N grant rules (the driver's own rule text, the probing client's grant
+/// last, i.e. behind N others), the driver re-reads it (`setup`, as after a restart),
+/// then `IPT_DRV_OPS` grants are added one per `grant()` call and revoked one per
+/// `revoke()` call. Stops early past `deadline` or once an operation is slower than
+/// `IPT_DRV_SLOW`.
+fn ipt_driver_part(
+    env: &mut Env,
+    variant: IptablesVariant,
+    checkpoints: &[u64],
+    deadline: Instant,
+) -> anyhow::Result<DrvRun> {
+    let (label, restore) = match variant {
+        IptablesVariant::Legacy => ("iptables-legacy", "iptables-legacy-restore"),
+        _ => ("iptables-nft", "iptables-nft-restore"),
+    };
+    if variant == IptablesVariant::Legacy {
+        env.mark_legacy();
+    }
+    env.reset_firewall("")?;
+    let drv = env.lab.in_ns(&env.lab.server, move || IptablesDriver::new(variant))??;
+    let plan = Plan { protected: vec![ssh()], max_grants: 262_144 };
+    let long = Duration::from_secs(3600);
+    let p2 = plan.clone();
+    let (drv, r) = with_drv(env, drv, move |d| {
+        d.setup(&p2)?;
+        d.grant(&[Grant { addr: client(), service: ssh(), timeout: long }])
+    })?;
+    r?;
+    let conn0 = conn_median(env)?;
+    let mut drv = Some(drv);
+    let mut points = Vec::new();
+    let mut stopped = None;
+    let mut next_extra: u64 = 110_000; // timed grants: 198.19.173.240 onwards, not in the bulk range
+    for &n in checkpoints {
+        if Instant::now() > deadline {
+            stopped = Some(format!("time budget spent before N = {}", thousands(n)));
+            break;
+        }
+        let expires = unix_now() + 3600;
+        let mut keep: Vec<rules::GrantRule> = (1..=n)
+            .map(|i| rules::GrantRule { addr: IpAddr::V4(grant_addr(i)), service: ssh(), expires })
+            .collect();
+        keep.push(rules::GrantRule { addr: client(), service: ssh(), expires });
+        let text = rules::setup_batch(&[ssh()], &keep, true);
+        drop(keep);
+        let load = timed(env, &[restore, "--noflush", "--wait"], Some(text))?;
+        let p2 = plan.clone();
+        let d = drv.take().context("driver")?;
+        let (d, r) = with_drv(env, d, move |d| -> anyhow::Result<(Duration, usize)> {
+            let t = Instant::now();
+            d.setup(&p2)?;
+            let setup = t.elapsed();
+            Ok((setup, d.list()?.len()))
+        })?;
+        let (setup, live) = r?;
+        if live as u64 != n + 1 {
+            bail!("{label}: expected {} live grants after setup, the driver holds {live}", n + 1);
+        }
+        let batch: Vec<Grant> = (0..IPT_DRV_OPS as u64)
+            .map(|k| Grant { addr: IpAddr::V4(grant_addr(next_extra + k)), service: ssh(), timeout: long })
+            .collect();
+        next_extra += IPT_DRV_OPS as u64;
+        let (d, r) = with_drv(env, d, move |d| -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+            let (mut adds, mut revs) = (Vec::new(), Vec::new());
+            for g in &batch {
+                let t = Instant::now();
+                d.grant(std::slice::from_ref(g))?;
+                adds.push(t.elapsed());
+            }
+            for g in &batch {
+                let t = Instant::now();
+                d.revoke(&[(g.addr, g.service)])?;
+                revs.push(t.elapsed());
+            }
+            Ok((adds, revs))
+        })?;
+        drv = Some(d);
+        let (adds, revs) = r?;
+        env.say(format!(
+            "grants: {label} driver, {} rules: add {} / revoke {}",
+            thousands(n),
+            fmt_us(p50_secs(&adds)),
+            fmt_us(p50_secs(&revs))
+        ));
+        let slow = adds.iter().chain(&revs).any(|d| *d > IPT_DRV_SLOW);
+        points.push(DrvPoint { n, load, setup, add: p50_secs(&adds), revoke: p50_secs(&revs) });
+        if slow {
+            stopped = Some(format!(
+                "an add or revoke at N = {} took over {} s",
+                thousands(n),
+                IPT_DRV_SLOW.as_secs()
+            ));
+            break;
+        }
+    }
+    let conn_n = if points.is_empty() { None } else { Some(conn_median(env)?) };
+    if let Some(d) = drv.take() {
+        let (_, r) = with_drv(env, d, |d| d.teardown())?;
+        r?;
+    }
+    env.reset_firewall("")?;
+    Ok(DrvRun { label, points, conn0, conn_n, stopped })
+}
+
 /// Run scenario 3 up to `max_n` grants (checkpoints 1, 1k, 10k, 100k that fit).
 pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()> {
     let checkpoints: Vec<u64> = [1, 1_000, 10_000, 100_000].into_iter().filter(|&n| n <= max_n).collect();
@@ -216,6 +366,20 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
     env.say("grants: iptables baseline");
     report.settle();
     let (ipt, iconn0, iconn_n) = iptables_part(env, &checkpoints)?;
+    let mut drv_runs: Vec<DrvRun> = Vec::new();
+    for (variant, budget) in [(IptablesVariant::Nft, 150), (IptablesVariant::Legacy, 60)] {
+        env.say(format!("grants: portcullis iptables driver ({variant:?})"));
+        report.settle();
+        match ipt_driver_part(env, variant, &checkpoints, Instant::now() + Duration::from_secs(budget)) {
+            Ok(r) => drv_runs.push(r),
+            // iptables-legacy needs x_tables in the kernel: optional.
+            Err(e) if variant == IptablesVariant::Legacy => {
+                env.say(format!("grants: iptables-legacy driver skipped: {e:#}"));
+                let _ = env.reset_firewall("");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut t = Table::new(
         "3. Grant scale: time to add the N-th grant and to revoke one (p50)",
         &[
@@ -244,9 +408,10 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
         "portcullis: `NftDriver::grant` / `revoke` called directly on the server namespace's netlink socket, one \
          grant (one atomic batch) per call, tcp/22 for 198.18.0.0/15 addresses, 1 h timeouts; add = p50 of the {} \
          grants numbered N−{WINDOW}..N+{WINDOW}; revoke = p50 of {REVOKES} revokes at N. Filling the set ran at {} \
-         grants/s. iptables rows are NOT portcullis (it has no iptables driver): they measure iptables-nft itself \
-         as knockd's start_command and fwknopd do it, one fork+exec of `iptables` per rule in a chain already \
-         holding N rules (bulk-loaded with iptables-restore), p50 of {IPT_OPS}.",
+         grants/s. The `iptables -A/-D` columns are the knockd/fwknopd way, not portcullis: iptables-nft \
+         itself as knockd's start_command and fwknopd do it, one fork+exec of `iptables` per rule in a chain \
+         already holding N rules (bulk-loaded with iptables-restore), p50 of {IPT_OPS}. portcullis' own iptables \
+         driver: table 3c.",
         2 * WINDOW + 1,
         thousands(fill.round() as u64)
     ));
@@ -269,8 +434,73 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
         fmt_us(iconn_n / 1e3),
         fmt_ratio(Some(iconn_n), Some(iconn0)),
     ]);
+    for r in &drv_runs {
+        let last_n = r.points.last().map_or(0, |p| p.n);
+        c.row(vec![
+            format!("portcullis {} driver (granted rule behind N = {} others)", r.label, thousands(last_n)),
+            fmt_us(r.conn0 / 1e3),
+            r.conn_n.map_or("–".into(), |v| fmt_us(v / 1e3)),
+            fmt_ratio(r.conn_n, Some(r.conn0)),
+        ]);
+    }
     c.note("N = 0 means only the probing client's own grant/rule. Handshake = connect() to SYN-ACK processed, veth RTT included.");
     report.tables.push(c);
+
+    if !drv_runs.is_empty() {
+        let mut d = Table::new(
+            "3c. portcullis iptables driver: time to add the N-th grant and to revoke one (p50)",
+            &[
+                "driver",
+                "N live",
+                "add",
+                "revoke",
+                "add ÷ nft add",
+                "revoke ÷ nft revoke",
+                "bulk load to N",
+                "setup with N live",
+            ],
+        );
+        for r in &drv_runs {
+            for p in &nft {
+                let mut row = vec![format!("portcullis {}", r.label), thousands(p.n)];
+                match r.points.iter().find(|q| q.n == p.n) {
+                    Some(q) => row.extend([
+                        fmt_us(q.add),
+                        fmt_us(q.revoke),
+                        fmt_ratio(Some(q.add), Some(p.add)),
+                        fmt_ratio(Some(q.revoke), Some(p.revoke)),
+                        format!("{:.2} s", q.load.as_secs_f64()),
+                        format!("{:.2} s", q.setup.as_secs_f64()),
+                    ]),
+                    None => row.extend(std::iter::repeat_n("not run".to_string(), 6)),
+                }
+                d.row(row);
+            }
+        }
+        let stops: Vec<String> = drv_runs
+            .iter()
+            .filter_map(|r| r.stopped.as_ref().map(|s| format!("{}: stopped, {s}", r.label)))
+            .collect();
+        d.note(format!(
+            "`portcullis_daemon::firewall::iptables::IptablesDriver` used directly from a thread in the server \
+             namespace (its `iptables-<variant>-restore --noflush --wait` children inherit it), as portcullisd \
+             runs it with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: chain PORTCULLIS, one rule per \
+             grant, one restore batch (fork+exec) per `grant()`/`revoke()` call. At each N the chain is first \
+             bulk-loaded to N grant rules with the driver's own rule text (`rules::setup_batch`; \"bulk load\"), \
+             then the driver re-reads it (`setup`: iptables-save, parse, rewrite the chain keeping the live \
+             grants, i.e. what a daemon restart with N grants costs), then {IPT_DRV_OPS} grants are added one \
+             per call (`-I PORTCULLIS 2`) and revoked one per call (`-D` by full rule spec); p50 of {IPT_DRV_OPS}. \
+             Ratios divide by the nftables driver's figure at the same N (table 3). iptables has no sets: \
+             unlike the nftables set, the cost of a rule change grows with the rules already in the chain. \
+             Budget: {} s for iptables-nft, {} s for iptables-legacy; an add or revoke over {} s stops the \
+             series.{}",
+            150,
+            60,
+            IPT_DRV_SLOW.as_secs(),
+            if stops.is_empty() { String::new() } else { format!(" {}.", stops.join("; ")) }
+        ));
+        report.tables.push(d);
+    }
 
     let first = nft.first().map_or(f64::NAN, |p| p.add);
     let lastp = nft.last().map_or(f64::NAN, |p| p.add);
@@ -279,5 +509,25 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
         format!("{} vs {} ({})", fmt_us(lastp), fmt_us(first), fmt_ratio(Some(lastp), Some(first))),
         lastp <= first * 1.5,
     );
+    for r in &drv_runs {
+        if let (Some(f), Some(l)) = (r.points.first(), r.points.last()) {
+            report.check(
+                &format!(
+                    "same target with portcullis' {} driver (informational: one rule per grant, expected to grow)",
+                    r.label
+                ),
+                format!(
+                    "{} grant: {} vs {} ({}); revoke {} vs {}",
+                    thousands(l.n),
+                    fmt_us(l.add),
+                    fmt_us(f.add),
+                    fmt_ratio(Some(l.add), Some(f.add)),
+                    fmt_us(l.revoke),
+                    fmt_us(f.revoke)
+                ),
+                l.add <= f.add * 1.5,
+            );
+        }
+    }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
     let runs = [
         (Daemon::Portcullisd, false),
         (Daemon::Portcullisd, true),
+        (Daemon::PortcullisdIptNft, false),
+        (Daemon::PortcullisdIptLegacy, false),
         (Daemon::PortcullisdSpaFwknop, false),
         (Daemon::PortcullisdSpaNative, false),
         (Daemon::KnockdIpt, false),
@@ -39,7 +41,17 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
         report.settle();
         env.pin_daemon = pin;
         env.pin_client = pin;
-        let r = env.start(d)?;
+        let r = match env.start(d) {
+            Ok(r) => r,
+            // iptables-legacy needs x_tables in the kernel: optional row.
+            Err(e) if d == Daemon::PortcullisdIptLegacy => {
+                env.say(format!("latency: skipping {}: {e:#}", d.name()));
+                env.pin_daemon = false;
+                env.pin_client = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut lat = Vec::new();
         let mut rng = Rng::from_time();
         for _ in 0..trials {
@@ -102,7 +114,9 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
          with {} µs resolution; the first probe leaves about 20 µs after the last knock, so a figure near \
          that is the floor of the method (the door was already open). No CPU pinning (as in the anchors) except \
          in the extra portcullisd row, where the daemon sits on one core and the client on the other: the \
-         difference is the cost of waking an idle vCPU in this VM. seq_timeout {SEQ_TIMEOUT_S} s, \
+         difference is the cost of waking an idle vCPU in this VM. portcullisd (iptables-nft / iptables-legacy): \
+         the same daemon and door with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: each grant is one \
+         `iptables-<variant>-restore --noflush` batch (fork+exec, `-I PORTCULLIS 2 ...`), expiry by the daemon. seq_timeout {SEQ_TIMEOUT_S} s, \
          cmd_timeout/open_for/FW_ACCESS_TIMEOUT {GRANT_S} s.",
         PROBE_EVERY.as_micros(),
         PROBE_EVERY.as_micros()

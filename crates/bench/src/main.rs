@@ -71,7 +71,7 @@ enum Cmd {
     Latency,
     /// 2. flood resilience.
     Flood,
-    /// 3. grant scale (nftables driver vs iptables rules).
+    /// 3. grant scale (nftables driver, iptables driver, raw iptables rules).
     Grants,
     /// 4. SPA rejection throughput (in process; no root needed).
     Spa,
