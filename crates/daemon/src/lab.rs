@@ -80,6 +80,13 @@ pub fn sh(args: &[&str]) -> anyhow::Result<Output> {
 impl Lab {
     /// Create the three hosts. `tag` keeps concurrent labs apart (tests run in parallel).
     pub fn new(tag: &str) -> anyhow::Result<Lab> {
+        Lab::build(tag, Lab::setup)
+    }
+
+    /// Make the three namespaces (named after `tag` and our PID), then `links` them.
+    /// The `Lab` exists before the links are made, so its drop removes whatever part of
+    /// the set-up succeeded.
+    fn build(tag: &str, links: fn(&Lab) -> anyhow::Result<()>) -> anyhow::Result<Lab> {
         if !nix::unistd::geteuid().is_root() {
             bail!("network namespaces need root");
         }
@@ -90,20 +97,19 @@ impl Lab {
             other: format!("pc-oth-{id}"),
             children: Vec::new(),
         };
-        // Construct first so Drop cleans up whatever part of the setup succeeded.
-        lab.setup().with_context(|| format!("building lab {id}"))?;
-        Ok(lab)
-    }
-
-    fn setup(&self) -> anyhow::Result<()> {
-        let (s, c, o) = (self.server.as_str(), self.client.as_str(), self.other.as_str());
-        for ns in [s, c, o] {
+        for ns in [&lab.server, &lab.client, &lab.other] {
             sh(&["ip", "netns", "add", ns])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
             // No duplicate address detection: addresses are usable at once.
             sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])?;
             sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"])?;
         }
+        links(&lab).with_context(|| format!("building lab {id}"))?;
+        Ok(lab)
+    }
+
+    fn setup(&self) -> anyhow::Result<()> {
+        let (s, c, o) = (self.server.as_str(), self.client.as_str(), self.other.as_str());
         let links = [
             (c, "eth0", "vcli", SERVER4, CLIENT4, SERVER6, CLIENT6),
             (o, "eth0", "voth", SERVER4_OTHER, OTHER4, SERVER6_OTHER, OTHER6),
@@ -133,28 +139,11 @@ impl Lab {
     /// on-link in one /24 and /64: server [`SERVER4`]/[`SERVER6`], client
     /// [`CLIENT4`]/[`CLIENT6`], other [`BRIDGED_OTHER4`]/[`BRIDGED_OTHER6`]. No routes.
     pub fn new_bridged(tag: &str) -> anyhow::Result<Lab> {
-        if !nix::unistd::geteuid().is_root() {
-            bail!("network namespaces need root");
-        }
-        let id = format!("{tag}-{}", std::process::id());
-        let lab = Lab {
-            server: format!("pc-srv-{id}"),
-            client: format!("pc-cli-{id}"),
-            other: format!("pc-oth-{id}"),
-            children: Vec::new(),
-        };
-        lab.setup_bridged().with_context(|| format!("building bridged lab {id}"))?;
-        Ok(lab)
+        Lab::build(tag, Lab::setup_bridged)
     }
 
     fn setup_bridged(&self) -> anyhow::Result<()> {
         let (s, c, o) = (self.server.as_str(), self.client.as_str(), self.other.as_str());
-        for ns in [s, c, o] {
-            sh(&["ip", "netns", "add", ns])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])?;
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"])?;
-        }
         // No STP and no forwarding delay: ports forward as soon as they are up.
         sh(&[
             "ip",

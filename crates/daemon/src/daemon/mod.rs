@@ -180,12 +180,17 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     // --- end grants ---
     let s = engine.stats();
     tracing::info!(
-        "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, grants expire on their own",
+        "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, {}",
         s.packets,
         s.opened,
         s.grant_failures,
         s.spa_accepted,
-        s.spa_rejected
+        s.spa_rejected,
+        if granter.kernel_expiry() {
+            "grants expire on their own (kernel timeouts)"
+        } else {
+            "open grants stay open until the daemon runs again and closes the expired ones"
+        }
     );
     Ok(())
 }
