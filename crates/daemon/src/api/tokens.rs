@@ -3,15 +3,21 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Shortest token accepted (a token is a password: make it long and random).
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// Named bearer tokens.
+/// Named bearer tokens, kept as SHA-256 digests: comparing fixed-length digests means
+/// neither the comparison's timing nor its length check says anything about a token.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    entries: Vec<(String, Vec<u8>)>,
+    entries: Vec<(String, [u8; 32])>,
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
 }
 
 impl std::fmt::Debug for Tokens {
@@ -24,7 +30,7 @@ impl std::fmt::Debug for Tokens {
 impl Tokens {
     /// Parse `name token` lines (`#` comments and blank lines ignored).
     pub fn parse(text: &str) -> Result<Tokens, String> {
-        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut entries: Vec<(String, [u8; 32])> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -49,10 +55,11 @@ impl Tokens {
             if entries.iter().any(|(n, _)| n == name) {
                 return Err(format!("line {}: token name {name} is used twice", i + 1));
             }
-            if entries.iter().any(|(_, t)| t.as_slice() == token.as_bytes()) {
+            let token = digest(token.as_bytes());
+            if entries.iter().any(|(_, t)| *t == token) {
                 return Err(format!("line {}: the token for {name} is the same as another's", i + 1));
             }
-            entries.push((name.to_string(), token.as_bytes().to_vec()));
+            entries.push((name.to_string(), token));
         }
         if entries.is_empty() {
             return Err("no tokens".into());
@@ -82,12 +89,13 @@ impl Tokens {
         Tokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The name of the token `presented`, comparing against every token in constant time
-    /// (no early exit; only whether the length matches a token's can leak).
+    /// The name of the token `presented`, comparing its digest against every token's in
+    /// constant time (no early exit, fixed length).
     pub fn lookup(&self, presented: &[u8]) -> Option<&str> {
+        let presented = digest(presented);
         let mut found: Option<&str> = None;
         for (name, token) in &self.entries {
-            if bool::from(token.as_slice().ct_eq(presented)) {
+            if bool::from(token.ct_eq(&presented)) {
                 found = Some(name);
             }
         }
