@@ -395,6 +395,27 @@ impl Env {
     }
 
     /// Start `d` with a clean firewall and wait until it opens the door once.
+    /// Start portcullisd with `conf` in namespace `srv` and wait for its `ready:` line.
+    fn spawn_portcullisd(
+        &mut self,
+        srv: &str,
+        pin: bool,
+        conf: &Path,
+        logf: std::fs::File,
+        log: &Path,
+    ) -> anyhow::Result<u32> {
+        let (bin, conf) = (self.bins.portcullisd.display().to_string(), conf.display().to_string());
+        let c = self.lab.spawn(
+            srv,
+            &pinned(pin, &[&bin, "run", "--config", &conf]),
+            Stdio::null(),
+            Stdio::from(logf),
+        )?;
+        let pid = c.id();
+        wait_for_log(log, "ready:", Duration::from_secs(10))?;
+        Ok(pid)
+    }
+
     pub fn start(&mut self, d: Daemon) -> anyhow::Result<Running> {
         let n = self.seq.get() + 1;
         self.seq.set(n);
@@ -425,16 +446,7 @@ impl Env {
                         d.backend()
                     ),
                 )?;
-                let bin = s(&self.bins.portcullisd);
-                let c = self.lab.spawn(
-                    &srv,
-                    &pinned(pin, &[&bin, "run", "--config", &s(&conf)]),
-                    Stdio::null(),
-                    Stdio::from(logf),
-                )?;
-                let pid = c.id();
-                wait_for_log(&log, "ready:", Duration::from_secs(10))?;
-                pid
+                self.spawn_portcullisd(&srv, pin, &conf, logf, &log)?
             }
             Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
                 self.reset_firewall("")?;
@@ -456,16 +468,7 @@ impl Env {
                         self.keys.1
                     ),
                 )?;
-                let bin = s(&self.bins.portcullisd);
-                let c = self.lab.spawn(
-                    &srv,
-                    &pinned(pin, &[&bin, "run", "--config", &s(&conf)]),
-                    Stdio::null(),
-                    Stdio::from(logf),
-                )?;
-                let pid = c.id();
-                wait_for_log(&log, "ready:", Duration::from_secs(10))?;
-                pid
+                self.spawn_portcullisd(&srv, pin, &conf, logf, &log)?
             }
             Daemon::KnockdIpt | Daemon::KnockdNft => {
                 let (start, stop) = if d == Daemon::KnockdIpt {

@@ -134,21 +134,8 @@ fn knock(h: &Host, args: &[&str]) {
     run_ok(&h.lab, &h.lab.client, &full);
 }
 
-const HOWTO_OPEN_CLOSE: &str = "[options]
-\tUseSyslog
-
-[openSSH]
-\tsequence    = 7000,8000,9000
-\tseq_timeout = 15
-\ttcpflags    = syn
-\tcommand     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-
-[closeSSH]
-\tsequence    = 9000,8000,7000
-\tseq_timeout = 15
-\ttcpflags    = syn
-\tcommand     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-";
+const HOWTO_OPEN_CLOSE: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/knockd/howto-open-close.conf"));
 
 #[test]
 fn howto_open_and_close_doors_with_debian_knock() {
@@ -177,17 +164,10 @@ fn howto_open_and_close_doors_with_debian_knock() {
     assert!(log.contains(&format!("{}: openSSH: OPEN SESAME", lab::CLIENT4)), "{log}");
 }
 
-const HOWTO_OPENCLOSE: &str = "[options]
-        logfile = /var/log/knockd.log
-
-[opencloseSSH]
-        sequence      = 2222:udp,3333:tcp,4444:udp
-        seq_timeout   = 15
-        tcpflags      = syn
-        start_command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --syn --dport 22 -j ACCEPT
-        cmd_timeout   = 10
-        stop_command  = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --syn --dport 22 -j ACCEPT
-";
+const HOWTO_OPENCLOSE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/knockd/howto-openclose-cmd-timeout.conf"
+));
 
 #[test]
 fn howto_cmd_timeout_closes_even_across_a_kill_9_restart() {
@@ -221,17 +201,8 @@ fn howto_cmd_timeout_closes_even_across_a_kill_9_restart() {
     assert!(!h.server(&["iptables", "-S", "INPUT"]).contains("--dport 22"));
 }
 
-const HOWTO_USER_CHAIN: &str = "[options]
-  logfile = /var/log/knockd.log
-
-[SSH]
-  sequence = 8881:tcp,7777:tcp,9991:tcp
-  seq_timeout = 15
-  tcpflags = syn,ack
-  start_command = /usr/bin/iptables -A TCP -s %IP% -p tcp --dport 22 -j ACCEPT
-  cmd_timeout = 10
-  stop_command = /usr/bin/iptables -D TCP -s %IP% -p tcp --dport 22 -j ACCEPT
-";
+const HOWTO_USER_CHAIN: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/knockd/howto-user-chain.conf"));
 
 #[test]
 fn howto_syn_ack_flags_and_a_user_chain() {

@@ -192,8 +192,11 @@ impl SpaGate {
         if let Err(e) = native::precheck(payload, server.public()) {
             return Verdict::Reject(reason(e));
         }
-        // The ephemeral public key is the last 32 bytes of the cleartext header.
-        let eph = &payload[native::HEADER_LEN - 32..native::HEADER_LEN];
+        // The ephemeral public key is the last 32 bytes of the cleartext header
+        // (precheck has checked the length; `get` keeps this safe on its own).
+        let Some(eph) = payload.get(native::HEADER_LEN - 32..native::HEADER_LEN) else {
+            return Verdict::Reject(reason(SpaError::BadLength));
+        };
         if !self.seen_ephemeral.first_sight(eph, now, Duration::from_secs(self.max_age)) {
             return Verdict::Reject(
                 "native SPA ephemeral key seen before (replayed or copied header)".into(),

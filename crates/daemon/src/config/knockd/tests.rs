@@ -1,5 +1,6 @@
 //! knockd.conf parser tests: every option, odd spacing and case, comments, the how-to
-//! configs from the issue, and broken files with their line numbers.
+//! configs from the issue (shipped as `examples/knockd/*.conf` and shared with the
+//! end-to-end tests), and broken files with their line numbers.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,45 +18,16 @@ fn sh(s: &str) -> Option<CommandLine> {
     Some(CommandLine::Shell(s.into()))
 }
 
-const HOWTO_1: &str = "[options]
-\tUseSyslog
+const HOWTO_1: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/knockd/howto-open-close.conf"));
 
-[openSSH]
-\tsequence    = 7000,8000,9000
-\tseq_timeout = 15
-\ttcpflags    = syn
-\tcommand     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+const HOWTO_2: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/knockd/howto-openclose-cmd-timeout.conf"
+));
 
-[closeSSH]
-\tsequence    = 9000,8000,7000
-\tseq_timeout = 15
-\ttcpflags    = syn
-\tcommand     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-";
-
-const HOWTO_2: &str = "[options]
-        logfile = /var/log/knockd.log
-
-[opencloseSSH]
-        sequence      = 2222:udp,3333:tcp,4444:udp
-        seq_timeout   = 15
-        tcpflags      = syn
-        start_command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --syn --dport 22 -j ACCEPT
-        cmd_timeout   = 10
-        stop_command  = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --syn --dport 22 -j ACCEPT
-";
-
-const HOWTO_3: &str = "[options]
-  logfile = /var/log/knockd.log
-
-[SSH]
-  sequence = 8881:tcp,7777:tcp,9991:tcp
-  seq_timeout = 15
-  tcpflags = syn,ack
-  start_command = /usr/bin/iptables -A TCP -s %IP% -p tcp --dport 22 -j ACCEPT
-  cmd_timeout = 10
-  stop_command = /usr/bin/iptables -D TCP -s %IP% -p tcp --dport 22 -j ACCEPT
-";
+const HOWTO_3: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/knockd/howto-user-chain.conf"));
 
 #[test]
 fn reads_the_howto_configs_unchanged() {

@@ -2,8 +2,11 @@
 //! packet path there stays readable:
 //! - start/stop commands of a door are handed to the command driver ([`crate::actions`]);
 //! - one-time sequences are consumed and the next one armed ([`crate::actions::onetime`]);
-//! - grants of drivers without kernel expiry (iptables, none) are closed by the daemon:
-//!   a min-heap of deadlines, checked by [`Engine::expire`] from the capture loop.
+//! - grants of drivers without kernel expiry (iptables, none) are closed by the daemon.
+//!   Normally the grant store's scheduler does that for every grant, whatever made it
+//!   ([`crate::store`]). Only when there is no store (it could not be opened) does the
+//!   engine keep its own min-heap of deadlines, checked by [`Engine::expire`] from the
+//!   capture loop, so a hole still closes on time. Exactly one of the two runs.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -56,7 +59,7 @@ impl Engine {
     /// Schedule daemon-side expiry for grants the driver already holds (after `setup`
     /// at start). Grants whose time passed while we were down are closed at once.
     pub fn adopt_live_grants(&mut self, wall: SystemTime) -> Result<usize, FirewallError> {
-        if self.granter.kernel_expiry() {
+        if !self.engine_expires() {
             return Ok(0);
         }
         let live = self.granter.live()?;
@@ -68,8 +71,14 @@ impl Engine {
         Ok(live.len())
     }
 
+    /// Whether the engine itself must close grants at expiry: the driver does not, and
+    /// there is no store scheduler to do it.
+    fn engine_expires(&self) -> bool {
+        !self.granter.kernel_expiry() && self.granter.store().is_err()
+    }
+
     pub(super) fn schedule_expiry(&mut self, grants: &[Grant], wall: SystemTime) {
-        if self.granter.kernel_expiry() {
+        if !self.engine_expires() {
             return;
         }
         for g in grants {
@@ -208,5 +217,27 @@ mod tests {
         assert_eq!(e.granter().live().unwrap().len(), 1);
         e.expire(t0 + Duration::from_secs(30));
         assert!(e.granter().live().unwrap().is_empty());
+    }
+
+    #[test]
+    fn with_a_grant_store_only_the_store_schedules_expiry() {
+        let c = config::parse(
+            "[[door]]\nname='a'\nsequence=[7000, 9000, 8000]\nopen=['tcp/22']\nopen_for=30\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let plan = crate::daemon::plan_for(&c);
+        let granter = crate::grants::start(dir.path(), &plan, Box::new(NoFirewall::default())).unwrap();
+        assert!(granter.store().is_ok() && !granter.kernel_expiry());
+        let mut e = Engine::with_granter(&c, granter).unwrap();
+        let ip: IpAddr = "192.0.2.2".parse().unwrap();
+        e.grant(ip, &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+        assert!(e.ext.heap.is_empty(), "the store's scheduler closes it; the engine must not as well");
+        assert_eq!(e.adopt_live_grants(SystemTime::now()).unwrap(), 0);
+        // Without a store the engine is the only scheduler.
+        let mut e = Engine::new(&c, Box::new(NoFirewall::default())).unwrap();
+        e.grant(ip, &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+        assert_eq!(e.ext.heap.len(), 1);
     }
 }
