@@ -9,6 +9,7 @@
 //! - [`cmd`]: `check`, `demo`, `teardown`.
 //! - [`lab`]: throwaway network namespaces for the demo, tests and benchmarks.
 //! - [`spa`]: the SPA gate (fwknop and native formats) and its persisted replay cache.
+//! - [`stats`]: the capture thread's counters (read by metrics).
 //! - [`log`]: stderr / syslog / journald set-up.
 //! - [`grants`]: the grant path shared by capture thread and API; [`store`]: SQLite
 //!   grant records, expiry scheduler, reconciliation; [`api`]: the local REST API.
@@ -24,4 +25,5 @@ pub mod grants;
 pub mod lab;
 pub mod log;
 pub mod spa;
+pub mod stats;
 pub mod store;

@@ -4,6 +4,7 @@
 //! clock, and fuzzable.
 //!
 //! # Layout
+//! - [`addr`]: address normalisation (IPv4-mapped IPv6 is IPv4), applied once at input.
 //! - [`service`]: `Proto` and `Service` (`tcp/22`), the vocabulary shared by every layer.
 //! - [`tcpflags`]: TCP flag bits and knockd-style flag filters (`syn,!ack`).
 //! - [`time`]: [`time::Millis`], a monotonic millisecond instant supplied by the caller.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod addr;
 pub mod bpf;
 pub mod knock;
 pub mod service;

@@ -13,8 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{blocking, AppState, Caller};
-use crate::capture::addrs::fold;
 use crate::store::{Filter, GrantRecord, GrantState, Origin, OriginKind, RevokeTarget};
+use portcullis_proto::addr::canonical as fold;
 
 /// Largest page.
 pub const MAX_PER_PAGE: u64 = 1000;

@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::{blocking, AppState};
-use crate::daemon::engine::SPA_REJECT_CLASSES;
+use crate::stats::SPA_REJECT_CLASSES;
 use crate::store::{GrantState, OriginKind};
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {

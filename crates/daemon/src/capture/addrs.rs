@@ -8,6 +8,8 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
+
+use portcullis_proto::addr::canonical as fold;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -63,17 +65,6 @@ impl LocalView {
     /// Whether a packet that arrived on `ifindex` addressed to `dst` is for us.
     pub fn accepts(&self, ifindex: u32, dst: IpAddr) -> bool {
         self.ifindexes.as_ref().is_none_or(|s| s.contains(&ifindex)) && self.addrs.contains(&fold(dst))
-    }
-}
-
-/// Fold an IPv4-mapped IPv6 address to IPv4, so one source is one key.
-pub fn fold(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
     }
 }
 

@@ -18,12 +18,12 @@ use std::time::Duration;
 use portcullis_proto::Service;
 use tokio::sync::oneshot;
 
-use crate::capture::addrs::fold;
-use crate::daemon::engine::Stats;
 use crate::firewall::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use crate::stats::Stats;
 use crate::store::{
     self, db::Recorded, lock_driver, now_ms, NewGrants, Origin, SharedDriver, Store, StoreError,
 };
+use portcullis_proto::addr::canonical as fold;
 
 /// Why an API grant did not happen.
 #[derive(Debug, thiserror::Error)]
