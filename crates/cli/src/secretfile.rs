@@ -101,6 +101,13 @@ mod tests {
         assert!(e.contains("not a regular file"), "{e}");
         let e = read_secret(&d.path().join("missing")).unwrap_err().to_string();
         assert!(e.contains("cannot open secret file"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            // Someone else's file, however private, is not our secret.
+            let p = file(&d, "theirs", "s3cret", 0o600);
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let e = read_secret(&p).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
         let big = "x".repeat(MAX_SECRET_FILE as usize + 1);
         assert!(read_secret(&file(&d, "big", &big, 0o600)).is_err());
     }
