@@ -104,19 +104,6 @@ pub struct Plan {
     pub wait: Option<Duration>,
 }
 
-fn parse_services(list: &str) -> anyhow::Result<Vec<Service>> {
-    let v: Vec<Service> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| Service::parse_grant(s).map_err(|e| anyhow::anyhow!("service {s:?}: {e}")))
-        .collect::<anyhow::Result<_>>()?;
-    if v.is_empty() {
-        bail!("empty list of services to open");
-    }
-    Ok(v)
-}
-
 /// A duration like `5s`, `1500ms`, bounded to 100 ms .. 10 min.
 pub fn parse_wait(s: &str) -> anyhow::Result<Duration> {
     let d = humantime::parse_duration(s).map_err(|e| anyhow::anyhow!("wait {s:?} is not a duration: {e}"))?;
@@ -140,14 +127,14 @@ impl OpenArgs {
             bail!("--algorithm, --secret-file, --range, ... need --rotating");
         }
         match self.methods_given() {
-            0 => self.from_profile(host),
+            0 => self.plan_from_profile(host),
             1 if self.profile.is_some() => bail!("--profile and a method flag: give one or the other"),
-            1 => self.from_flags(host),
+            1 => self.plan_from_flags(host),
             _ => bail!("give only one of --knock, --rotating, --spa-fwknop, --spa-native"),
         }
     }
 
-    fn from_flags(&self, host: &str) -> anyhow::Result<Plan> {
+    fn plan_from_flags(&self, host: &str) -> anyhow::Result<Plan> {
         let method = if let Some(k) = &self.knock {
             let list: Vec<String> = k.split(',').map(|s| s.trim().to_string()).collect();
             Method::Knock(parse_knocks(&list, false)?)
@@ -169,13 +156,13 @@ impl OpenArgs {
             address: host.to_string(),
             method,
             delay: Duration::from_millis(self.delay.unwrap_or(0)),
-            open: self.open.as_deref().map(parse_services).transpose()?,
+            open: self.open.as_deref().map(spa::parse_access).transpose()?,
             spa_port: self.spa_port,
             wait: None,
         })
     }
 
-    fn from_profile(&self, host: &str) -> anyhow::Result<Plan> {
+    fn plan_from_profile(&self, host: &str) -> anyhow::Result<Plan> {
         let profiles = Profiles::load(self.config.as_deref())?;
         let (name, p) = match &self.profile {
             Some(n) => profiles.get(n)?,
@@ -195,8 +182,8 @@ impl OpenArgs {
             method,
             delay: Duration::from_millis(self.delay.or(p.delay_ms).unwrap_or(0)),
             open: match (&self.open, &p.open) {
-                (Some(o), _) => Some(parse_services(o)?),
-                (None, Some(list)) => Some(parse_services(&list.join(",")).with_context(ctx)?),
+                (Some(o), _) => Some(spa::parse_access(o)?),
+                (None, Some(list)) => Some(spa::parse_access(&list.join(",")).with_context(ctx)?),
                 (None, None) => None,
             },
             spa_port: self.spa_port.or(p.spa_port),
