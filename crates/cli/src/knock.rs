@@ -34,8 +34,13 @@ pub struct KnockArgs {
     verbose: bool,
     /// Host name or address to knock on.
     host: String,
+    /// Knock the current sequence of a rotating door instead of PORTs (see `portcullis sequence`).
+    #[arg(long, conflicts_with = "ports")]
+    rotating: bool,
+    #[command(flatten)]
+    rot: crate::rotating::RotatingOpts,
     /// Knocks: PORT, PORT:tcp or PORT:udp.
-    #[arg(required = true, value_name = "PORT[:PROTO]")]
+    #[arg(required_unless_present = "rotating", value_name = "PORT[:PROTO]")]
     ports: Vec<String>,
 }
 
@@ -93,7 +98,10 @@ pub fn hit(to: SocketAddr, proto: Proto) -> io::Result<()> {
 
 /// Run `portcullis knock`.
 pub fn run(a: &KnockArgs) -> anyhow::Result<()> {
-    let knocks = parse_knocks(&a.ports, a.udp)?;
+    let knocks = match crate::rotating::knock_override(a.rotating, &a.rot)? {
+        Some(rotating) => rotating,
+        None => parse_knocks(&a.ports, a.udp)?,
+    };
     let ip = resolve(&a.host, a.ipv4, a.ipv6)?;
     for (i, k) in knocks.iter().enumerate() {
         if a.verbose {

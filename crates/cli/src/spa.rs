@@ -93,7 +93,7 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn parse_access(list: &str) -> anyhow::Result<Vec<Service>> {
+pub(crate) fn parse_access(list: &str) -> anyhow::Result<Vec<Service>> {
     let v: Vec<Service> = list
         .split(',')
         .map(str::trim)

@@ -11,12 +11,14 @@
 //! - [`wire`]: zero-copy views over sniffed IPv4/IPv6 + TCP/UDP packets.
 //! - [`bpf`]: the classic-BPF program that keeps unrelated traffic in the kernel.
 //! - [`knock`]: the knock-sequence state machine (bounded, O(1) per packet).
+//! - [`rotate`]: time-rotating knock sequences (md5-hourly, hmac-sha256) from an injected time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod addr;
 pub mod bpf;
 pub mod knock;
+pub mod rotate;
 pub mod service;
 pub mod spa;
 pub mod tcpflags;
