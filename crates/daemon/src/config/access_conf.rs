@@ -152,7 +152,7 @@ fn finish(p: Pending, path: &Path) -> Result<FwknopStanza, String> {
     let key = p.key.as_ref().ok_or_else(|| err("no KEY or KEY_BASE64".into()))?;
     let mode = p.mode.unwrap_or(EncMode::Cbc);
     let hmac = p.hmac_key.as_ref().map(|k| (p.hmac_type.unwrap_or(HashType::Sha256), k));
-    let key = build_key(key, mode, hmac, KeySyntax::AccessConf).map_err(err)?;
+    let key = build_key(key, mode, hmac).map_err(|e| err(e.describe(KeySyntax::AccessConf)))?;
     Ok(FwknopStanza {
         name: format!(
             "{}:{}",

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::model::{
-    Backend, CommandLine, Config, Interfaces, IptablesVariant, LogTarget, DEFAULT_COMMAND_TIME_LIMIT,
-    DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED,
+    Backend, CommandLine, Config, Interfaces, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS,
+    DEFAULT_MAX_TRACKED,
 };
 
 fn toml_str(s: &str) -> String {
@@ -52,29 +52,17 @@ pub fn to_toml(config: &Config) -> String {
     if d.state_dir != Path::new("/var/lib/portcullis") {
         let _ = writeln!(s, "state_dir = {}", toml_str(&d.state_dir.display().to_string()));
     }
-    let log = match d.log {
-        LogTarget::Stderr => "stderr",
-        LogTarget::Syslog => "syslog",
-        LogTarget::Journald => "journald",
-    };
-    let _ = writeln!(s, "log = \"{log}\"");
+    let _ = writeln!(s, "log = \"{}\"", d.log);
     if let Some(f) = &d.log_file {
         let _ = writeln!(s, "log_file = {}", toml_str(&f.display().to_string()));
     }
     if let Some(f) = &d.pid_file {
         let _ = writeln!(s, "pid_file = {}", toml_str(&f.display().to_string()));
     }
-    let backend = match d.backend {
-        Backend::Nftables => "nftables",
-        Backend::Iptables(IptablesVariant::Auto) => "iptables",
-        Backend::Iptables(IptablesVariant::Legacy) => "iptables-legacy",
-        Backend::Iptables(IptablesVariant::Nft) => "iptables-nft",
-        Backend::None => "none",
-    };
     if d.backend == Backend::None && config.doors.iter().all(|x| x.open.is_empty()) {
         let _ = writeln!(s, "# The doors only run commands: no firewall backend is needed.");
     }
-    let _ = writeln!(s, "backend = \"{backend}\"");
+    let _ = writeln!(s, "backend = \"{}\"", d.backend);
     if d.max_tracked != DEFAULT_MAX_TRACKED {
         let _ = writeln!(s, "max_tracked = {}", d.max_tracked);
     }

@@ -3,6 +3,7 @@
 //! reads files or knows about syntax.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -109,6 +110,30 @@ pub enum IptablesVariant {
     Legacy,
     /// `iptables-nft-restore` / `ip6tables-nft-restore` (nf_tables with xt compat).
     Nft,
+}
+
+impl fmt::Display for LogTarget {
+    /// The config spelling (`log = "..."`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogTarget::Stderr => "stderr",
+            LogTarget::Syslog => "syslog",
+            LogTarget::Journald => "journald",
+        })
+    }
+}
+
+impl fmt::Display for Backend {
+    /// The config spelling (`backend = "..."`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables(IptablesVariant::Auto) => "iptables",
+            Backend::Iptables(IptablesVariant::Legacy) => "iptables-legacy",
+            Backend::Iptables(IptablesVariant::Nft) => "iptables-nft",
+            Backend::None => "none",
+        })
+    }
 }
 
 /// A command run for a knocker. The knocker's address is always passed as data,

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::access_conf;
 use super::raw::{RawSpa, RawStanza};
-use super::stanza::{build_key, enc_mode, hash_type, KeySyntax, KeyText};
+use super::stanza::{build_key, enc_mode, hash_type, KeyError, KeySyntax, KeyText};
 pub use super::stanza::{Cidr, FwknopStanza};
 
 /// Validated `[spa]` settings.
@@ -225,8 +225,18 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
             None => return at(m.span(), "encryption_mode must be cbc or legacy"),
         },
     };
-    let key = build_key(&enc, mode, hmac.as_ref().map(|h| (hmac_type, h)), KeySyntax::Toml)
-        .or_else(|m| at(span.clone(), m))?;
+    let key = match build_key(&enc, mode, hmac.as_ref().map(|h| (hmac_type, h))) {
+        Ok(k) => k,
+        Err(e) => {
+            // Point at the key that is wrong when there is one.
+            let place = match e {
+                KeyError::KeyNotBase64 => r.key_base64.as_ref().map(Spanned::span),
+                KeyError::HmacKeyNotBase64 => r.hmac_key_base64.as_ref().map(Spanned::span),
+                KeyError::Unusable(_) => None,
+            };
+            return at(place.unwrap_or(span), e.describe(KeySyntax::Toml));
+        }
+    };
     let mut source = Vec::new();
     for s in r.source.unwrap_or_default() {
         if s.get_ref().eq_ignore_ascii_case("any") {

@@ -109,11 +109,28 @@ pub enum KeySyntax {
     AccessConf,
 }
 
-impl KeySyntax {
-    fn names(self) -> (&'static str, &'static str) {
-        match self {
+/// Why a stanza's keys were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// The encryption key's base64 form does not decode.
+    KeyNotBase64,
+    /// The HMAC key's base64 form does not decode.
+    HmacKeyNotBase64,
+    /// The keys decode but cannot be used (length, equal keys, ...).
+    Unusable(String),
+}
+
+impl KeyError {
+    /// The refusal in the words of the syntax the keys were written in.
+    pub fn describe(&self, syntax: KeySyntax) -> String {
+        let (key, hmac) = match syntax {
             KeySyntax::Toml => ("key_base64", "hmac_key_base64"),
             KeySyntax::AccessConf => ("KEY_BASE64", "HMAC_KEY_BASE64"),
+        };
+        match self {
+            KeyError::KeyNotBase64 => format!("{key} is not valid base64"),
+            KeyError::HmacKeyNotBase64 => format!("{hmac} is not valid base64"),
+            KeyError::Unusable(m) => m.clone(),
         }
     }
 }
@@ -123,25 +140,24 @@ pub fn build_key(
     enc: &KeyText,
     mode: EncMode,
     hmac: Option<(HashType, &KeyText)>,
-    syntax: KeySyntax,
-) -> Result<FwknopKey, String> {
+) -> Result<FwknopKey, KeyError> {
     use base64::Engine;
-    let bytes = |k: &KeyText, what: &str| -> Result<Vec<u8>, String> {
+    let bytes = |k: &KeyText, bad: KeyError| -> Result<Vec<u8>, KeyError> {
         match k {
             KeyText::Raw(s) => Ok(s.as_bytes().to_vec()),
             KeyText::B64(s) => base64::engine::general_purpose::STANDARD
                 .decode(s.trim())
                 .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s.trim()))
-                .map_err(|_| format!("{what} is not valid base64")),
+                .map_err(|_| bad),
         }
     };
-    let (key_name, hmac_name) = syntax.names();
-    let e = bytes(enc, key_name)?;
+    let e = bytes(enc, KeyError::KeyNotBase64)?;
     let h = match hmac {
-        Some((t, k)) => Some((t, bytes(k, hmac_name)?)),
+        Some((t, k)) => Some((t, bytes(k, KeyError::HmacKeyNotBase64)?)),
         None => None,
     };
-    FwknopKey::new(&e, mode, h.as_ref().map(|(t, k)| (*t, k.as_slice()))).map_err(|e| e.to_string())
+    FwknopKey::new(&e, mode, h.as_ref().map(|(t, k)| (*t, k.as_slice())))
+        .map_err(|e| KeyError::Unusable(e.to_string()))
 }
 
 #[cfg(test)]
