@@ -122,3 +122,105 @@ fn shipped_example_config_is_valid() {
     assert_eq!(c.doors.len(), 2);
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 }
+
+/// The whole message a user sees for `text`.
+fn shown(text: &str) -> String {
+    p(text).unwrap_err().to_string()
+}
+
+const DOOR: &str = "[[door]]\nname = 'a'\nsequence = [7000, 9000, 8000]\nopen = ['tcp/22']\n";
+
+#[test]
+fn a_duration_of_the_wrong_type_says_what_is_accepted() {
+    assert_eq!(
+        shown(&format!("{DOOR}seq_timeout = 0.5\n")),
+        "test.toml:5: seq_timeout: expected a whole number of seconds or a duration like \"500ms\" or \
+         \"5s\", got 0.5"
+    );
+    assert_eq!(
+        shown(&format!("{DOOR}open_for = true\n")),
+        "test.toml:5: open_for: expected a whole number of seconds or a duration like \"500ms\" or \"5s\", \
+         got true"
+    );
+    assert_eq!(
+        shown(&format!("{DOOR}seq_timeout = '5 parsecs'\n")),
+        "test.toml:5: seq_timeout: \"5 parsecs\" is not a duration; write a whole number of seconds or text \
+         like \"500ms\", \"5s\" or \"2m\""
+    );
+}
+
+#[test]
+fn a_duration_out_of_range_gives_the_range_in_human_units() {
+    assert_eq!(
+        shown(&format!("{DOOR}open_for = '100d'\n")),
+        "test.toml:5: open_for must be between 1 s and 24 h, got \"100d\""
+    );
+    assert_eq!(
+        shown(&format!("{DOOR}open_for = 0\n")),
+        "test.toml:5: open_for must be between 1 s and 24 h, got 0"
+    );
+    assert_eq!(
+        shown(&format!("{DOOR}seq_timeout = '50ms'\n")),
+        "test.toml:5: seq_timeout must be between 100 ms and 1 h, got \"50ms\""
+    );
+    assert_eq!(validate::human(Duration::from_secs(90)), "90 s");
+    assert_eq!(validate::human(Duration::from_secs(600)), "10 min");
+}
+
+#[test]
+fn other_values_of_the_wrong_type_say_what_is_accepted() {
+    assert_eq!(
+        shown("[[door]]\nname = 'a'\nsequence = [7000, 1.5]\nopen = ['tcp/22']\n"),
+        "test.toml:3: knock 1.5: write a port number or text like \"7000:tcp\" / \"7000:udp\""
+    );
+    assert_eq!(
+        shown("[[door]]\nname = 'a'\nsequence = [7000]\nstart_command = 5\n"),
+        "test.toml:4: start_command: expected a shell command line (text) or a list of text arguments, got 5"
+    );
+}
+
+#[test]
+fn a_single_bracket_door_says_doors_are_double_bracket_tables() {
+    let expected =
+        "[door] is a single table, but each door is a [[door]] table (double brackets), one per door";
+    assert_eq!(shown(&format!("{DOOR}[door]\nname = 'b'\n")), format!("test.toml:5: {expected}"));
+    assert_eq!(
+        shown("[door]\nname = 'b'\nsequence = [7000, 9000, 8000]\nopen = ['tcp/22']\n"),
+        format!("test.toml:1: {expected}")
+    );
+    assert_eq!(
+        shown("[spa]\n[spa.user]\nname = 'x'\n"),
+        "test.toml:2: [spa.user] is a single table, but each user is a [[spa.user]] table (double brackets), \
+         one per user"
+    );
+}
+
+#[test]
+fn a_bad_key_names_the_toml_key_and_its_line() {
+    assert_eq!(
+        shown("[spa]\n[[spa.fwknop]]\nname = 'x'\nkey_base64 = '!!!'\n"),
+        "test.toml:4: key_base64 is not valid base64"
+    );
+    assert_eq!(
+        shown("[spa]\n[[spa.fwknop]]\nname = 'x'\nkey = 'k'\nhmac_key_base64 = '%%'\n"),
+        "test.toml:5: hmac_key_base64 is not valid base64"
+    );
+}
+
+#[test]
+fn native_files_are_detected_whatever_section_comes_first() {
+    for first in ["[spa]", "[api]", "[daemon]", "[[door]]", "[door]", "[spa.x]", "# c\n\n[[spa.user]]"] {
+        assert!(!knockd::looks_like_knockd(&format!("{first}\nx = 1\n")), "{first}");
+    }
+    for first in ["[options]", "[openSSH]", "  [ssh]  # door"] {
+        assert!(knockd::looks_like_knockd(&format!("{first}\nsequence = 1\n")), "{first}");
+    }
+    let dir = std::env::temp_dir().join(format!("pc-cfg-detect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("api-first.toml");
+    std::fs::write(&f, format!("[api]\nsocket = ''\nlisten = '127.0.0.1:9'\ntokens_file = 't'\n{DOOR}"))
+        .unwrap();
+    let c = load(&f).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.api.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
