@@ -128,7 +128,7 @@ fn main() -> ExitCode {
 fn convert(path: &std::path::Path, format: FormatArg) -> anyhow::Result<ExitCode> {
     match config::load_as(path, format.into()) {
         Ok(c) => {
-            print!("{}", config::knockd::to_toml(&c));
+            print!("{}", config::convert::to_toml(&c));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

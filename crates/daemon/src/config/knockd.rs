@@ -1,5 +1,5 @@
-//! knockd's `knockd.conf`, read unchanged into the native [`Config`], and the reverse:
-//! [`to_toml`] prints any [`Config`] as native TOML (`portcullisd convert`).
+//! knockd's `knockd.conf`, read unchanged into the native [`Config`] (the reverse,
+//! any [`Config`] as native TOML, is [`super::convert`]).
 //!
 //! The format (knockd 0.8): an `[options]` section and one `[name]` section per door,
 //! `key = value` lines with case-insensitive keys, whole-line `#` comments. Values run
@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use portcullis_proto::FlagFilter;
 
-pub use super::convert::to_toml;
 use super::error::ConfigError;
 use super::model::{
     valid_ifname, Backend, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, LogTarget,
     DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED,
 };
-pub use super::one_time::{load_one_time, parse_one_time, parse_sequence};
+pub use super::one_time::load_one_time;
+use super::one_time::parse_sequence;
 
 /// knockd's default `Seq_Timeout`.
 pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);

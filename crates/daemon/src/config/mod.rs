@@ -60,7 +60,13 @@ pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
         Format::Native => parse(&text, path),
         Format::Knockd => knockd::parse(&text, path),
         Format::Auto if knockd::looks_like_knockd(&text) => knockd::parse(&text, path),
-        Format::Auto => parse(&text, path),
+        Format::Auto => parse(&text, path).map_err(|mut e| {
+            // Detection guessed native; say so if the file would have read as knockd.conf.
+            if knockd::parse(&text, path).is_ok() {
+                e.message.push_str(" (this file reads as a knockd.conf: use --format knockd)");
+            }
+            e
+        }),
     }
 }
 

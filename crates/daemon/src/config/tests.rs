@@ -222,5 +222,16 @@ fn native_files_are_detected_whatever_section_comes_first() {
         .unwrap();
     let c = load(&f).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.api.is_some());
+    let f = dir.join("knockd-door-named-spa.conf");
+    std::fs::write(&f, "[spa]\n  sequence = 7000,8000,9000\n  command = /bin/true\n").unwrap();
+    assert_eq!(
+        load(&f).unwrap_err().to_string(),
+        format!(
+            "{}:2: unexpected key or value, expected newline, `#` (this file reads as a knockd.conf: use \
+             --format knockd)",
+            f.display()
+        )
+    );
+    assert_eq!(load_as(&f, Format::Knockd).unwrap().doors[0].name, "spa");
     let _ = std::fs::remove_dir_all(&dir);
 }
