@@ -193,6 +193,11 @@ fn a_single_bracket_door_says_doors_are_double_bracket_tables() {
         "test.toml:2: [spa.user] is a single table, but each user is a [[spa.user]] table (double brackets), \
          one per user"
     );
+    assert_eq!(
+        shown("[spa]\n[spa.fwknop]\nname = 'x'\n"),
+        "test.toml:2: [spa.fwknop] is a single table, but each stanza is a [[spa.fwknop]] table (double \
+         brackets), one per stanza"
+    );
 }
 
 #[test]

@@ -26,13 +26,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
         match single_bracket_array_table(text) {
-            Some((l, table)) => ConfigError {
+            Some((l, (table, noun))) => ConfigError {
                 path: path.to_owned(),
                 line: Some(l),
                 message: format!(
                     "[{table}] is a single table, but each {noun} is a [[{table}]] table (double brackets), \
-                     one per {noun}",
-                    noun = table.rsplit('.').next().unwrap_or(table)
+                     one per {noun}"
                 ),
             },
             None => ConfigError { path: path.to_owned(), line, message: e.message().to_string() },
@@ -41,12 +40,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Validator { text, path }.config(raw)
 }
 
-/// Tables that may appear many times, so they must be written `[[name]]`.
-const ARRAY_TABLES: &[&str] = &["door", "spa.user", "spa.fwknop"];
+/// Tables that may appear many times, so they must be written `[[name]]`: (name, what
+/// one of them is).
+const ARRAY_TABLES: &[(&str, &str)] = &[("door", "door"), ("spa.user", "user"), ("spa.fwknop", "stanza")];
 
 /// The first line that opens one of [`ARRAY_TABLES`] with single brackets, if any: serde
 /// then only says "duplicate key" or "invalid type: map".
-fn single_bracket_array_table(text: &str) -> Option<(usize, &'static str)> {
+fn single_bracket_array_table(text: &str) -> Option<(usize, (&'static str, &'static str))> {
     text.lines().enumerate().find_map(|(i, line)| {
         let t = line.trim();
         let t = t.split_once('#').map_or(t, |(a, _)| a).trim_end();
@@ -55,7 +55,7 @@ fn single_bracket_array_table(text: &str) -> Option<(usize, &'static str)> {
             return None;
         }
         let name = name.trim();
-        ARRAY_TABLES.iter().find(|&&a| a == name).map(|&a| (i + 1, a))
+        ARRAY_TABLES.iter().find(|(a, _)| *a == name).map(|&a| (i + 1, a))
     })
 }
 
