@@ -39,11 +39,15 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Validate a config and print the plan: doors, protected ports, the nft ruleset.
+    /// Validate a config, refuse what `run` would refuse at start, and print the plan:
+    /// doors, SPA, API, protected ports, the nft ruleset.
     Check {
         /// Config file (native TOML, or a knockd.conf).
         #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
         config: PathBuf,
+        /// Config syntax: auto (detect), native or knockd.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
     },
     /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
     Convert {
@@ -107,7 +111,7 @@ fn main() -> ExitCode {
         Command::Run { config, format, state_dir, interface, log, verbose } => {
             run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
         }
-        Command::Check { config } => cmd::check::check(&config),
+        Command::Check { config, format } => cmd::check::check(&config, format.into()),
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
 fn convert(path: &std::path::Path, format: FormatArg) -> anyhow::Result<ExitCode> {
     match config::load_as(path, format.into()) {
         Ok(c) => {
-            print!("{}", config::knockd::to_toml(&c));
+            print!("{}", config::convert::to_toml(&c));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

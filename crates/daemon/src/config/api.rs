@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
+
+use super::raw::RawApi;
 
 /// Default unix socket.
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/api.sock";
@@ -32,21 +33,10 @@ pub struct ApiConfig {
     pub default_duration: Duration,
 }
 
-/// What serde reads.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApi {
-    socket: Option<Spanned<String>>,
-    listen: Option<Spanned<String>>,
-    tokens_file: Option<Spanned<String>>,
-    max_duration: Option<Spanned<i64>>,
-    default_duration: Option<Spanned<i64>>,
-}
-
 type Refusal = (Option<std::ops::Range<usize>>, String);
 
 /// Validate; relative paths are relative to `dir` (the config file's directory).
-pub fn validate(raw: RawApi, dir: &Path) -> Result<ApiConfig, Refusal> {
+pub(super) fn validate(raw: RawApi, dir: &Path) -> Result<ApiConfig, Refusal> {
     let socket = match raw.socket {
         None => Some(PathBuf::from(DEFAULT_SOCKET)),
         Some(s) if s.get_ref().is_empty() => None,

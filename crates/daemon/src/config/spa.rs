@@ -5,17 +5,18 @@
 //! migrating site points portcullisd at the file it already has.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portcullis_proto::spa::fwknop::{EncMode, FwknopKey, HashType};
+use portcullis_proto::spa::fwknop::{EncMode, HashType};
 use portcullis_proto::spa::native::{ServerKey, UserPublicKey};
 use portcullis_proto::Service;
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::access_conf;
+use super::raw::{RawSpa, RawStanza};
+use super::stanza::{build_key, enc_mode, hash_type, KeyError, KeySyntax, KeyText};
+pub use super::stanza::{Cidr, FwknopStanza};
 
 /// Validated `[spa]` settings.
 #[derive(Debug, Clone)]
@@ -43,123 +44,6 @@ pub struct NativeUser {
     pub open: Vec<Service>,
     /// Longest grant the user may ask for.
     pub max_open_for: Duration,
-}
-
-/// An fwknop access stanza.
-#[derive(Debug, Clone)]
-pub struct FwknopStanza {
-    /// Name for logs (`name` inline, `access.conf:LINE` from a file).
-    pub name: String,
-    /// Packet sources allowed (`SOURCE`); empty = ANY.
-    pub source: Vec<Cidr>,
-    /// Keys.
-    pub key: FwknopKey,
-    /// `OPEN_PORTS`: what may be opened; empty = any protected service.
-    pub open_ports: Vec<Service>,
-    /// `RESTRICT_PORTS`: never opened.
-    pub restrict_ports: Vec<Service>,
-    /// `FW_ACCESS_TIMEOUT`.
-    pub fw_access_timeout: Duration,
-    /// `MAX_FW_TIMEOUT`: cap on a client-requested timeout.
-    pub max_fw_timeout: Duration,
-    /// `REQUIRE_USERNAME`.
-    pub require_username: Option<String>,
-    /// `REQUIRE_SOURCE_ADDRESS`: refuse "use source" (0.0.0.0) requests.
-    pub require_source_address: bool,
-    /// `ACCESS_EXPIRE(_EPOCH)`: the stanza stops working after this Unix time.
-    pub expires: Option<u64>,
-}
-
-/// An IPv4/IPv6 network in CIDR form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// Network address.
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Parse `a.b.c.d`, `a.b.c.d/n`, `x::y/n`.
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse().ok()?
-            }
-            Some(_) => return None,
-        };
-        (prefix <= max).then_some(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (width - prefix)
-            }
-        }
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                masked(u32::from(n).into(), self.prefix, 32) == masked(u32::from(i).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => {
-                masked(u128::from(n), self.prefix, 128) == masked(u128::from(i), self.prefix, 128)
-            }
-            _ => false,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSpa {
-    ports: Option<Spanned<Vec<Spanned<i64>>>>,
-    max_age: Option<Spanned<i64>>,
-    protect: Option<Spanned<Vec<Spanned<String>>>>,
-    server_key_file: Option<Spanned<String>>,
-    access_conf: Option<Spanned<String>>,
-    #[serde(default)]
-    user: Vec<Spanned<RawUser>>,
-    #[serde(default)]
-    fwknop: Vec<Spanned<RawStanza>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUser {
-    name: Spanned<String>,
-    key: Spanned<String>,
-    open: Spanned<Vec<Spanned<String>>>,
-    max_open_for: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStanza {
-    name: Spanned<String>,
-    source: Option<Vec<Spanned<String>>>,
-    key: Option<Spanned<String>>,
-    key_base64: Option<Spanned<String>>,
-    hmac_key: Option<Spanned<String>>,
-    hmac_key_base64: Option<Spanned<String>>,
-    hmac_digest_type: Option<Spanned<String>>,
-    encryption_mode: Option<Spanned<String>>,
-    open_ports: Option<Vec<Spanned<String>>>,
-    restrict_ports: Option<Vec<Spanned<String>>>,
-    fw_access_timeout: Option<Spanned<i64>>,
-    max_fw_timeout: Option<Spanned<i64>>,
-    require_username: Option<Spanned<String>>,
-    require_source_address: Option<bool>,
-    access_expire_epoch: Option<Spanned<i64>>,
 }
 
 /// A located refusal: byte offset into the config text, message.
@@ -308,16 +192,6 @@ fn services(list: Vec<Spanned<String>>) -> Result<Vec<Service>, SpaErr> {
     Ok(out)
 }
 
-/// Parse an HMAC/digest type name as fwknop spells it (`sha256`, `sha3_256`, ...).
-pub fn hash_type(s: &str) -> Option<HashType> {
-    s.to_ascii_lowercase().parse().ok()
-}
-
-/// Parse an encryption mode as fwknop spells it (only CBC and legacy are supported).
-pub fn enc_mode(s: &str) -> Option<EncMode> {
-    s.parse().ok()
-}
-
 fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
     let name = r.name.get_ref().clone();
     let span = r.name.span();
@@ -351,8 +225,18 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
             None => return at(m.span(), "encryption_mode must be cbc or legacy"),
         },
     };
-    let key =
-        build_key(&enc, mode, hmac.as_ref().map(|h| (hmac_type, h))).or_else(|m| at(span.clone(), m))?;
+    let key = match build_key(&enc, mode, hmac.as_ref().map(|h| (hmac_type, h))) {
+        Ok(k) => k,
+        Err(e) => {
+            // Point at the key that is wrong when there is one.
+            let place = match e {
+                KeyError::KeyNotBase64 => r.key_base64.as_ref().map(Spanned::span),
+                KeyError::HmacKeyNotBase64 => r.hmac_key_base64.as_ref().map(Spanned::span),
+                KeyError::Unusable(_) => None,
+            };
+            return at(place.unwrap_or(span), e.describe(KeySyntax::Toml));
+        }
+    };
     let mut source = Vec::new();
     for s in r.source.unwrap_or_default() {
         if s.get_ref().eq_ignore_ascii_case("any") {
@@ -390,36 +274,4 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
             },
         },
     })
-}
-
-/// A key as written: raw passphrase bytes or base64.
-pub enum KeyText {
-    /// `KEY` / `HMAC_KEY`: the bytes as written.
-    Raw(String),
-    /// `KEY_BASE64` / `HMAC_KEY_BASE64`.
-    B64(String),
-}
-
-/// Build an fwknop key from its textual forms.
-pub fn build_key(
-    enc: &KeyText,
-    mode: EncMode,
-    hmac: Option<(HashType, &KeyText)>,
-) -> Result<FwknopKey, String> {
-    use base64::Engine;
-    let bytes = |k: &KeyText, what: &str| -> Result<Vec<u8>, String> {
-        match k {
-            KeyText::Raw(s) => Ok(s.as_bytes().to_vec()),
-            KeyText::B64(s) => base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s.trim()))
-                .map_err(|_| format!("{what} is not valid base64")),
-        }
-    };
-    let e = bytes(enc, "KEY_BASE64")?;
-    let h = match hmac {
-        Some((t, k)) => Some((t, bytes(k, "HMAC_KEY_BASE64")?)),
-        None => None,
-    };
-    FwknopKey::new(&e, mode, h.as_ref().map(|(t, k)| (*t, k.as_slice()))).map_err(|e| e.to_string())
 }

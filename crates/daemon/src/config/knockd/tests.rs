@@ -8,6 +8,7 @@ use std::time::Duration;
 use portcullis_proto::{FlagFilter, Service, TcpFlags};
 
 use super::*;
+use crate::config::convert::to_toml;
 use crate::config::{self, CommandLine, Interfaces, LogTarget};
 
 fn p(text: &str) -> Result<Config, ConfigError> {

@@ -1,0 +1,443 @@
+//! Native TOML → [`Config`]: serde reads the [`raw`](super::raw) shapes, then every value
+//! is checked for meaning and range. Each refusal names the line it is about, and a
+//! message says what would be accepted, not how the parser failed.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_proto::{FlagFilter, Proto, Service};
+use toml::Spanned;
+
+use super::error::ConfigError;
+use super::model::{
+    valid_ifname, Backend, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
+    LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
+};
+use super::one_time::load_one_time;
+use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
+use super::source::line_of;
+use super::{api, spa};
+
+/// Parse and validate native TOML text (`path` is only used in messages and to resolve
+/// relative paths).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        match single_bracket_array_table(text) {
+            Some((l, (table, noun))) => ConfigError {
+                path: path.to_owned(),
+                line: Some(l),
+                message: format!(
+                    "[{table}] is a single table, but each {noun} is a [[{table}]] table (double brackets), \
+                     one per {noun}"
+                ),
+            },
+            None => ConfigError { path: path.to_owned(), line, message: e.message().to_string() },
+        }
+    })?;
+    Validator { text, path }.config(raw)
+}
+
+/// Tables that may appear many times, so they must be written `[[name]]`: (name, what
+/// one of them is).
+const ARRAY_TABLES: &[(&str, &str)] = &[("door", "door"), ("spa.user", "user"), ("spa.fwknop", "stanza")];
+
+/// The first line that opens one of [`ARRAY_TABLES`] with single brackets, if any: serde
+/// then only says "duplicate key" or "invalid type: map".
+fn single_bracket_array_table(text: &str) -> Option<(usize, (&'static str, &'static str))> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let t = line.trim();
+        let t = t.split_once('#').map_or(t, |(a, _)| a).trim_end();
+        let name = t.strip_prefix('[')?.strip_suffix(']')?;
+        if name.starts_with('[') {
+            return None;
+        }
+        let name = name.trim();
+        ARRAY_TABLES.iter().find(|(a, _)| *a == name).map(|&a| (i + 1, a))
+    })
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            path: self.path.to_owned(),
+            line: Some(line_of(self.text, span.start)),
+            message: message.into(),
+        })
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let daemon = self.daemon(raw.daemon)?;
+        let mut doors = Vec::with_capacity(raw.doors.len());
+        let mut names = BTreeSet::new();
+        for d in raw.doors {
+            let span = d.span();
+            let door = self.door(d.into_inner())?;
+            if !names.insert(door.name.clone()) {
+                return self.err(span, format!("door name {:?} is used twice", door.name));
+            }
+            doors.push(door);
+        }
+        let spa = match raw.spa {
+            None => None,
+            Some(s) => {
+                let span = s.span();
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match spa::validate(s.into_inner(), dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at.unwrap_or(span), message),
+                }
+            }
+        };
+        let api = match raw.api {
+            None => None,
+            Some(a) => {
+                let span = a.span();
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match api::validate(a.into_inner(), dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at.unwrap_or(span), message),
+                }
+            }
+        };
+        if doors.is_empty() && spa.is_none() {
+            return Err(ConfigError {
+                path: self.path.to_owned(),
+                line: None,
+                message: "nothing to do: add at least one [[door]] or an [spa] section".into(),
+            });
+        }
+        if doors.len() > usize::from(u16::MAX) {
+            return Err(ConfigError {
+                path: self.path.to_owned(),
+                line: None,
+                message: "more than 65535 doors".into(),
+            });
+        }
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api })
+    }
+
+    fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {
+        let interfaces = match raw.interfaces {
+            None => Interfaces::All,
+            Some(list) => {
+                let span = list.span();
+                let names: Vec<Spanned<String>> = list.into_inner();
+                if names.is_empty() {
+                    return self.err(span, "interfaces is empty (omit it, or use [\"all\"])");
+                }
+                if names.iter().any(|n| n.get_ref() == "all") {
+                    if names.len() > 1 {
+                        return self.err(span, "\"all\" cannot be combined with named interfaces");
+                    }
+                    Interfaces::All
+                } else {
+                    let mut out = Vec::new();
+                    for n in names {
+                        if !valid_ifname(n.get_ref()) {
+                            return self.err(n.span(), format!("invalid interface name {:?}", n.get_ref()));
+                        }
+                        out.push(n.into_inner());
+                    }
+                    Interfaces::Named(out)
+                }
+            }
+        };
+        let state_dir = match raw.state_dir {
+            None => PathBuf::from("/var/lib/portcullis"),
+            Some(s) if s.get_ref().starts_with('/') => PathBuf::from(s.into_inner()),
+            Some(s) => return self.err(s.span(), "state_dir must be an absolute path"),
+        };
+        let log = match raw.log {
+            None => LogTarget::Stderr,
+            Some(s) => match s.get_ref().as_str() {
+                "stderr" => LogTarget::Stderr,
+                "syslog" => LogTarget::Syslog,
+                "journald" => LogTarget::Journald,
+                other => {
+                    return self
+                        .err(s.span(), format!("log must be stderr, syslog or journald, not {other:?}"))
+                }
+            },
+        };
+        let max_tracked = match raw.max_tracked {
+            None => DEFAULT_MAX_TRACKED,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(v) if (1_000..=50_000_000).contains(&v) => v,
+                _ => return self.err(n.span(), "max_tracked must be between 1000 and 50000000"),
+            },
+        };
+        let backend = match raw.backend {
+            None => Backend::Nftables,
+            Some(s) => match s.get_ref().as_str() {
+                "nftables" => Backend::Nftables,
+                "iptables" => Backend::Iptables(IptablesVariant::Auto),
+                "iptables-legacy" => Backend::Iptables(IptablesVariant::Legacy),
+                "iptables-nft" => Backend::Iptables(IptablesVariant::Nft),
+                "none" => Backend::None,
+                other => {
+                    return self.err(
+                        s.span(),
+                        format!(
+                            "backend must be nftables, iptables, iptables-legacy, iptables-nft or none, \
+                             not {other:?}"
+                        ),
+                    )
+                }
+            },
+        };
+        let max_grants = match raw.max_grants {
+            None => DEFAULT_MAX_GRANTS,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(v) if (16..=4_194_304).contains(&v) => v,
+                _ => return self.err(n.span(), "max_grants must be between 16 and 4194304"),
+            },
+        };
+        let log_file = match raw.log_file {
+            None => None,
+            Some(s) if s.get_ref().starts_with('/') => Some(PathBuf::from(s.into_inner())),
+            Some(s) => return self.err(s.span(), "log_file must be an absolute path"),
+        };
+        let pid_file = match raw.pid_file {
+            None => None,
+            Some(s) if s.get_ref().starts_with('/') => Some(PathBuf::from(s.into_inner())),
+            Some(s) => return self.err(s.span(), "pid_file must be an absolute path"),
+        };
+        let command_time_limit = match raw.command_time_limit {
+            None => DEFAULT_COMMAND_TIME_LIMIT,
+            Some(d) => {
+                self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
+            }
+        };
+        Ok(DaemonSettings {
+            interfaces,
+            state_dir,
+            log,
+            max_tracked,
+            backend,
+            max_grants,
+            log_file,
+            pid_file,
+            command_time_limit,
+        })
+    }
+
+    fn door(&self, raw: RawDoor) -> Result<Door, ConfigError> {
+        let name = raw.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return self.err(
+                raw.name.span(),
+                format!("door name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ . -"),
+            );
+        }
+        let name_span = raw.name.span();
+        let one_time = match &raw.one_time_sequences {
+            None => None,
+            Some(p) => match load_one_time(Path::new(p.get_ref())) {
+                Ok(ot) => Some(ot),
+                Err(e) => return self.err(p.span(), format!("one_time_sequences: {e}")),
+            },
+        };
+        let (seq_span, knocks) = match (raw.sequence, &one_time) {
+            (Some(s), _) => (s.span(), s.into_inner()),
+            (None, Some(_)) => (name_span.clone(), Vec::new()),
+            (None, None) => {
+                return self.err(name_span, format!("door {name:?} has no sequence (or one_time_sequences)"))
+            }
+        };
+        let from_file = one_time.is_some() && knocks.is_empty();
+        if !from_file && (knocks.is_empty() || knocks.len() > MAX_SEQUENCE) {
+            return self.err(seq_span, format!("sequence must have 1 to {MAX_SEQUENCE} knocks"));
+        }
+        let mut sequence = Vec::with_capacity(knocks.len());
+        for k in knocks {
+            let svc = match k.get_ref() {
+                RawKnock::Port(p) => u16::try_from(*p)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .map(Service::tcp)
+                    .ok_or_else(|| format!("knock port {p} is not in 1..65535")),
+                RawKnock::Text(t) => Service::parse_knock(t, Proto::Tcp)
+                    .map_err(|e| format!("knock {t:?}: {e} (write PORT or PORT:tcp / PORT:udp)")),
+                RawKnock::Other(v) => {
+                    Err(format!("knock {v}: write a port number or text like \"7000:tcp\" / \"7000:udp\""))
+                }
+            };
+            match svc {
+                Ok(s) => sequence.push(s),
+                Err(m) => return self.err(k.span(), m),
+            }
+        }
+        if let Some(ot) = &one_time {
+            // The file decides (knockd: One_Time_Sequences replaces Sequence).
+            sequence = ot.remaining.first().map(|l| l.sequence.clone()).unwrap_or_default();
+        }
+        let seq_timeout = match raw.seq_timeout {
+            None => Duration::from_secs(10),
+            Some(d) => {
+                self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "seq_timeout")?
+            }
+        };
+        let flags = match raw.tcp_flags {
+            None => FlagFilter::SYN_ONLY,
+            Some(f) if f.get_ref() == "any" => FlagFilter::ANY,
+            Some(f) => match FlagFilter::parse(f.get_ref()) {
+                Ok(v) => v,
+                Err(e) => return self.err(f.span(), format!("tcp_flags: {e}")),
+            },
+        };
+        let open_span = raw.open.as_ref().map_or(name_span.clone(), |o| o.span());
+        let mut open = Vec::new();
+        for o in raw.open.map(Spanned::into_inner).unwrap_or_default() {
+            match Service::parse_grant(o.get_ref()) {
+                Ok(s) if !open.contains(&s) => open.push(s),
+                Ok(_) => return self.err(o.span(), format!("{:?} is listed twice", o.get_ref())),
+                Err(e) => {
+                    return self
+                        .err(o.span(), format!("open {:?}: {e} (write tcp/22 or udp/53)", o.get_ref()))
+                }
+            }
+        }
+        let commands = self.commands(
+            raw.start_command,
+            raw.start_command_6,
+            raw.stop_command,
+            raw.stop_command_6,
+            raw.cmd_timeout,
+        )?;
+        if open.is_empty() && commands.is_none() {
+            return self.err(
+                open_span,
+                "open must list at least one service, e.g. [\"tcp/22\"] (or give a start_command)",
+            );
+        }
+        let open_for = match raw.open_for {
+            // A command-only door: its "open" time is the command's.
+            None if open.is_empty() => commands.as_ref().map_or(Duration::from_secs(30), |c| c.cmd_timeout),
+            None => Duration::from_secs(30),
+            Some(d) => self.duration(d, Duration::from_secs(1), Duration::from_secs(86_400), "open_for")?,
+        };
+        let target = match raw.target {
+            None => None,
+            Some(t) => match t.get_ref().parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    return self.err(t.span(), format!("target {:?} is not an IP address", t.get_ref()))
+                }
+            },
+        };
+        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time })
+    }
+
+    fn commands(
+        &self,
+        start: Option<Spanned<RawCommand>>,
+        start6: Option<Spanned<RawCommand>>,
+        stop: Option<Spanned<RawCommand>>,
+        stop6: Option<Spanned<RawCommand>>,
+        cmd_timeout: Option<Spanned<RawDuration>>,
+    ) -> Result<Option<Commands>, ConfigError> {
+        let any = start.is_some() || start6.is_some() || stop.is_some() || stop6.is_some();
+        if !any {
+            if let Some(t) = cmd_timeout {
+                return self.err(t.span(), "cmd_timeout needs a start_command");
+            }
+            return Ok(None);
+        }
+        let one = |c: Option<Spanned<RawCommand>>,
+                   what: &str|
+         -> Result<Option<Option<CommandLine>>, ConfigError> {
+            let Some(c) = c else { return Ok(None) };
+            let span = c.span();
+            match c.into_inner() {
+                RawCommand::Shell(s) if s.trim().is_empty() => Ok(Some(None)),
+                RawCommand::Shell(s) => Ok(Some(Some(CommandLine::Shell(s)))),
+                RawCommand::Argv(v) if v.is_empty() => Ok(Some(None)),
+                RawCommand::Argv(v) if v[0].is_empty() || v[0].contains("%IP%") => self.err(
+                    span,
+                    format!("{what}: the program (first element) must be a fixed, non-empty path"),
+                ),
+                RawCommand::Argv(v) => Ok(Some(Some(CommandLine::Argv(v)))),
+                RawCommand::Other(v) => self.err(
+                    span,
+                    format!(
+                        "{what}: expected a shell command line (text) or a list of text arguments, got {v}"
+                    ),
+                ),
+            }
+        };
+        let start4 = one(start, "start_command")?.flatten();
+        let start6 = one(start6, "start_command_6")?.unwrap_or_else(|| start4.clone());
+        let stop4 = one(stop, "stop_command")?.flatten();
+        let stop6 = one(stop6, "stop_command_6")?.unwrap_or_else(|| stop4.clone());
+        let cmd_timeout = match cmd_timeout {
+            None => Duration::from_secs(10),
+            Some(d) => self.duration(d, Duration::ZERO, Duration::from_secs(86_400), "cmd_timeout")?,
+        };
+        Ok(Some(Commands { start4, start6, stop4, stop6, cmd_timeout }))
+    }
+
+    fn duration(
+        &self,
+        d: Spanned<RawDuration>,
+        min: Duration,
+        max: Duration,
+        what: &str,
+    ) -> Result<Duration, ConfigError> {
+        let (parsed, written) = match d.get_ref() {
+            RawDuration::Seconds(s) => (u64::try_from(*s).ok().map(Duration::from_secs), s.to_string()),
+            RawDuration::Text(t) => match humantime::parse_duration(t) {
+                Ok(v) => (Some(v), format!("{t:?}")),
+                Err(_) => {
+                    return self.err(
+                        d.span(),
+                        format!(
+                            "{what}: {t:?} is not a duration; write a whole number of seconds or text \
+                             like \"500ms\", \"5s\" or \"2m\""
+                        ),
+                    )
+                }
+            },
+            RawDuration::Other(v) => {
+                return self.err(
+                    d.span(),
+                    format!(
+                        "{what}: expected a whole number of seconds or a duration like \"500ms\" or \"5s\", \
+                         got {v}"
+                    ),
+                )
+            }
+        };
+        match parsed {
+            Some(v) if v >= min && v <= max => Ok(v),
+            _ => self.err(
+                d.span(),
+                format!("{what} must be between {} and {}, got {written}", human(min), human(max)),
+            ),
+        }
+    }
+}
+
+/// A limit as messages show it: `100 ms`, `1 s`, `90 s`, `5 min`, `24 h`.
+pub(super) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        format!("{} ms", d.as_millis())
+    } else if secs % 3600 == 0 {
+        format!("{} h", secs / 3600)
+    } else if secs % 60 == 0 && secs >= 300 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
+}
