@@ -11,12 +11,15 @@
 //! - [`wire`]: zero-copy views over sniffed IPv4/IPv6 + TCP/UDP packets.
 //! - [`bpf`]: the classic-BPF program that keeps unrelated traffic in the kernel.
 //! - [`knock`]: the knock-sequence state machine (bounded, O(1) per packet).
+//! - [`ratelimit`]: [`ratelimit::TokenBucket`], the rate limiter on caller-supplied time.
+//! - [`spa`]: single-packet authorization codecs (fwknop and the native format).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod addr;
 pub mod bpf;
 pub mod knock;
+pub mod ratelimit;
 pub mod service;
 pub mod spa;
 pub mod tcpflags;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use portcullis_proto::spa::fwknop::{self, MsgType};
 use portcullis_proto::spa::native::{self, ServerKey, UserPublicKey};
 use portcullis_proto::spa::SpaError;
+use portcullis_proto::ratelimit::TokenBucket;
 use portcullis_proto::{Millis, Service};
 
 use crate::config::spa::{FwknopStanza, NativeUser, SpaConfig};
@@ -49,27 +50,10 @@ pub enum Verdict {
 }
 
 /// Native packets that pass the cheap checks cost ~60-130 µs of crypto each; this
-/// budget bounds what someone holding the (public) server key can make us spend.
-struct Budget {
-    tokens: f64,
-    last: Millis,
-}
-
-impl Budget {
-    const PER_SEC: f64 = 4000.0;
-    const BURST: f64 = 400.0;
-
-    fn take(&mut self, now: Millis) -> bool {
-        self.tokens = (self.tokens + now.since(self.last).as_secs_f64() * Self::PER_SEC).min(Self::BURST);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// budget (per second, burst) bounds what someone holding the (public) server key can
+/// make us spend.
+const CRYPTO_PER_SEC: u32 = 4000;
+const CRYPTO_BURST: u32 = 400;
 
 /// Ephemeral public keys that already cost an X25519 operation. A genuine native
 /// packet uses a fresh ephemeral key, so a second packet with the same one is a replay
@@ -121,7 +105,7 @@ pub struct SpaGate {
     stanzas: Vec<FwknopStanza>,
     protected: Vec<Service>,
     replay: ReplayCache,
-    budget: Budget,
+    budget: TokenBucket,
     seen_ephemeral: SeenEphemeral,
 }
 
@@ -142,7 +126,7 @@ impl SpaGate {
             stanzas: cfg.stanzas.clone(),
             protected,
             replay,
-            budget: Budget { tokens: Budget::BURST, last: Millis(0) },
+            budget: TokenBucket::new(CRYPTO_PER_SEC, CRYPTO_BURST),
             seen_ephemeral: SeenEphemeral::new(),
         }
     }
