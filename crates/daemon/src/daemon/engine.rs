@@ -19,7 +19,7 @@ use crate::config::{Config, Door};
 use crate::firewall::{FirewallDriver, FirewallError, Grant};
 use crate::grants::Granter;
 use crate::spa::{SpaGate, Verdict};
-use crate::stats::{spa_reject_class, Stats};
+use crate::stats::Stats;
 use crate::store::{Origin, OriginKind};
 use portcullis_proto::addr::canonical as fold;
 
@@ -232,10 +232,9 @@ impl Engine {
                 self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
             }
             Verdict::Reject(reason) => {
-                self.stats.spa_rejected += 1;
-                self.stats.spa_rejected_by[spa_reject_class(&reason)] += 1;
+                self.stats.count_spa_reject(reason.class());
                 if self.limiter.take(now) {
-                    tracing::info!("{src}: spa: rejected: {}", reason.escape_debug());
+                    tracing::info!("{src}: spa: rejected: {}", reason.to_string().escape_debug());
                 } else {
                     self.stats.suppressed_logs += 1;
                 }
