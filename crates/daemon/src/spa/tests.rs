@@ -10,7 +10,7 @@ use portcullis_proto::spa::PacketError;
 use portcullis_proto::{Millis, Service};
 
 use super::replay::ReplayCache;
-use super::{Denial, RejectReason, SpaGate, Verdict};
+use super::{Denial, RejectClass, RejectReason, SpaGate, Verdict};
 use crate::config::spa::{Cidr, FwknopStanza, NativeUser, SpaConfig};
 
 const NOW: u64 = 1_795_288_322;
@@ -320,4 +320,110 @@ fn copied_native_header_cannot_drain_the_budget() {
     let fresh = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 31);
     granted(&f.gate.handle(src(), &fresh, NOW, Millis(0)));
     assert_eq!(*rejected(&f.gate.handle(src(), &genuine, NOW, Millis(0))), RejectReason::EphemeralSeen);
+}
+
+fn class_of(v: &Verdict) -> RejectClass {
+    rejected(v).class()
+}
+
+fn fwknop_from(user: &str, access: &[Service], ts: u64, seed: u64) -> Vec<u8> {
+    let mut r = seeded(seed);
+    let m = SpaMessage::new_access(
+        user,
+        ts,
+        Ipv4Addr::UNSPECIFIED,
+        access.iter().map(|&s| Access::from(s)).collect(),
+        &mut r,
+    );
+    fwknop::encode(&m, &key(), &mut r).unwrap().into_bytes()
+}
+
+#[test]
+fn every_rejection_class_is_reached() {
+    let mut f = fixture(vec![stanza()]);
+    // auth: another stanza's keys.
+    let other = FwknopKey::new(b"otherkey", EncMode::Cbc, Some((HashType::Sha256, b"otherhmac"))).unwrap();
+    let m = SpaMessage::new_access(
+        "alice",
+        NOW,
+        Ipv4Addr::UNSPECIFIED,
+        vec![Access::from(Service::tcp(22))],
+        &mut rng(),
+    );
+    let p = fwknop::encode(&m, &other, &mut rng()).unwrap();
+    assert_eq!(class_of(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))), RejectClass::Auth);
+    // replay: the same request twice.
+    let p = fwknop_from("alice", &[Service::tcp(22)], NOW, 1);
+    granted(&f.gate.handle(src(), &p, NOW, Millis(0)));
+    assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Replay);
+    // window: authentic but old.
+    let p = fwknop_from("alice", &[Service::tcp(22)], NOW - 121, 2);
+    assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Window);
+    // policy: authentic and fresh, but a service the stanza does not open.
+    let p = fwknop_from("alice", &[Service::tcp(443)], NOW, 3);
+    assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Policy);
+    // malformed: junk.
+    assert_eq!(class_of(&f.gate.handle(src(), &[b'A'; 10], NOW, Millis(0))), RejectClass::Malformed);
+    // other: only an internal error lands there.
+    assert_eq!(RejectReason::Packet(PacketError::Internal("test")).class(), RejectClass::Other);
+}
+
+#[test]
+fn overload_is_its_own_class() {
+    let mut f = fixture(vec![stanza()]);
+    f.gate.replay = ReplayCache::in_memory(1);
+    granted(&f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 4), NOW, Millis(0)));
+    let full = f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 5), NOW, Millis(0));
+    assert_eq!(*rejected(&full), RejectReason::ReplayCacheFull);
+    assert_eq!(class_of(&full), RejectClass::Overload);
+    assert_eq!(RejectReason::CryptoBudget.class(), RejectClass::Overload);
+}
+
+/// Both texts contain "nat" (of "native"); substring matching counted them as NAT
+/// policy refusals. Neither is a policy decision: the server cannot read the packet.
+#[test]
+fn packets_in_a_format_not_configured_are_malformed_not_policy() {
+    let mut f = fixture(Vec::new());
+    let v = f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 6), NOW, Millis(0));
+    assert_eq!(*rejected(&v), RejectReason::NotNative);
+    assert_eq!(class_of(&v), RejectClass::Malformed);
+
+    let alice = f.alice.clone();
+    let p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
+    f.gate.server_key = None;
+    let v = f.gate.handle(src(), &p, NOW, Millis(0));
+    assert_eq!(*rejected(&v), RejectReason::NativeNotConfigured);
+    assert_eq!(class_of(&v), RejectClass::Malformed);
+}
+
+/// The user name is the sender's choice and appears in the log text; it must not
+/// move a rejection to another class.
+#[test]
+fn sender_chosen_user_name_does_not_steer_the_class() {
+    let mut st = stanza();
+    st.require_username = Some("alice".into());
+    let mut f = fixture(vec![st]);
+    for (i, user) in
+        ["alice", "nat", "replayed", "hmac", "NAT-replay-HMAC-window-key"].into_iter().enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let stale =
+            f.gate.handle(src(), &fwknop_from(user, &[Service::tcp(22)], NOW - 500, seed), NOW, Millis(0));
+        assert!(rejected(&stale).to_string().contains(user), "the log names the user");
+        assert_eq!(class_of(&stale), RejectClass::Window, "user {user:?}");
+        let p = fwknop_from(user, &[Service::tcp(443)], NOW, seed + 1);
+        assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Policy, "user {user:?}");
+    }
+    let p = fwknop_from("hmac-replay", &[Service::tcp(22)], NOW, 200);
+    let v = f.gate.handle(src(), &p, NOW, Millis(0));
+    assert!(matches!(rejected(&v), RejectReason::Denied { denial: Denial::Username, .. }));
+    assert_eq!(class_of(&v), RejectClass::Policy);
+}
+
+#[test]
+fn class_labels_are_distinct_and_indexes_match_all() {
+    for (i, c) in RejectClass::ALL.into_iter().enumerate() {
+        assert_eq!(c.index(), i);
+        assert_eq!(RejectClass::ALL.iter().filter(|d| d.label() == c.label()).count(), 1);
+    }
 }
