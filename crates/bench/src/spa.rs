@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_proto::spa::fwknop::{self, Access, EncMode, FwknopKey, HashType, SpaMessage};
 use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerKey, UserKey, UserPublicKey};
-use portcullis_proto::spa::SpaError;
+use portcullis_proto::spa::PacketError;
 use portcullis_proto::{Proto, Service};
 
 use crate::report::Report;
@@ -83,7 +83,7 @@ struct Case {
     name: &'static str,
     inputs: Vec<Vec<u8>>,
     /// `None`: every input must be accepted; `Some(e)`: every input rejected with `e`.
-    expect: Option<SpaError>,
+    expect: Option<PacketError>,
 }
 
 /// Run scenario 4 with about `budget` per case.
@@ -166,13 +166,13 @@ pub fn run(budget: Duration, report: &mut Report) -> anyhow::Result<()> {
             format: Format::Fwknop,
             name: "random base64 junk, typical length (rejected: HMAC)",
             inputs: junk,
-            expect: Some(SpaError::BadMac),
+            expect: Some(PacketError::BadMac),
         },
         Case {
             format: Format::Fwknop,
             name: "valid packet with one character flipped (rejected: HMAC)",
             inputs: flipped,
-            expect: Some(SpaError::BadMac),
+            expect: Some(PacketError::BadMac),
         },
         Case {
             format: Format::Fwknop,
@@ -184,13 +184,13 @@ pub fn run(budget: Duration, report: &mut Report) -> anyhow::Result<()> {
             format: Format::Native,
             name: "right magic and version, 256 B, random rest (rejected: server tag)",
             inputs: nmagic,
-            expect: Some(SpaError::WrongServer),
+            expect: Some(PacketError::WrongServer),
         },
         Case {
             format: Format::Native,
             name: "valid header and server tag, one ciphertext bit flipped (rejected: AEAD, after X25519)",
             inputs: nflip,
-            expect: Some(SpaError::DecryptFailed),
+            expect: Some(PacketError::DecryptFailed),
         },
         Case {
             format: Format::Native,
@@ -270,11 +270,11 @@ mod tests {
         for p in tagged_native_junk(&server, &user, 16).unwrap() {
             assert_eq!(p.len(), native::PACKET_LEN);
             assert_eq!(native::precheck(&p, server.public()), Ok(()));
-            assert_eq!(native::open(&p, &server, &users).err(), Some(SpaError::DecryptFailed));
+            assert_eq!(native::open(&p, &server, &users).err(), Some(PacketError::DecryptFailed));
         }
         // Another server's tag check refuses them cheaply.
         let other = ServerKey::generate(&mut crate::env::urandom);
         let p = &tagged_native_junk(&server, &user, 1).unwrap()[0];
-        assert_eq!(native::precheck(p, other.public()), Err(SpaError::WrongServer));
+        assert_eq!(native::precheck(p, other.public()), Err(PacketError::WrongServer));
     }
 }

@@ -1,6 +1,8 @@
 //! The capture thread's counters, shared by the engine (which counts), the grant
 //! path (which publishes them) and the metrics endpoint (which reads them).
 
+use crate::spa::RejectClass;
+
 /// Counters exposed in logs (and later metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -24,28 +26,19 @@ pub struct Stats {
     pub knock_resets: u64,
     /// Knock sequences that ran out of time.
     pub knock_timeouts: u64,
-    /// SPA rejections by reason class, indexed like [`SPA_REJECT_CLASSES`].
-    pub spa_rejected_by: [u64; SPA_REJECT_CLASSES.len()],
+    /// SPA rejections by class, indexed by [`RejectClass::index`].
+    pub spa_rejected_by: [u64; RejectClass::ALL.len()],
 }
 
-/// Reason classes for rejected SPA packets (metrics labels).
-pub const SPA_REJECT_CLASSES: [&str; 6] = ["auth", "replay", "window", "policy", "malformed", "other"];
+impl Stats {
+    /// Count one rejected SPA packet in its class.
+    pub fn count_spa_reject(&mut self, class: RejectClass) {
+        self.spa_rejected += 1;
+        self.spa_rejected_by[class.index()] += 1;
+    }
 
-/// Class of an SPA rejection reason (the gate's reasons are fixed texts).
-pub fn spa_reject_class(reason: &str) -> usize {
-    let r = reason.to_ascii_lowercase();
-    let has = |ws: &[&str]| ws.iter().any(|w| r.contains(w));
-    if has(&["replay"]) {
-        1
-    } else if has(&["window", "stale", "future", "expired"]) {
-        2
-    } else if has(&["hmac", "signature", "decrypt", "authentic", "key", "budget"]) {
-        0
-    } else if has(&["not permitted", "nat", "command", "not allowed", "restrict", "source", "user"]) {
-        3
-    } else if has(&["length", "short", "long", "base64", "format", "field", "not a", "invalid", "magic"]) {
-        4
-    } else {
-        5
+    /// SPA rejections so far in `class`.
+    pub fn spa_rejected_in(&self, class: RejectClass) -> u64 {
+        self.spa_rejected_by[class.index()]
     }
 }

@@ -12,12 +12,15 @@
 //! - [`bpf`]: the classic-BPF program that keeps unrelated traffic in the kernel.
 //! - [`knock`]: the knock-sequence state machine (bounded, O(1) per packet).
 //! - [`rotate`]: time-rotating knock sequences (md5-hourly, hmac-sha256) from an injected time.
+//! - [`ratelimit`]: [`ratelimit::TokenBucket`], the rate limiter on caller-supplied time.
+//! - [`spa`]: single-packet authorization codecs (fwknop and the native format).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod addr;
 pub mod bpf;
 pub mod knock;
+pub mod ratelimit;
 pub mod rotate;
 pub mod service;
 pub mod spa;

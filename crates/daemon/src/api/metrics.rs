@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::{blocking, AppState};
-use crate::stats::SPA_REJECT_CLASSES;
+use crate::spa::RejectClass;
 use crate::store::{GrantState, OriginKind};
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -73,8 +73,9 @@ pub async fn render(state: &AppState) -> String {
     head(&mut out, "portcullis_spa_accepted_total", "counter", "SPA packets accepted.");
     let _ = writeln!(out, "portcullis_spa_accepted_total {}", s.spa_accepted);
     head(&mut out, "portcullis_spa_rejected_total", "counter", "SPA packets rejected, by reason.");
-    for (i, class) in SPA_REJECT_CLASSES.iter().enumerate() {
-        let _ = writeln!(out, "portcullis_spa_rejected_total{{reason=\"{class}\"}} {}", s.spa_rejected_by[i]);
+    for class in RejectClass::ALL {
+        let _ =
+            writeln!(out, "portcullis_spa_rejected_total{{reason=\"{class}\"}} {}", s.spa_rejected_in(class));
     }
     head(
         &mut out,

@@ -8,8 +8,6 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
-
-use portcullis_proto::addr::canonical as fold;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,13 +15,15 @@ use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::ifaddrs::getifaddrs;
+use portcullis_proto::addr::canonical;
 
 use crate::config::Interfaces;
 
 /// The interfaces we listen on and the addresses knocks may be sent to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalView {
-    /// Local addresses of the selected interfaces (IPv4-mapped IPv6 folded to IPv4).
+    /// Local addresses of the selected interfaces, in canonical form
+    /// ([`portcullis_proto::addr::canonical`]), as parsed packets carry them.
     pub addrs: HashSet<IpAddr>,
     /// Interface indexes we accept packets from; `None` means every interface.
     pub ifindexes: Option<HashSet<u32>>,
@@ -53,18 +53,14 @@ impl LocalView {
                 }
             }
             let Some(addr) = ifa.address else { continue };
+            // The input point for local addresses: stored canonical, like parsed packets.
             if let Some(v4) = addr.as_sockaddr_in() {
                 view.addrs.insert(IpAddr::V4(v4.ip()));
             } else if let Some(v6) = addr.as_sockaddr_in6() {
-                view.addrs.insert(fold(IpAddr::V6(v6.ip())));
+                view.addrs.insert(canonical(IpAddr::V6(v6.ip())));
             }
         }
         Ok(view)
-    }
-
-    /// Whether a packet that arrived on `ifindex` addressed to `dst` is for us.
-    pub fn accepts(&self, ifindex: u32, dst: IpAddr) -> bool {
-        self.ifindexes.as_ref().is_none_or(|s| s.contains(&ifindex)) && self.addrs.contains(&fold(dst))
     }
 }
 

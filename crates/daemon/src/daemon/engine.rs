@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use portcullis_proto::knock::{DoorSpec, Event, Tracker};
+use portcullis_proto::ratelimit::TokenBucket;
 use portcullis_proto::wire::Datagram;
 use portcullis_proto::{Millis, Proto, Service};
 
@@ -18,11 +19,11 @@ use crate::config::{Config, Door};
 use crate::firewall::{FirewallDriver, FirewallError, Grant};
 use crate::grants::Granter;
 use crate::spa::{SpaGate, Verdict};
-use crate::stats::{spa_reject_class, Stats};
+use crate::stats::Stats;
 use crate::store::{Origin, OriginKind};
 use portcullis_proto::addr::canonical as fold;
 
-// knockd drop-in (issue 3): commands, one-time sequences, daemon-side expiry.
+// knockd drop-in: commands, one-time sequences, daemon-side expiry.
 mod knockd;
 
 struct Group {
@@ -32,43 +33,24 @@ struct Group {
     doors: Vec<usize>,
 }
 
-/// Token bucket for per-knock log lines: a flood of spoofed first knocks must not turn
-/// into a flood of log lines. Grants are always logged.
-struct LogLimiter {
-    tokens: f64,
-    last: Millis,
-}
-
-impl LogLimiter {
-    const RATE_PER_SEC: f64 = 100.0;
-    const BURST: f64 = 500.0;
-
-    fn allow(&mut self, now: Millis) -> bool {
-        let dt = now.since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * Self::RATE_PER_SEC).min(Self::BURST);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// Per-knock log lines per second, and their burst: a flood of spoofed first knocks
+/// must not turn into a flood of log lines.
+const LOG_PER_SEC: u32 = 100;
+const LOG_BURST: u32 = 500;
 
 /// Everything between a parsed packet and the firewall.
 pub struct Engine {
     doors: Vec<Door>,
     groups: Vec<Group>,
     granter: Arc<Granter>,
-    limiter: LogLimiter,
+    limiter: TokenBucket,
     /// Grant lines have their own, separate budget: a flood of knocks can never
     /// crowd them out, and a 1-knock door hit by a flood cannot flood the log.
-    open_limiter: LogLimiter,
+    open_limiter: TokenBucket,
     reported_suppressed: u64,
     stats: Stats,
     spa: Option<SpaGate>,
-    /// knockd drop-in state (issue 3), see `engine/knockd.rs`.
+    /// knockd drop-in state, see `engine/knockd.rs`.
     ext: knockd::Ext,
 }
 
@@ -109,8 +91,8 @@ impl Engine {
             doors: config.doors.clone(),
             groups,
             granter,
-            limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
-            open_limiter: LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) },
+            limiter: TokenBucket::new(LOG_PER_SEC, LOG_BURST),
+            open_limiter: TokenBucket::new(LOG_PER_SEC, LOG_BURST),
             reported_suppressed: 0,
             stats: Stats::default(),
             spa: None,
@@ -153,8 +135,8 @@ impl Engine {
         if view.ifindexes.as_ref().is_some_and(|s| !s.contains(&ifindex)) {
             return;
         }
-        let src = fold(d.src);
-        let dst = fold(d.dst);
+        // The wire parser hands out canonical addresses.
+        let (src, dst) = (d.src, d.dst);
         if d.proto == Proto::Udp && self.spa.as_ref().is_some_and(|g| g.is_spa_port(d.dst_port)) {
             if view.addrs.contains(&dst) {
                 self.stats.for_us += 1;
@@ -199,7 +181,7 @@ impl Engine {
         let name = &self.doors[door].name;
         match e {
             Event::Stage { stage, of, .. } => {
-                if self.limiter.allow(now) {
+                if self.limiter.take(now) {
                     tracing::info!("{src}: {name}: Stage {stage} (of {of})");
                 } else {
                     self.stats.suppressed_logs += 1;
@@ -207,7 +189,7 @@ impl Engine {
             }
             Event::Reset { at_stage, .. } => {
                 self.stats.knock_resets += 1;
-                if self.limiter.allow(now) {
+                if self.limiter.take(now) {
                     tracing::info!("{src}: {name}: sequence broken at stage {at_stage}, reset");
                 } else {
                     self.stats.suppressed_logs += 1;
@@ -215,7 +197,7 @@ impl Engine {
             }
             Event::TimedOut { at_stage, .. } => {
                 self.stats.knock_timeouts += 1;
-                if self.limiter.allow(now) {
+                if self.limiter.take(now) {
                     tracing::info!("{src}: {name}: sequence timeout at stage {at_stage}");
                 } else {
                     self.stats.suppressed_logs += 1;
@@ -229,7 +211,7 @@ impl Engine {
         let d = &self.doors[door];
         let (label, n, services, duration) = (d.name.clone(), d.sequence.len(), d.open.clone(), d.open_for);
         self.stats.knock_completed += 1;
-        let log = self.open_limiter.allow(now);
+        let log = self.open_limiter.take(now);
         if log {
             tracing::info!("{src}: {label}: Stage {n} (of {n})");
         }
@@ -246,14 +228,13 @@ impl Engine {
                 self.stats.spa_accepted += 1;
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
-                let log = self.open_limiter.allow(now);
+                let log = self.open_limiter.take(now);
                 self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
             }
             Verdict::Reject(reason) => {
-                self.stats.spa_rejected += 1;
-                self.stats.spa_rejected_by[spa_reject_class(&reason)] += 1;
-                if self.limiter.allow(now) {
-                    tracing::info!("{src}: spa: rejected: {}", reason.escape_debug());
+                self.stats.count_spa_reject(reason.class());
+                if self.limiter.take(now) {
+                    tracing::info!("{src}: spa: rejected: {}", reason.to_string().escape_debug());
                 } else {
                     self.stats.suppressed_logs += 1;
                 }
@@ -276,7 +257,6 @@ impl Engine {
         log: bool,
         wall: SystemTime,
     ) {
-        let allow = fold(allow);
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
         let until = humantime::format_rfc3339_seconds(wall + duration);
         let secs = duration.as_secs();
@@ -458,13 +438,5 @@ target = "192.0.2.99"
             e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 99], Proto::Tcp, port), Millis(10 + i as u64), wall);
         }
         assert_eq!(granted(&mut e), vec![("192.0.2.3".parse().unwrap(), Service::tcp(443))]);
-    }
-
-    #[test]
-    fn log_limiter_caps_per_knock_lines() {
-        let mut l = LogLimiter { tokens: LogLimiter::BURST, last: Millis(0) };
-        let allowed = (0..10_000).filter(|_| l.allow(Millis(0))).count();
-        assert_eq!(allowed, LogLimiter::BURST as usize);
-        assert!(l.allow(Millis(1000)), "refills over time");
     }
 }

@@ -8,9 +8,12 @@
 //! 4. replay: canonical key of the decrypted request, persisted ([`replay`]);
 //! 5. policy: which services this stanza/user may open, for how long, for whom.
 //!
-//! Nothing here sends anything: SPA never answers. Rejections carry a static reason
-//! for the log (and fail2ban); attacker-controlled text is only ever logged escaped.
+//! Nothing here sends anything: SPA never answers. Rejections are a typed
+//! [`RejectReason`]: its variant decides the metric class, its `Display` is the log
+//! text (and what fail2ban matches); attacker-controlled text in it (user names) is
+//! only ever logged escaped and never steers the class.
 
+pub mod reject;
 pub mod replay;
 
 use std::collections::{HashMap, HashSet};
@@ -18,12 +21,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use portcullis_proto::ratelimit::TokenBucket;
 use portcullis_proto::spa::fwknop::{self, MsgType};
 use portcullis_proto::spa::native::{self, ServerKey, UserPublicKey};
-use portcullis_proto::spa::SpaError;
+use portcullis_proto::spa::PacketError;
 use portcullis_proto::{Millis, Service};
 
 use crate::config::spa::{FwknopStanza, NativeUser, SpaConfig};
+pub use reject::{Denial, RejectClass, RejectReason};
 use replay::{Refusal, ReplayCache};
 
 /// What an accepted request grants.
@@ -44,32 +49,15 @@ pub struct Decision {
 pub enum Verdict {
     /// Open this.
     Grant(Decision),
-    /// Refused, with a reason for the log.
-    Reject(String),
+    /// Refused: the reason carries its metric class and its log text.
+    Reject(RejectReason),
 }
 
 /// Native packets that pass the cheap checks cost ~60-130 µs of crypto each; this
-/// budget bounds what someone holding the (public) server key can make us spend.
-struct Budget {
-    tokens: f64,
-    last: Millis,
-}
-
-impl Budget {
-    const PER_SEC: f64 = 4000.0;
-    const BURST: f64 = 400.0;
-
-    fn take(&mut self, now: Millis) -> bool {
-        self.tokens = (self.tokens + now.since(self.last).as_secs_f64() * Self::PER_SEC).min(Self::BURST);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// budget (per second, burst) bounds what someone holding the (public) server key can
+/// make us spend.
+const CRYPTO_PER_SEC: u32 = 4000;
+const CRYPTO_BURST: u32 = 400;
 
 /// Ephemeral public keys that already cost an X25519 operation. A genuine native
 /// packet uses a fresh ephemeral key, so a second packet with the same one is a replay
@@ -121,12 +109,8 @@ pub struct SpaGate {
     stanzas: Vec<FwknopStanza>,
     protected: Vec<Service>,
     replay: ReplayCache,
-    budget: Budget,
+    budget: TokenBucket,
     seen_ephemeral: SeenEphemeral,
-}
-
-fn reason(e: SpaError) -> String {
-    e.to_string()
 }
 
 impl SpaGate {
@@ -142,7 +126,7 @@ impl SpaGate {
             stanzas: cfg.stanzas.clone(),
             protected,
             replay,
-            budget: Budget { tokens: Budget::BURST, last: Millis(0) },
+            budget: TokenBucket::new(CRYPTO_PER_SEC, CRYPTO_BURST),
             seen_ephemeral: SeenEphemeral::new(),
         }
     }
@@ -150,11 +134,6 @@ impl SpaGate {
     /// Whether UDP to `port` is SPA.
     pub fn is_spa_port(&self, port: u16) -> bool {
         self.ports.contains(&port)
-    }
-
-    /// The sniffed UDP ports.
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
     }
 
     /// Periodic work: drop expired replay entries, fsync appended ones.
@@ -170,47 +149,46 @@ impl SpaGate {
         } else if !self.stanzas.is_empty() {
             self.fwknop(src, payload, now_unix)
         } else {
-            Verdict::Reject("not a native SPA packet (no fwknop stanzas configured)".into())
+            Verdict::Reject(RejectReason::NotNative)
         }
     }
 
     fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), Verdict> {
         match self.replay.admit(key, expires, now_unix) {
             Ok(()) => Ok(()),
-            Err(Refusal::Replayed) => Err(Verdict::Reject("replayed packet".into())),
+            Err(Refusal::Replayed) => Err(Verdict::Reject(RejectReason::Replayed)),
             Err(Refusal::Full) => {
                 tracing::error!("spa: replay cache full of live entries; refusing SPA until entries expire");
-                Err(Verdict::Reject("replay cache full".into()))
+                Err(Verdict::Reject(RejectReason::ReplayCacheFull))
             }
         }
     }
 
     fn native(&mut self, src: IpAddr, payload: &[u8], now_unix: u64, now: Millis) -> Verdict {
         let Some(server) = &self.server_key else {
-            return Verdict::Reject("native SPA is not configured".into());
+            return Verdict::Reject(RejectReason::NativeNotConfigured);
         };
         if let Err(e) = native::precheck(payload, server.public()) {
-            return Verdict::Reject(reason(e));
+            return Verdict::Reject(RejectReason::Packet(e));
         }
         // The ephemeral public key is the last 32 bytes of the cleartext header
         // (precheck has checked the length; `get` keeps this safe on its own).
         let Some(eph) = payload.get(native::HEADER_LEN - 32..native::HEADER_LEN) else {
-            return Verdict::Reject(reason(SpaError::BadLength));
+            return Verdict::Reject(RejectReason::Packet(PacketError::BadLength));
         };
         if !self.seen_ephemeral.first_sight(eph, now, Duration::from_secs(self.max_age)) {
-            return Verdict::Reject(
-                "native SPA ephemeral key seen before (replayed or copied header)".into(),
-            );
+            return Verdict::Reject(RejectReason::EphemeralSeen);
         }
         if !self.budget.take(now) {
-            return Verdict::Reject("native SPA crypto budget exhausted (flood?)".into());
+            return Verdict::Reject(RejectReason::CryptoBudget);
         }
         let req = match native::open(payload, server, &self.user_keys) {
             Ok(r) => r,
-            Err(e) => return Verdict::Reject(reason(e)),
+            Err(e) => return Verdict::Reject(RejectReason::Packet(e)),
         };
-        if let Err(e) = native::check_time(&req, now_unix, self.max_age) {
-            return Verdict::Reject(format!("{} (user {})", reason(e), req.user));
+        let who = format!("user {}", req.user);
+        if native::check_time(&req, now_unix, self.max_age).is_err() {
+            return Verdict::Reject(RejectReason::Stale { who });
         }
         if let Err(v) = self.admit(
             native::canonical_replay_key(&req),
@@ -220,17 +198,18 @@ impl SpaGate {
             return v;
         }
         let Some(user) = self.users.get(&req.user) else {
-            return Verdict::Reject(format!("unknown user {}", req.user));
+            return Verdict::Reject(RejectReason::Packet(PacketError::UnknownUser));
         };
-        if let Some(s) = req.services.iter().find(|s| !user.open.contains(s)) {
-            return Verdict::Reject(format!("user {} may not open {s}", req.user));
+        let deny = |denial| Verdict::Reject(RejectReason::Denied { who: who.clone(), denial });
+        if let Some(&s) = req.services.iter().find(|s| !user.open.contains(s)) {
+            return deny(Denial::Service(s));
         }
         if req.duration_secs == 0 {
-            return Verdict::Reject(format!("user {} asked for a zero duration", req.user));
+            return deny(Denial::ZeroDuration);
         }
         let duration = Duration::from_secs(u64::from(req.duration_secs)).min(user.max_open_for);
         Verdict::Grant(Decision {
-            who: format!("user {}", req.user),
+            who,
             allow: req.allow.resolve(src),
             services: req.services.clone(),
             duration,
@@ -239,13 +218,13 @@ impl SpaGate {
 
     fn fwknop(&mut self, src: IpAddr, payload: &[u8], now_unix: u64) -> Verdict {
         if let Err(e) = fwknop::precheck(payload) {
-            return Verdict::Reject(reason(e));
+            return Verdict::Reject(RejectReason::Packet(e));
         }
         // First stanza whose source matches and whose keys authenticate wins (fwknopd).
         // For the log: a MAC failure on an HMAC stanza is the meaningful reason; what a
         // no-HMAC stanza made of the same bytes is secondary.
         let mut bad_mac = false;
-        let mut other: Option<SpaError> = None;
+        let mut other: Option<PacketError> = None;
         let mut found = None;
         for (i, st) in self.stanzas.iter().enumerate() {
             if !st.source.is_empty() && !st.source.iter().any(|c| c.contains(src)) {
@@ -259,7 +238,7 @@ impl SpaGate {
                     found = Some((i, m));
                     break;
                 }
-                Err(SpaError::BadMac) => bad_mac = true,
+                Err(PacketError::BadMac) => bad_mac = true,
                 Err(e) => {
                     other.get_or_insert(e);
                 }
@@ -267,36 +246,36 @@ impl SpaGate {
         }
         let Some((i, msg)) = found else {
             return Verdict::Reject(match (bad_mac, other) {
-                (true, Some(e)) => format!("{} (stanzas without HMAC: {e})", SpaError::BadMac),
-                (_, Some(e)) => reason(e),
-                (_, None) => reason(SpaError::BadMac),
+                (true, Some(e)) => RejectReason::NoStanzaKey(e),
+                (_, Some(e)) => RejectReason::Packet(e),
+                // No stanza for this source (or only HMAC stanzas): nobody's keys match.
+                (_, None) => RejectReason::Packet(PacketError::BadMac),
             });
         };
         let st = &self.stanzas[i];
         let who = format!("fwknop stanza {} user {}", st.name, msg.user.escape_debug());
-        if let Err(e) = fwknop::check_age(&msg, now_unix, self.max_age) {
-            return Verdict::Reject(format!("{} ({who})", reason(e)));
+        if fwknop::check_age(&msg, now_unix, self.max_age).is_err() {
+            return Verdict::Reject(RejectReason::Stale { who });
         }
         let expires = msg.timestamp.saturating_add(self.max_age).saturating_add(1);
         if let Err(v) = self.admit(fwknop::canonical_replay_key(&msg), expires, now_unix) {
             return v;
         }
         let st = &self.stanzas[i];
+        let deny = |denial| Verdict::Reject(RejectReason::Denied { who: who.clone(), denial });
         match msg.msg_type {
             MsgType::Access | MsgType::ClientTimeoutAccess => {}
-            MsgType::Command => {
-                return Verdict::Reject(format!("command message refused: never executed ({who})"))
-            }
-            _ => return Verdict::Reject(format!("NAT access refused: forwarding is not configured ({who})")),
+            MsgType::Command => return deny(Denial::Command),
+            _ => return deny(Denial::Nat),
         }
         if let Some(u) = &st.require_username {
             if *u != msg.user {
-                return Verdict::Reject(format!("username mismatch ({who})"));
+                return deny(Denial::Username);
             }
         }
         let allow = if msg.allow_ip == Ipv4Addr::UNSPECIFIED {
             if st.require_source_address {
-                return Verdict::Reject(format!("\"use source\" refused by REQUIRE_SOURCE_ADDRESS ({who})"));
+                return deny(Denial::SourceAddressRequired);
             }
             src
         } else {
@@ -305,7 +284,7 @@ impl SpaGate {
         let mut services = Vec::with_capacity(msg.access.len());
         for a in &msg.access {
             let Some(s) = a.service() else {
-                return Verdict::Reject(format!("{a} cannot be opened (tcp and udp only) ({who})"));
+                return deny(Denial::NotTcpUdp(*a));
             };
             let permitted = if st.open_ports.is_empty() {
                 self.protected.contains(&s)
@@ -313,12 +292,12 @@ impl SpaGate {
                 st.open_ports.contains(&s)
             };
             if !permitted || st.restrict_ports.contains(&s) {
-                return Verdict::Reject(format!("{s} is not permitted for this stanza ({who})"));
+                return deny(Denial::Service(s));
             }
             services.push(s);
         }
         if services.is_empty() {
-            return Verdict::Reject(format!("nothing to open ({who})"));
+            return deny(Denial::NothingToOpen);
         }
         let duration = match msg.client_timeout {
             Some(t) if t > 0 => Duration::from_secs(u64::from(t)).min(st.max_fw_timeout),

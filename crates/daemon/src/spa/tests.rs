@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use portcullis_proto::spa::fwknop::{self, Access, EncMode, FwknopKey, HashType, SpaMessage};
 use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerKey, UserKey};
+use portcullis_proto::spa::PacketError;
 use portcullis_proto::{Millis, Service};
 
 use super::replay::ReplayCache;
-use super::{SpaGate, Verdict};
+use super::{Denial, RejectClass, RejectReason, SpaGate, Verdict};
 use crate::config::spa::{Cidr, FwknopStanza, NativeUser, SpaConfig};
 
 const NOW: u64 = 1_795_288_322;
@@ -108,7 +109,7 @@ fn granted(v: &Verdict) -> (IpAddr, Vec<Service>, Duration) {
     }
 }
 
-fn rejected(v: &Verdict) -> &str {
+fn rejected(v: &Verdict) -> &RejectReason {
     match v {
         Verdict::Reject(r) => r,
         Verdict::Grant(d) => panic!("granted {d:?}"),
@@ -121,7 +122,7 @@ fn fwknop_access_opens_for_the_source_and_refuses_the_replay() {
     let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW);
     let v = f.gate.handle(src(), &p, NOW, Millis(0));
     assert_eq!(granted(&v), (src(), vec![Service::tcp(22)], Duration::from_secs(30)));
-    assert!(rejected(&f.gate.handle(src(), &p, NOW + 1, Millis(1))).contains("replayed"));
+    assert_eq!(*rejected(&f.gate.handle(src(), &p, NOW + 1, Millis(1))), RejectReason::Replayed);
     // Re-encrypting the same request (what a key holder could do) is still a replay.
     let mut r = rng();
     let mut m = SpaMessage::new_access(
@@ -134,7 +135,7 @@ fn fwknop_access_opens_for_the_source_and_refuses_the_replay() {
     m.rand = fwknop::decode(&p, &key()).unwrap().rand;
     let again = fwknop::encode(&m, &key(), &mut seeded(99)).unwrap();
     assert_ne!(again.as_bytes(), &p[..]);
-    assert!(rejected(&f.gate.handle(src(), again.as_bytes(), NOW, Millis(2))).contains("replayed"));
+    assert_eq!(*rejected(&f.gate.handle(src(), again.as_bytes(), NOW, Millis(2))), RejectReason::Replayed);
 }
 
 #[test]
@@ -150,23 +151,30 @@ fn fwknop_allow_ip_and_client_timeout_are_honoured_and_capped() {
 fn fwknop_policy_refusals() {
     let mut f = fixture(vec![stanza()]);
     let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(443)], None, NOW);
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("not permitted"));
+    assert!(matches!(
+        rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Denied { denial: Denial::Service(_), .. }
+    ));
     let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW - 500);
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("window"));
+    assert!(matches!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectReason::Stale { .. }));
 
     let mut st = stanza();
     st.require_source_address = true;
     st.require_username = Some("bob".into());
     let mut f = fixture(vec![st]);
     let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW);
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("username"));
+    assert!(matches!(
+        rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Denied { denial: Denial::Username, .. }
+    ));
 
     let mut st = stanza();
     st.source = vec![Cidr::parse("198.51.100.0/24").unwrap()];
     let mut f = fixture(vec![st]);
     let p = fwknop_packet(Ipv4Addr::UNSPECIFIED, &[Service::tcp(22)], None, NOW);
-    assert!(
-        rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("HMAC"),
+    assert_eq!(
+        *rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Packet(PacketError::BadMac),
         "no stanza for this source"
     );
 }
@@ -177,7 +185,10 @@ fn fwknop_command_and_nat_messages_are_refused() {
     let mut r = rng();
     let m = SpaMessage::new_command("alice", NOW, Ipv4Addr::new(192, 0, 2, 2), "touch /tmp/pwned", &mut r);
     let p = fwknop::encode(&m, &key(), &mut r).unwrap();
-    assert!(rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))).contains("never executed"));
+    assert!(matches!(
+        rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))),
+        RejectReason::Denied { denial: Denial::Command, .. }
+    ));
     let mut m = SpaMessage::new_access(
         "alice",
         NOW,
@@ -188,7 +199,10 @@ fn fwknop_command_and_nat_messages_are_refused() {
     m.msg_type = fwknop::MsgType::NatAccess;
     m.nat_access = Some(("192.0.2.50".into(), 22));
     let p = fwknop::encode(&m, &key(), &mut r).unwrap();
-    assert!(rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(1))).contains("NAT"));
+    assert!(matches!(
+        rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(1))),
+        RejectReason::Denied { denial: Denial::Nat, .. }
+    ));
 }
 
 #[test]
@@ -204,9 +218,14 @@ fn fwknop_wrong_key_and_junk_are_refused() {
     );
     let other = FwknopKey::new(b"otherkey", EncMode::Cbc, Some((HashType::Sha256, b"otherhmac"))).unwrap();
     let p = fwknop::encode(&m, &other, &mut r).unwrap();
-    assert!(rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))).contains("HMAC"));
-    assert!(!rejected(&f.gate.handle(src(), &[b'A'; 10], NOW, Millis(0))).is_empty());
-    assert!(!rejected(&f.gate.handle(src(), &[0xff; 300], NOW, Millis(0))).is_empty());
+    assert_eq!(
+        *rejected(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))),
+        RejectReason::Packet(PacketError::BadMac)
+    );
+    let short = f.gate.handle(src(), &[b'A'; 10], NOW, Millis(0));
+    assert_eq!(*rejected(&short), RejectReason::Packet(PacketError::BadLength));
+    let junk = f.gate.handle(src(), &[0xff; 300], NOW, Millis(0));
+    assert_eq!(*rejected(&junk), RejectReason::Packet(PacketError::BadCharset));
 }
 
 fn native_packet(
@@ -231,7 +250,8 @@ fn native_request_opens_and_cannot_be_replayed() {
     let p = native_packet(&f, &alice, "alice", AllowAddr::V6(v6), &[Service::tcp(22)], 600);
     let (a, s, d) = granted(&f.gate.handle(src(), &p, NOW, Millis(0)));
     assert_eq!((a, s, d), (allow, vec![Service::tcp(22)], Duration::from_secs(60)), "capped by max_open_for");
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(1))).contains("replayed"));
+    // The same packet again: its ephemeral key gives it away before any crypto.
+    assert_eq!(*rejected(&f.gate.handle(src(), &p, NOW, Millis(1))), RejectReason::EphemeralSeen);
 }
 
 #[test]
@@ -239,17 +259,29 @@ fn native_refuses_wrong_user_key_unknown_user_and_forbidden_services() {
     let mut f = fixture(Vec::new());
     let mallory = UserKey::generate(&mut seeded(200));
     let p = native_packet(&f, &mallory, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("signature"));
+    assert_eq!(
+        *rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Packet(PacketError::BadSignature)
+    );
     let p = native_packet(&f, &mallory, "mallory", AllowAddr::Source, &[Service::tcp(22)], 30);
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("unknown user"));
+    assert_eq!(
+        *rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Packet(PacketError::UnknownUser)
+    );
     let alice = f.alice.clone();
     let p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(443)], 30);
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("may not open"));
+    assert!(matches!(
+        rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Denied { denial: Denial::Service(_), .. }
+    ));
     // Sealed for another server.
     let other = ServerKey::generate(&mut |b: &mut [u8]| b.fill(3));
     let req = Request::new("alice", NOW, AllowAddr::Source, [Service::tcp(22)], 30, &mut rng()).unwrap();
     let p = native::seal(&req, other.public(), &alice, &mut rng()).unwrap();
-    assert!(rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("not addressed to this server"));
+    assert_eq!(
+        *rejected(&f.gate.handle(src(), &p, NOW, Millis(0))),
+        RejectReason::Packet(PacketError::WrongServer)
+    );
 }
 
 /// Forged packets with fresh ephemeral keys, as someone holding the server public key
@@ -263,7 +295,7 @@ fn native_crypto_budget_bounds_work_per_second() {
         let mut p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
         let last = p.len() - 1;
         p[last] ^= 1; // passes the cheap checks, fails the AEAD
-        if !rejected(&f.gate.handle(src(), &p, NOW, Millis(0))).contains("budget") {
+        if *rejected(&f.gate.handle(src(), &p, NOW, Millis(0))) != RejectReason::CryptoBudget {
             spent += 1;
         }
     }
@@ -280,12 +312,118 @@ fn copied_native_header_cannot_drain_the_budget() {
     let mut reasons = Vec::new();
     for i in 0..5000u32 {
         forged[native::HEADER_LEN..native::HEADER_LEN + 4].copy_from_slice(&i.to_be_bytes());
-        reasons.push(rejected(&f.gate.handle(src(), &forged, NOW, Millis(0))).to_string());
+        reasons.push(rejected(&f.gate.handle(src(), &forged, NOW, Millis(0))).clone());
     }
-    assert!(reasons[1..].iter().all(|r| r.contains("seen before")), "{:?}", &reasons[..3]);
+    assert!(reasons[1..].iter().all(|r| *r == RejectReason::EphemeralSeen), "{:?}", &reasons[..3]);
     // A genuine packet (fresh ephemeral key) still gets through at once, and the
     // genuine packet itself, replayed, is refused before any crypto.
     let fresh = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 31);
     granted(&f.gate.handle(src(), &fresh, NOW, Millis(0)));
-    assert!(rejected(&f.gate.handle(src(), &genuine, NOW, Millis(0))).contains("seen before"));
+    assert_eq!(*rejected(&f.gate.handle(src(), &genuine, NOW, Millis(0))), RejectReason::EphemeralSeen);
+}
+
+fn class_of(v: &Verdict) -> RejectClass {
+    rejected(v).class()
+}
+
+fn fwknop_from(user: &str, access: &[Service], ts: u64, seed: u64) -> Vec<u8> {
+    let mut r = seeded(seed);
+    let m = SpaMessage::new_access(
+        user,
+        ts,
+        Ipv4Addr::UNSPECIFIED,
+        access.iter().map(|&s| Access::from(s)).collect(),
+        &mut r,
+    );
+    fwknop::encode(&m, &key(), &mut r).unwrap().into_bytes()
+}
+
+#[test]
+fn every_rejection_class_is_reached() {
+    let mut f = fixture(vec![stanza()]);
+    // auth: another stanza's keys.
+    let other = FwknopKey::new(b"otherkey", EncMode::Cbc, Some((HashType::Sha256, b"otherhmac"))).unwrap();
+    let m = SpaMessage::new_access(
+        "alice",
+        NOW,
+        Ipv4Addr::UNSPECIFIED,
+        vec![Access::from(Service::tcp(22))],
+        &mut rng(),
+    );
+    let p = fwknop::encode(&m, &other, &mut rng()).unwrap();
+    assert_eq!(class_of(&f.gate.handle(src(), p.as_bytes(), NOW, Millis(0))), RejectClass::Auth);
+    // replay: the same request twice.
+    let p = fwknop_from("alice", &[Service::tcp(22)], NOW, 1);
+    granted(&f.gate.handle(src(), &p, NOW, Millis(0)));
+    assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Replay);
+    // window: authentic but old.
+    let p = fwknop_from("alice", &[Service::tcp(22)], NOW - 121, 2);
+    assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Window);
+    // policy: authentic and fresh, but a service the stanza does not open.
+    let p = fwknop_from("alice", &[Service::tcp(443)], NOW, 3);
+    assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Policy);
+    // malformed: junk.
+    assert_eq!(class_of(&f.gate.handle(src(), &[b'A'; 10], NOW, Millis(0))), RejectClass::Malformed);
+    // other: only an internal error lands there.
+    assert_eq!(RejectReason::Packet(PacketError::Internal("test")).class(), RejectClass::Other);
+}
+
+#[test]
+fn overload_is_its_own_class() {
+    let mut f = fixture(vec![stanza()]);
+    f.gate.replay = ReplayCache::in_memory(1);
+    granted(&f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 4), NOW, Millis(0)));
+    let full = f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 5), NOW, Millis(0));
+    assert_eq!(*rejected(&full), RejectReason::ReplayCacheFull);
+    assert_eq!(class_of(&full), RejectClass::Overload);
+    assert_eq!(RejectReason::CryptoBudget.class(), RejectClass::Overload);
+}
+
+/// Both texts contain "nat" (of "native"); substring matching counted them as NAT
+/// policy refusals. Neither is a policy decision: the server cannot read the packet.
+#[test]
+fn packets_in_a_format_not_configured_are_malformed_not_policy() {
+    let mut f = fixture(Vec::new());
+    let v = f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 6), NOW, Millis(0));
+    assert_eq!(*rejected(&v), RejectReason::NotNative);
+    assert_eq!(class_of(&v), RejectClass::Malformed);
+
+    let alice = f.alice.clone();
+    let p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
+    f.gate.server_key = None;
+    let v = f.gate.handle(src(), &p, NOW, Millis(0));
+    assert_eq!(*rejected(&v), RejectReason::NativeNotConfigured);
+    assert_eq!(class_of(&v), RejectClass::Malformed);
+}
+
+/// The user name is the sender's choice and appears in the log text; it must not
+/// move a rejection to another class.
+#[test]
+fn sender_chosen_user_name_does_not_steer_the_class() {
+    let mut st = stanza();
+    st.require_username = Some("alice".into());
+    let mut f = fixture(vec![st]);
+    for (i, user) in
+        ["alice", "nat", "replayed", "hmac", "NAT-replay-HMAC-window-key"].into_iter().enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let stale =
+            f.gate.handle(src(), &fwknop_from(user, &[Service::tcp(22)], NOW - 500, seed), NOW, Millis(0));
+        assert!(rejected(&stale).to_string().contains(user), "the log names the user");
+        assert_eq!(class_of(&stale), RejectClass::Window, "user {user:?}");
+        let p = fwknop_from(user, &[Service::tcp(443)], NOW, seed + 1);
+        assert_eq!(class_of(&f.gate.handle(src(), &p, NOW, Millis(0))), RejectClass::Policy, "user {user:?}");
+    }
+    let p = fwknop_from("hmac-replay", &[Service::tcp(22)], NOW, 200);
+    let v = f.gate.handle(src(), &p, NOW, Millis(0));
+    assert!(matches!(rejected(&v), RejectReason::Denied { denial: Denial::Username, .. }));
+    assert_eq!(class_of(&v), RejectClass::Policy);
+}
+
+#[test]
+fn class_labels_are_distinct_and_indexes_match_all() {
+    for (i, c) in RejectClass::ALL.into_iter().enumerate() {
+        assert_eq!(c.index(), i);
+        assert_eq!(RejectClass::ALL.iter().filter(|d| d.label() == c.label()).count(), 1);
+    }
 }

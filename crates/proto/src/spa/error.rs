@@ -1,32 +1,39 @@
-//! [`SpaError`]: why an SPA packet was refused (or could not be built).
+//! Why SPA work failed, one type per party at fault:
 //!
-//! Modelled on rustls' `InvalidMessage`: a `Copy` enum whose variants name the failing
-//! stage, with `&'static str` context where one variant covers several fields. No
-//! variant carries packet bytes or key material, so an error can be logged as is.
+//! - [`PacketError`]: the **peer** — a received packet is refused (junk, forgery, wrong
+//!   keys, stale). Decoding and verification return it.
+//! - [`KeyError`]: the **local configuration** — a key (text, length, point) is
+//!   unusable. Never caused by packet data.
+//! - [`EncodeError`]: the **caller** — the message to send breaks a format rule or
+//!   does not fit.
+//!
+//! Modelled on rustls' `InvalidMessage`: `Copy` types whose variants name the failing
+//! stage, with `&'static str` context where one variant covers several fields. None
+//! carries packet bytes or key material, so an error can be logged as is.
 
 use std::fmt;
 
-/// Why an SPA packet was refused, or why a message could not be encoded.
+/// Why a received SPA packet was refused: the sender is at fault (or sent junk).
 ///
-/// Decoding stages, in the order they run: [`BadLength`](SpaError::BadLength) →
-/// [`BadCharset`](SpaError::BadCharset) → [`PrefixTacked`](SpaError::PrefixTacked) →
-/// [`BadMac`](SpaError::BadMac) → [`BadCiphertext`](SpaError::BadCiphertext) →
-/// [`NotDecrypted`](SpaError::NotDecrypted) → [`BadDigest`](SpaError::BadDigest) →
-/// [`BadField`](SpaError::BadField). A daemon trying several stanzas should move on to
-/// the next stanza on `BadMac` and `NotDecrypted` (wrong keys), and may stop on the
+/// fwknop format, in the order the stages run: [`BadLength`](PacketError::BadLength) →
+/// [`BadCharset`](PacketError::BadCharset) → [`PrefixTacked`](PacketError::PrefixTacked)
+/// → [`BadMac`](PacketError::BadMac) → [`BadCiphertext`](PacketError::BadCiphertext) →
+/// [`NotDecrypted`](PacketError::NotDecrypted) → [`BadDigest`](PacketError::BadDigest) →
+/// [`BadField`](PacketError::BadField). A daemon trying several stanzas should move on
+/// to the next stanza on `BadMac` and `NotDecrypted` (wrong keys), and may stop on the
 /// pre-checks (they do not depend on the key).
 ///
-/// Native format ([`crate::spa::native`]), in order: [`BadLength`](SpaError::BadLength)
-/// → [`BadMagic`](SpaError::BadMagic) → [`BadVersion`](SpaError::BadVersion) →
-/// [`WrongServer`](SpaError::WrongServer) → [`DecryptFailed`](SpaError::DecryptFailed)
-/// → [`BadField`](SpaError::BadField) / [`TrailingData`](SpaError::TrailingData) →
-/// [`UnknownUser`](SpaError::UnknownUser) → [`BadSignature`](SpaError::BadSignature),
-/// then [`Stale`](SpaError::Stale) from `check_time`.
+/// Native format ([`crate::spa::native`]), in order: [`BadLength`](PacketError::BadLength)
+/// → [`BadMagic`](PacketError::BadMagic) → [`BadVersion`](PacketError::BadVersion) →
+/// [`WrongServer`](PacketError::WrongServer) → [`DecryptFailed`](PacketError::DecryptFailed)
+/// → [`BadField`](PacketError::BadField) / [`TrailingData`](PacketError::TrailingData) →
+/// [`UnknownUser`](PacketError::UnknownUser) → [`BadSignature`](PacketError::BadSignature).
+///
+/// Both formats: [`Stale`](PacketError::Stale) from the time-window check.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SpaError {
-    /// The wire data is outside 140..=1500 bytes (decoding), or the packet being
-    /// built would be (encoding). Native format: not exactly
+pub enum PacketError {
+    /// The wire data is outside 140..=1500 bytes. Native format: not exactly
     /// [`PACKET_LEN`](crate::spa::native::PACKET_LEN) bytes.
     BadLength,
     /// The wire data contains a byte outside the base64 alphabet `A–Z a–z 0–9 + /`
@@ -49,14 +56,6 @@ pub enum SpaError {
     BadField(&'static str),
     /// The packet timestamp is outside the allowed age window.
     Stale,
-    /// Local configuration error in a key (never caused by packet data).
-    BadKey(&'static str),
-    /// Encoding: the message is not consistent (e.g. a NAT type without a NAT field).
-    InvalidMessage(&'static str),
-    /// Encoding: the packet would reach fwknop's 400-character GnuPG length heuristic
-    /// (more than 389 characters of ciphertext before the HMAC) and real fwknopd
-    /// servers would refuse it. Send fewer ports or a shorter user name.
-    TooLong,
     /// Native format: the packet does not start with the magic bytes.
     BadMagic,
     /// Native format: the magic is right but the version byte is not one we speak.
@@ -75,35 +74,95 @@ pub enum SpaError {
     /// Bytes left over after the last field (for the native format: non-zero padding);
     /// the context says where.
     TrailingData(&'static str),
-    /// An internal invariant failed. Never expected; reported instead of panicking.
-    Unreachable(&'static str),
+    /// An internal invariant failed while handling the packet. Never expected; reported
+    /// instead of panicking (and not the peer's fault).
+    Internal(&'static str),
 }
 
-impl fmt::Display for SpaError {
+impl fmt::Display for PacketError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpaError::BadLength => f.write_str("SPA data length out of range"),
-            SpaError::BadCharset => f.write_str("SPA data is not unpadded base64"),
-            SpaError::PrefixTacked => f.write_str("SPA data starts with a tacked-on prefix"),
-            SpaError::BadMac => f.write_str("SPA HMAC verification failed"),
-            SpaError::BadCiphertext(what) => write!(f, "malformed SPA ciphertext: {what}"),
-            SpaError::NotDecrypted => f.write_str("SPA data did not decrypt (wrong key?)"),
-            SpaError::BadDigest => f.write_str("SPA inner digest mismatch"),
-            SpaError::BadField(what) => write!(f, "invalid SPA field: {what}"),
-            SpaError::Stale => f.write_str("SPA timestamp outside the allowed window"),
-            SpaError::BadKey(what) => write!(f, "invalid SPA key configuration: {what}"),
-            SpaError::InvalidMessage(what) => write!(f, "cannot encode SPA message: {what}"),
-            SpaError::TooLong => f.write_str("SPA packet too long for fwknop servers"),
-            SpaError::BadMagic => f.write_str("SPA packet has the wrong magic bytes"),
-            SpaError::BadVersion => f.write_str("SPA packet has an unsupported version"),
-            SpaError::WrongServer => f.write_str("SPA packet is not addressed to this server key"),
-            SpaError::DecryptFailed => f.write_str("SPA packet did not decrypt (tampered or wrong key)"),
-            SpaError::UnknownUser => f.write_str("SPA request names an unknown user"),
-            SpaError::BadSignature => f.write_str("SPA request signature does not verify"),
-            SpaError::TrailingData(what) => write!(f, "trailing data in SPA packet: {what}"),
-            SpaError::Unreachable(what) => write!(f, "internal error: {what}"),
+            PacketError::BadLength => f.write_str("SPA data length out of range"),
+            PacketError::BadCharset => f.write_str("SPA data is not unpadded base64"),
+            PacketError::PrefixTacked => f.write_str("SPA data starts with a tacked-on prefix"),
+            PacketError::BadMac => f.write_str("SPA HMAC verification failed"),
+            PacketError::BadCiphertext(what) => write!(f, "malformed SPA ciphertext: {what}"),
+            PacketError::NotDecrypted => f.write_str("SPA data did not decrypt (wrong key?)"),
+            PacketError::BadDigest => f.write_str("SPA inner digest mismatch"),
+            PacketError::BadField(what) => write!(f, "invalid SPA field: {what}"),
+            PacketError::Stale => f.write_str("SPA timestamp outside the allowed window"),
+            PacketError::BadMagic => f.write_str("SPA packet has the wrong magic bytes"),
+            PacketError::BadVersion => f.write_str("SPA packet has an unsupported version"),
+            PacketError::WrongServer => f.write_str("SPA packet is not addressed to this server key"),
+            PacketError::DecryptFailed => f.write_str("SPA packet did not decrypt (tampered or wrong key)"),
+            PacketError::UnknownUser => f.write_str("SPA request names an unknown user"),
+            PacketError::BadSignature => f.write_str("SPA request signature does not verify"),
+            PacketError::TrailingData(what) => write!(f, "trailing data in SPA packet: {what}"),
+            PacketError::Internal(what) => write!(f, "internal error: {what}"),
         }
     }
 }
 
-impl std::error::Error for SpaError {}
+impl std::error::Error for PacketError {}
+
+/// A configured key is unusable (wrong length, not base64, bad check, weak point):
+/// the local configuration is at fault. The context says what is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyError(pub &'static str);
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid SPA key configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Why a message could not be encoded: the caller asked for something the format
+/// cannot carry.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EncodeError {
+    /// The message is not consistent or a field is out of the format's limits (e.g. a
+    /// NAT type without a NAT field); the context names the rule.
+    InvalidMessage(&'static str),
+    /// The packet would reach fwknop's 400-character GnuPG length heuristic (more than
+    /// 389 characters of ciphertext before the HMAC) and real fwknopd servers would
+    /// refuse it. Send fewer ports or a shorter user name.
+    TooLong,
+    /// The packet would be shorter than the 140 bytes fwknopd requires (very short
+    /// versions and user names with an MD5 digest).
+    TooShort,
+    /// An internal invariant failed. Never expected; reported instead of panicking.
+    Internal(&'static str),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::InvalidMessage(what) => write!(f, "cannot encode SPA message: {what}"),
+            EncodeError::TooLong => f.write_str("SPA packet too long for fwknop servers"),
+            EncodeError::TooShort => f.write_str("SPA packet too short for fwknop servers"),
+            EncodeError::Internal(what) => write!(f, "internal error: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// A broken internal invariant, from helpers shared by the encoding and decoding paths;
+/// each path turns it into its own `Internal` variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Internal(pub(crate) &'static str);
+
+impl From<Internal> for PacketError {
+    fn from(e: Internal) -> PacketError {
+        PacketError::Internal(e.0)
+    }
+}
+
+impl From<Internal> for EncodeError {
+    fn from(e: Internal) -> EncodeError {
+        EncodeError::Internal(e.0)
+    }
+}

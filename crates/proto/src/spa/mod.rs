@@ -5,7 +5,8 @@
 //!   stock fwknopd.
 //! - [`native`]: portcullis' own format (X25519 + HKDF-SHA256 + ChaCha20-Poly1305,
 //!   per-user Ed25519 signatures bound to the server key; spec in `docs/spa-native.md`).
-//! - [`SpaError`]: why a packet was refused.
+//! - [`error`]: who is at fault when something fails: the peer ([`PacketError`]), the
+//!   local configuration ([`KeyError`]) or the caller ([`EncodeError`]).
 //!
 //! Everything here is pure: no sockets, no clock reads (times are passed in), no
 //! `unsafe`. Every packet byte is treated as hostile. The server-side order is fixed:
@@ -17,4 +18,4 @@ pub mod error;
 pub mod fwknop;
 pub mod native;
 
-pub use error::SpaError;
+pub use error::{EncodeError, KeyError, PacketError};

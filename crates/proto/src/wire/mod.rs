@@ -22,6 +22,10 @@
 //!   but first, and chains of more than [`ipv6::MAX_EXT_HEADERS`] extension headers.
 //! - Source or destination port 0: never a valid knock.
 //!
+//! Addresses come out in [canonical](crate::addr::canonical) form: an IPv6 header carrying
+//! IPv4-mapped addresses (`::ffff:a.b.c.d`) yields the IPv4 addresses, so every table
+//! downstream compares one spelling.
+//!
 //! Checksums (IP, TCP, UDP) are **not** verified. We sniff a copy of the packet before
 //! the stack has looked at it; a packet with a bad checksum is dropped by the kernel, so
 //! it opens no connection, and an attacker able to forge a knock can equally forge a
@@ -29,6 +33,7 @@
 
 use std::net::IpAddr;
 
+use crate::addr::canonical;
 use crate::{Proto, TcpFlags};
 
 pub mod ipv4;
@@ -61,9 +66,9 @@ pub type Result<T> = core::result::Result<T, Error>;
 /// What the daemon needs from one sniffed TCP or UDP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram<'a> {
-    /// Source address.
+    /// Source address, in [canonical](crate::addr::canonical) form.
     pub src: IpAddr,
-    /// Destination address.
+    /// Destination address, in [canonical](crate::addr::canonical) form.
     pub dst: IpAddr,
     /// TCP or UDP.
     pub proto: Proto,
@@ -110,8 +115,8 @@ fn parse_ipv6(packet: &[u8]) -> Result<Datagram<'_>> {
     let upper = ipv6::walk_ext_headers(ip.next_header(), payload)?;
     let proto = Proto::from_number(upper.protocol).ok_or(Error)?;
     let l4 = payload.get(upper.offset..).ok_or(Error)?;
-    let src = IpAddr::V6(ip.src_addr());
-    let dst = IpAddr::V6(ip.dst_addr());
+    let src = canonical(IpAddr::V6(ip.src_addr()));
+    let dst = canonical(IpAddr::V6(ip.dst_addr()));
     parse_transport(src, dst, proto, l4, upper.fragmented)
 }
 

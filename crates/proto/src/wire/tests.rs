@@ -304,6 +304,22 @@ fn rejects_other_protocols_and_versions() {
     assert_eq!(parse_ip(&patched(&IPV6_TCP_SYN, 0, &[0x40])), Err(Error));
 }
 
+#[test]
+fn ipv4_mapped_ipv6_addresses_come_out_as_ipv4() {
+    let mut b = Builder::new(true, Proto::Udp, 62201, 0);
+    b.src = "::ffff:192.0.2.7".parse().unwrap();
+    b.dst = "::ffff:198.51.100.1".parse().unwrap();
+    b.payload = b"knock".to_vec();
+    let p = b.build();
+    let d = parse_ip(&p).unwrap();
+    assert_eq!(d.src, "192.0.2.7".parse::<IpAddr>().unwrap());
+    assert_eq!(d.dst, "198.51.100.1".parse::<IpAddr>().unwrap());
+    // Only mapped addresses fold: a v6 address that merely ends in an IPv4 one stays.
+    b.src = "::192.0.2.7".parse().unwrap();
+    let p = b.build();
+    assert_eq!(parse_ip(&p).unwrap().src, b.src);
+}
+
 fn arb_ext_chain() -> impl Strategy<Value = Vec<Ext>> {
     let ext = prop_oneof![
         (0u8..4).prop_map(Ext::Routing),
@@ -371,8 +387,8 @@ proptest! {
         let d = parse_ip(&p).unwrap();
         let flags = if b.proto == Proto::Tcp { b.flags } else { 0 };
         prop_assert_eq!(d, Datagram {
-            src: b.src,
-            dst: b.dst,
+            src: canonical(b.src),
+            dst: canonical(b.dst),
             proto: b.proto,
             src_port: b.src_port,
             dst_port: b.dst_port,

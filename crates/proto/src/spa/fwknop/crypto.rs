@@ -20,7 +20,7 @@ use md5::Md5;
 use zeroize::Zeroizing;
 
 use super::HashType;
-use crate::spa::SpaError;
+use crate::spa::PacketError;
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -192,19 +192,19 @@ pub(crate) fn encrypt(pass: &[u8], salt: &[u8; 8], plaintext: &[u8]) -> Vec<u8> 
 /// Decrypt a salted blob. PKCS#7 padding is removed only when it is well formed
 /// (some real clients send none); whether the result is a real plaintext is decided
 /// by the caller (16 digits + `:`, then the inner digest).
-pub(crate) fn decrypt(pass: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SpaError> {
+pub(crate) fn decrypt(pass: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, PacketError> {
     let rest =
-        blob.strip_prefix(SALTED.as_slice()).ok_or(SpaError::BadCiphertext("missing Salted__ header"))?;
-    let (salt, ct) = rest.split_first_chunk::<8>().ok_or(SpaError::BadCiphertext("missing salt"))?;
+        blob.strip_prefix(SALTED.as_slice()).ok_or(PacketError::BadCiphertext("missing Salted__ header"))?;
+    let (salt, ct) = rest.split_first_chunk::<8>().ok_or(PacketError::BadCiphertext("missing salt"))?;
     if ct.is_empty() || ct.len() % BLOCK != 0 {
-        return Err(SpaError::BadCiphertext("not a whole number of blocks"));
+        return Err(PacketError::BadCiphertext("not a whole number of blocks"));
     }
     let kiv = bytes_to_key(pass, salt);
     let (key, iv) = split_key_iv(&kiv);
     let mut buf = Zeroizing::new(ct.to_vec());
     let len = Aes256CbcDec::new(key.into(), iv.into())
         .decrypt_padded::<NoPadding>(&mut buf)
-        .map_err(|_| SpaError::Unreachable("block-aligned CBC decrypt failed"))?
+        .map_err(|_| PacketError::Internal("block-aligned CBC decrypt failed"))?
         .len();
     buf.truncate(len);
     let pad = usize::from(buf.last().copied().unwrap_or(0));
@@ -250,11 +250,11 @@ mod tests {
     fn rejects_blob_without_header_or_blocks() {
         assert_eq!(
             decrypt(b"k", b"Salted_x12345678aaaaaaaaaaaaaaaa"),
-            Err(SpaError::BadCiphertext("missing Salted__ header"))
+            Err(PacketError::BadCiphertext("missing Salted__ header"))
         );
-        assert!(matches!(decrypt(b"k", b"Salted__1234567"), Err(SpaError::BadCiphertext(_))));
-        assert!(matches!(decrypt(b"k", b"Salted__12345678"), Err(SpaError::BadCiphertext(_))));
-        assert!(matches!(decrypt(b"k", b"Salted__12345678abc"), Err(SpaError::BadCiphertext(_))));
+        assert!(matches!(decrypt(b"k", b"Salted__1234567"), Err(PacketError::BadCiphertext(_))));
+        assert!(matches!(decrypt(b"k", b"Salted__12345678"), Err(PacketError::BadCiphertext(_))));
+        assert!(matches!(decrypt(b"k", b"Salted__12345678abc"), Err(PacketError::BadCiphertext(_))));
     }
 
     #[test]

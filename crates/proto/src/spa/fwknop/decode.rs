@@ -12,40 +12,40 @@ use subtle::ConstantTimeEq;
 use super::crypto::{all_b64, b64_decode, b64_len, decrypt, hmac_b64};
 use super::fields::parse_plaintext;
 use super::{FwknopKey, SpaMessage, MAX_WIRE_LEN, MIN_WIRE_LEN, SALTED_B64};
-use crate::spa::SpaError;
+use crate::spa::PacketError;
 
 /// The key-independent checks fwknopd runs before trying any stanza.
 ///
 /// # Errors
-/// [`SpaError::BadLength`] outside 140..=1500 bytes; [`SpaError::BadCharset`] for any
+/// [`PacketError::BadLength`] outside 140..=1500 bytes; [`PacketError::BadCharset`] for any
 /// byte outside `A–Z a–z 0–9 + /` (fwknop clients strip `=`, so it is refused too);
-/// [`SpaError::PrefixTacked`] if the data starts with `U2FsdGVkX1`.
-pub fn precheck(wire: &[u8]) -> Result<(), SpaError> {
+/// [`PacketError::PrefixTacked`] if the data starts with `U2FsdGVkX1`.
+pub fn precheck(wire: &[u8]) -> Result<(), PacketError> {
     if !(MIN_WIRE_LEN..=MAX_WIRE_LEN).contains(&wire.len()) {
-        return Err(SpaError::BadLength);
+        return Err(PacketError::BadLength);
     }
     if !all_b64(wire) {
-        return Err(SpaError::BadCharset);
+        return Err(PacketError::BadCharset);
     }
     if wire.starts_with(SALTED_B64.as_bytes()) {
-        return Err(SpaError::PrefixTacked);
+        return Err(PacketError::PrefixTacked);
     }
     Ok(())
 }
 
 /// Verify the HMAC (if configured) and return the ciphertext part of the wire.
-fn authenticate<'a>(wire: &'a [u8], key: &FwknopKey) -> Result<&'a [u8], SpaError> {
+fn authenticate<'a>(wire: &'a [u8], key: &FwknopKey) -> Result<&'a [u8], PacketError> {
     let Some((hmac_type, hmac_key)) = &key.hmac else {
         return Ok(wire);
     };
     let mac_len = b64_len(*hmac_type);
-    let split = wire.len().checked_sub(mac_len).filter(|&s| s > 0).ok_or(SpaError::BadMac)?;
+    let split = wire.len().checked_sub(mac_len).filter(|&s| s > 0).ok_or(PacketError::BadMac)?;
     let (data, mac) = wire.split_at(split);
     let want = hmac_b64(*hmac_type, hmac_key, &[SALTED_B64.as_bytes(), data]);
     if bool::from(want.as_bytes().ct_eq(mac)) {
         Ok(data)
     } else {
-        Err(SpaError::BadMac)
+        Err(PacketError::BadMac)
     }
 }
 
@@ -55,9 +55,9 @@ fn authenticate<'a>(wire: &'a [u8], key: &FwknopKey) -> Result<&'a [u8], SpaErro
 /// policy (message type, ports, NAT, user) are the caller's next steps.
 ///
 /// # Errors
-/// The first failing stage, see [`SpaError`]. `BadMac` and `NotDecrypted` mean "not
+/// The first failing stage, see [`PacketError`]. `BadMac` and `NotDecrypted` mean "not
 /// this stanza's keys": try the next stanza.
-pub fn decode(wire: &[u8], key: &FwknopKey) -> Result<SpaMessage, SpaError> {
+pub fn decode(wire: &[u8], key: &FwknopKey) -> Result<SpaMessage, PacketError> {
     precheck(wire)?;
     let data = authenticate(wire, key)?;
 
@@ -65,7 +65,7 @@ pub fn decode(wire: &[u8], key: &FwknopKey) -> Result<SpaMessage, SpaError> {
     let mut b64 = Vec::with_capacity(SALTED_B64.len() + data.len());
     b64.extend_from_slice(SALTED_B64.as_bytes());
     b64.extend_from_slice(data);
-    let blob = b64_decode(&b64).ok_or(SpaError::BadCiphertext("invalid base64"))?;
+    let blob = b64_decode(&b64).ok_or(PacketError::BadCiphertext("invalid base64"))?;
     let plaintext = decrypt(&key.cipher_pass(), &blob)?;
     parse_plaintext(&plaintext)
 }

@@ -5,7 +5,7 @@ use zeroize::Zeroizing;
 use super::crypto::{b64_encode, b64_encode_padded, encrypt, hmac_b64};
 use super::fields::{build_plaintext, RAND_LEN};
 use super::{FwknopKey, SpaMessage, MAX_PRE_HMAC_LEN, MAX_WIRE_LEN, MIN_WIRE_LEN, SALTED_B64};
-use crate::spa::SpaError;
+use crate::spa::EncodeError;
 
 /// 16 uniformly random ASCII digits (the SPA random value).
 ///
@@ -32,16 +32,16 @@ pub(crate) fn seal(
     plaintext: &[u8],
     key: &FwknopKey,
     rng: &mut impl FnMut(&mut [u8]),
-) -> Result<String, SpaError> {
+) -> Result<String, EncodeError> {
     let mut salt = [0u8; 8];
     rng(&mut salt);
     let blob = encrypt(&key.cipher_pass(), &salt, plaintext);
     let full = b64_encode(&blob);
     let data =
-        full.strip_prefix(SALTED_B64).ok_or(SpaError::Unreachable("salted blob lacks its base64 prefix"))?;
+        full.strip_prefix(SALTED_B64).ok_or(EncodeError::Internal("salted blob lacks its base64 prefix"))?;
     // fwknopd classifies ≥ 400 characters (prefix re-added) as GnuPG and refuses them.
     if data.len() > MAX_PRE_HMAC_LEN {
-        return Err(SpaError::TooLong);
+        return Err(EncodeError::TooLong);
     }
     let mut wire = String::with_capacity(data.len() + 86);
     wire.push_str(data);
@@ -49,7 +49,7 @@ pub(crate) fn seal(
         wire.push_str(&hmac_b64(*t, hkey, &[full.as_bytes()]));
     }
     if !(MIN_WIRE_LEN..=MAX_WIRE_LEN).contains(&wire.len()) {
-        return Err(SpaError::BadLength);
+        return Err(EncodeError::TooShort);
     }
     Ok(wire)
 }
@@ -63,16 +63,16 @@ pub(crate) fn seal(
 /// provides the 8-byte salt.
 ///
 /// # Errors
-/// [`SpaError::InvalidMessage`] if a field is out of fwknop's limits or the fields do
-/// not fit the message type (e.g. a command with a timeout); [`SpaError::TooLong`] if
+/// [`EncodeError::InvalidMessage`] if a field is out of fwknop's limits or the fields do
+/// not fit the message type (e.g. a command with a timeout); [`EncodeError::TooLong`] if
 /// the packet would trip fwknopd's GnuPG length heuristic (> 389 characters before the
-/// HMAC); [`SpaError::BadLength`] if it would be shorter than the 140 bytes fwknopd
+/// HMAC); [`EncodeError::TooShort`] if it would be shorter than the 140 bytes fwknopd
 /// requires (very short versions and user names with an MD5 digest).
 pub fn encode(
     msg: &SpaMessage,
     key: &FwknopKey,
     rng: &mut impl FnMut(&mut [u8]),
-) -> Result<String, SpaError> {
+) -> Result<String, EncodeError> {
     let effective = msg.with_effective_type()?;
     let plaintext = build_plaintext(&effective)?;
     seal(plaintext.as_bytes(), key, rng)

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::crypto::{b64_decode, b64_encode, b64_len, digest_b64};
 use super::{Access, AccessProto, HashType, MsgType, SpaMessage};
-use crate::spa::SpaError;
+use crate::spa::{EncodeError, PacketError};
 
 /// Length of the random value (decimal digits).
 pub(crate) const RAND_LEN: usize = 16;
@@ -71,15 +71,15 @@ fn parse_port(s: &str) -> Option<u16> {
 }
 
 /// Decode one base64 field of at most `max_b64` characters into printable ASCII.
-fn decode_b64_field(field: &str, max_b64: usize, what: &'static str) -> Result<String, SpaError> {
+fn decode_b64_field(field: &str, max_b64: usize, what: &'static str) -> Result<String, PacketError> {
     if field.is_empty() || field.len() > max_b64 {
-        return Err(SpaError::BadField(what));
+        return Err(PacketError::BadField(what));
     }
-    let raw = b64_decode(field.as_bytes()).ok_or(SpaError::BadField(what))?;
+    let raw = b64_decode(field.as_bytes()).ok_or(PacketError::BadField(what))?;
     if raw.is_empty() || !raw.iter().copied().all(is_printable) {
-        return Err(SpaError::BadField(what));
+        return Err(PacketError::BadField(what));
     }
-    String::from_utf8(raw).map_err(|_| SpaError::BadField(what))
+    String::from_utf8(raw).map_err(|_| PacketError::BadField(what))
 }
 
 /// libfko's user-name rule: printable ASCII without `" / \ [ ] : ; | = , + * ? < >`.
@@ -110,32 +110,32 @@ pub(crate) fn valid_user(user: &str) -> bool {
 /// `host,port` for the NAT field. Host: 1..=70 printable chars, none of
 /// `space / ? " ' \ ,`. The host is otherwise reported as sent (fwknopd resolves and
 /// validates it later; the `bad%host` vector must decode).
-fn parse_nat(raw: &str) -> Result<(String, u16), SpaError> {
-    let (host, port) = raw.split_once(',').ok_or(SpaError::BadField("nat_access: missing comma"))?;
+fn parse_nat(raw: &str) -> Result<(String, u16), PacketError> {
+    let (host, port) = raw.split_once(',').ok_or(PacketError::BadField("nat_access: missing comma"))?;
     let host_ok = !host.is_empty()
         && host.len() <= MAX_NAT_HOST_LEN
         && host
             .bytes()
             .all(|b| is_printable(b) && !matches!(b, b' ' | b'/' | b'?' | b'"' | b'\'' | b'\\' | b','));
     if !host_ok {
-        return Err(SpaError::BadField("nat_access: host"));
+        return Err(PacketError::BadField("nat_access: host"));
     }
-    let port = parse_port(port).ok_or(SpaError::BadField("nat_access: port"))?;
+    let port = parse_port(port).ok_or(PacketError::BadField("nat_access: port"))?;
     Ok((host.to_owned(), port))
 }
 
 /// One `proto/port` entry of an access message.
-fn parse_access(spec: &str) -> Result<Access, SpaError> {
+fn parse_access(spec: &str) -> Result<Access, PacketError> {
     let (proto, port) =
-        spec.split_once('/').ok_or(SpaError::BadField("message: access entry without '/'"))?;
+        spec.split_once('/').ok_or(PacketError::BadField("message: access entry without '/'"))?;
     let proto = match proto {
         "tcp" => AccessProto::Tcp,
         "udp" => AccessProto::Udp,
         "icmp" => AccessProto::Icmp,
         "none" => AccessProto::None,
-        _ => return Err(SpaError::BadField("message: protocol")),
+        _ => return Err(PacketError::BadField("message: protocol")),
     };
-    let port = parse_port(port).ok_or(SpaError::BadField("message: port"))?;
+    let port = parse_port(port).ok_or(PacketError::BadField("message: port"))?;
     Ok(Access { proto, port })
 }
 
@@ -146,14 +146,15 @@ struct Body {
     command: Option<String>,
 }
 
-fn parse_message(raw: &str, msg_type: MsgType) -> Result<Body, SpaError> {
-    let (ip, rest) = raw.split_once(',').ok_or(SpaError::BadField("message: missing comma"))?;
+fn parse_message(raw: &str, msg_type: MsgType) -> Result<Body, PacketError> {
+    let (ip, rest) = raw.split_once(',').ok_or(PacketError::BadField("message: missing comma"))?;
     // Dotted-quad only (std rejects leading zeros, which inet_aton would read as octal).
-    let allow_ip: Ipv4Addr =
-        ip.parse().map_err(|_| SpaError::BadField("message: allow IP is not a dotted-quad IPv4 address"))?;
+    let allow_ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| PacketError::BadField("message: allow IP is not a dotted-quad IPv4 address"))?;
     if msg_type == MsgType::Command {
         if rest.is_empty() {
-            return Err(SpaError::BadField("message: empty command"));
+            return Err(PacketError::BadField("message: empty command"));
         }
         return Ok(Body { allow_ip, access: Vec::new(), command: Some(rest.to_owned()) });
     }
@@ -165,14 +166,14 @@ fn parse_message(raw: &str, msg_type: MsgType) -> Result<Body, SpaError> {
 /// Which inner digest type matches `digest` over `encoded`. Type is inferred from the
 /// length; 43 and 86 characters are tried as SHA-2 first, then SHA-3. Compared in
 /// constant time.
-fn verify_digest(encoded: &[u8], digest: &[u8]) -> Result<HashType, SpaError> {
+fn verify_digest(encoded: &[u8], digest: &[u8]) -> Result<HashType, PacketError> {
     let candidates: &[HashType] = match digest.len() {
         22 => &[HashType::Md5],
         27 => &[HashType::Sha1],
         43 => &[HashType::Sha256, HashType::Sha3_256],
         64 => &[HashType::Sha384],
         86 => &[HashType::Sha512, HashType::Sha3_512],
-        _ => return Err(SpaError::BadDigest),
+        _ => return Err(PacketError::BadDigest),
     };
     for &t in candidates {
         let want = digest_b64(t, encoded);
@@ -180,51 +181,51 @@ fn verify_digest(encoded: &[u8], digest: &[u8]) -> Result<HashType, SpaError> {
             return Ok(t);
         }
     }
-    Err(SpaError::BadDigest)
+    Err(PacketError::BadDigest)
 }
 
 /// Parse and verify a decrypted plaintext (PKCS#7 padding already removed).
-pub(crate) fn parse_plaintext(pt: &[u8]) -> Result<SpaMessage, SpaError> {
+pub(crate) fn parse_plaintext(pt: &[u8]) -> Result<SpaMessage, PacketError> {
     if !looks_decrypted(pt) {
-        return Err(SpaError::NotDecrypted);
+        return Err(PacketError::NotDecrypted);
     }
     if !pt.iter().copied().all(is_printable) {
-        return Err(SpaError::BadField("plaintext is not printable ASCII"));
+        return Err(PacketError::BadField("plaintext is not printable ASCII"));
     }
     if !(MIN_PLAINTEXT..=MAX_PLAINTEXT).contains(&pt.len()) {
-        return Err(SpaError::BadField("plaintext length"));
+        return Err(PacketError::BadField("plaintext length"));
     }
     let colons = pt.iter().filter(|&&b| b == b':').count();
     if !(MIN_COLONS..=MAX_COLONS).contains(&colons) {
-        return Err(SpaError::BadField("field count"));
+        return Err(PacketError::BadField("field count"));
     }
     let split =
-        pt.iter().rposition(|&b| b == b':').ok_or(SpaError::Unreachable("colon counted but not found"))?;
+        pt.iter().rposition(|&b| b == b':').ok_or(PacketError::Internal("colon counted but not found"))?;
     let (encoded, digest) = (&pt[..split], &pt[split + 1..]);
     let digest_type = verify_digest(encoded, digest)?;
 
     // Printable ASCII is valid UTF-8.
-    let text = std::str::from_utf8(encoded).map_err(|_| SpaError::Unreachable("printable ASCII is UTF-8"))?;
+    let text = std::str::from_utf8(encoded).map_err(|_| PacketError::Internal("printable ASCII is UTF-8"))?;
     let mut fields = text.split(':');
-    let mut next = |what: &'static str| fields.next().ok_or(SpaError::BadField(what));
+    let mut next = |what: &'static str| fields.next().ok_or(PacketError::BadField(what));
 
     let rand_field = next("random value")?;
     let rand: [u8; RAND_LEN] =
-        rand_field.as_bytes().try_into().map_err(|_| SpaError::Unreachable("random value length checked"))?;
+        rand_field.as_bytes().try_into().map_err(|_| PacketError::Internal("random value length checked"))?;
 
     let user = decode_b64_field(next("user")?, MAX_USER_B64, "user")?;
     if !valid_user(&user) {
-        return Err(SpaError::BadField("user"));
+        return Err(PacketError::BadField("user"));
     }
     let timestamp =
-        parse_decimal(next("timestamp")?, MAX_TIMESTAMP_LEN).ok_or(SpaError::BadField("timestamp"))?;
+        parse_decimal(next("timestamp")?, MAX_TIMESTAMP_LEN).ok_or(PacketError::BadField("timestamp"))?;
     let version = next("version")?;
     if version.is_empty() || version.len() > MAX_VERSION_LEN {
-        return Err(SpaError::BadField("version"));
+        return Err(PacketError::BadField("version"));
     }
     let msg_type = match next("message type")?.as_bytes() {
-        &[d] => MsgType::from_digit(d).ok_or(SpaError::BadField("message type"))?,
-        _ => return Err(SpaError::BadField("message type")),
+        &[d] => MsgType::from_digit(d).ok_or(PacketError::BadField("message type"))?,
+        _ => return Err(PacketError::BadField("message type")),
     };
 
     // What remains: message [nat] [server_auth] [timeout]. Bounded by the colon count.
@@ -238,7 +239,7 @@ pub(crate) fn parse_plaintext(pt: &[u8]) -> Result<SpaMessage, SpaError> {
         (false, true, [m, s, t]) => (*m, None, Some(*s), Some(*t)),
         (true, true, [m, n, t]) => (*m, Some(*n), None, Some(*t)),
         (true, true, [m, n, s, t]) => (*m, Some(*n), Some(*s), Some(*t)),
-        _ => return Err(SpaError::BadField("field count for message type")),
+        _ => return Err(PacketError::BadField("field count for message type")),
     };
 
     let body = parse_message(&decode_b64_field(msg, MAX_MESSAGE_B64, "message")?, msg_type)?;
@@ -255,7 +256,7 @@ pub(crate) fn parse_plaintext(pt: &[u8]) -> Result<SpaMessage, SpaError> {
             parse_decimal(t, 5)
                 .and_then(|v| u32::try_from(v).ok())
                 .filter(|&v| v <= MAX_CLIENT_TIMEOUT)
-                .ok_or(SpaError::BadField("client_timeout"))?,
+                .ok_or(PacketError::BadField("client_timeout"))?,
         ),
         None => None,
     };
@@ -309,48 +310,48 @@ fn join_encoded(msg: &SpaMessage) -> Zeroizing<String> {
 /// Build the full plaintext (`encoded:digest`) for `msg`, digest type
 /// `msg.digest_type`. The result is checked by parsing it back: anything this returns
 /// is accepted by [`parse_plaintext`] and decodes to exactly `msg`. Errors are
-/// [`SpaError::InvalidMessage`] naming the offending field.
-pub(crate) fn build_plaintext(msg: &SpaMessage) -> Result<Zeroizing<String>, SpaError> {
+/// [`EncodeError::InvalidMessage`] naming the offending field.
+pub(crate) fn build_plaintext(msg: &SpaMessage) -> Result<Zeroizing<String>, EncodeError> {
     check_shape(msg)?;
     let mut pt = join_encoded(msg);
     if pt.len() + 1 + b64_len(msg.digest_type) > MAX_PLAINTEXT {
-        return Err(SpaError::InvalidMessage("plaintext length"));
+        return Err(EncodeError::InvalidMessage("plaintext length"));
     }
     let digest = digest_b64(msg.digest_type, pt.as_bytes());
     pt.push(':');
     pt.push_str(&digest);
     match parse_plaintext(pt.as_bytes()) {
         Ok(back) if back == *msg => Ok(pt),
-        Ok(_) => Err(SpaError::InvalidMessage("a field does not survive encoding")),
-        Err(SpaError::BadField(what)) => Err(SpaError::InvalidMessage(what)),
-        Err(SpaError::NotDecrypted) => Err(SpaError::InvalidMessage("random value")),
-        Err(_) => Err(SpaError::InvalidMessage("plaintext does not verify")),
+        Ok(_) => Err(EncodeError::InvalidMessage("a field does not survive encoding")),
+        Err(PacketError::BadField(what)) => Err(EncodeError::InvalidMessage(what)),
+        Err(PacketError::NotDecrypted) => Err(EncodeError::InvalidMessage("random value")),
+        Err(_) => Err(EncodeError::InvalidMessage("plaintext does not verify")),
     }
 }
 
 /// Consistency checks with specific messages (the parse-back catches the rest).
-fn check_shape(msg: &SpaMessage) -> Result<(), SpaError> {
+fn check_shape(msg: &SpaMessage) -> Result<(), EncodeError> {
     if !msg.rand.iter().all(u8::is_ascii_digit) {
-        return Err(SpaError::InvalidMessage("random value must be 16 ASCII digits"));
+        return Err(EncodeError::InvalidMessage("random value must be 16 ASCII digits"));
     }
     if msg.user.len() > 48 || !valid_user(&msg.user) {
-        return Err(SpaError::InvalidMessage("user"));
+        return Err(EncodeError::InvalidMessage("user"));
     }
     match (msg.msg_type == MsgType::Command, &msg.command, msg.access.is_empty()) {
         (true, Some(c), true) if !c.is_empty() => {}
         (true, _, _) => {
-            return Err(SpaError::InvalidMessage("command type needs a command and no access"));
+            return Err(EncodeError::InvalidMessage("command type needs a command and no access"));
         }
         (false, None, false) => {}
         (false, _, _) => {
-            return Err(SpaError::InvalidMessage("access types need access entries and no command"));
+            return Err(EncodeError::InvalidMessage("access types need access entries and no command"));
         }
     }
     if msg.msg_type.has_nat() != msg.nat_access.is_some() {
-        return Err(SpaError::InvalidMessage("nat_access must be set exactly for NAT types"));
+        return Err(EncodeError::InvalidMessage("nat_access must be set exactly for NAT types"));
     }
     if msg.msg_type.has_timeout() != msg.client_timeout.is_some() {
-        return Err(SpaError::InvalidMessage("client_timeout must be set exactly for timeout types"));
+        return Err(EncodeError::InvalidMessage("client_timeout must be set exactly for timeout types"));
     }
     Ok(())
 }

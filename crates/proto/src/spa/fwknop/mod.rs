@@ -29,7 +29,7 @@
 //!   decode it; [`encode`] never produces it).
 //!
 //! Not kept (no real client emits it, and each would give one plaintext several
-//! spellings): `=` in the wire or in fields (wire: [`SpaError::BadCharset`]); non-zero
+//! spellings): `=` in the wire or in fields (wire: [`PacketError::BadCharset`]); non-zero
 //! trailing base64 bits; `inet_aton` address forms (`010.1.1.1`, `1.2.3`, hex);
 //! leading zeros in numbers and ports; upper-case protocol names; message types
 //! written with two digits; non-printable bytes in decoded fields; empty fields.
@@ -62,7 +62,7 @@ pub use decode::{decode, precheck};
 pub use encode::{encode, fwknop_keygen, random_digits};
 
 use crate::service::{Proto, Service};
-use crate::spa::SpaError;
+use crate::spa::{EncodeError, KeyError, PacketError};
 
 /// fwknopd's minimum SPA payload (`MIN_SPA_DATA_SIZE`).
 pub const MIN_WIRE_LEN: usize = 140;
@@ -86,16 +86,16 @@ pub enum EncMode {
 }
 
 impl FromStr for EncMode {
-    type Err = SpaError;
+    type Err = KeyError;
 
     /// fwknop's `ENCRYPTION_MODE` / `-M` names that portcullis supports: `cbc`, `legacy`.
-    fn from_str(s: &str) -> Result<Self, SpaError> {
+    fn from_str(s: &str) -> Result<Self, KeyError> {
         if s.eq_ignore_ascii_case("cbc") {
             Ok(EncMode::Cbc)
         } else if s.eq_ignore_ascii_case("legacy") {
             Ok(EncMode::Legacy)
         } else {
-            Err(SpaError::BadKey("encryption mode must be cbc or legacy"))
+            Err(KeyError("encryption mode must be cbc or legacy"))
         }
     }
 }
@@ -162,13 +162,13 @@ impl fmt::Display for HashType {
 }
 
 impl FromStr for HashType {
-    type Err = SpaError;
+    type Err = KeyError;
     /// Case-insensitive `md5`, `sha1`, `sha256`, `sha384`, `sha512`, `sha3_256`, `sha3_512`.
-    fn from_str(s: &str) -> Result<Self, SpaError> {
+    fn from_str(s: &str) -> Result<Self, KeyError> {
         HashType::ALL
             .into_iter()
             .find(|t| s.eq_ignore_ascii_case(t.as_str()))
-            .ok_or(SpaError::BadKey("unknown digest type"))
+            .ok_or(KeyError("unknown digest type"))
     }
 }
 
@@ -189,19 +189,19 @@ impl FwknopKey {
     /// Keys from raw bytes (`KEY` / `HMAC_KEY`).
     ///
     /// # Errors
-    /// [`SpaError::BadKey`] if the encryption key is not 1..=32 bytes, the HMAC key is
+    /// [`KeyError`] if the encryption key is not 1..=32 bytes, the HMAC key is
     /// not 1..=136 bytes, or both are equal (fwknopd refuses that stanza).
-    pub fn new(enc_key: &[u8], mode: EncMode, hmac: Option<(HmacType, &[u8])>) -> Result<Self, SpaError> {
+    pub fn new(enc_key: &[u8], mode: EncMode, hmac: Option<(HmacType, &[u8])>) -> Result<Self, KeyError> {
         if enc_key.is_empty() || enc_key.len() > MAX_ENC_KEY_LEN {
-            return Err(SpaError::BadKey("encryption key must be 1 to 32 bytes"));
+            return Err(KeyError("encryption key must be 1 to 32 bytes"));
         }
         let hmac = match hmac {
             Some((t, k)) => {
                 if k.is_empty() || k.len() > MAX_HMAC_KEY_LEN {
-                    return Err(SpaError::BadKey("HMAC key must be 1 to 136 bytes"));
+                    return Err(KeyError("HMAC key must be 1 to 136 bytes"));
                 }
                 if k == enc_key {
-                    return Err(SpaError::BadKey("HMAC key equals the encryption key"));
+                    return Err(KeyError("HMAC key equals the encryption key"));
                 }
                 Some((t, Zeroizing::new(k.to_vec())))
             }
@@ -213,18 +213,16 @@ impl FwknopKey {
     /// Keys from configuration base64 (`KEY_BASE64` / `HMAC_KEY_BASE64`; padding optional).
     ///
     /// # Errors
-    /// [`SpaError::BadKey`] if a key is not base64, or as [`FwknopKey::new`].
+    /// [`KeyError`] if a key is not base64, or as [`FwknopKey::new`].
     pub fn from_base64(
         enc_key_b64: &str,
         mode: EncMode,
         hmac: Option<(HmacType, &str)>,
-    ) -> Result<Self, SpaError> {
-        let enc =
-            crypto::b64_decode_config(enc_key_b64).ok_or(SpaError::BadKey("KEY_BASE64 is not base64"))?;
+    ) -> Result<Self, KeyError> {
+        let enc = crypto::b64_decode_config(enc_key_b64).ok_or(KeyError("KEY_BASE64 is not base64"))?;
         match hmac {
             Some((t, h)) => {
-                let hk =
-                    crypto::b64_decode_config(h).ok_or(SpaError::BadKey("HMAC_KEY_BASE64 is not base64"))?;
+                let hk = crypto::b64_decode_config(h).ok_or(KeyError("HMAC_KEY_BASE64 is not base64"))?;
                 FwknopKey::new(&enc, mode, Some((t, &hk)))
             }
             None => FwknopKey::new(&enc, mode, None),
@@ -494,14 +492,14 @@ impl SpaMessage {
     /// the type adjusted to the presence of a timeout.
     ///
     /// # Errors
-    /// [`SpaError::InvalidMessage`] for a command message with a timeout.
-    pub fn with_effective_type(&self) -> Result<SpaMessage, SpaError> {
+    /// [`EncodeError::InvalidMessage`] for a command message with a timeout.
+    pub fn with_effective_type(&self) -> Result<SpaMessage, EncodeError> {
         let mut m = self.clone();
         if m.client_timeout == Some(0) {
             m.client_timeout = None;
         }
         if m.msg_type == MsgType::Command && m.client_timeout.is_some() {
-            return Err(SpaError::InvalidMessage("command messages cannot carry a timeout"));
+            return Err(EncodeError::InvalidMessage("command messages cannot carry a timeout"));
         }
         m.msg_type = m.msg_type.with_timeout(m.client_timeout.is_some());
         Ok(m)
@@ -546,12 +544,12 @@ pub fn canonical_replay_key(msg: &SpaMessage) -> [u8; 32] {
 /// judged like past ones). `now` is Unix seconds supplied by the caller.
 ///
 /// # Errors
-/// [`SpaError::Stale`] outside the window.
-pub fn check_age(msg: &SpaMessage, now: u64, max_age: u64) -> Result<(), SpaError> {
+/// [`PacketError::Stale`] outside the window.
+pub fn check_age(msg: &SpaMessage, now: u64, max_age: u64) -> Result<(), PacketError> {
     if msg.timestamp.abs_diff(now) <= max_age {
         Ok(())
     } else {
-        Err(SpaError::Stale)
+        Err(PacketError::Stale)
     }
 }
 

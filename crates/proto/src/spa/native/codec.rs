@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::{AllowAddr, Request, FIELDS_LEN, MAX_SERVICES, MAX_USER_LEN};
 use crate::service::{Proto, Service};
-use crate::spa::SpaError;
+use crate::spa::{EncodeError, PacketError};
 
 /// `allow` kind byte: use the packet's source address.
 pub(crate) const ALLOW_SOURCE: u8 = 0;
@@ -29,34 +29,34 @@ impl<'a> Reader<'a> {
         Reader { buf }
     }
 
-    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SpaError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PacketError> {
         if n > self.buf.len() {
-            return Err(SpaError::BadField(what));
+            return Err(PacketError::BadField(what));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], SpaError> {
-        let (head, tail) = self.buf.split_first_chunk::<N>().ok_or(SpaError::BadField(what))?;
+    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], PacketError> {
+        let (head, tail) = self.buf.split_first_chunk::<N>().ok_or(PacketError::BadField(what))?;
         self.buf = tail;
         Ok(*head)
     }
 
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, SpaError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, PacketError> {
         Ok(self.array::<1>(what)?[0])
     }
 
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, SpaError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, PacketError> {
         self.array(what).map(u16::from_be_bytes)
     }
 
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, SpaError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, PacketError> {
         self.array(what).map(u32::from_be_bytes)
     }
 
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, SpaError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, PacketError> {
         self.array(what).map(u64::from_be_bytes)
     }
 
@@ -73,9 +73,9 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) -> Result<(), SpaError> {
-        let end = self.pos.checked_add(bytes.len()).ok_or(SpaError::Unreachable("writer overflow"))?;
-        let dst = self.buf.get_mut(self.pos..end).ok_or(SpaError::Unreachable("request fields overflow"))?;
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let end = self.pos.checked_add(bytes.len()).ok_or(EncodeError::Internal("writer overflow"))?;
+        let dst = self.buf.get_mut(self.pos..end).ok_or(EncodeError::Internal("request fields overflow"))?;
         dst.copy_from_slice(bytes);
         self.pos = end;
         Ok(())
@@ -129,11 +129,11 @@ fn check_services(services: &[Service]) -> Result<(), &'static str> {
 
 /// Write the canonical field encoding into `out` (zero-filled by the caller) and
 /// return the number of bytes used; the rest of `out` is the zero padding.
-pub(crate) fn encode_fields(req: &Request, out: &mut [u8; FIELDS_LEN]) -> Result<usize, SpaError> {
-    check_request(req).map_err(SpaError::InvalidMessage)?;
+pub(crate) fn encode_fields(req: &Request, out: &mut [u8; FIELDS_LEN]) -> Result<usize, EncodeError> {
+    check_request(req).map_err(EncodeError::InvalidMessage)?;
     let mut w = Writer { buf: out.as_mut_slice(), pos: 0 };
     let user = req.user.as_bytes();
-    w.put(&[u8::try_from(user.len()).map_err(|_| SpaError::InvalidMessage("user too long"))?])?;
+    w.put(&[u8::try_from(user.len()).map_err(|_| EncodeError::InvalidMessage("user too long"))?])?;
     w.put(user)?;
     w.put(&req.timestamp.to_be_bytes())?;
     w.put(&req.nonce)?;
@@ -149,7 +149,7 @@ pub(crate) fn encode_fields(req: &Request, out: &mut [u8; FIELDS_LEN]) -> Result
         }
     }
     w.put(&req.duration_secs.to_be_bytes())?;
-    let n = u8::try_from(req.services.len()).map_err(|_| SpaError::InvalidMessage("1 to 16 services"))?;
+    let n = u8::try_from(req.services.len()).map_err(|_| EncodeError::InvalidMessage("1 to 16 services"))?;
     w.put(&[n])?;
     for s in &req.services {
         w.put(&[s.proto.number()])?;
@@ -160,51 +160,51 @@ pub(crate) fn encode_fields(req: &Request, out: &mut [u8; FIELDS_LEN]) -> Result
 
 /// Parse the fields region of a decrypted body (everything after the signature).
 /// Rejects any deviation from the canonical encoding and any non-zero padding.
-pub(crate) fn parse_fields(fields: &[u8]) -> Result<Request, SpaError> {
+pub(crate) fn parse_fields(fields: &[u8]) -> Result<Request, PacketError> {
     let mut r = Reader::new(fields);
     let user_len = usize::from(r.u8("user length")?);
     if !(1..=MAX_USER_LEN).contains(&user_len) {
-        return Err(SpaError::BadField("user length"));
+        return Err(PacketError::BadField("user length"));
     }
     let user = r.take(user_len, "user")?;
     if !valid_user(user) {
-        return Err(SpaError::BadField("user"));
+        return Err(PacketError::BadField("user"));
     }
     // valid_user guarantees ASCII, so this conversion cannot fail.
-    let user = std::str::from_utf8(user).map_err(|_| SpaError::BadField("user"))?.to_owned();
+    let user = std::str::from_utf8(user).map_err(|_| PacketError::BadField("user"))?.to_owned();
     let timestamp = r.u64("timestamp")?;
     let nonce = r.array::<16>("nonce")?;
     let allow = match r.u8("allow kind")? {
         ALLOW_SOURCE => AllowAddr::Source,
         ALLOW_V4 => AllowAddr::V4(Ipv4Addr::from(r.array::<4>("allow address")?)),
         ALLOW_V6 => AllowAddr::V6(Ipv6Addr::from(r.array::<16>("allow address")?)),
-        _ => return Err(SpaError::BadField("allow kind")),
+        _ => return Err(PacketError::BadField("allow kind")),
     };
-    check_allow(&allow).map_err(|_| SpaError::BadField("allow address"))?;
+    check_allow(&allow).map_err(|_| PacketError::BadField("allow address"))?;
     let duration_secs = r.u32("duration")?;
     if duration_secs == 0 {
-        return Err(SpaError::BadField("duration"));
+        return Err(PacketError::BadField("duration"));
     }
     let count = usize::from(r.u8("service count")?);
     if !(1..=MAX_SERVICES).contains(&count) {
-        return Err(SpaError::BadField("service count"));
+        return Err(PacketError::BadField("service count"));
     }
     let mut services = Vec::with_capacity(count); // count ≤ 16, checked above
     for _ in 0..count {
         let proto =
-            Proto::from_number(r.u8("service protocol")?).ok_or(SpaError::BadField("service protocol"))?;
+            Proto::from_number(r.u8("service protocol")?).ok_or(PacketError::BadField("service protocol"))?;
         let port = r.u16("service port")?;
         if port == 0 {
-            return Err(SpaError::BadField("service port"));
+            return Err(PacketError::BadField("service port"));
         }
         let s = Service { proto, port };
         if services.last().is_some_and(|prev| *prev >= s) {
-            return Err(SpaError::BadField("services not sorted and distinct"));
+            return Err(PacketError::BadField("services not sorted and distinct"));
         }
         services.push(s);
     }
     if !all_zero(r.rest()) {
-        return Err(SpaError::TrailingData("non-zero bytes after the request fields"));
+        return Err(PacketError::TrailingData("non-zero bytes after the request fields"));
     }
     Ok(Request { user, timestamp, nonce, allow, services, duration_secs })
 }

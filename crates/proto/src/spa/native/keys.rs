@@ -28,7 +28,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::TAG_LABEL;
-use crate::spa::SpaError;
+use crate::spa::KeyError;
 
 /// Text prefix of a [`ServerKey`].
 pub const SERVER_SECRET_PREFIX: &str = "pcs1-sec-";
@@ -74,26 +74,26 @@ fn kind_of(text: &str) -> Option<&'static str> {
     .map(|(_, k)| k)
 }
 
-fn decode_text(prefix: &str, expected: &'static str, text: &str) -> Result<Zeroizing<[u8; 32]>, SpaError> {
+fn decode_text(prefix: &str, expected: &'static str, text: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let Some(body) = text.strip_prefix(prefix) else {
         return Err(match kind_of(text) {
-            Some(_) => SpaError::BadKey(expected),
-            None => SpaError::BadKey("unknown key prefix (expected pcs1-…/pcu1-…)"),
+            Some(_) => KeyError(expected),
+            None => KeyError("unknown key prefix (expected pcs1-…/pcu1-…)"),
         });
     };
     if body.len() != TEXT_B64_LEN {
-        return Err(SpaError::BadKey("key text has the wrong length"));
+        return Err(KeyError("key text has the wrong length"));
     }
     let mut raw = Zeroizing::new([0u8; 36]);
     match URL_SAFE_NO_PAD.decode_slice(body, raw.as_mut_slice()) {
         Ok(36) => {}
-        _ => return Err(SpaError::BadKey("key text is not unpadded base64url")),
+        _ => return Err(KeyError("key text is not unpadded base64url")),
     }
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&raw[..32]);
     let check = key_check(prefix, &key);
     if !bool::from(check.ct_eq(&raw[32..])) {
-        return Err(SpaError::BadKey("key check mismatch (typo or truncated key)"));
+        return Err(KeyError("key check mismatch (typo or truncated key)"));
     }
     Ok(key)
 }
@@ -141,8 +141,8 @@ impl ServerKey {
     /// Parse the `pcs1-sec-…` text form.
     ///
     /// # Errors
-    /// [`SpaError::BadKey`] on any deviation from the exact form.
-    pub fn from_text(text: &str) -> Result<ServerKey, SpaError> {
+    /// [`KeyError`] on any deviation from the exact form.
+    pub fn from_text(text: &str) -> Result<ServerKey, KeyError> {
         let b = decode_text(SERVER_SECRET_PREFIX, "expected a server secret key (pcs1-sec-…)", text)?;
         Ok(ServerKey::from_bytes(*b))
     }
@@ -177,11 +177,11 @@ impl ServerPublicKey {
     /// From the 32-byte Montgomery u-coordinate.
     ///
     /// # Errors
-    /// [`SpaError::BadKey`] for a small-order point (its shared secrets are public).
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<ServerPublicKey, SpaError> {
+    /// [`KeyError`] for a small-order point (its shared secrets are public).
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<ServerPublicKey, KeyError> {
         let point = PublicKey::from(bytes);
         if x25519_low_order(&point) {
-            return Err(SpaError::BadKey("server public key is a small-order point"));
+            return Err(KeyError("server public key is a small-order point"));
         }
         Ok(ServerPublicKey::from_point(point))
     }
@@ -225,9 +225,9 @@ impl fmt::Display for ServerPublicKey {
 }
 
 impl FromStr for ServerPublicKey {
-    type Err = SpaError;
+    type Err = KeyError;
     /// Strict `pcs1-pub-…` parser; see the module doc.
-    fn from_str(s: &str) -> Result<Self, SpaError> {
+    fn from_str(s: &str) -> Result<Self, KeyError> {
         let b = decode_text(SERVER_PUBLIC_PREFIX, "expected a server public key (pcs1-pub-…)", s)?;
         ServerPublicKey::from_bytes(*b)
     }
@@ -265,8 +265,8 @@ impl UserKey {
     /// Parse the `pcu1-sec-…` text form.
     ///
     /// # Errors
-    /// [`SpaError::BadKey`] on any deviation from the exact form.
-    pub fn from_text(text: &str) -> Result<UserKey, SpaError> {
+    /// [`KeyError`] on any deviation from the exact form.
+    pub fn from_text(text: &str) -> Result<UserKey, KeyError> {
         let b = decode_text(USER_SECRET_PREFIX, "expected a user secret key (pcu1-sec-…)", text)?;
         Ok(UserKey::from_bytes(&b))
     }
@@ -292,17 +292,17 @@ impl UserPublicKey {
     /// From the 32-byte compressed Edwards point.
     ///
     /// # Errors
-    /// [`SpaError::BadKey`] if the bytes are not a canonically encoded point, or the
+    /// [`KeyError`] if the bytes are not a canonically encoded point, or the
     /// point has small order (such a key would accept forged signatures under lax
     /// verification).
-    pub fn from_bytes(bytes: &[u8; 32]) -> Result<UserPublicKey, SpaError> {
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<UserPublicKey, KeyError> {
         let key = VerifyingKey::from_bytes(bytes)
-            .map_err(|_| SpaError::BadKey("user public key is not a valid Ed25519 point"))?;
+            .map_err(|_| KeyError("user public key is not a valid Ed25519 point"))?;
         if key.to_edwards().compress().as_bytes() != bytes {
-            return Err(SpaError::BadKey("user public key is not canonically encoded"));
+            return Err(KeyError("user public key is not canonically encoded"));
         }
         if key.is_weak() {
-            return Err(SpaError::BadKey("user public key is a small-order point"));
+            return Err(KeyError("user public key is a small-order point"));
         }
         Ok(UserPublicKey { key })
     }
@@ -331,9 +331,9 @@ impl fmt::Display for UserPublicKey {
 }
 
 impl FromStr for UserPublicKey {
-    type Err = SpaError;
+    type Err = KeyError;
     /// Strict `pcu1-pub-…` parser; see the module doc.
-    fn from_str(s: &str) -> Result<Self, SpaError> {
+    fn from_str(s: &str) -> Result<Self, KeyError> {
         let b = decode_text(USER_PUBLIC_PREFIX, "expected a user public key (pcu1-pub-…)", s)?;
         UserPublicKey::from_bytes(&b)
     }

@@ -51,7 +51,7 @@ pub use keys::{
 pub use packet::{open, precheck, seal};
 
 use crate::service::Service;
-use crate::spa::SpaError;
+use crate::spa::{EncodeError, PacketError};
 
 /// Magic bytes at offset 0.
 pub const MAGIC: [u8; 3] = *b"pcn";
@@ -144,7 +144,7 @@ impl Request {
     /// A request with a fresh nonce from `rng`; `services` is sorted and deduplicated.
     ///
     /// # Errors
-    /// [`SpaError::InvalidMessage`] if an invariant of [`Request`] does not hold.
+    /// [`EncodeError::InvalidMessage`] if an invariant of [`Request`] does not hold.
     pub fn new(
         user: &str,
         timestamp: u64,
@@ -152,7 +152,7 @@ impl Request {
         services: impl IntoIterator<Item = Service>,
         duration_secs: u32,
         rng: &mut impl FnMut(&mut [u8]),
-    ) -> Result<Request, SpaError> {
+    ) -> Result<Request, EncodeError> {
         let mut services: Vec<Service> = services.into_iter().collect();
         services.sort_unstable();
         services.dedup();
@@ -166,9 +166,9 @@ impl Request {
     /// Check the invariants listed on [`Request`].
     ///
     /// # Errors
-    /// [`SpaError::InvalidMessage`] naming the first violated rule.
-    pub fn validate(&self) -> Result<(), SpaError> {
-        codec::check_request(self).map_err(SpaError::InvalidMessage)
+    /// [`EncodeError::InvalidMessage`] naming the first violated rule.
+    pub fn validate(&self) -> Result<(), EncodeError> {
+        codec::check_request(self).map_err(EncodeError::InvalidMessage)
     }
 }
 
@@ -211,12 +211,12 @@ pub fn canonical_replay_key(req: &Request) -> [u8; 32] {
 /// (seconds; both bounds inclusive; no overflow at the ends of `u64`).
 ///
 /// # Errors
-/// [`SpaError::Stale`] outside the window.
-pub fn check_time(req: &Request, now_unix: u64, skew: u64) -> Result<(), SpaError> {
+/// [`PacketError::Stale`] outside the window.
+pub fn check_time(req: &Request, now_unix: u64, skew: u64) -> Result<(), PacketError> {
     if req.timestamp.abs_diff(now_unix) <= skew {
         Ok(())
     } else {
-        Err(SpaError::Stale)
+        Err(PacketError::Stale)
     }
 }
 

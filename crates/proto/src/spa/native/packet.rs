@@ -16,7 +16,8 @@ use super::{
     Request, AEAD_TAG_LEN, BODY_LEN, FIELDS_LEN, HEADER_LEN, HKDF_SALT, KEY_INFO_LABEL, MAGIC,
     MAX_DATAGRAM_LEN, PACKET_LEN, SIGNATURE_LEN, SIG_LABEL, VERSION,
 };
-use crate::spa::SpaError;
+use crate::spa::error::Internal;
+use crate::spa::{EncodeError, PacketError};
 
 const TAG_AT: usize = 4;
 const EPH_AT: usize = 8;
@@ -31,25 +32,25 @@ struct Parts<'a> {
     tag: [u8; AEAD_TAG_LEN],
 }
 
-fn split_checked<'a>(packet: &'a [u8], server: &ServerPublicKey) -> Result<Parts<'a>, SpaError> {
+fn split_checked<'a>(packet: &'a [u8], server: &ServerPublicKey) -> Result<Parts<'a>, PacketError> {
     if packet.len() < MAGIC.len() + 1 || packet.len() > MAX_DATAGRAM_LEN {
-        return Err(SpaError::BadLength);
+        return Err(PacketError::BadLength);
     }
     if packet[..MAGIC.len()] != MAGIC {
-        return Err(SpaError::BadMagic);
+        return Err(PacketError::BadMagic);
     }
     if packet[MAGIC.len()] != VERSION {
-        return Err(SpaError::BadVersion);
+        return Err(PacketError::BadVersion);
     }
-    let (header, rest) = packet.split_first_chunk::<HEADER_LEN>().ok_or(SpaError::BadLength)?;
-    let (ciphertext, rest) = rest.split_first_chunk::<BODY_LEN>().ok_or(SpaError::BadLength)?;
-    let tag = <[u8; AEAD_TAG_LEN]>::try_from(rest).map_err(|_| SpaError::BadLength)?;
+    let (header, rest) = packet.split_first_chunk::<HEADER_LEN>().ok_or(PacketError::BadLength)?;
+    let (ciphertext, rest) = rest.split_first_chunk::<BODY_LEN>().ok_or(PacketError::BadLength)?;
+    let tag = <[u8; AEAD_TAG_LEN]>::try_from(rest).map_err(|_| PacketError::BadLength)?;
     let mut eph_pub = [0u8; 32];
     eph_pub.copy_from_slice(&header[EPH_AT..]);
     // The tag is not secret (anyone with the server's public key can compute it);
     // constant time anyway, as a matter of hygiene.
     if !bool::from(server.tag_for(&eph_pub).ct_eq(&header[TAG_AT..EPH_AT])) {
-        return Err(SpaError::WrongServer);
+        return Err(PacketError::WrongServer);
     }
     Ok(Parts { header, eph_pub, ciphertext, tag })
 }
@@ -60,9 +61,9 @@ fn split_checked<'a>(packet: &'a [u8], server: &ServerPublicKey) -> Result<Parts
 /// key" (or copied a header off the wire).
 ///
 /// # Errors
-/// [`SpaError::BadLength`], [`SpaError::BadMagic`], [`SpaError::BadVersion`],
-/// [`SpaError::WrongServer`].
-pub fn precheck(packet: &[u8], server: &ServerPublicKey) -> Result<(), SpaError> {
+/// [`PacketError::BadLength`], [`PacketError::BadMagic`], [`PacketError::BadVersion`],
+/// [`PacketError::WrongServer`].
+pub fn precheck(packet: &[u8], server: &ServerPublicKey) -> Result<(), PacketError> {
     split_checked(packet, server).map(|_| ())
 }
 
@@ -70,11 +71,11 @@ fn aead(
     shared: &SharedSecret,
     server_pub: &[u8; 32],
     eph_pub: &[u8; 32],
-) -> Result<ChaCha20Poly1305, SpaError> {
+) -> Result<ChaCha20Poly1305, Internal> {
     let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), shared.as_bytes());
     let mut okm = Zeroizing::new([0u8; 32]);
     hk.expand_multi_info(&[KEY_INFO_LABEL, server_pub, eph_pub], okm.as_mut_slice())
-        .map_err(|_| SpaError::Unreachable("HKDF output length"))?;
+        .map_err(|_| Internal("HKDF output length"))?;
     let key: &Key = (&*okm).into();
     Ok(ChaCha20Poly1305::new(key))
 }
@@ -84,16 +85,16 @@ fn signed_message(
     server_pub: &[u8; 32],
     header: &[u8; HEADER_LEN],
     fields: &[u8],
-) -> Result<Zeroizing<[u8; SIGNED_LEN]>, SpaError> {
+) -> Result<Zeroizing<[u8; SIGNED_LEN]>, Internal> {
     let mut m = Zeroizing::new([0u8; SIGNED_LEN]);
     let mut at = 0;
     for part in [SIG_LABEL, server_pub.as_slice(), header.as_slice(), fields] {
-        let dst = m.get_mut(at..at + part.len()).ok_or(SpaError::Unreachable("signed message layout"))?;
+        let dst = m.get_mut(at..at + part.len()).ok_or(Internal("signed message layout"))?;
         dst.copy_from_slice(part);
         at += part.len();
     }
     if at != SIGNED_LEN {
-        return Err(SpaError::Unreachable("signed message layout"));
+        return Err(Internal("signed message layout"));
     }
     Ok(m)
 }
@@ -114,7 +115,7 @@ pub(crate) fn seal_body(
     body: &[u8; BODY_LEN],
     server_pub: &ServerPublicKey,
     eph_secret: [u8; 32],
-) -> Result<Vec<u8>, SpaError> {
+) -> Result<Vec<u8>, EncodeError> {
     let eph = StaticSecret::from(eph_secret);
     let eph_pub = PublicKey::from(&eph).to_bytes();
     let header = header_for(server_pub, &eph_pub);
@@ -126,17 +127,17 @@ fn encrypt(
     body: &[u8; BODY_LEN],
     server_pub: &ServerPublicKey,
     eph: &StaticSecret,
-) -> Result<Vec<u8>, SpaError> {
+) -> Result<Vec<u8>, EncodeError> {
     let shared = eph.diffie_hellman(server_pub.point());
     if !shared.was_contributory() {
         // ServerPublicKey::from_bytes refuses small-order points; kept as a backstop.
-        return Err(SpaError::BadKey("server public key is a small-order point"));
+        return Err(EncodeError::Internal("server public key is a small-order point"));
     }
     let cipher = aead(&shared, server_pub.as_bytes(), PublicKey::from(eph).as_bytes())?;
     let mut buf = Zeroizing::new(*body);
     let tag = cipher
         .encrypt_inout_detached(&Nonce::default(), header, buf.as_mut_slice().into())
-        .map_err(|_| SpaError::Unreachable("AEAD encryption"))?;
+        .map_err(|_| EncodeError::Internal("AEAD encryption"))?;
     let mut packet = Vec::with_capacity(PACKET_LEN);
     packet.extend_from_slice(header);
     packet.extend_from_slice(buf.as_slice());
@@ -152,13 +153,13 @@ fn encrypt(
 /// public key under.
 ///
 /// # Errors
-/// [`SpaError::InvalidMessage`] if `req` breaks an invariant of [`Request`].
+/// [`EncodeError::InvalidMessage`] if `req` breaks an invariant of [`Request`].
 pub fn seal(
     req: &Request,
     server_pub: &ServerPublicKey,
     user: &UserKey,
     rng: &mut impl FnMut(&mut [u8]),
-) -> Result<Vec<u8>, SpaError> {
+) -> Result<Vec<u8>, EncodeError> {
     let mut fields = Zeroizing::new([0u8; FIELDS_LEN]);
     encode_fields(req, &mut fields)?;
     let mut eph_bytes = Zeroizing::new([0u8; 32]);
@@ -173,7 +174,7 @@ pub(crate) fn seal_fields(
     server_pub: &ServerPublicKey,
     user: &UserKey,
     eph_secret: [u8; 32],
-) -> Result<Vec<u8>, SpaError> {
+) -> Result<Vec<u8>, EncodeError> {
     let eph = StaticSecret::from(eph_secret);
     let eph_pub = PublicKey::from(&eph).to_bytes();
     let header = header_for(server_pub, &eph_pub);
@@ -199,21 +200,21 @@ pub(crate) fn seal_fields(
 /// ([`canonical_replay_key`](super::canonical_replay_key)) and policy.
 ///
 /// # Errors
-/// The first failing stage's [`SpaError`]; never a panic.
+/// The first failing stage's [`PacketError`]; never a panic.
 pub fn open(
     packet: &[u8],
     server: &ServerKey,
     users: &(impl UserLookup + ?Sized),
-) -> Result<Request, SpaError> {
+) -> Result<Request, PacketError> {
     let (header, body) = open_body(packet, server)?;
     let (sig, fields) =
-        body.split_first_chunk::<SIGNATURE_LEN>().ok_or(SpaError::Unreachable("body layout"))?;
+        body.split_first_chunk::<SIGNATURE_LEN>().ok_or(PacketError::Internal("body layout"))?;
     let req = parse_fields(fields)?;
-    let key = users.verifying_key(&req.user).ok_or(SpaError::UnknownUser)?;
+    let key = users.verifying_key(&req.user).ok_or(PacketError::UnknownUser)?;
     let msg = signed_message(server.public().as_bytes(), &header, fields)?;
     key.verifying()
         .verify_strict(msg.as_slice(), &Signature::from_bytes(sig))
-        .map_err(|_| SpaError::BadSignature)?;
+        .map_err(|_| PacketError::BadSignature)?;
     Ok(req)
 }
 
@@ -221,12 +222,12 @@ pub fn open(
 pub(crate) fn open_body(
     packet: &[u8],
     server: &ServerKey,
-) -> Result<([u8; HEADER_LEN], Zeroizing<[u8; BODY_LEN]>), SpaError> {
+) -> Result<([u8; HEADER_LEN], Zeroizing<[u8; BODY_LEN]>), PacketError> {
     let parts = split_checked(packet, server.public())?;
     let eph_pub = PublicKey::from(parts.eph_pub);
     let shared = server.secret().diffie_hellman(&eph_pub);
     if !shared.was_contributory() {
-        return Err(SpaError::DecryptFailed);
+        return Err(PacketError::DecryptFailed);
     }
     let cipher = aead(&shared, server.public().as_bytes(), &parts.eph_pub)?;
     let mut body = Zeroizing::new(*parts.ciphertext);
@@ -237,6 +238,6 @@ pub(crate) fn open_body(
             body.as_mut_slice().into(),
             &Tag::from(parts.tag),
         )
-        .map_err(|_| SpaError::DecryptFailed)?;
+        .map_err(|_| PacketError::DecryptFailed)?;
     Ok((*parts.header, body))
 }

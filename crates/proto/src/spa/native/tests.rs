@@ -10,6 +10,7 @@ use super::codec::{encode_fields, parse_fields};
 use super::packet::{open_body, seal_body, seal_fields};
 use super::*;
 use crate::service::Service;
+use crate::spa::KeyError;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -82,7 +83,7 @@ fn fields_of(req: &Request) -> ([u8; FIELDS_LEN], usize) {
 }
 
 /// Seal a (possibly malformed) fields region with a valid signature and AEAD, and open it.
-fn open_fields(fields: &[u8; FIELDS_LEN]) -> Result<Request, SpaError> {
+fn open_fields(fields: &[u8; FIELDS_LEN]) -> Result<Request, PacketError> {
     let pkt = seal_fields(fields, server().public(), &user_key(), seq32(0x70)).unwrap();
     open(&pkt, &server(), &users())
 }
@@ -326,8 +327,8 @@ fn longest_request_fits() {
 fn rejects_truncation_at_every_length() {
     let pkt = sealed_alice();
     for len in 0..PACKET_LEN {
-        assert_eq!(open(&pkt[..len], &server(), &users()), Err(SpaError::BadLength), "len {len}");
-        assert_eq!(precheck(&pkt[..len], server().public()), Err(SpaError::BadLength), "len {len}");
+        assert_eq!(open(&pkt[..len], &server(), &users()), Err(PacketError::BadLength), "len {len}");
+        assert_eq!(precheck(&pkt[..len], server().public()), Err(PacketError::BadLength), "len {len}");
     }
 }
 
@@ -337,7 +338,7 @@ fn rejects_oversized() {
     for extra in [1usize, 2, 16, MAX_DATAGRAM_LEN - PACKET_LEN, MAX_DATAGRAM_LEN - PACKET_LEN + 1, 1500] {
         let mut long = pkt.clone();
         long.resize(PACKET_LEN + extra, 0);
-        assert_eq!(open(&long, &server(), &users()), Err(SpaError::BadLength), "+{extra}");
+        assert_eq!(open(&long, &server(), &users()), Err(PacketError::BadLength), "+{extra}");
     }
 }
 
@@ -347,19 +348,19 @@ fn rejects_bad_magic_and_version() {
     for (i, v) in [(0, b'P'), (1, 0), (2, b'x')] {
         let mut p = pkt.clone();
         p[i] = v;
-        assert_eq!(open(&p, &server(), &users()), Err(SpaError::BadMagic));
+        assert_eq!(open(&p, &server(), &users()), Err(PacketError::BadMagic));
     }
     for v in [0u8, 2, 0x81, 0xff] {
         let mut p = pkt.clone();
         p[3] = v;
-        assert_eq!(open(&p, &server(), &users()), Err(SpaError::BadVersion));
+        assert_eq!(open(&p, &server(), &users()), Err(PacketError::BadVersion));
     }
     // An unknown version of any length is reported as such, not as a bad length.
     let mut future = pkt[..4].to_vec();
     future[3] = 2;
     future.resize(300, 0);
-    assert_eq!(open(&future, &server(), &users()), Err(SpaError::BadVersion));
-    assert_eq!(open(b"GET / HTTP/1.1\r\n", &server(), &users()), Err(SpaError::BadMagic));
+    assert_eq!(open(&future, &server(), &users()), Err(PacketError::BadVersion));
+    assert_eq!(open(b"GET / HTTP/1.1\r\n", &server(), &users()), Err(PacketError::BadMagic));
 }
 
 #[test]
@@ -370,12 +371,12 @@ fn rejects_every_single_bit_flip() {
         let mut p = pkt.clone();
         p[bit / 8] ^= 1 << (bit % 8);
         let want = match bit / 8 {
-            0..=2 => SpaError::BadMagic,
-            3 => SpaError::BadVersion,
+            0..=2 => PacketError::BadMagic,
+            3 => PacketError::BadVersion,
             // tag or ephemeral key: the recomputed tag no longer matches
-            4..=39 => SpaError::WrongServer,
+            4..=39 => PacketError::WrongServer,
             // ciphertext or Poly1305 tag
-            _ => SpaError::DecryptFailed,
+            _ => PacketError::DecryptFailed,
         };
         assert_eq!(open(&p, &s, &u), Err(want), "bit {bit}");
     }
@@ -391,7 +392,7 @@ fn header_is_bound_by_the_aead_even_with_a_valid_tag() {
     let tag = server().public().tag_for(&other);
     p[4..8].copy_from_slice(&tag);
     assert_eq!(precheck(&p, server().public()), Ok(()));
-    assert_eq!(open(&p, &server(), &users()), Err(SpaError::DecryptFailed));
+    assert_eq!(open(&p, &server(), &users()), Err(PacketError::DecryptFailed));
 }
 
 #[test]
@@ -406,15 +407,15 @@ fn rejects_small_order_ephemeral_keys() {
         p[8..40].copy_from_slice(&u);
         let tag = server().public().tag_for(&u);
         p[4..8].copy_from_slice(&tag);
-        assert_eq!(open(&p, &server(), &users()), Err(SpaError::DecryptFailed));
+        assert_eq!(open(&p, &server(), &users()), Err(PacketError::DecryptFailed));
     }
 }
 
 #[test]
 fn rejects_packet_for_another_server_key_cheaply() {
     let other = ServerKey::from_bytes(seq32(0x11));
-    assert_eq!(precheck(&sealed_alice(), other.public()), Err(SpaError::WrongServer));
-    assert_eq!(open(&sealed_alice(), &other, &users()), Err(SpaError::WrongServer));
+    assert_eq!(precheck(&sealed_alice(), other.public()), Err(PacketError::WrongServer));
+    assert_eq!(open(&sealed_alice(), &other, &users()), Err(PacketError::WrongServer));
 }
 
 // ---------------------------------------------------------------- authentication
@@ -430,31 +431,31 @@ fn server_a_cannot_mint_packets_for_server_b() {
     let (_, body) = open_body(&pkt_for_a, &a).unwrap();
     let forged = seal_body(&body, b.public(), seq32(0x01)).unwrap();
     assert_eq!(precheck(&forged, b.public()), Ok(()));
-    assert_eq!(open(&forged, &b, &users()), Err(SpaError::BadSignature));
+    assert_eq!(open(&forged, &b, &users()), Err(PacketError::BadSignature));
     // Even re-encrypting for A itself under a new ephemeral key fails: the signature
     // also covers the header.
     let again = seal_body(&body, a.public(), seq32(0x02)).unwrap();
-    assert_eq!(open(&again, &a, &users()), Err(SpaError::BadSignature));
+    assert_eq!(open(&again, &a, &users()), Err(PacketError::BadSignature));
 }
 
 #[test]
 fn rejects_unknown_user() {
     let mut only_bob = BTreeMap::new();
     only_bob.insert("bob".to_owned(), user_key().public());
-    assert_eq!(open(&sealed_alice(), &server(), &only_bob), Err(SpaError::UnknownUser));
+    assert_eq!(open(&sealed_alice(), &server(), &only_bob), Err(PacketError::UnknownUser));
     let empty: HashMap<String, UserPublicKey> = HashMap::new();
-    assert_eq!(open(&sealed_alice(), &server(), &empty), Err(SpaError::UnknownUser));
+    assert_eq!(open(&sealed_alice(), &server(), &empty), Err(PacketError::UnknownUser));
 }
 
 #[test]
 fn rejects_wrong_user_key() {
     let mallory = UserKey::from_bytes(&seq32(0x99));
     let pkt = seal(&alice_request(), server().public(), &mallory, &mut test_rng(3)).unwrap();
-    assert_eq!(open(&pkt, &server(), &users()), Err(SpaError::BadSignature));
+    assert_eq!(open(&pkt, &server(), &users()), Err(PacketError::BadSignature));
     // And alice's genuine packet against a table listing another key for alice.
     let mut table = BTreeMap::new();
     table.insert("alice".to_owned(), mallory.public());
-    assert_eq!(open(&sealed_alice(), &server(), &table), Err(SpaError::BadSignature));
+    assert_eq!(open(&sealed_alice(), &server(), &table), Err(PacketError::BadSignature));
 }
 
 #[test]
@@ -473,7 +474,7 @@ fn rejects_trailing_bytes_inside_plaintext() {
     for at in [n, n + 1, FIELDS_LEN - 1] {
         let mut g = f;
         g[at] = 0x01;
-        assert!(matches!(open_fields(&g), Err(SpaError::TrailingData(_))), "at {at}");
+        assert!(matches!(open_fields(&g), Err(PacketError::TrailingData(_))), "at {at}");
     }
 }
 
@@ -494,37 +495,37 @@ fn rejects_non_canonical_and_duplicated_fields() {
         }
         g
     };
-    let cases: Vec<(&str, [u8; FIELDS_LEN], SpaError)> = vec![
+    let cases: Vec<(&str, [u8; FIELDS_LEN], PacketError)> = vec![
         // the same service twice (a duplicated field)
         (
             "dup service",
             set(&[(count_at, &[2, 6, 0, 22, 6, 0, 22])]),
-            SpaError::BadField("services not sorted and distinct"),
+            PacketError::BadField("services not sorted and distinct"),
         ),
         (
             "unsorted",
             set(&[(count_at, &[2, 6, 1, 187, 6, 0, 22])]),
-            SpaError::BadField("services not sorted and distinct"),
+            PacketError::BadField("services not sorted and distinct"),
         ),
         (
             "udp before tcp",
             set(&[(count_at, &[2, 17, 0, 53, 6, 0, 22])]),
-            SpaError::BadField("services not sorted and distinct"),
+            PacketError::BadField("services not sorted and distinct"),
         ),
-        ("count 0", set(&[(count_at, &[0])]), SpaError::BadField("service count")),
-        ("count 17", set(&[(count_at, &[17])]), SpaError::BadField("service count")),
-        ("count overruns", set(&[(count_at, &[2])]), SpaError::BadField("service protocol")),
-        ("icmp", set(&[(svc_at, &[1])]), SpaError::BadField("service protocol")),
-        ("port 0", set(&[(svc_at, &[6, 0, 0])]), SpaError::BadField("service port")),
-        ("duration 0", set(&[(dur_at, &[0, 0, 0, 0])]), SpaError::BadField("duration")),
-        ("allow kind 5", set(&[(kind_at, &[5])]), SpaError::BadField("allow kind")),
-        ("0.0.0.0 for source", set(&[(kind_at, &[4, 0, 0, 0, 0])]), SpaError::BadField("allow address")),
-        ("user len 0", set(&[(0, &[0])]), SpaError::BadField("user length")),
-        ("user len 33", set(&[(0, &[33])]), SpaError::BadField("user length")),
-        ("user space", set(&[(1, b"al ce")]), SpaError::BadField("user")),
-        ("user slash", set(&[(1, b"../ab")]), SpaError::BadField("user")),
-        ("user nul", set(&[(1, b"alic\0")]), SpaError::BadField("user")),
-        ("user utf-8", set(&[(1, "al\u{e9}c".as_bytes())]), SpaError::BadField("user")),
+        ("count 0", set(&[(count_at, &[0])]), PacketError::BadField("service count")),
+        ("count 17", set(&[(count_at, &[17])]), PacketError::BadField("service count")),
+        ("count overruns", set(&[(count_at, &[2])]), PacketError::BadField("service protocol")),
+        ("icmp", set(&[(svc_at, &[1])]), PacketError::BadField("service protocol")),
+        ("port 0", set(&[(svc_at, &[6, 0, 0])]), PacketError::BadField("service port")),
+        ("duration 0", set(&[(dur_at, &[0, 0, 0, 0])]), PacketError::BadField("duration")),
+        ("allow kind 5", set(&[(kind_at, &[5])]), PacketError::BadField("allow kind")),
+        ("0.0.0.0 for source", set(&[(kind_at, &[4, 0, 0, 0, 0])]), PacketError::BadField("allow address")),
+        ("user len 0", set(&[(0, &[0])]), PacketError::BadField("user length")),
+        ("user len 33", set(&[(0, &[33])]), PacketError::BadField("user length")),
+        ("user space", set(&[(1, b"al ce")]), PacketError::BadField("user")),
+        ("user slash", set(&[(1, b"../ab")]), PacketError::BadField("user")),
+        ("user nul", set(&[(1, b"alic\0")]), PacketError::BadField("user")),
+        ("user utf-8", set(&[(1, "al\u{e9}c".as_bytes())]), PacketError::BadField("user")),
     ];
     for (what, g, want) in cases {
         assert_eq!(open_fields(&g), Err(want), "{what}");
@@ -539,7 +540,7 @@ fn rejects_non_canonical_and_duplicated_fields() {
         rest.extend_from_slice(&addr.parse::<Ipv6Addr>().unwrap().octets());
         rest.extend_from_slice(&g[kind_at + 1..kind_at + 1 + 8]); // duration, n, service
         g[kind_at..kind_at + rest.len()].copy_from_slice(&rest);
-        assert_eq!(open_fields(&g), Err(SpaError::BadField("allow address")), "{what}");
+        assert_eq!(open_fields(&g), Err(PacketError::BadField("allow address")), "{what}");
     }
 }
 
@@ -567,7 +568,7 @@ fn seal_refuses_requests_that_break_invariants() {
     push(&|r| r.allow = AllowAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()));
     for r in cases {
         let got = seal(&r, server().public(), &user_key(), &mut test_rng(5));
-        assert!(matches!(got, Err(SpaError::InvalidMessage(_))), "{r:?}: {got:?}");
+        assert!(matches!(got, Err(EncodeError::InvalidMessage(_))), "{r:?}: {got:?}");
         assert_eq!(r.validate(), got.map(|_| ()));
     }
 }
@@ -581,7 +582,7 @@ fn request_new_sorts_and_dedups_services() {
     let too_many = (1..=17).map(Service::tcp);
     assert!(matches!(
         Request::new("alice", 5, AllowAddr::Source, too_many, 10, &mut |_| {}),
-        Err(SpaError::InvalidMessage(_))
+        Err(EncodeError::InvalidMessage(_))
     ));
 }
 
@@ -592,14 +593,14 @@ fn check_time_window_edges() {
     let mut r = alice_request();
     let ts = r.timestamp;
     assert_eq!(check_time(&r, ts, 0), Ok(()));
-    assert_eq!(check_time(&r, ts + 1, 0), Err(SpaError::Stale));
+    assert_eq!(check_time(&r, ts + 1, 0), Err(PacketError::Stale));
     assert_eq!(check_time(&r, ts + 30, 30), Ok(()));
     assert_eq!(check_time(&r, ts - 30, 30), Ok(()));
-    assert_eq!(check_time(&r, ts + 31, 30), Err(SpaError::Stale));
-    assert_eq!(check_time(&r, ts - 31, 30), Err(SpaError::Stale));
+    assert_eq!(check_time(&r, ts + 31, 30), Err(PacketError::Stale));
+    assert_eq!(check_time(&r, ts - 31, 30), Err(PacketError::Stale));
     assert_eq!(check_time(&r, 0, u64::MAX), Ok(()));
     r.timestamp = u64::MAX;
-    assert_eq!(check_time(&r, 0, u64::MAX - 1), Err(SpaError::Stale));
+    assert_eq!(check_time(&r, 0, u64::MAX - 1), Err(PacketError::Stale));
     assert_eq!(check_time(&r, u64::MAX, 0), Ok(()));
     assert_eq!(replay_key_expiry(&r, 60), u64::MAX);
     r.timestamp = 0;
@@ -658,7 +659,7 @@ fn key_text_parsing_is_strict() {
     let u = user_key();
     let texts =
         [s.to_text().to_string(), s.public().to_string(), u.to_text().to_string(), u.public().to_string()];
-    type Parser = fn(&str) -> Result<(), SpaError>;
+    type Parser = fn(&str) -> Result<(), KeyError>;
     let parsers: [Parser; 4] = [
         |t| ServerKey::from_text(t).map(|_| ()),
         |t| t.parse::<ServerPublicKey>().map(|_| ()),
@@ -690,7 +691,7 @@ fn key_text_parsing_is_strict() {
         if t == *good {
             continue; // a replace that changed nothing
         }
-        assert!(matches!(t.parse::<ServerPublicKey>(), Err(SpaError::BadKey(_))), "{t:?}");
+        assert!(matches!(t.parse::<ServerPublicKey>(), Err(KeyError(_))), "{t:?}");
     }
     // A one-character typo is caught by the check bytes.
     for i in 0..48 {
@@ -707,24 +708,23 @@ fn refuses_small_order_public_keys() {
     let mut one = [0u8; 32];
     one[0] = 1;
     for u in [[0u8; 32], one] {
-        assert!(matches!(ServerPublicKey::from_bytes(u), Err(SpaError::BadKey(_))));
+        assert!(matches!(ServerPublicKey::from_bytes(u), Err(KeyError(_))));
     }
     // Ed25519 identity point (small order) and a non-point.
-    assert!(matches!(UserPublicKey::from_bytes(&one), Err(SpaError::BadKey(_))));
+    assert!(matches!(UserPublicKey::from_bytes(&one), Err(KeyError(_))));
     // y = 2^255 - 1 ≡ 18 (mod p): a non-canonical spelling of a point.
     let mut non_canonical = [0xffu8; 32];
     non_canonical[31] = 0x7f;
     assert_eq!(
         UserPublicKey::from_bytes(&non_canonical),
-        Err(SpaError::BadKey("user public key is not canonically encoded"))
+        Err(KeyError("user public key is not canonically encoded"))
     );
     // Some small y have no x on the curve.
     let not_points = (2u8..64)
         .filter(|&y| {
             let mut b = [0u8; 32];
             b[0] = y;
-            UserPublicKey::from_bytes(&b)
-                == Err(SpaError::BadKey("user public key is not a valid Ed25519 point"))
+            UserPublicKey::from_bytes(&b) == Err(KeyError("user public key is not a valid Ed25519 point"))
         })
         .count();
     assert!(not_points > 0);
@@ -757,7 +757,7 @@ fn measure_reject_rates() {
     let s = server();
     let u = users();
     let genuine = sealed_alice();
-    let rate = |name: &str, pkt: &[u8], want: SpaError, n: u32| {
+    let rate = |name: &str, pkt: &[u8], want: PacketError, n: u32| {
         let t = Instant::now();
         for _ in 0..n {
             assert_eq!(open(std::hint::black_box(pkt), &s, &u), Err(want));
@@ -767,14 +767,14 @@ fn measure_reject_rates() {
     };
     let mut junk = genuine.clone();
     junk[4] ^= 1;
-    rate("wrong magic", b"junkjunkjunk", SpaError::BadMagic, 2_000_000);
-    rate("valid magic, wrong server tag", &junk, SpaError::WrongServer, 2_000_000);
+    rate("wrong magic", b"junkjunkjunk", PacketError::BadMagic, 2_000_000);
+    rate("valid magic, wrong server tag", &junk, PacketError::WrongServer, 2_000_000);
     let mut bad_ct = genuine.clone();
     bad_ct[100] ^= 1;
-    rate("valid tag, AEAD fails (X25519+HKDF+Poly1305)", &bad_ct, SpaError::DecryptFailed, 20_000);
+    rate("valid tag, AEAD fails (X25519+HKDF+Poly1305)", &bad_ct, PacketError::DecryptFailed, 20_000);
     let mallory = UserKey::from_bytes(&seq32(0x99));
     let forged = seal(&alice_request(), s.public(), &mallory, &mut test_rng(4)).unwrap();
-    rate("AEAD ok, signature fails (+Ed25519 verify)", &forged, SpaError::BadSignature, 20_000);
+    rate("AEAD ok, signature fails (+Ed25519 verify)", &forged, PacketError::BadSignature, 20_000);
     let t = Instant::now();
     for _ in 0..20_000 {
         assert!(open(std::hint::black_box(&genuine), &s, &u).is_ok());

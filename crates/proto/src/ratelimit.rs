@@ -1,0 +1,96 @@
+//! A token bucket on caller-supplied time: the one rate limiter of the project (log
+//! lines per second, crypto operations per second). Integer arithmetic in thousandths
+//! of a token, so refill and burst boundaries are exact.
+
+use crate::Millis;
+
+/// A token bucket: `burst` tokens at most, refilled at `per_sec` tokens a second.
+/// It starts full at `Millis(0)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Available tokens, in thousandths.
+    milli_tokens: u64,
+    /// Capacity, in thousandths.
+    milli_burst: u64,
+    /// Refill in thousandths of a token per millisecond (= tokens per second).
+    per_sec: u64,
+    last: Millis,
+}
+
+impl TokenBucket {
+    /// A full bucket holding `burst` tokens, refilled at `per_sec` tokens a second.
+    pub const fn new(per_sec: u32, burst: u32) -> TokenBucket {
+        let milli_burst = burst as u64 * 1000;
+        TokenBucket { milli_tokens: milli_burst, milli_burst, per_sec: per_sec as u64, last: Millis(0) }
+    }
+
+    /// Take one token at `now` if there is one. Time that runs backwards refills
+    /// nothing (and is not remembered, so it cannot be counted twice later).
+    pub fn take(&mut self, now: Millis) -> bool {
+        if now > self.last {
+            let refill = (now.0 - self.last.0).saturating_mul(self.per_sec);
+            self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.milli_burst);
+            self.last = now;
+        }
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(b: &mut TokenBucket, now: Millis) -> usize {
+        std::iter::from_fn(|| b.take(now).then_some(())).take(1_000_000).count()
+    }
+
+    #[test]
+    fn starts_full_and_allows_exactly_the_burst() {
+        let mut b = TokenBucket::new(100, 500);
+        assert_eq!(drain(&mut b, Millis(0)), 500);
+        assert!(!b.take(Millis(0)));
+    }
+
+    #[test]
+    fn refills_at_the_rate_to_the_token() {
+        let mut b = TokenBucket::new(100, 500);
+        drain(&mut b, Millis(0));
+        // 100 per second: one token every 10 ms, none before.
+        assert!(!b.take(Millis(9)));
+        assert!(b.take(Millis(10)));
+        assert!(!b.take(Millis(10)));
+        // Partial refills accumulate: 9 ms + 1 ms is one token.
+        assert!(!b.take(Millis(19)));
+        assert!(b.take(Millis(20)));
+        assert_eq!(drain(&mut b, Millis(1020)), 100);
+    }
+
+    #[test]
+    fn refill_is_capped_at_the_burst() {
+        let mut b = TokenBucket::new(4000, 400);
+        drain(&mut b, Millis(0));
+        assert_eq!(drain(&mut b, Millis(3_600_000)), 400);
+        assert_eq!(drain(&mut b, Millis(u64::MAX)), 400, "no overflow at the end of time");
+    }
+
+    #[test]
+    fn time_running_backwards_refills_nothing() {
+        let mut b = TokenBucket::new(100, 1);
+        assert!(b.take(Millis(1000)));
+        assert!(!b.take(Millis(0)));
+        assert!(!b.take(Millis(1009)), "the step back is not counted as elapsed time");
+        assert!(b.take(Millis(1010)));
+    }
+
+    #[test]
+    fn zero_rate_never_refills() {
+        let mut b = TokenBucket::new(0, 2);
+        assert_eq!(drain(&mut b, Millis(5)), 2);
+        assert_eq!(drain(&mut b, Millis(u64::MAX)), 0);
+    }
+}
