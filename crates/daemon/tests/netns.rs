@@ -1,7 +1,8 @@
 //! End-to-end tests: real packets through real namespaces, real nftables in the server
 //! namespace, real peer tools (Debian's `knock` client, `nmap`). Each test builds its
 //! own throwaway lab, so they run in parallel and clean up after themselves.
-//! They need root (CI runs as root); as non-root they print SKIPPED and return.
+//! They need root: as non-root they fail under `CI=true`, and elsewhere print SKIPPED
+//! and return.
 
 mod support;
 
