@@ -449,10 +449,7 @@ fn convert_and_check_read_knockd_conf() {
     let native = dir.join("converted.toml");
     std::fs::write(&native, &toml).unwrap();
     for file in [&conf, &native] {
-        let out = std::process::Command::new(daemon_bin())
-            .args(["check", "--config", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = daemon_check(file);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("stop after 10s: IPv4 sh -c \"/usr/sbin/iptables -D INPUT"), "{text}");
@@ -460,10 +457,7 @@ fn convert_and_check_read_knockd_conf() {
     let bad = dir.join("bad.conf");
     std::fs::write(&bad, "[options]\n  UseSyslog\n[door]\n  sequence = 7000,99999\n  command = true\n")
         .unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args(["check", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = daemon_check(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("bad.conf:4:") && err.contains("99999"), "{err}");

@@ -29,6 +29,12 @@ pub fn daemon_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullisd")
 }
 
+/// `portcullisd check --config <config>`, run to completion.
+pub fn daemon_check(config: &Path) -> std::process::Output {
+    let run = std::process::Command::new(daemon_bin()).arg("check").arg("--config").arg(config).output();
+    run.expect("running portcullisd check")
+}
+
 /// The `portcullis` client, built next to the daemon by `cargo build --workspace`.
 pub fn client_bin() -> String {
     let p = Path::new(daemon_bin()).with_file_name("portcullis");
