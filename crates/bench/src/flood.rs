@@ -277,7 +277,7 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
 pub fn spawn(ns: PathBuf, spec: Spec, stop: Arc<AtomicBool>) -> JoinHandle<anyhow::Result<Outcome>> {
     std::thread::spawn(move || {
         portcullis_daemon::lab::enter(&ns)?;
-        // The attacker gets the last CPU, the daemons the first (see env::DAEMON_CPU).
+        // The attacker gets the last CPU, the daemons the first (see `DAEMON_CPU` in env/process.rs).
         crate::env::pin_to_last_cpu();
         run(&spec, &stop)
     })

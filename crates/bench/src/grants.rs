@@ -14,7 +14,7 @@ use portcullis_daemon::config::IptablesVariant;
 use portcullis_daemon::firewall::iptables::{rules, IptablesDriver};
 use portcullis_daemon::firewall::nft::NftDriver;
 use portcullis_daemon::firewall::{FirewallDriver, Grant, Plan};
-use portcullis_daemon::lab;
+use portcullis_daemon::lab::{self, Baseline};
 use portcullis_proto::{Proto, Service};
 
 use crate::env::{self, Env, PROTECTED};
@@ -160,23 +160,13 @@ fn iptables_part(env: &mut Env, checkpoints: &[u64]) -> anyhow::Result<(Vec<IptP
     env.reset_firewall("")?;
     let c = lab::CLIENT4;
     let p = PROTECTED.to_string();
+    // The knockd/fwknopd set-up: their rules in front of the baseline's DROP, the N
+    // grants in chain BENCH, then the client's own rule, checked last.
+    env.lab.iptables_baseline(&env.lab.server, Baseline::DropTcp(&[PROTECTED]))?;
     for args in [
         vec!["iptables", "-w", "-N", "BENCH"],
-        vec![
-            "iptables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        vec!["iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "BENCH"],
-        vec!["iptables", "-w", "-A", "INPUT", "-s", c, "-p", "tcp", "--dport", &p, "-j", "ACCEPT"],
-        vec!["iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP"],
+        vec!["iptables", "-w", "-I", "INPUT", "2", "-p", "tcp", "--dport", &p, "-j", "BENCH"],
+        vec!["iptables", "-w", "-I", "INPUT", "3", "-s", c, "-p", "tcp", "--dport", &p, "-j", "ACCEPT"],
     ] {
         timed(env, &args, None)?;
     }

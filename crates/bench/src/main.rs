@@ -118,7 +118,7 @@ fn bins(dir: Option<PathBuf>) -> anyhow::Result<Bins> {
         bail!("{} missing: run `cargo build --release --workspace` first", portcullisd.display());
     }
     for tool in ["knockd", "fwknopd", "fwknop", "nft", "iptables", "iptables-restore", "ip"] {
-        if !["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| PathBuf::from(d).join(tool).exists()) {
+        if portcullis_daemon::lab::preflight::find_tool(tool).is_none() {
             bail!("{tool} is not installed: scripts/bench.sh installs knockd fwknop-server fwknop-client nftables iptables");
         }
     }

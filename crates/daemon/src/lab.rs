@@ -6,16 +6,24 @@
 //! created directly inside the namespaces, and everything is removed on drop,
 //! processes by PID first. Addresses are from the documentation ranges (RFC 5737,
 //! RFC 3849), which are never routed anywhere.
+//!
+//! Also here, for everything that uses a lab: the server's [`baseline`] host firewall,
+//! the [`preflight`] checks of privileged tests, and [`wait_until`].
 
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::sched::{setns, CloneFlags};
+
+pub mod baseline;
+pub mod preflight;
+
+pub use baseline::Baseline;
 
 /// Server address on the client link.
 pub const SERVER4: &str = "192.0.2.1";
@@ -253,6 +261,18 @@ pub fn probe(to: SocketAddr, timeout: Duration) -> Probe {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Probe::Closed,
         Err(_) => Probe::Filtered,
     }
+}
+
+/// Poll `f` every 20 ms until it is true or `limit` has passed; one last try at the end.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
 }
 
 impl Drop for Lab {

@@ -1,4 +1,4 @@
-//! knockd drop-in, end to end (issue 3): unchanged knockd.conf files run by portcullisd
+//! knockd drop-in, end to end: unchanged knockd.conf files run by portcullisd
 //! against real iptables in the server namespace and opened by Debian's `knock`; the
 //! `portcullis` client opening a real knockd; the iptables backend with both variants;
 //! one-time sequences over IPv4 and IPv6; commands that hang or fail.
@@ -7,7 +7,8 @@
 //! private mount namespace too when a config names paths that must not touch the host
 //! (`/var/log/knockd.log` is bind-mounted from the test directory) or that Debian lacks
 //! (`/usr/bin/iptables`, provided by a read-only overlay on `/usr/bin` holding a symlink
-//! to `/usr/sbin/iptables`). As non-root the tests print SKIPPED and return.
+//! to `/usr/sbin/iptables`). Root required: as non-root they fail under `CI=true`, and
+//! elsewhere print SKIPPED and return.
 
 mod support;
 
@@ -55,19 +56,7 @@ impl Host {
 
     /// The classic knockd how-to firewall: drop everything new except what rules add.
     fn default_drop_firewall(&self) {
-        self.server(&["iptables", "-P", "INPUT", "DROP"]);
-        self.server(&["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
-        self.server(&[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ]);
+        self.lab.iptables_baseline(&self.lab.server, Baseline::DropAll).unwrap();
     }
 
     /// Start portcullisd on `config` (state in the test dir, log to stderr), inside a
@@ -460,10 +449,7 @@ fn convert_and_check_read_knockd_conf() {
     let native = dir.join("converted.toml");
     std::fs::write(&native, &toml).unwrap();
     for file in [&conf, &native] {
-        let out = std::process::Command::new(daemon_bin())
-            .args(["check", "--config", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = daemon_check(file);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("stop after 10s: IPv4 sh -c \"/usr/sbin/iptables -D INPUT"), "{text}");
@@ -471,10 +457,7 @@ fn convert_and_check_read_knockd_conf() {
     let bad = dir.join("bad.conf");
     std::fs::write(&bad, "[options]\n  UseSyslog\n[door]\n  sequence = 7000,99999\n  command = true\n")
         .unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args(["check", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = daemon_check(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("bad.conf:4:") && err.contains("99999"), "{err}");

@@ -1,7 +1,8 @@
 //! End-to-end tests: real packets through real namespaces, real nftables in the server
 //! namespace, real peer tools (Debian's `knock` client, `nmap`). Each test builds its
 //! own throwaway lab, so they run in parallel and clean up after themselves.
-//! They need root (CI runs as root); as non-root they print SKIPPED and return.
+//! They need root: as non-root they fail under `CI=true`, and elsewhere print SKIPPED
+//! and return.
 
 mod support;
 
@@ -222,10 +223,7 @@ fn check_prints_plan_and_refuses_bad_configs() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.toml");
     std::fs::write(&good, DOOR).unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args(["check", "--config", good.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = daemon_check(&good);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("protected (dropped unless granted): tcp/2222"), "{text}");
@@ -233,10 +231,7 @@ fn check_prints_plan_and_refuses_bad_configs() {
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[door]]\nname = 'x'\nsequence = [7000, 99999]\nopen = ['tcp/22']\n").unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args(["check", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = daemon_check(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("bad.toml:3:") && err.contains("99999"), "{err}");

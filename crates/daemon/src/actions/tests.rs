@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::config::{CommandLine, Commands};
+use crate::lab::wait_until;
 
 fn cmds(dir: &Path, start: &str, stop: &str, after: Duration) -> Commands {
     let log = dir.join("log").display().to_string();
@@ -22,17 +23,6 @@ fn log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("log")).unwrap_or_default()
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 fn state(dir: &Path) -> PathBuf {
     let s = dir.join("state");
     std::fs::create_dir_all(&s).unwrap();
@@ -47,11 +37,11 @@ fn runs_start_then_stop_after_cmd_timeout() {
     let c = cmds(dir.path(), "start", "stop", Duration::from_millis(600));
     let t = Instant::now();
     assert_eq!(h.open("ssh", "192.0.2.2".parse().unwrap(), &c, SystemTime::now()), Queued::Yes);
-    assert!(wait_for(Duration::from_secs(2), || log(dir.path()).contains("start 192.0.2.2")));
+    assert!(wait_until(Duration::from_secs(2), || log(dir.path()).contains("start 192.0.2.2")));
     assert_eq!(log(dir.path()).lines().count(), 1, "stop must wait");
-    assert!(wait_for(Duration::from_secs(3), || log(dir.path()).lines().count() == 2));
+    assert!(wait_until(Duration::from_secs(3), || log(dir.path()).lines().count() == 2));
     assert!(t.elapsed() >= Duration::from_millis(600));
-    assert!(wait_for(Duration::from_secs(2), || {
+    assert!(wait_until(Duration::from_secs(2), || {
         std::fs::read_to_string(dir.path().join("state/pending-stops.toml"))
             .is_ok_and(|t| !t.contains("[[stop]]"))
     }));
@@ -68,7 +58,11 @@ fn repeat_knock_extends_instead_of_stacking() {
     h.open("ssh", ip, &c, SystemTime::now());
     std::thread::sleep(Duration::from_millis(500));
     h.open("ssh", ip, &c, SystemTime::now());
-    assert!(wait_for(Duration::from_secs(4), || log(dir.path()).lines().count() == 2), "{}", log(dir.path()));
+    assert!(
+        wait_until(Duration::from_secs(4), || log(dir.path()).lines().count() == 2),
+        "{}",
+        log(dir.path())
+    );
     assert!(t.elapsed() >= Duration::from_millis(1250), "stop was not moved: {:?}", t.elapsed());
     let text = log(dir.path());
     assert_eq!(text.matches("start 2001:db8::2").count(), 1, "start ran twice:\n{text}");
@@ -91,9 +85,9 @@ fn a_hung_command_is_killed_and_does_not_block_others() {
     let t = Instant::now();
     h.open("ssh", "192.0.2.2".parse().unwrap(), &c, SystemTime::now());
     // Every worker is busy with a hung command: ours runs once they are killed.
-    assert!(wait_for(Duration::from_secs(3), || log(dir.path()).contains("192.0.2.2")));
+    assert!(wait_until(Duration::from_secs(3), || log(dir.path()).contains("192.0.2.2")));
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    assert!(wait_for(Duration::from_secs(2), || a.handle().idle()));
+    assert!(wait_until(Duration::from_secs(2), || a.handle().idle()));
 }
 
 #[test]
@@ -104,7 +98,7 @@ fn pending_stops_survive_a_restart_and_overdue_ones_run_at_start() {
     let a = Actions::start(&st, Duration::from_secs(5)).unwrap();
     a.handle().open("ssh", "192.0.2.2".parse().unwrap(), &c, SystemTime::now());
     a.handle().open("ssh", "192.0.2.3".parse().unwrap(), &c, SystemTime::now() - Duration::from_secs(60));
-    assert!(wait_for(Duration::from_secs(2), || log(dir.path()).lines().count() >= 2));
+    assert!(wait_until(Duration::from_secs(2), || log(dir.path()).lines().count() >= 2));
     // "Crash": the threads go, the file stays. The overdue one may or may not have run.
     drop(a);
     let saved = std::fs::read_to_string(st.join("pending-stops.toml")).unwrap();
@@ -114,7 +108,7 @@ fn pending_stops_survive_a_restart_and_overdue_ones_run_at_start() {
     assert!(!log(dir.path()).contains("stop 192.0.2.2"), "stop ran before its time");
     let t = Instant::now();
     let b = Actions::start(&st, Duration::from_secs(5)).unwrap();
-    assert!(wait_for(Duration::from_secs(4), || log(dir.path()).contains("stop 192.0.2.2")));
+    assert!(wait_until(Duration::from_secs(4), || log(dir.path()).contains("stop 192.0.2.2")));
     assert!(t.elapsed() >= Duration::from_millis(800), "ran early: {:?}", t.elapsed());
     assert!(log(dir.path()).contains("stop 192.0.2.3"), "overdue stop ran");
     drop(b);

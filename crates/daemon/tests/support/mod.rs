@@ -7,33 +7,32 @@
 use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use portcullis_daemon::lab::{self, Lab, Probe};
+// Each test binary uses a different part of this module.
+#[allow(unused_imports)]
+pub use portcullis_daemon::lab::{self, preflight::root_or_skip, wait_until, Baseline, Lab, Probe};
 
-/// Skip (loudly) unless we are root: CI runs as root, so these always run there.
-pub fn root_or_skip(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {name}: needs root (network namespaces, nftables). CI runs it as root.");
-    false
-}
-
-/// Path of a peer tool, or a panic telling how to install it (a missing tool is a
-/// set-up error, not a reason to skip).
+/// Path of a peer tool, or a panic telling how to install it: a test that reaches for
+/// a tool has already passed [`root_or_skip`], and a missing tool is a set-up error,
+/// on CI and off it.
 pub fn tool(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p.display().to_string();
-        }
+    match lab::preflight::find_tool(name) {
+        Some(p) => p.display().to_string(),
+        None => panic!(
+            "{name} is not installed: apt-get install knockd nmap fwknop-client fwknop-server (see README)"
+        ),
     }
-    panic!("{name} is not installed: apt-get install knockd nmap nftables (see README)");
 }
 
 pub fn daemon_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullisd")
+}
+
+/// `portcullisd check --config <config>`, run to completion.
+pub fn daemon_check(config: &Path) -> std::process::Output {
+    let run = std::process::Command::new(daemon_bin()).arg("check").arg("--config").arg(config).output();
+    run.expect("running portcullisd check")
 }
 
 /// The `portcullis` client, built next to the daemon by `cargo build --workspace`.
@@ -198,16 +197,4 @@ pub fn run_ok(lab: &Lab, ns: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Poll `f` every 20 ms until it is true or `limit` passes.
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }

@@ -1,7 +1,8 @@
 //! Privileged tests: each runs on a thread that first moves into a fresh network
 //! namespace (`unshare(CLONE_NEWNET)` affects only that thread and the processes it
 //! spawns), so the host's iptables are never touched. Both variants are exercised by
-//! calling their own binaries. As non-root they print SKIPPED and pass.
+//! calling their own binaries. As non-root they fail under `CI=true`, and elsewhere
+//! print SKIPPED and return (see [`crate::lab::preflight`]).
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -15,8 +16,7 @@ use crate::config::IptablesVariant;
 use crate::firewall::{FirewallDriver, Grant, Plan};
 
 fn in_netns(test: &str, f: impl FnOnce() + Send + 'static) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n*** SKIPPED {test}: needs root (iptables in a private network namespace) ***\n");
+    if !crate::lab::preflight::root_or_skip(test) {
         return;
     }
     let joined = std::thread::spawn(move || {

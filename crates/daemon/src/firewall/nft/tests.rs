@@ -1,7 +1,8 @@
 //! Privileged tests: each runs in a thread that first moves itself into a fresh
 //! network namespace (`unshare(CLONE_NEWNET)` affects only that thread and the
-//! processes it spawns), so the host firewall is never touched. They need root and
-//! an nf_tables kernel; otherwise they print a loud SKIP and pass.
+//! processes it spawns), so the host firewall is never touched. They need root, an
+//! nf_tables kernel and the `nft` and `ip` programs; without them they fail under
+//! `CI=true` and elsewhere print SKIPPED and return (see [`crate::lab::preflight`]).
 //!
 //! `nft` (the binary) is used only as an oracle to compare against, and only after
 //! checking that the child process really is in the test namespace.
@@ -16,6 +17,7 @@ use portcullis_proto::Service;
 use super::ruleset::{self, RULES};
 use super::{render, NftDriver};
 use crate::firewall::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use crate::lab::preflight::{cannot_run, root_or_skip};
 
 fn plan() -> Plan {
     Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024 }
@@ -36,17 +38,17 @@ fn errno_of(e: &FirewallError) -> Option<i32> {
     }
 }
 
-/// Run `f` with a driver in a brand-new network namespace, on its own thread.
+/// Run `f` with a driver in a brand-new network namespace, on its own thread (named
+/// after the test, for [`current_test`]).
 fn in_netns<F>(test: &str, f: F)
 where
     F: FnOnce(NftDriver) + Send + 'static,
 {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n*** SKIP {test}: needs root (nftables in a private network namespace) ***\n");
+    if !root_or_skip(test) {
         return;
     }
-    let test = test.to_string();
-    let joined = std::thread::spawn(move || {
+    let spawned = std::thread::Builder::new().name(test.to_string()).spawn(move || {
+        let test = current_test();
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
         // /proc/self is the main thread, still in the original namespace.
         let main_ns = std::fs::read_link("/proc/self/ns/net").expect("read main netns").display().to_string();
@@ -54,26 +56,31 @@ where
         let mut drv = match NftDriver::new() {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("\n*** SKIP {test}: cannot open NETLINK_NETFILTER: {e} ***\n");
+                cannot_run(&test, format_args!("cannot open NETLINK_NETFILTER: {e}"));
                 return;
             }
         };
         // A fresh namespace has no table: teardown must report success. If the
-        // kernel has no nf_tables at all, skip.
+        // kernel has no nf_tables at all, the test cannot run.
         if let Err(e) = drv.teardown() {
             let unsupported = [libc::EOPNOTSUPP, libc::EPROTONOSUPPORT, libc::EAFNOSUPPORT];
             if errno_of(&e).is_some_and(|n| unsupported.contains(&n)) {
-                eprintln!("\n*** SKIP {test}: kernel lacks nf_tables: {e} ***\n");
+                cannot_run(&test, format_args!("kernel lacks nf_tables: {e}"));
                 return;
             }
             panic!("teardown in a fresh namespace failed: {e}");
         }
         f(drv);
-    })
-    .join();
-    if let Err(panic) = joined {
+    });
+    if let Err(panic) = spawned.expect("spawn the test thread").join() {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The running test's name: libtest names its threads after the tests, and
+/// [`in_netns`] its own.
+fn current_test() -> String {
+    std::thread::current().name().unwrap_or("nft test").to_string()
 }
 
 /// The calling thread's network namespace, e.g. `net:[4026532281]`.
@@ -103,14 +110,14 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Option<std::process::Ou
 }
 
 /// `nft <args>` in the test namespace: stdout on success, panics on failure,
-/// `None` (after a loud SKIP note) if `nft` is not installed.
+/// `None` (after [`cannot_run`], which panics under CI) if `nft` is not installed.
 fn nft(args: &[&str]) -> Option<String> {
     nft_stdin(args, None)
 }
 
 fn nft_stdin(args: &[&str], stdin: Option<&str>) -> Option<String> {
     let Some(out) = run("nft", args, stdin) else {
-        eprintln!("\n*** SKIP part of test: `nft` binary not installed, cannot cross-check ***\n");
+        cannot_run(&current_test(), "the `nft` program is not installed (apt-get install nftables)");
         return None;
     };
     assert!(out.status.success(), "nft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -419,7 +426,7 @@ fn full_set_refreshes_but_refuses_new_grants() {
 fn packets_follow_grants() {
     in_netns("packets_follow_grants", |mut drv| {
         let Some(up) = run("ip", &["link", "set", "lo", "up"], None) else {
-            eprintln!("\n*** SKIP packets_follow_grants: `ip` not installed ***\n");
+            cannot_run(&current_test(), "the `ip` program is not installed (apt-get install iproute2)");
             return;
         };
         assert!(up.status.success(), "ip link set lo up");

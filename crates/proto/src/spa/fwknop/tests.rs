@@ -162,6 +162,9 @@ fn decodes_packet_from_installed_fwknop_client() {
         .output();
     let _ = std::fs::remove_dir_all(&home);
     let Ok(out) = out else {
+        // Under CI a test that cannot run fails (the daemon's tests do the same, lab::preflight).
+        let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        assert!(!ci, "fwknop client not installed (apt-get install fwknop-client); CI=true, so this fails");
         eprintln!("\n*** SKIPPED: fwknop client not installed (apt-get install fwknop-client) ***\n");
         return;
     };

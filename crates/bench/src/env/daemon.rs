@@ -1,0 +1,97 @@
+//! The daemons and configurations the bench compares, and what each is called in
+//! the report.
+
+/// The daemons under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// portcullisd, nftables driver.
+    Portcullisd,
+    /// portcullisd, iptables driver, `iptables-nft-restore` batches (`backend = "iptables-nft"`).
+    PortcullisdIptNft,
+    /// portcullisd, iptables driver, `iptables-legacy-restore` batches (`backend = "iptables-legacy"`).
+    PortcullisdIptLegacy,
+    /// knockd, start_command `iptables -I`, stop_command `iptables -D`.
+    KnockdIpt,
+    /// knockd, start_command `nft add element` with a timeout.
+    KnockdNft,
+    /// fwknopd (iptables), HMAC-SHA256 + Rijndael, driven by the real `fwknop` client.
+    Fwknopd,
+    /// portcullisd with `[spa]` (an fwknop stanza with fwknopd's keys and a native
+    /// user), driven by packets from the real `fwknop` client.
+    PortcullisdSpaFwknop,
+    /// The same portcullisd SPA configuration, driven by native packets
+    /// (`portcullis_proto::spa::native::seal`, in process).
+    PortcullisdSpaNative,
+}
+
+/// Which SPA packet an attempt sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaFormat {
+    /// Built by the real `fwknop` client (HMAC-SHA256 + Rijndael).
+    Fwknop,
+    /// portcullis native (X25519 + ChaCha20-Poly1305 + Ed25519), 256 bytes.
+    Native,
+}
+
+impl Daemon {
+    /// Name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::Portcullisd => "portcullisd",
+            Daemon::PortcullisdIptNft => "portcullisd (iptables-nft)",
+            Daemon::PortcullisdIptLegacy => "portcullisd (iptables-legacy)",
+            Daemon::KnockdIpt | Daemon::KnockdNft => "knockd",
+            Daemon::Fwknopd => "fwknopd",
+            Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
+            Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
+        }
+    }
+
+    /// portcullisd in any configuration.
+    pub fn is_portcullisd(self) -> bool {
+        matches!(
+            self,
+            Daemon::Portcullisd
+                | Daemon::PortcullisdIptNft
+                | Daemon::PortcullisdIptLegacy
+                | Daemon::PortcullisdSpaFwknop
+                | Daemon::PortcullisdSpaNative
+        )
+    }
+
+    /// portcullisd's `backend` key for this configuration.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Daemon::PortcullisdIptNft => "iptables-nft",
+            Daemon::PortcullisdIptLegacy => "iptables-legacy",
+            _ => "nftables",
+        }
+    }
+
+    /// The SPA packet an attempt sends, or `None` for knocks.
+    pub fn spa(self) -> Option<SpaFormat> {
+        match self {
+            Daemon::Fwknopd | Daemon::PortcullisdSpaFwknop => Some(SpaFormat::Fwknop),
+            Daemon::PortcullisdSpaNative => Some(SpaFormat::Native),
+            Daemon::Portcullisd
+            | Daemon::PortcullisdIptNft
+            | Daemon::PortcullisdIptLegacy
+            | Daemon::KnockdIpt
+            | Daemon::KnockdNft => None,
+        }
+    }
+
+    /// Firewall column.
+    pub fn fw(self) -> &'static str {
+        match self {
+            Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
+                "nftables (netlink)"
+            }
+            Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
+            Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
+            Daemon::KnockdIpt => "iptables",
+            Daemon::KnockdNft => "nft set",
+            Daemon::Fwknopd => "iptables",
+        }
+    }
+}
