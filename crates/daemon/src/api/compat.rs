@@ -93,7 +93,7 @@ impl<'de> serde::Deserialize<'de> for Fields {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = Fields;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
+                f.write_str("an object {action, ip, port}")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
                 let mut v = Vec::new();
@@ -103,7 +103,7 @@ impl<'de> serde::Deserialize<'de> for Fields {
                 Ok(Fields(v))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
 }
 
@@ -223,4 +223,40 @@ pub fn is_compat_path(path: &str) -> bool {
 pub fn ng(status: StatusCode, message: String) -> axum::response::Response {
     use axum::response::IntoResponse;
     (status, Json(KnockResult::ng(message))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_parsing_never_panics_on_hostile_text() {
+        // Pieces of JSON5 and of multi-byte text, shuffled by a fixed xorshift: error
+        // positions must land on character boundaries, numbers must not overflow.
+        const PIECES: [&str; 24] = [
+            "{", "}", "[", "]", ":", ",", "'", "\"", "\\", "/*", "*/", "//", "\n", "action", "port",
+            "0x", "1e999", "99999999999999999999", "-", ".", "é", "\u{2028}", "\u{feff}", "Infinity",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(x % 24) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push_str(PIECES[(x % PIECES.len() as u64) as usize]);
+            }
+            let _ = parse_lenient::<KnockRequest>(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn lenient_reads_what_json_reads() {
+        let r: KnockRequest = parse_lenient(br#"{"action":"deny","ip":"2001:db8::1","port":22}"#).unwrap();
+        assert_eq!((r.action, r.ip.as_str(), r.port), (Action::Deny, "2001:db8::1", 22));
+        let r: KnockRequest = parse_lenient(b"{action:'allow',ip:'192.0.2.2',port:0x16,/* c */}").unwrap();
+        assert_eq!(r.port, 22);
+        let e = parse_lenient::<KnockRequest>(b"\xff{}").unwrap_err();
+        assert_eq!((e.status, e.message.as_str()), (StatusCode::BAD_REQUEST, "the body is not UTF-8 text"));
+    }
 }
