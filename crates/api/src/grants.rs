@@ -285,7 +285,10 @@ mod tests {
             "refresh_count": 0, "refreshed_at": null
         }))
         .unwrap();
-        assert_eq!((v.origin.kind, v.state, v.protocol, v.port), (OriginKind::Door, GrantState::Active, Protocol::Udp, 51820));
+        assert_eq!(
+            (v.origin.kind, v.state, v.protocol, v.port),
+            (OriginKind::Door, GrantState::Active, Protocol::Udp, 51820)
+        );
         assert_eq!(v.address, "2001:db8::2".parse::<IpAddr>().unwrap());
         assert_eq!(serde_json::to_value(&v).unwrap()["address"], "2001:db8::2");
     }

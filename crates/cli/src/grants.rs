@@ -18,7 +18,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use portcullis_api::{
-    CreateGrant, Created, ErrorBody, GrantPage, GrantState, GrantView, ListQuery, Protocol, CLI_USER_AGENT_PREFIX,
+    CreateGrant, Created, ErrorBody, GrantPage, GrantState, GrantView, ListQuery, Protocol,
+    CLI_USER_AGENT_PREFIX,
 };
 use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
@@ -217,7 +218,8 @@ async fn call(
 /// The API's answer: `T` on success, else its error body as an error.
 fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> anyhow::Result<T> {
     if status.is_success() {
-        serde_json::from_slice(body).map_err(|e| anyhow!("API answered {status} with an unexpected body ({e})"))
+        serde_json::from_slice(body)
+            .map_err(|e| anyhow!("API answered {status} with an unexpected body ({e})"))
     } else {
         Err(fail(status, body))
     }
@@ -259,7 +261,8 @@ fn print_table(items: &[GrantView]) {
         "ID", "STATE", "ADDRESS", "SERVICE", "ORIGIN", "EXPIRES", "LEFT"
     );
     for g in items {
-        let left = if g.state == GrantState::Active { format!("{}s", g.remaining_seconds) } else { "-".into() };
+        let left =
+            if g.state == GrantState::Active { format!("{}s", g.remaining_seconds) } else { "-".into() };
         println!(
             "{:>6}  {:<8} {:<39} {:<10} {:<20} {:<24} {:>6}",
             g.id,
@@ -357,7 +360,8 @@ async fn run_async(a: &GrantsArgs, ep: &Endpoint, token: &str) -> anyhow::Result
             })
         }
         GrantsCommand::Show { id } => {
-            let (status, body) = call(ep, token, Method::GET, &format!("/v1/grants/{id}"), None::<&()>).await?;
+            let (status, body) =
+                call(ep, token, Method::GET, &format!("/v1/grants/{id}"), None::<&()>).await?;
             output(a, status, &body, |g: GrantView| print_one(&g))
         }
         GrantsCommand::Allow { address, services, duration } => {

@@ -44,7 +44,11 @@ fn expand_home(p: &Path) -> PathBuf {
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<Option<PathBuf>> {
     let mut created = None;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        created = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).last().map(Path::to_path_buf);
+        created = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .last()
+            .map(Path::to_path_buf);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -124,7 +128,10 @@ mod tests {
         let bob = tmp.path().join(".config/portcullis/bob.key");
         assert_eq!(write_secret(&bob, "b").unwrap(), None);
         let e = write_secret(&key, "other").unwrap_err();
-        assert_eq!(format!("{e:#}"), format!("creating {} (it must not exist yet): File exists (os error 17)", key.display()));
+        assert_eq!(
+            format!("{e:#}"),
+            format!("creating {} (it must not exist yet): File exists (os error 17)", key.display())
+        );
         assert_eq!(std::fs::read_to_string(&key).unwrap(), "pcu1-sec-x\n");
     }
 

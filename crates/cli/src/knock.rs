@@ -128,7 +128,10 @@ mod tests {
         assert_eq!(k, vec![Service::udp(7000), Service::tcp(8000)]);
         for bad in ["0", "65536", "70:icmp", "x", "", "22:"] {
             let e = parse_knocks(&[bad.to_string()], false).unwrap_err().to_string();
-            assert!(e.contains("bad knock") && e.ends_with("knocks are PORT[:PROTO], e.g. 7000 or 7000:udp"), "{bad}: {e}");
+            assert!(
+                e.contains("bad knock") && e.ends_with("knocks are PORT[:PROTO], e.g. 7000 or 7000:udp"),
+                "{bad}: {e}"
+            );
         }
         let e = parse_knocks(&["7000".into(), "tcp/7000".into()], false).unwrap_err().to_string();
         assert_eq!(e, r#"bad knock "tcp/7000": knocks are PORT[:PROTO]; write 7000:tcp"#);

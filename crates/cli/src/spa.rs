@@ -316,7 +316,10 @@ mod tests {
         let e = |s: &str| parse_access(s).unwrap_err().to_string();
         assert_eq!(e("22"), r#"access "22": say which protocol: write tcp/22 (or udp/22)"#);
         assert_eq!(e("tcp/22,53:udp"), r#"access "53:udp": access is PROTO/PORT; write udp/53"#);
-        assert_eq!(e("icmp/1"), r#"access "icmp/1": protocol must be tcp or udp; access is PROTO/PORT, e.g. tcp/22"#);
+        assert_eq!(
+            e("icmp/1"),
+            r#"access "icmp/1": protocol must be tcp or udp; access is PROTO/PORT, e.g. tcp/22"#
+        );
         assert_eq!(
             e("tcp/0"),
             r#"access "tcp/0": port must be a number from 1 to 65535; access is PROTO/PORT, e.g. tcp/22"#

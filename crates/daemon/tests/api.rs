@@ -513,14 +513,22 @@ async fn compat_reads_the_lenient_json_the_original_read() {
             StatusCode::UNPROCESSABLE_ENTITY,
             r#"key "port" is given twice"#,
         ),
-        (r#"{action:"allow", ip:"192.0.2.5"}"#.to_string(), StatusCode::UNPROCESSABLE_ENTITY, "missing field `port`"),
+        (
+            r#"{action:"allow", ip:"192.0.2.5"}"#.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `port`",
+        ),
         (
             "[1, 2]".to_string(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid type: sequence, expected an object {action, ip, port} at line 1 column 1",
         ),
         (
-            format!("{{action:'allow', ip:'192.0.2.5', port:22, x:{}1{}}}", "[".repeat(5000), "]".repeat(5000)),
+            format!(
+                "{{action:'allow', ip:'192.0.2.5', port:22, x:{}1{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
             StatusCode::PAYLOAD_TOO_LARGE,
             "body larger than 4096 bytes",
         ),
@@ -536,7 +544,12 @@ async fn compat_reads_the_lenient_json_the_original_read() {
     assert_eq!(a.live().len(), 3, "nothing more was granted");
     // Only there: /v1 stays strict JSON.
     let r = a
-        .send(Method::POST, "/v1/grants", Some(TOKEN), Some(("application/json", "{address:'192.0.2.5', ports:[22]}")))
+        .send(
+            Method::POST,
+            "/v1/grants",
+            Some(TOKEN),
+            Some(("application/json", "{address:'192.0.2.5', ports:[22]}")),
+        )
         .await;
     assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
 }

@@ -234,8 +234,30 @@ mod tests {
         // Pieces of JSON5 and of multi-byte text, shuffled by a fixed xorshift: error
         // positions must land on character boundaries, numbers must not overflow.
         const PIECES: [&str; 24] = [
-            "{", "}", "[", "]", ":", ",", "'", "\"", "\\", "/*", "*/", "//", "\n", "action", "port",
-            "0x", "1e999", "99999999999999999999", "-", ".", "é", "\u{2028}", "\u{feff}", "Infinity",
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "'",
+            "\"",
+            "\\",
+            "/*",
+            "*/",
+            "//",
+            "\n",
+            "action",
+            "port",
+            "0x",
+            "1e999",
+            "99999999999999999999",
+            "-",
+            ".",
+            "é",
+            "\u{2028}",
+            "\u{feff}",
+            "Infinity",
         ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
