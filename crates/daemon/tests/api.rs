@@ -483,3 +483,73 @@ async fn knock_made_grants_appear_with_their_door() {
     assert_eq!(v["items"][0]["address"], "192.0.2.2");
     assert_eq!(v["items"][0]["duration_seconds"], 30);
 }
+
+#[tokio::test]
+async fn compat_reads_the_lenient_json_the_original_read() {
+    let a = api();
+    let post = |ctype: &'static str, body: String| {
+        let a = &a;
+        async move { a.send(Method::POST, "/api/portkock", Some(TOKEN), Some((ctype, &body))).await }
+    };
+    // The original's documented call, `curl -X POST -d '{action:"allow", ip:..., port:8080}'`:
+    // unquoted keys, sent form-encoded because curl -d says so.
+    for (ctype, body) in [
+        ("application/x-www-form-urlencoded", r#"{action:"allow", ip:"192.0.2.2", port:8080}"#),
+        ("application/json", "{'action': 'allow', 'ip': '192.0.2.3', 'port': 8080,}"),
+        ("text/plain", "\u{feff}{ // a .NET client\n Action: 'allow', IP: '192.0.2.4', Port: '8080' }"),
+    ] {
+        let r = post(ctype, body.to_string()).await;
+        assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, r#"{"result":"OK"}"#), "{body}");
+    }
+    assert_eq!(a.live().len(), 3);
+    for (body, status, message) in [
+        (
+            r#"{action:"allow", ip:"192.0.2.5" port:8080}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "the body is not JSON: expected comma at line 1 column 33",
+        ),
+        (
+            r#"{action:"allow", ip:"192.0.2.5", port:8080, PORT:22}"#.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"key "port" is given twice"#,
+        ),
+        (
+            r#"{action:"allow", ip:"192.0.2.5"}"#.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `port`",
+        ),
+        (
+            "[1, 2]".to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type: sequence, expected an object {action, ip, port} at line 1 column 1",
+        ),
+        (
+            format!(
+                "{{action:'allow', ip:'192.0.2.5', port:22, x:{}1{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 4096 bytes",
+        ),
+        (
+            format!("{{action:'allow', ip:'192.0.2.5', port:22, x:{}1{}}}", "[".repeat(100), "]".repeat(100)),
+            StatusCode::BAD_REQUEST,
+            "the body nests too deeply for a knock request",
+        ),
+    ] {
+        let r = post("application/json", body.clone()).await;
+        assert_eq!((r.status, r.json()), (status, json!({"result": "NG", "message": message})), "{body}");
+    }
+    assert_eq!(a.live().len(), 3, "nothing more was granted");
+    // Only there: /v1 stays strict JSON.
+    let r = a
+        .send(
+            Method::POST,
+            "/v1/grants",
+            Some(TOKEN),
+            Some(("application/json", "{address:'192.0.2.5', ports:[22]}")),
+        )
+        .await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+}

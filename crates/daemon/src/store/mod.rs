@@ -61,43 +61,7 @@ pub const ADOPT_WINDOW: Duration = Duration::from_secs(10);
 /// Capacity of the store channel. At ~20 µs per row this is well under a second of work.
 pub const CHANNEL_CAPACITY: usize = 4096;
 
-/// What made a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum OriginKind {
-    /// A knock sequence (detail: the door name).
-    Door,
-    /// An SPA packet (detail: stanza / user).
-    Spa,
-    /// The REST API (detail: the token name).
-    Api,
-    /// The `portcullis grants` CLI through the API (detail: the token name).
-    Cli,
-    /// Found in the firewall at start, granted moments before a crash, with its record
-    /// lost in flight: recorded at reconciliation instead of revoked.
-    Adopted,
-}
-
-impl OriginKind {
-    /// Every kind, in a fixed order.
-    pub const ALL: [OriginKind; 5] =
-        [OriginKind::Door, OriginKind::Spa, OriginKind::Api, OriginKind::Cli, OriginKind::Adopted];
-
-    /// Lower-case name as stored.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OriginKind::Door => "door",
-            OriginKind::Spa => "spa",
-            OriginKind::Api => "api",
-            OriginKind::Cli => "cli",
-            OriginKind::Adopted => "adopted",
-        }
-    }
-
-    /// Parse a stored name.
-    pub fn parse(s: &str) -> Option<OriginKind> {
-        OriginKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+pub use portcullis_api::{GrantState, OriginKind};
 
 /// Who or what made a grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,40 +75,6 @@ pub struct Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.kind.as_str(), self.detail)
-    }
-}
-
-/// A record's life cycle: `active` → `expired` | `revoked`; `failed` from the start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GrantState {
-    /// In force (in the firewall, until `expires_at`).
-    Active,
-    /// Ran out.
-    Expired,
-    /// Closed early (API, CLI, or reconciliation).
-    Revoked,
-    /// The firewall refused it.
-    Failed,
-}
-
-impl GrantState {
-    /// Every state.
-    pub const ALL: [GrantState; 4] =
-        [GrantState::Active, GrantState::Expired, GrantState::Revoked, GrantState::Failed];
-
-    /// Lower-case name as stored.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            GrantState::Active => "active",
-            GrantState::Expired => "expired",
-            GrantState::Revoked => "revoked",
-            GrantState::Failed => "failed",
-        }
-    }
-
-    /// Parse a stored name.
-    pub fn parse(s: &str) -> Option<GrantState> {
-        GrantState::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
