@@ -17,7 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::grants::{parse_address, parse_port, rfc3339};
 use super::{blocking, AppState, Caller};
-use crate::store::{Filter, GrantRecord, GrantState, RevokeError, RevokeTarget};
+use crate::grants::{RevokeError, RevokeTarget};
+use crate::store::{Filter, GrantRecord, GrantState};
 
 /// `allow` or `deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -164,9 +165,7 @@ pub async fn knock(
             Ok(ok())
         }
         Action::Deny => {
-            let store = state.granter.store()?;
-            let rx = store.revoke(RevokeTarget::Key(addr, service), &caller.0)?;
-            match rx.await.map_err(|_| ApiError::from(crate::store::StoreError::Busy))? {
+            match state.granter.revoke(RevokeTarget::Key(addr, service), &caller.0).await {
                 Ok(_) => Ok(ok()),
                 Err(RevokeError::NotFound) => {
                     Err(ApiError::not_found(format!("no active grant for {addr} {service}")))

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::grants::GrantError;
-use crate::store::{RevokeError, StoreError};
+use crate::grants::{GrantError, RevokeError};
+use crate::store::StoreError;
 
 /// The error body.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema, PartialEq, Eq)]

@@ -13,7 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{blocking, AppState, Caller};
-use crate::store::{Filter, GrantRecord, GrantState, Origin, OriginKind, RevokeTarget};
+use crate::grants::{Origin, OriginKind, RevokeTarget};
+use crate::store::{Filter, GrantRecord, GrantState};
 use portcullis_proto::addr::canonical as fold;
 
 /// Largest page.
@@ -132,7 +133,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 impl From<&GrantRecord> for GrantView {
     fn from(r: &GrantRecord) -> GrantView {
-        let now = crate::store::now_ms();
+        let now = crate::grants::clock::unix_ms(SystemTime::now());
         let remaining = if r.state == GrantState::Active { (r.expires_at - now).max(0) / 1000 } else { 0 };
         GrantView {
             id: r.id,
@@ -360,13 +361,7 @@ pub async fn create_grant(
         d.as_secs(),
         state.granter.driver_name()
     );
-    let store = state.granter.store()?.clone();
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let views = blocking(move || {
-        ids.iter().filter_map(|&id| store.get(id).transpose()).collect::<Result<Vec<_>, _>>()
-    })
-    .await??;
-    Ok((StatusCode::CREATED, Json(Created { grants: views.iter().map(GrantView::from).collect(), warnings })))
+    Ok((StatusCode::CREATED, Json(Created { grants: rows.iter().map(GrantView::from).collect(), warnings })))
 }
 
 /// Parse a list query into a store filter.
@@ -470,9 +465,7 @@ pub async fn revoke_grant(
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<GrantView>, ApiError> {
-    let store = state.granter.store()?;
-    let rx = store.revoke(RevokeTarget::Id(id), &caller.0)?;
-    let r = rx.await.map_err(|_| ApiError::from(crate::store::StoreError::Busy))??;
+    let r = state.granter.revoke(RevokeTarget::Id(id), &caller.0).await?;
     Ok(Json(GrantView::from(&r)))
 }
 
