@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use portcullis_daemon::api::{self, AppState, Tokens};
-use portcullis_daemon::firewall::none::NoFirewall;
 use portcullis_daemon::firewall;
+use portcullis_daemon::firewall::none::NoFirewall;
 use portcullis_daemon::grants::{clock, Granter};
 use portcullis_daemon::store::{self, Store};
 use portcullis_proto::Service;
@@ -35,7 +35,10 @@ fn api_on(store_ok: bool, clock: Arc<dyn clock::Clock>) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let driver = firewall::Shared::new(Box::new(NoFirewall::default()));
     let store = if store_ok {
-        Store::open(&dir.path().join("grants.db"), store::Options { clock: clock.clone(), ..Default::default() })
+        Store::open(
+            &dir.path().join("grants.db"),
+            store::Options { clock: clock.clone(), ..Default::default() },
+        )
     } else {
         Err(store::StoreError::Unavailable("test: no store".into()))
     };
@@ -208,7 +211,9 @@ async fn api_revoke_and_expiry_go_through_the_grant_lifecycle() {
     let clock = clock::ManualClock::new(1_800_000_000_000);
     let a = api_on(true, clock.clone());
     let door = Origin { kind: OriginKind::Door, detail: "ssh".into() };
-    a.granter.grant(door, "192.0.2.3".parse().unwrap(), &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+    a.granter
+        .grant(door, "192.0.2.3".parse().unwrap(), &[Service::tcp(22)], Duration::from_secs(30))
+        .unwrap();
     a.granter.store().unwrap().sync().await;
     let v = a.get("/v1/grants?origin=door:ssh").await.json();
     let id = v["items"][0]["id"].as_i64().unwrap();

@@ -164,15 +164,13 @@ pub async fn knock(
             tracing::info!("{addr}: api: {origin}: opened {service} ({}s) via /api/portknock", d.as_secs());
             Ok(ok())
         }
-        Action::Deny => {
-            match state.granter.revoke(RevokeTarget::Key(addr, service), &caller.0).await {
-                Ok(_) => Ok(ok()),
-                Err(RevokeError::NotFound) => {
-                    Err(ApiError::not_found(format!("no active grant for {addr} {service}")))
-                }
-                Err(e) => Err(e.into()),
+        Action::Deny => match state.granter.revoke(RevokeTarget::Key(addr, service), &caller.0).await {
+            Ok(_) => Ok(ok()),
+            Err(RevokeError::NotFound) => {
+                Err(ApiError::not_found(format!("no active grant for {addr} {service}")))
             }
-        }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 

@@ -13,8 +13,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::{blocking, AppState};
-use crate::stats::SPA_REJECT_CLASSES;
 use crate::grants::OriginKind;
+use crate::stats::SPA_REJECT_CLASSES;
 use crate::store::GrantState;
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -95,7 +95,11 @@ impl Engine {
                 .iter()
                 .map(|&i| {
                     let d = &config.doors[i];
-                    DoorSpec { sequence: door_actions::tracker_sequence(d), timeout: d.seq_timeout, flags: d.flags }
+                    DoorSpec {
+                        sequence: door_actions::tracker_sequence(d),
+                        timeout: d.seq_timeout,
+                        flags: d.flags,
+                    }
                 })
                 .collect();
             let mut tracker = Tracker::new(specs, per_group)

@@ -307,7 +307,11 @@ impl Drop for Granter {
 /// return the granter. A store that cannot be opened is logged loudly and the daemon
 /// goes on without records (the firewall is what protects the host), its scheduler
 /// armed with what the firewall holds.
-pub fn start(state_dir: &Path, plan: &Plan, mut driver: Box<dyn FirewallDriver>) -> anyhow::Result<Arc<Granter>> {
+pub fn start(
+    state_dir: &Path,
+    plan: &Plan,
+    mut driver: Box<dyn FirewallDriver>,
+) -> anyhow::Result<Arc<Granter>> {
     use anyhow::Context;
     driver.setup(plan).context("installing the firewall ruleset")?;
     let clock = clock::system();

@@ -81,7 +81,12 @@ impl Granter {
                     by: None,
                     at: r.expires_at,
                 });
-                tracing::info!("{}: {} (grant #{}) expired while the daemon was down", r.address, r.service, r.id);
+                tracing::info!(
+                    "{}: {} (grant #{}) expired while the daemon was down",
+                    r.address,
+                    r.service,
+                    r.id
+                );
                 continue;
             }
             known.push((r.address, r.service));

@@ -69,8 +69,12 @@ impl Granter {
             // Not live: the firewall no longer holds this activation (it expired, or a
             // newer one took its place); the store tells a stale row from "not active",
             // in channel order.
-            let closing =
-                Closing { target: close, state: GrantState::Revoked, by: Some(by.into()), at: self.clock.now_ms() };
+            let closing = Closing {
+                target: close,
+                state: GrantState::Revoked,
+                by: Some(by.into()),
+                at: self.clock.now_ms(),
+            };
             let rx = store.close(vec![closing])?;
             // Only once the close is on its way: otherwise expiry still closes the record.
             if live {

@@ -399,7 +399,10 @@ fn api_grants_return_their_rows_and_revoke_marks_them() {
     assert_eq!(f.granter.store().unwrap().get(rows[1].id).unwrap().as_ref(), Some(&rows[1]));
     f.clock.advance(Duration::from_secs(2));
     let r = rt.block_on(f.granter.revoke(RevokeTarget::Id(rows[0].id), "bob")).unwrap();
-    assert_eq!((r.state, r.revoked_by.as_deref(), r.closed_at), (GrantState::Revoked, Some("bob"), Some(T0 + 2000)));
+    assert_eq!(
+        (r.state, r.revoked_by.as_deref(), r.closed_at),
+        (GrantState::Revoked, Some("bob"), Some(T0 + 2000))
+    );
     assert_eq!(live(&f), vec![(ip("192.0.2.2"), Service::udp(53))]);
     let r = rt.block_on(f.granter.revoke(RevokeTarget::Key(ip("::ffff:192.0.2.2"), Service::udp(53)), "bob"));
     assert_eq!(r.unwrap().state, GrantState::Revoked);

@@ -355,7 +355,9 @@ mod tests {
         // Once closed, the same key makes a new record.
         let revoke = |target| Closing { target, state: GrantState::Revoked, by: Some("t".into()), at: 6000 };
         let done = close(&mut c, &[revoke(CloseTarget::Id(a.id))]).unwrap();
-        assert!(matches!(&done[..], [Closed::Done(r)] if r.state == GrantState::Revoked && r.closed_at == Some(6000)));
+        assert!(
+            matches!(&done[..], [Closed::Done(r)] if r.state == GrantState::Revoked && r.closed_at == Some(6000))
+        );
         let again = close(&mut c, &[revoke(CloseTarget::Id(a.id)), revoke(CloseTarget::Id(999))]).unwrap();
         assert!(matches!(&again[..], [Closed::NotActive(_), Closed::NotFound]), "closes once: {again:?}");
         assert_ne!(record(&mut c, &new("192.0.2.2", 22, 7000, 10)).unwrap()[0].id, a.id);
@@ -381,8 +383,14 @@ mod tests {
         let b = record(&mut c, &new("192.0.2.3", 22, 0, 100)).unwrap()[0].id;
         let key = CloseTarget::Key("192.0.2.2".parse().unwrap(), Service::tcp(22));
         let expire = Closing { target: key, state: GrantState::Expired, by: None, at: 1000 };
-        assert!(matches!(&close(&mut c, &[expire.clone()]).unwrap()[..], [Closed::Done(r)] if r.id == a));
-        assert_eq!(close(&mut c, &[expire]).unwrap(), vec![Closed::NotFound], "no active row left for the key");
+        assert!(
+            matches!(&close(&mut c, std::slice::from_ref(&expire)).unwrap()[..], [Closed::Done(r)] if r.id == a)
+        );
+        assert_eq!(
+            close(&mut c, &[expire]).unwrap(),
+            vec![Closed::NotFound],
+            "no active row left for the key"
+        );
         let r = get(&c, a).unwrap().unwrap();
         assert_eq!((r.state, r.closed_at), (GrantState::Expired, Some(1000)));
         assert_eq!(get(&c, b).unwrap().unwrap().state, GrantState::Active);

@@ -43,21 +43,39 @@ fn records_and_closes_apply_in_channel_order_with_the_times_given() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     // A grant, its expiry and a new grant of the same key, all queued without waiting.
     s.record_nowait(new("192.0.2.2", T0, 1));
-    s.close_nowait(vec![Closing { target: key("192.0.2.2"), state: GrantState::Expired, by: None, at: T0 + 1000 }]);
+    s.close_nowait(vec![Closing {
+        target: key("192.0.2.2"),
+        state: GrantState::Expired,
+        by: None,
+        at: T0 + 1000,
+    }]);
     clock.advance(Duration::from_secs(5));
     let rows = rt.block_on(s.record(new("192.0.2.2", clock.now_ms(), 30)).unwrap()).unwrap().unwrap();
-    assert_eq!((rows[0].state, rows[0].expires_at, rows[0].refresh_count), (GrantState::Active, T0 + 35_000, 0));
+    assert_eq!(
+        (rows[0].state, rows[0].expires_at, rows[0].refresh_count),
+        (GrantState::Active, T0 + 35_000, 0)
+    );
     let (all, total) = s.list(&Filter::default()).unwrap();
     assert_eq!(total, 2);
     assert_eq!((all[1].state, all[1].closed_at), (GrantState::Expired, Some(T0 + 1000)));
     // Revoke by id: the whole row comes back; a second close finds it closed.
-    let revoke = Closing { target: CloseTarget::Id(rows[0].id), state: GrantState::Revoked, by: Some("t".into()), at: T0 + 6000 };
+    let revoke = Closing {
+        target: CloseTarget::Id(rows[0].id),
+        state: GrantState::Revoked,
+        by: Some("t".into()),
+        at: T0 + 6000,
+    };
     let r = rt.block_on(s.close(vec![revoke.clone()]).unwrap()).unwrap().unwrap();
-    assert!(matches!(&r[..], [Closed::Done(g)] if g.revoked_by.as_deref() == Some("t") && g.closed_at == Some(T0 + 6000)));
+    assert!(
+        matches!(&r[..], [Closed::Done(g)] if g.revoked_by.as_deref() == Some("t") && g.closed_at == Some(T0 + 6000))
+    );
     let r = rt.block_on(s.close(vec![revoke]).unwrap()).unwrap().unwrap();
     assert!(matches!(&r[..], [Closed::NotActive(g)] if g.state == GrantState::Revoked));
     assert!(s.all_active().unwrap().is_empty());
-    assert_eq!(s.counts().unwrap(), vec![("door".into(), "expired".into(), 1), ("door".into(), "revoked".into(), 1)]);
+    assert_eq!(
+        s.counts().unwrap(),
+        vec![("door".into(), "expired".into(), 1), ("door".into(), "revoked".into(), 1)]
+    );
 }
 
 #[test]
@@ -89,5 +107,8 @@ fn a_full_disk_rolls_back_and_counts() {
     s.sync_blocking();
     assert!(s.counters().errors.load(Ordering::Relaxed) > 0, "never filled up after {n} records");
     let (rows, total) = s.list(&Filter { per_page: 1000, ..Filter::default() }).unwrap();
-    assert!(total < u64::from(n) && rows.iter().all(|r| r.state == GrantState::Active), "nothing half-written");
+    assert!(
+        total < u64::from(n) && rows.iter().all(|r| r.state == GrantState::Active),
+        "nothing half-written"
+    );
 }

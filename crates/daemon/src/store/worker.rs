@@ -46,7 +46,12 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(conn: Connection, rx: Receiver<Cmd>, counters: Arc<Counters>, clock: Arc<dyn Clock>) -> Worker {
+    pub(super) fn new(
+        conn: Connection,
+        rx: Receiver<Cmd>,
+        counters: Arc<Counters>,
+        clock: Arc<dyn Clock>,
+    ) -> Worker {
         Worker { conn, rx, counters, clock, last_error_log: None }
     }
 
