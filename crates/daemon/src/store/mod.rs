@@ -45,15 +45,18 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 pub struct Options {
     /// Cap the database size in pages (`PRAGMA max_page_count`): simulates a full disk.
     pub max_pages: Option<u32>,
-    /// Channel capacity (0: every `try_send` fails unless the thread is waiting).
+    /// Channel capacity.
     pub capacity: usize,
+    /// Start no writer thread (tests): writes wait in the channel, which refuses them
+    /// once full (with capacity 0: always).
+    pub paused: bool,
     /// Time for log rate limits.
     pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_pages: None, capacity: CHANNEL_CAPACITY, clock: clock::system() }
+        Options { max_pages: None, capacity: CHANNEL_CAPACITY, paused: false, clock: clock::system() }
     }
 }
 
@@ -64,6 +67,8 @@ pub struct Store {
     counters: Arc<Counters>,
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The receiving end while paused, so the channel stays open.
+    _paused: Mutex<Option<mpsc::Receiver<Cmd>>>,
     clock: Arc<dyn Clock>,
     /// When a dropped write was last logged (Unix ms).
     last_drop_log: Mutex<Option<i64>>,
@@ -95,17 +100,23 @@ impl Store {
         reader.busy_timeout(Duration::from_secs(5)).map_err(|e| unavailable("configuring", &e))?;
         let (tx, rx) = mpsc::sync_channel(opts.capacity);
         let counters = Arc::new(Counters::default());
-        let worker = Worker::new(conn, rx, Arc::clone(&counters), Arc::clone(&opts.clock));
-        let thread = std::thread::Builder::new()
-            .name("store".into())
-            .spawn(move || worker.run())
-            .map_err(|e| unavailable("starting the thread for", &e))?;
+        let (thread, paused) = if opts.paused {
+            (None, Some(rx))
+        } else {
+            let worker = Worker::new(conn, rx, Arc::clone(&counters), Arc::clone(&opts.clock));
+            let t = std::thread::Builder::new()
+                .name("store".into())
+                .spawn(move || worker.run())
+                .map_err(|e| unavailable("starting the thread for", &e))?;
+            (Some(t), None)
+        };
         Ok(Arc::new(Store {
             tx,
             reader: Mutex::new(reader),
             counters,
             path: path.to_owned(),
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(thread),
+            _paused: Mutex::new(paused),
             clock: opts.clock,
             last_drop_log: Mutex::new(None),
         }))

@@ -80,7 +80,7 @@ fn records_and_closes_apply_in_channel_order_with_the_times_given() {
 
 #[test]
 fn a_refusing_channel_or_a_stopped_thread_drops_counts_and_answers_busy() {
-    let (_d, _clock, s) = open(Options { capacity: 0, ..Options::default() });
+    let (_d, _clock, s) = open(Options { capacity: 0, paused: true, ..Options::default() });
     s.record_nowait(new("192.0.2.2", T0, 1));
     s.close_nowait(vec![Closing { target: key("192.0.2.2"), state: GrantState::Expired, by: None, at: T0 }]);
     assert_eq!(s.counters().dropped.load(Ordering::Relaxed), 2);
