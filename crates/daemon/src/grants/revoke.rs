@@ -48,7 +48,11 @@ impl Granter {
         // For an id: its key, and the activation it names.
         let (key, close, activation) = match target {
             RevokeTarget::Id(id) => {
-                let row = store.get(id)?.ok_or(RevokeError::NotFound)?;
+                let reader = std::sync::Arc::clone(store);
+                let row = tokio::task::spawn_blocking(move || reader.get(id))
+                    .await
+                    .map_err(|_| StoreError::Busy)??
+                    .ok_or(RevokeError::NotFound)?;
                 if row.state != GrantState::Active {
                     return Err(RevokeError::NotActive(row.state));
                 }

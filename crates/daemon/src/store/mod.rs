@@ -22,7 +22,7 @@ mod types;
 mod worker;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -65,7 +65,6 @@ pub struct Store {
     tx: SyncSender<Cmd>,
     reader: Mutex<Connection>,
     counters: Arc<Counters>,
-    path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The receiving end while paused, so the channel stays open.
     _paused: Mutex<Option<mpsc::Receiver<Cmd>>>,
@@ -114,17 +113,11 @@ impl Store {
             tx,
             reader: Mutex::new(reader),
             counters,
-            path: path.to_owned(),
             thread: Mutex::new(thread),
             _paused: Mutex::new(paused),
             clock: opts.clock,
             last_drop_log: Mutex::new(None),
         }))
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Counters for metrics.
