@@ -4,7 +4,8 @@
 //! Threading: one capture thread does recv → parse → track → grant synchronously.
 //! The nftables grant is a single netlink round trip (microseconds), so doing it
 //! inline gives the lowest knock-to-open latency and needs no queue that a flood could
-//! fill. The address monitor runs on its own thread.
+//! fill. The address monitor runs on its own thread, the grant expiry scheduler and the
+//! store writer on theirs (see [`crate::grants`]).
 
 pub mod engine;
 
