@@ -16,9 +16,9 @@
 //! Every firewall change and the store command that records it are made under the
 //! driver lock, and the store channel is FIFO. So the store applies records and closes
 //! in the order the firewall saw them: a record can never describe a firewall state
-//! older than a revoke already written. A revoke by record id checks that the row names
-//! the activation the firewall holds now (same `opened_at`), so it never closes a newer
-//! grant of the same key whose record is still in the channel.
+//! older than a revoke already written. A revoke by record id checks that the row belongs
+//! to the activation the firewall holds now (not written before it opened), so it never
+//! closes a newer grant of the same key whose record is still in the channel.
 //!
 //! If the store could not be opened (read-only or full state dir, corrupt file), the
 //! daemon still enforces, grants and expires; records are missing and every API call

@@ -66,7 +66,9 @@ impl Granter {
         let rx = {
             let mut d = self.firewall.lock();
             let mut t = self.sched.lock();
-            let live = t.get(key).is_some_and(|e| activation.is_none_or(|at| at == e.opened_at));
+            // The row belongs to the live activation unless it began before it (a row is
+            // written at the activation's start, or later if its first record was lost).
+            let live = t.get(key).is_some_and(|e| activation.is_none_or(|at| at >= e.opened_at));
             if live {
                 d.revoke(&[key]).map_err(|e| RevokeError::Firewall(e.to_string()))?;
             }

@@ -408,3 +408,19 @@ fn api_grants_return_their_rows_and_revoke_marks_them() {
     assert!(live(&f).is_empty());
     drop(f.dir);
 }
+
+#[test]
+fn a_grant_whose_first_record_was_lost_is_still_revoked_in_the_firewall() {
+    let f = fixture();
+    grant(&f, "192.0.2.2", Duration::from_secs(60));
+    all(&f);
+    // The first record never made it (channel full): only the refresh is written.
+    Connection::open(&f.path).unwrap().execute("DELETE FROM grants", []).unwrap();
+    f.clock.advance(Duration::from_secs(5));
+    grant(&f, "192.0.2.2", Duration::from_secs(60));
+    let id = all(&f)[0].id;
+    let r = rt().block_on(f.granter.revoke(RevokeTarget::Id(id), "t")).unwrap();
+    assert_eq!(r.state, GrantState::Revoked);
+    assert!(live(&f).is_empty(), "closed in the firewall, not only in the record");
+    assert_eq!(f.granter.scheduled(), 0);
+}
