@@ -1,5 +1,5 @@
 //! Wall-clock time in Unix milliseconds, injected into the store and the expiry
-//! scheduler so that tests advance time instead of sleeping.
+//! scheduler so that tests advance time instead of sleeping. A leaf, like `origin`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -25,7 +25,7 @@
 //! that needs them answers 503 with the reason.
 
 pub mod clock;
-mod origin;
+pub mod origin;
 mod reconcile;
 mod revoke;
 pub mod scheduler;

@@ -1,4 +1,5 @@
-//! Who or what made a grant.
+//! Who or what made a grant. A leaf: the store names origins in its rows without
+//! depending on the rest of `grants`.
 
 use std::fmt;
 

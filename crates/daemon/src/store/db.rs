@@ -14,7 +14,7 @@ use portcullis_proto::{Proto, Service};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{CloseTarget, Closed, Closing, Filter, GrantRecord, GrantState, NewGrants};
-use crate::grants::{Origin, OriginKind};
+use crate::grants::origin::{Origin, OriginKind};
 
 /// Forward-only migrations; `PRAGMA user_version` is the number applied. Never edit
 /// a released step: add a new one.

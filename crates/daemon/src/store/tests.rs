@@ -9,7 +9,7 @@ use portcullis_proto::Service;
 
 use super::*;
 use crate::grants::clock::ManualClock;
-use crate::grants::{Origin, OriginKind};
+use crate::grants::origin::{Origin, OriginKind};
 
 const T0: i64 = 1_800_000_000_000;
 

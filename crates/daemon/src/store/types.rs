@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
-use crate::grants::Origin;
+use crate::grants::origin::Origin;
 
 /// A record's life cycle: `active` → `expired` | `revoked`; `failed` from the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,7 +140,7 @@ pub struct Filter {
     /// Only this address.
     pub address: Option<IpAddr>,
     /// Only this origin kind.
-    pub origin_kind: Option<crate::grants::OriginKind>,
+    pub origin_kind: Option<crate::grants::origin::OriginKind>,
     /// Only this origin detail (door name, token name...).
     pub origin_detail: Option<String>,
     /// 1-based page.
