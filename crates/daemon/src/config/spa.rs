@@ -33,6 +33,8 @@ pub struct SpaConfig {
     pub users: HashMap<String, NativeUser>,
     /// fwknop stanzas, in file order (first match wins, as in fwknopd).
     pub stanzas: Vec<FwknopStanza>,
+    /// Prefix lengths (IPv4, IPv6) by which sources share a crypto budget.
+    pub source_prefix: (u8, u8),
 }
 
 /// A native-format user.
@@ -44,6 +46,9 @@ pub struct NativeUser {
     pub open: Vec<Service>,
     /// Longest grant the user may ask for.
     pub max_open_for: Duration,
+    /// Addresses or prefixes the user may open for besides the packet's own source
+    /// (`allow_addresses`); empty = the source only.
+    pub allow_addresses: Vec<Cidr>,
 }
 
 /// A located refusal: byte offset into the config text, message.
@@ -123,7 +128,20 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
                 _ => return at(s.span(), "max_open_for must be 1 to 86400 seconds"),
             },
         };
-        if users.insert(name.clone(), NativeUser { key, open, max_open_for }).is_some() {
+        let mut allow_addresses = Vec::new();
+        for a in u.allow_addresses.unwrap_or_default() {
+            match Cidr::parse(a.get_ref()) {
+                Some(c) => allow_addresses.push(c),
+                None => {
+                    return at(
+                        a.span(),
+                        format!("allow_addresses: {:?} is not an address or CIDR", a.get_ref()),
+                    )
+                }
+            }
+        }
+        let user = NativeUser { key, open, max_open_for, allow_addresses };
+        if users.insert(name.clone(), user).is_some() {
             return at(span, format!("user {name:?} is defined twice"));
         }
     }
@@ -150,7 +168,21 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
             "[spa] has neither native users (server_key_file + [[spa.user]]) nor fwknop stanzas".into(),
         ));
     }
-    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas })
+    let source_prefix = (
+        prefix_len(raw.source_prefix_v4, 24, 32, "source_prefix_v4")?,
+        prefix_len(raw.source_prefix_v6, 56, 128, "source_prefix_v6")?,
+    );
+    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas, source_prefix })
+}
+
+fn prefix_len(v: Option<Spanned<i64>>, default: u8, max: u8, what: &str) -> Result<u8, SpaErr> {
+    match v {
+        None => Ok(default),
+        Some(s) => match u8::try_from(*s.get_ref()) {
+            Ok(p) if p <= max => Ok(p),
+            _ => at(s.span(), format!("{what} must be 0 to {max}")),
+        },
+    }
 }
 
 fn resolve(dir: &Path, p: &str) -> PathBuf {
