@@ -316,4 +316,6 @@ impl SpaGate {
 }
 
 #[cfg(test)]
+mod edge_tests;
+#[cfg(test)]
 mod tests;
