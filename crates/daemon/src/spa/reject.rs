@@ -114,10 +114,7 @@ impl fmt::Display for Denial {
             Denial::Username => f.write_str("username mismatch"),
             Denial::SourceAddressRequired => f.write_str("\"use source\" refused by REQUIRE_SOURCE_ADDRESS"),
             Denial::Address(a) => {
-                write!(
-                    f,
-                    "opening for {a} refused: not the packet's source and not in the user's allow_addresses"
-                )
+                write!(f, "opening for {a} refused: neither the packet source nor listed in allow_addresses")
             }
         }
     }
