@@ -17,6 +17,7 @@ use super::access_conf;
 use super::raw::{RawSpa, RawStanza};
 use super::stanza::{build_key, enc_mode, hash_type, KeyError, KeySyntax, KeyText};
 pub use super::stanza::{Cidr, FwknopStanza};
+use super::warnings::stanza_warnings;
 
 /// Validated `[spa]` settings.
 #[derive(Debug, Clone)]
@@ -35,6 +36,9 @@ pub struct SpaConfig {
     pub stanzas: Vec<FwknopStanza>,
     /// Prefix lengths (IPv4, IPv6) by which sources share a crypto budget.
     pub source_prefix: (u8, u8),
+    /// Advice about weak stanzas (no HMAC, legacy mode), each naming the stanza and
+    /// where it is defined; shown by `check` and logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// A native-format user.
@@ -61,7 +65,12 @@ fn at<T>(span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, SpaE
 /// Default fwknop SPA port.
 pub const DEFAULT_PORT: u16 = 62201;
 
-pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaErr> {
+/// `at(offset)` names a place in the config text (`FILE:LINE`), for warnings.
+pub(super) fn validate(
+    raw: RawSpa,
+    config_dir: &Path,
+    at_line: &dyn Fn(usize) -> String,
+) -> Result<SpaConfig, SpaErr> {
     let ports = match raw.ports {
         None => vec![DEFAULT_PORT],
         Some(list) => {
@@ -152,14 +161,22 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
         ));
     }
     let mut stanzas = Vec::new();
+    let mut warnings = Vec::new();
     for s in raw.fwknop {
-        stanzas.push(stanza(s.into_inner())?);
+        let place = at_line(s.span().start);
+        let st = stanza(s.into_inner())?;
+        warnings.extend(stanza_warnings(&st, &format!("fwknop stanza {:?} ({place})", st.name)));
+        stanzas.push(st);
     }
     if let Some(p) = raw.access_conf {
         let path = resolve(config_dir, p.get_ref());
         let text = std::fs::read_to_string(&path)
             .or_else(|e| at(p.span(), format!("cannot read {}: {e}", path.display())))?;
         let parsed = access_conf::parse(&text, &path).or_else(|e| at(p.span(), e.to_string()))?;
+        for st in &parsed {
+            warnings
+                .extend(stanza_warnings(st, &format!("fwknop stanza {} (in {})", st.name, path.display())));
+        }
         stanzas.extend(parsed);
     }
     if server_key.is_none() && stanzas.is_empty() {
@@ -172,7 +189,7 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
         prefix_len(raw.source_prefix_v4, 24, 32, "source_prefix_v4")?,
         prefix_len(raw.source_prefix_v6, 56, 128, "source_prefix_v6")?,
     );
-    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas, source_prefix })
+    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas, source_prefix, warnings })
 }
 
 fn prefix_len(v: Option<Spanned<i64>>, default: u8, max: u8, what: &str) -> Result<u8, SpaErr> {

@@ -90,7 +90,8 @@ impl Validator<'_> {
             Some(s) => {
                 let span = s.span();
                 let dir = self.path.parent().unwrap_or(Path::new("."));
-                match spa::validate(s.into_inner(), dir) {
+                let at_line = |offset| format!("{}:{}", self.path.display(), line_of(self.text, offset));
+                match spa::validate(s.into_inner(), dir, &at_line) {
                     Ok(v) => Some(v),
                     Err((at, message)) => return self.err(at.unwrap_or(span), message),
                 }

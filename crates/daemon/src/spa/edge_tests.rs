@@ -76,6 +76,7 @@ fn config(k: &Keys, stanzas: Vec<FwknopStanza>, allow_addresses: Vec<Cidr>) -> S
         users,
         stanzas,
         source_prefix: (24, 56),
+        warnings: Vec::new(),
     }
 }
 

@@ -87,6 +87,7 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
         users,
         stanzas,
         source_prefix: (24, 56),
+        warnings: Vec::new(),
     };
     let gate = SpaGate::new(&cfg, vec![Service::tcp(22), Service::tcp(443)], ReplayCache::in_memory(1000));
     Fixture { gate, server, alice }
