@@ -8,6 +8,13 @@
 //! other prefixes keep their own allowance; the global bucket still caps the total
 //! work a second, whatever the number of prefixes.
 //!
+//! A flood spread over many prefixes (spoofed sources are free: SPA needs no answer)
+//! can still drain the global bucket. So a small reserve, on top of it, is open only
+//! to *quiet* prefixes: ones not seen for [`QUIET`] (or never). A flooding prefix is
+//! by definition not quiet, so a legitimate client's first packet from elsewhere gets
+//! through unless the attacker sprays more prefixes than the table holds (each then
+//! looks new); the reserve is bounded too, so the ceiling stays the ceiling.
+//!
 //! Memory is fixed: a set-associative table of [`SETS`] × [`WAYS`] slots, indexed by a
 //! keyed hash of the prefix (the key is random per process, so nobody can aim many
 //! prefixes at one set). A prefix not in its set takes the least recently used slot
@@ -35,6 +42,9 @@ pub struct Rate {
     pub burst: u32,
 }
 
+/// A prefix not seen for this long (or never) may draw on the reserve.
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How crypto work is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -42,6 +52,8 @@ pub struct Limits {
     pub per_prefix: Rate,
     /// All sources together.
     pub global: Rate,
+    /// On top of `global`, for quiet prefixes only.
+    pub reserve: Rate,
     /// IPv4 prefix length sources are grouped by.
     pub v4_prefix: u8,
     /// IPv6 prefix length sources are grouped by.
@@ -54,6 +66,7 @@ pub struct Limits {
 pub const NATIVE: Limits = Limits {
     per_prefix: Rate { per_sec: 50, burst: 20 },
     global: Rate { per_sec: 4000, burst: 400 },
+    reserve: Rate { per_sec: 200, burst: 20 },
     v4_prefix: 24,
     v6_prefix: 56,
 };
@@ -64,6 +77,7 @@ pub const NATIVE: Limits = Limits {
 pub const FWKNOP: Limits = Limits {
     per_prefix: Rate { per_sec: 1000, burst: 400 },
     global: Rate { per_sec: 50_000, burst: 5000 },
+    reserve: Rate { per_sec: 2000, burst: 400 },
     v4_prefix: 24,
     v6_prefix: 56,
 };
@@ -78,7 +92,8 @@ pub const fn with_prefix(limits: Limits, (v4_prefix, v6_prefix): (u8, u8)) -> Li
 pub enum Exhausted {
     /// The source's prefix used its allowance.
     Prefix,
-    /// All sources together reached the ceiling.
+    /// All sources together reached the ceiling (and the source was not quiet, or
+    /// the reserve was empty too).
     Global,
 }
 
@@ -115,6 +130,7 @@ pub struct PrefixBudget {
     limits: Limits,
     slots: Vec<Slot>,
     global: TokenBucket,
+    reserve: TokenBucket,
     hasher: RandomState,
 }
 
@@ -131,30 +147,35 @@ impl PrefixBudget {
             limits,
             slots: vec![fresh; sets.max(1) * WAYS],
             global: bucket(limits.global),
+            reserve: bucket(limits.reserve),
             hasher: RandomState::new(),
         }
     }
 
     /// Spend one unit for a packet from `src` at `now`: the prefix's bucket first (so
-    /// a prefix that is out spends nothing of the global ceiling), then the ceiling.
+    /// a prefix that is out spends nothing of the global ceiling), then the ceiling,
+    /// then, for a quiet prefix, the reserve.
     pub fn take(&mut self, src: IpAddr, now: Millis) -> Result<(), Exhausted> {
-        let slot = self.slot_for(Prefix::of(src, self.limits.v4_prefix, self.limits.v6_prefix), now);
+        let (slot, quiet) = self.slot_for(Prefix::of(src, self.limits.v4_prefix, self.limits.v6_prefix), now);
         if !slot.bucket.take(now) {
             return Err(Exhausted::Prefix);
         }
-        if !self.global.take(now) {
-            return Err(Exhausted::Global);
+        if self.global.take(now) || (quiet && self.reserve.take(now)) {
+            Ok(())
+        } else {
+            Err(Exhausted::Global)
         }
-        Ok(())
     }
 
-    fn slot_for(&mut self, p: Prefix, now: Millis) -> &mut Slot {
+    /// The slot of `p` (taking the set's least recently used one if `p` has none),
+    /// and whether `p` was quiet: new, or not seen for [`QUIET`].
+    fn slot_for(&mut self, p: Prefix, now: Millis) -> (&mut Slot, bool) {
         let sets = self.slots.len() / WAYS;
         // The hash is 64 bits and sets ≤ usize::MAX: the modulo fits in usize.
         let set = usize::try_from(self.hasher.hash_one(p) % sets as u64).unwrap_or(0);
         let ways = &mut self.slots[set * WAYS..(set + 1) * WAYS];
-        let i = match ways.iter().position(|s| s.prefix == Some(p)) {
-            Some(i) => i,
+        let (i, quiet) = match ways.iter().position(|s| s.prefix == Some(p)) {
+            Some(i) => (i, now.since(ways[i].used) >= QUIET),
             None => {
                 // An empty slot if there is one, else the least recently used.
                 let i = ways
@@ -163,12 +184,12 @@ impl PrefixBudget {
                     .min_by_key(|(_, s)| (s.prefix.is_some(), s.used))
                     .map_or(0, |(i, _)| i);
                 ways[i] = Slot { prefix: Some(p), bucket: bucket(self.limits.per_prefix), used: now };
-                i
+                (i, true)
             }
         };
         let slot = &mut ways[i];
         slot.used = slot.used.max(now);
-        slot
+        (slot, quiet)
     }
 }
 
@@ -189,6 +210,7 @@ mod tests {
     const SMALL: Limits = Limits {
         per_prefix: Rate { per_sec: 10, burst: 5 },
         global: Rate { per_sec: 100, burst: 12 },
+        reserve: Rate { per_sec: 10, burst: 2 },
         v4_prefix: 24,
         v6_prefix: 56,
     };
@@ -238,9 +260,38 @@ mod tests {
     fn the_global_ceiling_holds_across_prefixes() {
         let mut b = PrefixBudget::new(SMALL);
         let ok = (0..100u8).filter(|i| b.take(IpAddr::from([10, *i, 0, 1]), Millis(0)).is_ok()).count();
-        assert_eq!(ok, 12, "global burst");
+        assert_eq!(ok, 12 + 2, "global burst, then the reserve for the new (quiet) prefixes");
         assert_eq!(b.take(ip("192.0.2.1"), Millis(0)), Err(Exhausted::Global));
         assert_eq!(b.take(ip("192.0.2.1"), Millis(10)), Ok(()), "100 a second");
+    }
+
+    #[test]
+    fn the_reserve_serves_quiet_prefixes_only() {
+        let mut b = PrefixBudget::new(SMALL);
+        // Twelve busy prefixes drain the global bucket (and stay busy).
+        for t in 0..3u64 {
+            for i in 0..12u8 {
+                let _ = b.take(IpAddr::from([10, i, 0, 1]), Millis(t));
+            }
+        }
+        // A busy prefix cannot reach the reserve...
+        assert_eq!(b.take(ip("10.0.0.1"), Millis(3)), Err(Exhausted::Global));
+        // ...a newcomer can, up to its burst,
+        assert_eq!(b.take(ip("192.0.2.1"), Millis(3)), Ok(()));
+        // but it is not quiet any more once seen,
+        assert_eq!(b.take(ip("192.0.2.1"), Millis(4)), Err(Exhausted::Global));
+        // until it has been silent for QUIET.
+        let later = Millis(4 + QUIET.as_millis() as u64);
+        for t in (4..=later.0).step_by(10) {
+            for i in 0..12u8 {
+                let _ = b.take(IpAddr::from([10, i, 0, 1]), Millis(t));
+            }
+        }
+        assert!(b.take(ip("10.0.0.1"), later).is_err(), "busy all along");
+        assert_eq!(b.take(ip("192.0.2.1"), later), Ok(()));
+        // The reserve is bounded too: newcomers beyond its burst are refused.
+        let refused = (0..10u8).filter(|i| b.take(IpAddr::from([172, 16, *i, 1]), later).is_err()).count();
+        assert!(refused >= 9, "{refused}");
     }
 
     #[test]
