@@ -113,6 +113,9 @@ pub struct Env {
     pub pin_client: bool,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Extra fwknop stanzas (random keys, SOURCE ANY) placed before the real one in
+    /// portcullisd's SPA configuration: what a large access.conf costs per junk packet.
+    pub spa_decoy_stanzas: usize,
 }
 
 /// One start of a daemon: its own scratch directory, the file its stdout and stderr
@@ -171,6 +174,7 @@ impl Env {
             pin_daemon: false,
             pin_client: false,
             verbose,
+            spa_decoy_stanzas: 0,
         };
         env.setup()?;
         Ok(env)

@@ -48,7 +48,7 @@ pub use keys::{
     ServerKey, ServerPublicKey, UserKey, UserLookup, UserPublicKey, SERVER_PUBLIC_PREFIX,
     SERVER_SECRET_PREFIX, USER_PUBLIC_PREFIX, USER_SECRET_PREFIX,
 };
-pub use packet::{open, precheck, seal};
+pub use packet::{header_for, open, precheck, seal};
 
 use crate::service::Service;
 use crate::spa::window::Window;
