@@ -3,7 +3,8 @@
 //! per packet (X25519 each; the attacker knows the server public key), and base64
 //! junk against 20 configured fwknop stanzas (an HMAC each). The flood comes from
 //! other prefixes than the legitimate clients (198.19.4.x): one /24, or a /17 spread
-//! over 128 /24s.
+//! over 128 /24s. The last rows knock (same daemon, same junk) to show that SPA work
+//! does not starve knock handling on the shared capture thread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,20 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
         (
             Daemon::PortcullisdSpaFwknop,
             "base64 junk vs 20 fwknop stanzas (HMAC each), from 128 /24s (a /17), full speed",
+            fwknop(Sources::BENCH_V4_17),
+            STANZAS - 1,
+            false,
+        ),
+        (
+            Daemon::PortcullisdSpaKnock,
+            "knocks, during native fresh-ephemeral valid-tag junk from 128 /24s (a /17), full speed",
+            native(Sources::BENCH_V4_17),
+            0,
+            false,
+        ),
+        (
+            Daemon::PortcullisdSpaKnock,
+            "knocks, during base64 junk vs 20 fwknop stanzas from 128 /24s (a /17), full speed",
             fwknop(Sources::BENCH_V4_17),
             STANZAS - 1,
             false,

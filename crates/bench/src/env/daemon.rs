@@ -22,6 +22,9 @@ pub enum Daemon {
     /// The same portcullisd SPA configuration, driven by native packets
     /// (`portcullis_proto::spa::native::seal`, in process).
     PortcullisdSpaNative,
+    /// The same portcullisd SPA configuration plus the knock door, driven by knocks
+    /// (knock handling while SPA junk costs crypto).
+    PortcullisdSpaKnock,
 }
 
 /// Which SPA packet an attempt sends.
@@ -44,6 +47,7 @@ impl Daemon {
             Daemon::Fwknopd => "fwknopd",
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
             Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
+            Daemon::PortcullisdSpaKnock => "portcullisd SPA + door, knocks",
         }
     }
 
@@ -56,6 +60,7 @@ impl Daemon {
                 | Daemon::PortcullisdIptLegacy
                 | Daemon::PortcullisdSpaFwknop
                 | Daemon::PortcullisdSpaNative
+                | Daemon::PortcullisdSpaKnock
         )
     }
 
@@ -77,16 +82,18 @@ impl Daemon {
             | Daemon::PortcullisdIptNft
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
-            | Daemon::KnockdNft => None,
+            | Daemon::KnockdNft
+            | Daemon::PortcullisdSpaKnock => None,
         }
     }
 
     /// Firewall column.
     pub fn fw(self) -> &'static str {
         match self {
-            Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
-                "nftables (netlink)"
-            }
+            Daemon::Portcullisd
+            | Daemon::PortcullisdSpaFwknop
+            | Daemon::PortcullisdSpaNative
+            | Daemon::PortcullisdSpaKnock => "nftables (netlink)",
             Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
             Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
             Daemon::KnockdIpt => "iptables",

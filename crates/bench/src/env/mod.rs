@@ -320,7 +320,9 @@ impl Env {
             Daemon::Portcullisd | Daemon::PortcullisdIptNft | Daemon::PortcullisdIptLegacy => {
                 self.start_portcullisd_knock(d, &at)?
             }
-            Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => self.start_portcullisd_spa(&at)?,
+            Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative | Daemon::PortcullisdSpaKnock => {
+                self.start_portcullisd_spa(&at)?
+            }
             Daemon::KnockdIpt | Daemon::KnockdNft => self.start_knockd(d, &at)?,
             Daemon::Fwknopd => self.start_fwknopd(&at)?,
         };
