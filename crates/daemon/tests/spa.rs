@@ -160,6 +160,11 @@ fn debian_fwknop_legacy_stanza_without_hmac_opens_its_port() {
     }
     let k = native_keys();
     let s = start("fwkleg", &k);
+    // The weak stanza is named, with its line, at start.
+    let log = s.log_text();
+    let place = format!("fwknop stanza \"legacy\" ({}:", s.dir.join("portcullis.toml").display());
+    assert!(log.contains(&place) && log.contains("no HMAC key"), "{log}");
+    assert!(log.contains("legacy encryption mode"), "{log}");
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2224), Probe::Filtered);
     fwknop(&s, &["-A", "tcp/2224", "-s", "-D", lab::SERVER4, "-M", "legacy", "--key-rijndael", "legacykey"]);
     s.wait_probe(&s.lab.client, lab::SERVER4, 2224, Probe::Open);
