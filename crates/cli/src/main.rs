@@ -1,34 +1,11 @@
 //! `portcullis`: the client. One module per subcommand; `main` maps errors to exit codes.
 #![forbid(unsafe_code)]
 
-mod fwknoprc;
-mod grants;
-mod keygen;
-mod knock;
-mod spa;
-
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "portcullis", version, about = "Port-knocking and SPA client")]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Send a knock sequence, like knock(1): `portcullis knock HOST 7000 8000:udp 9000`.
-    Knock(knock::KnockArgs),
-    /// Send one SPA packet (fwknop-compatible by default, `--native` for portcullis' format).
-    Spa(Box<spa::SpaArgs>),
-    /// Generate keys: fwknop KEY/HMAC_KEY (default), or native `--server` / `--user` pairs.
-    Keygen(keygen::KeygenArgs),
-    /// Grants on a local portcullisd through its API: list, show, allow, revoke.
-    Grants(grants::GrantsArgs),
-}
+use clap::Parser;
+use portcullis_cli::args::{Args, Command};
+use portcullis_cli::{grants, keygen, knock, spa};
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -50,9 +50,10 @@ pub enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Install the firewall gate for a config with no new grants, then exit: protected
-    /// ports are closed from now on, even if the daemon never starts (for boot, before
-    /// the network). Grants already in the firewall are kept.
+    /// Install the firewall gate for a config and exit (boot-time protection).
+    ///
+    /// Protected ports are closed from now on, even if the daemon never starts; run it
+    /// before the network comes up. Grants already in the firewall are kept.
     Gate {
         /// Config file (native TOML, or a knockd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
