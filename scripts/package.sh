@@ -12,7 +12,7 @@ cargo build --release --locked -p portcullis-daemon -p portcullis-cli -p portcul
 
 # Generated assets (paths as in [package.metadata.deb]): man pages, completions and the
 # licences of the crates linked into the two programs.
-docs=target/release/pkg-docs
+docs=target/pkg-docs
 rm -rf "$docs"
 date=$(git log -1 --format=%cs 2>/dev/null || date -u +%F)
 ./target/release/portcullis-docgen --out "$docs" --date "$date" >/dev/null
@@ -36,11 +36,14 @@ while todo:
 print("Rust crates linked into portcullisd and portcullis (crate version: licence)\n")
 for p in sorted((pkgs[i] for i in seen), key=lambda p: (p["name"], p["version"])):
     if not p["name"].startswith("portcullis"):
-        print(f"{p[\"name\"]} {p[\"version\"]}: {p[\"license\"] or \"see the crate\"}")
+        print("%s %s: %s" % (p["name"], p["version"], p["license"] or "see the crate"))
 ' > "$docs/third-party-crates.txt"
 
 rm -f target/debian/portcullis_*.deb
-cargo deb -p portcullis-daemon --no-build --locked --output target/debian/
+maint=()
+# A distribution build sets DEBFULLNAME and DEBEMAIL (there is no public address yet).
+if [ -n "${DEBEMAIL:-}" ]; then maint=(--maintainer "${DEBFULLNAME:-portcullis} <$DEBEMAIL>"); fi
+cargo deb -p portcullis-daemon --no-build --locked --strip "${maint[@]}" --output target/debian/
 deb=$(ls target/debian/portcullis_*.deb)
 echo "built $deb"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
