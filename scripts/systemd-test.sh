@@ -90,9 +90,10 @@ rm -rf "$tree"
 cp -a "$cache" "$tree"
 
 # --- install the package and a config with one door into the copy (not booted yet)
-cp "$deb" "$tree/tmp/portcullis.deb"
-offline() { systemd-nspawn --quiet --register=no --private-network -D "$tree" "$@"; }
-offline dpkg -i /tmp/portcullis.deb >/dev/null
+cp "$deb" "$tree/root/portcullis.deb" # (nspawn mounts a fresh /tmp)
+offline() { systemd-nspawn --quiet --register=no --keep-unit --private-network -D "$tree" "$@"; }
+offline dpkg -i /root/portcullis.deb >/dev/null
+rm "$tree/root/portcullis.deb"
 offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null 2>&1 &&
   fail "the shipped config must protect nothing (check should refuse it)"
 sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/}' \
@@ -110,19 +111,22 @@ if [ "${SYSTEMD_TEST_SIMPLE:-0}" = 1 ]; then
   log "SYSTEMD_TEST_SIMPLE=1: portcullisd runs as Type=simple, no watchdog"
 fi
 
+# CAP_NET_ADMIN: nspawn only grants it by itself with --private-network; here it acts
+# on the namespace we made for the container and nothing else.
 boot() {
   systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only \
-    --network-namespace-path="/run/netns/$srv" -D "$tree" >>"$work/console-$$.log" 2>&1 &
+    --network-namespace-path="/run/netns/$srv" --capability=CAP_NET_ADMIN -D "$tree" >>"$work/console-$$.log" 2>&1 &
   nspawn_pid=$!
 }
 
 # PID 1 of the container: the child of systemd-nspawn.
-init_pid() { pgrep -P "$nspawn_pid" | head -1; }
+init_pid() { pgrep -P "$nspawn_pid" -x systemd | head -1; }
 inside() { nsenter --target "$(init_pid)" --mount --uts --ipc --pid -- "$@"; }
 
 wait_active() { # unit, seconds
   local state=
   for _ in $(seq 1 $(($2 * 5))); do
+    kill -0 "$nspawn_pid" 2>/dev/null || fail "the container exited while waiting for $1"
     if [ -n "$(init_pid)" ]; then
       state=$(inside systemctl is-active "$1" 2>/dev/null || true)
       [ "$state" = active ] && return 0
