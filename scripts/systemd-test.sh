@@ -180,6 +180,9 @@ wait_active portcullisd.service 30
 new=$(inside systemctl show -P MainPID portcullisd.service)
 [ "$new" != "$pid" ] && [ "$new" != 0 ] || fail "daemon not restarted (MainPID $pid -> $new)"
 log "ok: restarted after kill -9 (MainPID $pid -> $new)"
+expect_port closed "the knocker's grant survived the crash and restart"
+log "portcullisd's journal:"
+inside journalctl --no-pager -o cat -u portcullisd.service | sed 's/^/    /'
 
 # --- 3. daemon disabled, container rebooted: the gate alone keeps the port closed
 inside systemctl disable --now portcullisd.service >/dev/null 2>&1
