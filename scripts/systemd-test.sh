@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Boot a real systemd (Debian 12 in systemd-nspawn) with the built .deb installed, and
 # check the units from outside, over a private network:
-#   - portcullis-gate and portcullisd reach active; the protected port is filtered from a
-#     second namespace; a knock opens it (for the knocker);
-#   - kill -9 of the daemon: systemd restarts it, the port stays filtered meanwhile;
-#   - daemon disabled + reboot: the gate alone keeps the port filtered.
+#   - installed, nothing changes; `systemctl enable --now` of both units: both active, the
+#     protected port is filtered from a second namespace; a knock opens it;
+#   - kill -9 of the daemon: systemd restarts it, the grant is intact;
+#   - upgrade (dpkg -i again): edited config kept, daemon restarted, grant intact;
+#   - daemon disabled + reboot: the gate alone keeps the port filtered;
+#   - dpkg -r: the table is removed.
 # The container only ever gets a network namespace this script creates (never the host's).
 # Needs root. SYSTEMD_TEST_SIMPLE=1 for a daemon that does not notify systemd yet.
 # Builds the package (scripts/package.sh) if target/debian has none.
@@ -93,13 +95,11 @@ cp -a "$cache" "$tree"
 cp "$deb" "$tree/root/portcullis.deb" # (nspawn mounts a fresh /tmp)
 offline() { systemd-nspawn --quiet --register=no --keep-unit --private-network -D "$tree" "$@"; }
 offline dpkg -i /root/portcullis.deb >/dev/null
-rm "$tree/root/portcullis.deb"
 offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null 2>&1 &&
   fail "the shipped config must protect nothing (check should refuse it)"
 sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/}' \
   "$tree/etc/portcullis/portcullis.toml"
 offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null
-offline systemctl enable portcullis-gate.service portcullisd.service >/dev/null 2>&1
 # No console login, no network management in the container: the host sets the addresses.
 offline systemctl mask console-getty.service systemd-networkd.service systemd-resolved.service >/dev/null 2>&1 || true
 echo "pcst" >"$tree/etc/hostname"
@@ -121,7 +121,9 @@ boot() {
 
 # PID 1 of the container: the child of systemd-nspawn.
 init_pid() { pgrep -P "$nspawn_pid" -x systemd | head -1; }
-inside() { nsenter --target "$(init_pid)" --mount --uts --ipc --pid -- "$@"; }
+# Every namespace of the container, the network one included: commands run inside
+# (dpkg maintainer scripts, say) must never reach the host's firewall.
+inside() { nsenter --target "$(init_pid)" --mount --uts --ipc --pid --net --cgroup -- "$@"; }
 
 wait_active() { # unit, seconds
   local state=
@@ -158,13 +160,16 @@ stop_container() {
   nspawn_pid=
 }
 
-# --- 1. boot: both units active, port filtered, a knock opens it
+# --- 1. boot with the package installed: nothing changes until the admin enables the units
 net_up
 expect_port closed "before boot, nothing listens and nothing filters"
 boot
+wait_active multi-user.target 60
+expect_port closed "installed but not enabled: the firewall is unchanged"
+inside systemctl enable --now portcullis-gate.service portcullisd.service >/dev/null 2>&1
 wait_active portcullis-gate.service 60
 wait_active portcullisd.service 60
-log "ok: portcullis-gate and portcullisd active"
+log "ok: systemctl enable --now: portcullis-gate and portcullisd active"
 expect_port filtered "protected from a second namespace"
 
 client=target/release/portcullis
@@ -184,7 +189,16 @@ expect_port closed "the knocker's grant survived the crash and restart"
 log "portcullisd's journal:"
 inside journalctl --no-pager -o cat -u portcullisd.service | sed 's/^/    /'
 
-# --- 3. daemon disabled, container rebooted: the gate alone keeps the port closed
+# --- 3. upgrade (the same package again): config kept, daemon restarted, port protected
+inside dpkg -i /root/portcullis.deb >/dev/null
+grep -q '^sequence = \[31337' "$tree/etc/portcullis/portcullis.toml" || fail "upgrade replaced the edited config"
+wait_active portcullisd.service 30
+up=$(inside systemctl show -P MainPID portcullisd.service)
+[ "$up" != "$new" ] || fail "upgrade did not restart the running daemon"
+log "ok: upgrade kept the config and restarted the daemon (MainPID $new -> $up)"
+expect_port closed "the knocker's grant survived the upgrade"
+
+# --- 4. daemon disabled, container rebooted: the gate alone keeps the port closed
 inside systemctl disable --now portcullisd.service >/dev/null 2>&1
 stop_container
 net_down
@@ -194,5 +208,9 @@ boot
 wait_active portcullis-gate.service 60
 [ "$(inside systemctl is-active portcullisd.service || true)" != active ] || fail "portcullisd should be disabled"
 expect_port filtered "after reboot with the daemon disabled, the gate keeps it filtered"
+
+# --- 5. removing the package removes the gate (nobody could knock any more)
+inside dpkg -r portcullis >/dev/null
+expect_port closed "package removed: the table is gone"
 stop_container
 log "PASS"
