@@ -2,7 +2,8 @@
 # Boot a real systemd (Debian 12 in systemd-nspawn) with the built .deb installed, and
 # check the units from outside, over a private network:
 #   - installed, nothing changes; `systemctl enable --now` of both units: both active, the
-#     protected port is filtered from a second namespace; a knock opens it;
+#     protected port is filtered from a second namespace; a knock opens it; the API
+#     socket shows the grant;
 #   - kill -9 of the daemon: systemd restarts it, the grant is intact;
 #   - upgrade (dpkg -i again): edited config kept, daemon restarted, grant intact;
 #   - daemon disabled + reboot: the gate alone keeps the port filtered;
@@ -99,6 +100,9 @@ offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null 2>
   fail "the shipped config must protect nothing (check should refuse it)"
 sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/}' \
   "$tree/etc/portcullis/portcullis.toml"
+# The API too: its socket lives in /run/portcullis (RuntimeDirectory=) under ProtectSystem=strict.
+sed -i 's/^# \[api\]$/[api]/; s/^# socket = /socket = /; s/^# tokens_file = /tokens_file = /' "$tree/etc/portcullis/portcullis.toml"
+(umask 077 && echo "admin $(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$tree/etc/portcullis/api.tokens")
 offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null
 # No console login, no network management in the container: the host sets the addresses.
 offline systemctl mask console-getty.service systemd-networkd.service systemd-resolved.service >/dev/null 2>&1 || true
@@ -176,6 +180,8 @@ client=target/release/portcullis
 ip netns exec "$cli" "$client" knock -d 50 $SERVER 31337 47123:udp 12011
 sleep 0.5
 expect_port closed "after the knock, the knocker gets through (RST: nothing listens)"
+inside portcullis grants list | grep -q "$CLIENT" || fail "portcullis grants list (API socket) does not show the grant"
+log "ok: portcullis grants list over /run/portcullis/api.sock shows the grant"
 
 # --- 2. kill -9: systemd restarts the daemon
 pid=$(inside systemctl show -P MainPID portcullisd.service)
