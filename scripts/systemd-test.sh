@@ -77,6 +77,14 @@ if [ -z "$deb" ]; then
 fi
 log "package $deb"
 
+# --- the units' sandbox: systemd-analyze's exposure score at most 2.5 for each
+for unit in contrib/systemd/*.service; do
+  score=$(systemd-analyze security --offline=yes --no-pager "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  systemd-analyze security --offline=yes --threshold=25 "$unit" >/dev/null 2>&1 ||
+    fail "$unit: systemd-analyze security exposure ${score:-?} is above 2.5"
+  log "ok: $(basename "$unit"): exposure $score"
+done
+
 # --- the cached Debian 12 tree
 if [ ! -d "$cache" ]; then
   mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
