@@ -6,7 +6,8 @@
 #     socket shows the grant;
 #   - kill -9 of the daemon: systemd restarts it, the grant is intact;
 #   - upgrade (dpkg -i again): edited config kept, daemon restarted, grant intact;
-#   - daemon disabled + reboot: the gate alone keeps the port filtered;
+#   - daemon disabled + reboot: the gate alone keeps the port filtered, also across
+#     systemctl restart/reload nftables (which flush the ruleset);
 #   - dpkg -r: the table is removed.
 # The container only ever gets a network namespace this script creates (never the host's).
 # Needs root. SYSTEMD_TEST_SIMPLE=1 for a daemon that does not notify systemd yet.
@@ -188,7 +189,8 @@ client=target/release/portcullis
 ip netns exec "$cli" "$client" knock -d 50 $SERVER 31337 47123:udp 12011
 sleep 0.5
 expect_port closed "after the knock, the knocker gets through (RST: nothing listens)"
-inside portcullis grants list | grep -q "$CLIENT" || fail "portcullis grants list (API socket) does not show the grant"
+grants=$(inside portcullis grants list) || fail "portcullis grants list failed: $grants"
+grep -q "$CLIENT" <<<"$grants" || fail "portcullis grants list (API socket) does not show the grant: $grants"
 log "ok: portcullis grants list over /run/portcullis/api.sock shows the grant"
 
 # --- 2. kill -9: systemd restarts the daemon
@@ -222,6 +224,26 @@ boot
 wait_active portcullis-gate.service 60
 [ "$(inside systemctl is-active portcullisd.service || true)" != active ] || fail "portcullisd should be disabled"
 expect_port filtered "after reboot with the daemon disabled, the gate keeps it filtered"
+
+# Debian's nftables.service flushes the whole ruleset on start, restart and reload; the
+# gate follows it (PartOf=, ReloadPropagatedFrom=) and installs the table again.
+gates() { inside journalctl --no-pager -o cat -u portcullis-gate.service | grep -c "gate installed" || true; }
+gate_ran_since() { # count before; the propagated job may finish after systemctl returns
+  for _ in $(seq 1 25); do
+    [ "$(gates)" -gt "$1" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+before=$(gates)
+inside systemctl restart nftables.service
+[ "$(inside systemctl is-active nftables.service)" = active ] || fail "nftables.service did not start"
+gate_ran_since "$before" || fail "the gate did not follow the nftables restart"
+expect_port filtered "after systemctl restart nftables (it flushed; the gate ran again)"
+before=$(gates)
+inside systemctl reload nftables.service
+gate_ran_since "$before" || fail "the gate did not follow the nftables reload"
+expect_port filtered "after systemctl reload nftables (it flushed; the gate ran again)"
 
 # --- 5. removing the package removes the gate (nobody could knock any more)
 inside dpkg -r portcullis >/dev/null
