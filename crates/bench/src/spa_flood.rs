@@ -111,7 +111,7 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
          body: every packet passes `precheck`, is new to the ephemeral-key set and would cost X25519. fwknop \
          junk: random base64 of the length `fwknop -A tcp/22` produces, against {STANZAS} HMAC stanzas \
          (SOURCE ANY), the real one last. portcullisd budgets crypto per source /24 (native 50/s, burst 20; \
-         fwknop 1,000 HMACs/s, burst 400) under a global ceiling (native 4,000/s, fwknop 50,000 HMACs/s) with a \
+         fwknop 1,000 HMACs/s, burst 400) under a global ceiling (native 2,000/s, fwknop 50,000 HMACs/s) with a \
          small reserve for prefixes quiet for 1 s. {} s per flood; legit: {attempts} attempts, one a second, \
          each from a fresh source with {:.1} s to get tcp/22 answered.",
         secs.as_secs(),

@@ -319,7 +319,7 @@ fn native_crypto_budget_bounds_work_per_second() {
     let reserve = super::budget::NATIVE.reserve.burst;
     assert_eq!(
         spent,
-        400 - 20 + reserve,
+        super::budget::NATIVE.global.burst - 20 + reserve,
         "global burst shared by every prefix, plus the reserve for new ones"
     );
 }
