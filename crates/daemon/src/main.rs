@@ -49,6 +49,28 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
+    /// Print a kernel-only ruleset for a config's doors: nftables or iptables track the
+    /// knocks themselves and no daemon runs (see docs/kernel.md for what that cannot do).
+    Generate {
+        /// Which ruleset: nftables, iptables or ip6tables.
+        #[arg(long, value_enum)]
+        kernel: KernelArg,
+        /// Config file (native TOML, or a knockd.conf).
+        #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
+        config: PathBuf,
+        /// Config syntax: auto (detect), native or knockd.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
+        /// Write the ruleset to this file (atomically, mode 0600) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also write portcullis-kernel.service (and .timer for rotating doors) here.
+        #[arg(long)]
+        systemd_units: Option<PathBuf>,
+        /// Generate for this time (RFC 3339 UTC or @UNIX-SECONDS) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
     Convert {
         /// The file to convert.
@@ -90,6 +112,24 @@ impl From<FormatArg> for config::Format {
     }
 }
 
+/// `--kernel` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KernelArg {
+    Nftables,
+    Iptables,
+    Ip6tables,
+}
+
+impl From<KernelArg> for portcullis_daemon::kernel::Kind {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Nftables => Self::Nftables,
+            KernelArg::Iptables => Self::Iptables,
+            KernelArg::Ip6tables => Self::Ip6tables,
+        }
+    }
+}
+
 /// `--log` values.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogArg {
@@ -112,6 +152,16 @@ fn main() -> ExitCode {
             run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
         }
         Command::Check { config, format } => cmd::check::check(&config, format.into()),
+        Command::Generate { kernel, config, format, output, systemd_units, at } => {
+            cmd::generate::generate(&cmd::generate::GenerateArgs {
+                kind: kernel.into(),
+                config,
+                format: format.into(),
+                output,
+                systemd_units,
+                at,
+            })
+        }
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),

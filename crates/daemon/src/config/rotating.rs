@@ -113,9 +113,7 @@ pub(super) fn validate(
             };
             let protocols = match &raw.protocols {
                 None => Protocols::Tcp,
-                Some(p) => {
-                    p.get_ref().parse().map_err(|e| (p.span(), format!("rotating.protocols: {e}")))?
-                }
+                Some(p) => p.get_ref().parse().map_err(|e| (p.span(), format!("rotating.protocols: {e}")))?,
             };
             Algorithm::HmacSha256 { step_secs, protocols }
         }
