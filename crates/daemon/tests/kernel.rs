@@ -175,3 +175,90 @@ fn iptables_recent_ruleset_knocks_without_a_daemon() {
     k.server(&[&iptables, "-I", "INPUT", "1", "-j", "PORTCULLIS-KNOCK"]);
     k.knock_checks();
 }
+
+/// `portcullis sequence` for the rotating door below at Unix time `at`.
+fn sequence_at(secret: &std::path::Path, at: u64) -> Vec<String> {
+    let out = std::process::Command::new(client_bin())
+        .args(["sequence", "--algorithm", "hmac-sha256", "--secret-file"])
+        .arg(secret)
+        .args(["--range", "20000-20999", "--count", "3", "--step", "2s", "--at", &format!("@{at}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "portcullis sequence: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn nftables_rotating_door_follows_the_steps_and_burns_used_sequences() {
+    if !root_or_skip("nftables_rotating_door_follows_the_steps_and_burns_used_sequences") {
+        return;
+    }
+    let conf = r#"
+[[door]]
+name = "rot"
+rotating = { algorithm = "hmac-sha256", secret_file = "rot.secret", range = "20000-20999", count = 3, step = "2s" }
+seq_timeout = "5s"
+open = ["tcp/2222"]
+open_for = "30s"
+"#;
+    let k = Kernel::new("krot", conf);
+    let secret = k.dir.join("rot.secret");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&secret).unwrap();
+        std::io::Write::write_all(&mut f, b"kernel rotating test secret\n").unwrap();
+    }
+    // Fixed times (the ruleset follows --at, not the clock): steps 1000 and 1001.
+    let (t0, t1) = (2000u64, 2002u64);
+    let knock = tool("knock");
+    let (c, o) = (k.lab.client.clone(), k.lab.other.clone());
+    let knock_from = |ns: &str, dst: &str, seq: &[String]| {
+        let mut args = vec![knock.as_str(), "-d", "50", dst];
+        args.extend(seq.iter().map(String::as_str));
+        run_ok(&k.lab, ns, &args);
+    };
+    let load = |at: u64| {
+        let rules = k.generate("nftables", &["--at", &format!("@{at}")]);
+        k.server(&["nft", "-f", rules.to_str().unwrap()]);
+    };
+
+    load(t0);
+    let older = sequence_at(&secret, t0 - 2 * 2); // step 998: two steps back
+    knock_from(&c, lab::SERVER4, &older);
+    assert!(
+        !k.wait_probe(&c, lab::SERVER4, Probe::Open, Duration::from_millis(500)),
+        "a sequence two steps old opened the door"
+    );
+    let previous = sequence_at(&secret, t0 - 2); // step 999
+    knock_from(&c, lab::SERVER4, &previous);
+    assert!(
+        k.wait_probe(&c, lab::SERVER4, Probe::Open, Duration::from_secs(2)),
+        "previous step did not open"
+    );
+
+    // The current step's sequence, sniffed and replayed from another host after the
+    // client used it: refused.
+    let current = sequence_at(&secret, t0);
+    knock_from(&c, lab::SERVER4, &current);
+    knock_from(&o, lab::SERVER4_OTHER, &current);
+    assert!(
+        !k.wait_probe(&o, lab::SERVER4_OTHER, Probe::Open, Duration::from_millis(500)),
+        "a burnt sequence opened the door for another source"
+    );
+
+    // Next step: the ruleset is regenerated in place (state kept): the client's grant
+    // survives, the new step's sequence opens for the other host, the burnt one
+    // (now the previous step) still does not.
+    load(t1);
+    assert_eq!(k.probe(&c, lab::SERVER4), Probe::Open, "a reload closed a live grant");
+    knock_from(&o, lab::SERVER4_OTHER, &current);
+    assert!(
+        !k.wait_probe(&o, lab::SERVER4_OTHER, Probe::Open, Duration::from_millis(500)),
+        "a burnt sequence opened after the step changed"
+    );
+    knock_from(&o, lab::SERVER4_OTHER, &sequence_at(&secret, t1));
+    assert!(
+        k.wait_probe(&o, lab::SERVER4_OTHER, Probe::Open, Duration::from_secs(2)),
+        "the new step's sequence did not open"
+    );
+}

@@ -92,9 +92,13 @@ pub fn render(plan: &KernelPlan, header: &[String], max_grants: u32) -> String {
                 for j in 1..slot.sequence.len() {
                     let _ = writeln!(s, "flush set {t} {}", stage(slot, j, x));
                 }
-                let _ = writeln!(s, "flush set {t} {}_owner{x}", slot.id);
+                if d.burn {
+                    let _ = writeln!(s, "flush set {t} {}_owner{x}", slot.id);
+                }
             }
-            let _ = writeln!(s, "flush set {t} {}_burnt", slot.id);
+            if d.burn {
+                let _ = writeln!(s, "flush set {t} {}_burnt", slot.id);
+            }
         }
     }
     if !plan.protected.is_empty() {

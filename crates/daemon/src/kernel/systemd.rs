@@ -17,16 +17,13 @@ pub fn on_calendar(step: u64) -> Option<String> {
     if step == 0 {
         return None;
     }
-    if 60 % step == 0 {
-        return Some(format!("*-*-* *:*:00/{step} UTC"));
+    if step % 3600 == 0 {
+        return (86_400 % step == 0).then(|| format!("*-*-* 00/{}:00:00 UTC", step / 3600));
     }
-    if step % 60 == 0 && 3600 % step == 0 {
-        return Some(format!("*-*-* *:00/{}:00 UTC", step / 60));
+    if step % 60 == 0 {
+        return (3600 % step == 0).then(|| format!("*-*-* *:00/{}:00 UTC", step / 60));
     }
-    if step % 3600 == 0 && 86_400 % step == 0 {
-        return Some(format!("*-*-* 00/{}:00:00 UTC", step / 3600));
-    }
-    None
+    (60 % step == 0).then(|| format!("*-*-* *:*:00/{step} UTC"))
 }
 
 /// The service: regenerate for the current time, then load.
