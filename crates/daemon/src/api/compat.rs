@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::grants::{parse_address, parse_port};
 use super::{blocking, view, AppState, Caller};
-use crate::store::{Filter, RevokeError, RevokeTarget};
+use crate::grants::{RevokeError, RevokeTarget};
+use crate::store::Filter;
 
 /// Largest compat request body: a request is three short fields.
 pub const MAX_BODY: usize = 4 * 1024;
@@ -142,17 +143,13 @@ pub async fn knock(
             tracing::info!("{addr}: api: {origin}: opened {service} ({}s) via /api/portknock", d.as_secs());
             Ok(ok())
         }
-        Action::Deny => {
-            let store = state.granter.store()?;
-            let rx = store.revoke(RevokeTarget::Key(addr, service), &caller.0)?;
-            match rx.await.map_err(|_| ApiError::from(crate::store::StoreError::Busy))? {
-                Ok(_) => Ok(ok()),
-                Err(RevokeError::NotFound) => {
-                    Err(ApiError::not_found(format!("no active grant for {addr} {service}")))
-                }
-                Err(e) => Err(e.into()),
+        Action::Deny => match state.granter.revoke(RevokeTarget::Key(addr, service), &caller.0).await {
+            Ok(_) => Ok(ok()),
+            Err(RevokeError::NotFound) => {
+                Err(ApiError::not_found(format!("no active grant for {addr} {service}")))
             }
-        }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 pub use portcullis_api::ErrorBody;
 use serde::de::DeserializeOwned;
 
-use crate::grants::GrantError;
-use crate::store::{RevokeError, StoreError};
+use crate::grants::{GrantError, RevokeError};
+use crate::store::StoreError;
 
 /// An API error.
 #[derive(Debug, Clone)]

@@ -16,7 +16,8 @@ use portcullis_proto::{Proto, Service};
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::{blocking, view, AppState, Caller};
-use crate::store::{Filter, Origin, OriginKind, RevokeTarget};
+use crate::grants::{Origin, OriginKind, RevokeTarget};
+use crate::store::Filter;
 use portcullis_proto::addr::canonical as fold;
 
 /// Parse and check an address a grant may be for.
@@ -135,13 +136,8 @@ pub async fn create_grant(
         d.as_secs(),
         state.granter.driver_name()
     );
-    let store = state.granter.store()?.clone();
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let views = blocking(move || {
-        ids.iter().filter_map(|&id| store.get(id).transpose()).collect::<Result<Vec<_>, _>>()
-    })
-    .await??;
-    Ok((StatusCode::CREATED, Json(Created { grants: view::grants(&views), warnings })))
+    let now = state.granter.clock().now_ms();
+    Ok((StatusCode::CREATED, Json(Created { grants: view::grants(&rows, now), warnings })))
 }
 
 /// Parse a list query into a store filter.
@@ -199,7 +195,7 @@ pub async fn list_grants(
     let store = state.granter.store()?.clone();
     let (page, per_page) = (f.page, f.per_page);
     let (items, total) = blocking(move || store.list(&f)).await??;
-    Ok(Json(GrantPage { items: view::grants(&items), page, per_page, total }))
+    Ok(Json(GrantPage { items: view::grants(&items, state.granter.clock().now_ms()), page, per_page, total }))
 }
 
 /// One grant record.
@@ -220,7 +216,7 @@ pub async fn get_grant(
 ) -> Result<Json<GrantView>, ApiError> {
     let store = state.granter.store()?.clone();
     match blocking(move || store.get(id)).await?? {
-        Some(r) => Ok(Json(view::grant(&r, crate::store::now_ms()))),
+        Some(r) => Ok(Json(view::grant(&r, state.granter.clock().now_ms()))),
         None => Err(ApiError::not_found(format!("no grant {id}"))),
     }
 }
@@ -245,10 +241,8 @@ pub async fn revoke_grant(
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<GrantView>, ApiError> {
-    let store = state.granter.store()?;
-    let rx = store.revoke(RevokeTarget::Id(id), &caller.0)?;
-    let r = rx.await.map_err(|_| ApiError::from(crate::store::StoreError::Busy))??;
-    Ok(Json(view::grant(&r, crate::store::now_ms())))
+    let r = state.granter.revoke(RevokeTarget::Id(id), &caller.0).await?;
+    Ok(Json(view::grant(&r, state.granter.clock().now_ms())))
 }
 
 /// Health of firewall and store.

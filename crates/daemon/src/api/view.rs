@@ -44,8 +44,7 @@ pub fn grant(r: &GrantRecord, now_ms: i64) -> GrantView {
 }
 
 /// Native views of `rows`, now.
-pub fn grants(rows: &[GrantRecord]) -> Vec<GrantView> {
-    let now = crate::store::now_ms();
+pub fn grants(rows: &[GrantRecord], now: i64) -> Vec<GrantView> {
     rows.iter().map(|r| grant(r, now)).collect()
 }
 
@@ -64,7 +63,7 @@ pub fn knock_item(r: &GrantRecord) -> KnockItem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Origin, OriginKind};
+    use crate::grants::{Origin, OriginKind};
     use portcullis_api::Protocol;
     use portcullis_proto::Service;
 
