@@ -47,6 +47,28 @@ impl RotatingDoor {
         }
     }
 
+    /// The inline TOML table of this definition (`secret_file` already quoted).
+    pub fn to_toml(&self, secret_file: &str) -> String {
+        let r = &self.rotation;
+        let extra = match r.algorithm() {
+            Algorithm::Md5Hourly => String::new(),
+            Algorithm::HmacSha256 { step_secs, protocols } => {
+                let p = match protocols {
+                    Protocols::Tcp => "tcp",
+                    Protocols::Udp => "udp",
+                    Protocols::Mixed => "mixed",
+                };
+                format!(", step = \"{step_secs}s\", protocols = \"{p}\"")
+            }
+        };
+        format!(
+            "{{ algorithm = \"{}\", secret_file = {secret_file}, range = \"{}\", count = {}{extra} }}",
+            self.algorithm_name(),
+            r.range(),
+            r.count()
+        )
+    }
+
     /// The sequences a knock may follow at Unix time `now`: the current step's and the
     /// previous step's (clock skew, knocks straddling a boundary), newest first.
     pub fn accepted_at(&self, now: u64) -> [(u64, Vec<Service>); 2] {
