@@ -205,7 +205,13 @@ open_for = "30s"
     let secret = k.dir.join("rot.secret");
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&secret).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&secret)
+            .unwrap();
         std::io::Write::write_all(&mut f, b"kernel rotating test secret\n").unwrap();
     }
     // Fixed times (the ruleset follows --at, not the clock): steps 1000 and 1001.

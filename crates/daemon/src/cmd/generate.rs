@@ -98,7 +98,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
 
 fn write_units(dir: &Path, exe: &Path, config: &Path, step: Option<u64>) -> anyhow::Result<()> {
     for p in [exe, config] {
-        if p.to_str().map_or(true, |s| s.chars().any(|c| c.is_whitespace() || c == '%' || c == '"')) {
+        if p.to_str().is_none_or(|s| s.chars().any(|c| c.is_whitespace() || c == '%' || c == '"')) {
             bail!("{}: a path with spaces, quotes or '%' cannot go into a unit file unquoted", p.display());
         }
     }

@@ -471,7 +471,13 @@ mod rotating_tests {
 
     fn engine(dir: &std::path::Path) -> (Engine, config::RotatingDoor) {
         let secret = dir.join("door.secret");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&secret).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&secret)
+            .unwrap();
         std::io::Write::write_all(&mut f, b"engine test secret\n").unwrap();
         let text = format!(
             "[[door]]\nname = \"rot\"\nrotating = {{ algorithm = \"hmac-sha256\", secret_file = \"{}\", \

@@ -46,7 +46,7 @@ pub fn render(plan: &KernelPlan, header: &[String], v6: bool) -> String {
         }
     }
     let doors: Vec<&KernelDoor> =
-        plan.doors.iter().filter(|d| d.target.map_or(true, |t| t.is_ipv6() == v6)).collect();
+        plan.doors.iter().filter(|d| d.target.is_none_or(|t| t.is_ipv6() == v6)).collect();
     let _ = writeln!(s, "\n*filter");
     let _ = writeln!(s, ":{CHAIN} - [0:0]");
     for d in &doors {
