@@ -268,3 +268,60 @@ open_for = "30s"
         "the new step's sequence did not open"
     );
 }
+
+#[test]
+fn generate_writes_units_and_refuses_what_the_kernel_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.path().join("s"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"units test secret\n").unwrap();
+    }
+    let conf = dir.path().join("p.toml");
+    std::fs::write(
+        &conf,
+        r#"
+[[door]]
+name = "rot"
+rotating = { algorithm = "md5-hourly", secret_file = "s", range = "10000-10999", count = 4 }
+open = ["tcp/22"]
+
+[[door]]
+name = "cmd"
+sequence = [1000, 2000, 3000]
+start_command = "logger %IP%"
+"#,
+    )
+    .unwrap();
+    let gen = |args: &[&str]| {
+        std::process::Command::new(daemon_bin())
+            .args(["generate", "--config", conf.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let units = dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let out = gen(&["--kernel", "nftables", "--systemd-units", units.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("door cmd: skipped: start/stop commands need the daemon"), "{stderr}");
+    let timer = std::fs::read_to_string(units.join("portcullis-kernel.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=*-*-* 00/1:00:00 UTC"), "md5-hourly rotates hourly:\n{timer}");
+    let service = std::fs::read_to_string(units.join("portcullis-kernel.service")).unwrap();
+    assert!(service.contains(&format!("--config {}", std::fs::canonicalize(&conf).unwrap().display())));
+    let ruleset = String::from_utf8_lossy(&out.stdout);
+    assert!(ruleset.contains("What kernel mode cannot do") && ruleset.contains("no SPA"), "{ruleset}");
+
+    // iptables cannot rotate, and the other door runs commands: nothing left, exit 2.
+    let out = gen(&["--kernel", "iptables"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no door can run in kernel mode"));
+    assert!(out.stdout.is_empty());
+}

@@ -186,3 +186,66 @@ pub fn read_root_secret(path: &Path) -> Result<Vec<u8>, String> {
     }
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::config;
+
+    fn parse(dir: &std::path::Path, rotating: &str, extra: &str) -> Result<config::Config, String> {
+        let text = format!("[[door]]\nname = \"r\"\nrotating = {rotating}\nopen = [\"tcp/22\"]\n{extra}");
+        config::parse(&text, &dir.join("p.toml")).map_err(|e| e.to_string())
+    }
+
+    fn secret(dir: &std::path::Path, mode: u32) {
+        let p = dir.join("s");
+        std::fs::write(&p, "f00b4r\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    const OK: &str = r#"{ algorithm = "hmac-sha256", secret_file = "s", range = "10000-10999", count = 5 }"#;
+
+    #[test]
+    fn a_valid_rotating_door_has_no_fixed_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        secret(dir.path(), 0o600);
+        let c = parse(dir.path(), OK, "").unwrap();
+        let d = &c.doors[0];
+        assert!(d.sequence.is_empty());
+        let r = d.rotating.as_ref().unwrap();
+        assert_eq!(r.rotation.step_secs(), 30);
+        assert_eq!(r.secret_file, dir.path().join("s"));
+        // The docs' vector: 2008-08-19T17:59:12Z.
+        let [(step, seq), (prev, _)] = r.accepted_at(1_219_168_752);
+        assert_eq!((step, prev), (40_638_958, 40_638_957));
+        assert_eq!(portcullis_proto::rotate::format_knocks(&seq), "10088 10979 10708 10718 10193");
+        assert!(!format!("{r:?}").contains("f00b4r"), "the secret never shows in Debug");
+    }
+
+    #[test]
+    fn bad_rotating_definitions_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        secret(dir.path(), 0o640);
+        let e = parse(dir.path(), OK, "").unwrap_err();
+        assert!(e.contains("mode 0640") && e.contains("chmod 600"), "{e}");
+        secret(dir.path(), 0o600);
+        let cases = [
+            (OK.replace("count = 5", "count = 5, step = \"1500ms\""), "whole seconds"),
+            (OK.replace("10000-10999", "10000-10003"), "fewer than the 5 knocks"),
+            (
+                OK.replace("hmac-sha256", "md5-hourly").replace("count = 5", "count = 5, step = \"60s\""),
+                "UTC hour",
+            ),
+            (OK.replace("hmac-sha256", "sha1"), "md5-hourly or hmac-sha256"),
+            (OK.replace("\"s\"", "\"missing\""), "cannot open"),
+            (OK.replace("count = 5", "count = 5, protocols = \"sctp\""), "tcp, udp or mixed"),
+        ];
+        for (rot, want) in cases {
+            let e = parse(dir.path(), &rot, "").unwrap_err();
+            assert!(e.contains(want), "{rot}: {e}");
+        }
+        let e = parse(dir.path(), OK, "sequence = [1, 2, 3]\n").unwrap_err();
+        assert!(e.contains("rotating replaces sequence"), "{e}");
+    }
+}
