@@ -68,12 +68,20 @@ impl Kernel {
         wait_until(limit, || self.probe(ns, addr) == want)
     }
 
-    /// No portcullisd process may exist for the "no daemon" claim to mean anything.
+    /// No portcullisd may run in the server namespace for "no daemon" to mean anything
+    /// (other tests may run daemons in their own namespaces at the same time).
     fn assert_no_daemon(&self) {
-        let out = self.lab.exec(&self.lab.server, &["ps", "-eo", "comm"]).unwrap();
-        let ps = String::from_utf8_lossy(&out.stdout);
-        // Any daemon would be a child of this test; there is none in its process list.
-        assert!(!ps.lines().any(|l| l.trim() == "portcullisd"), "a portcullisd is running:\n{ps}");
+        use std::os::unix::fs::MetadataExt;
+        let ns = std::fs::metadata(format!("/run/netns/{}", self.lab.server)).unwrap().ino();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let p = entry.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            if comm.trim() != "portcullisd" {
+                continue;
+            }
+            let in_ns = std::fs::metadata(p.join("ns/net")).is_ok_and(|m| m.ino() == ns);
+            assert!(!in_ns, "portcullisd {} runs in the server namespace", p.display());
+        }
     }
 
     /// The checks shared by both rulesets (IPv4).
