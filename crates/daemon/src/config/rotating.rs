@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn weak_rotating_doors_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        secret(dir.path(), 0o600);
+        let weak = r#"{ algorithm = "md5-hourly", secret_file = "s", range = "1-1000", count = 2 }"#;
+        let w = parse(dir.path(), weak, "").unwrap().warnings().join("\n");
+        for want in ["only 2 knock(s) per step", "contains protected port tcp/22", "prefer hmac-sha256"] {
+            assert!(w.contains(want), "missing {want:?} in\n{w}");
+        }
+        assert!(parse(dir.path(), OK, "").unwrap().warnings().is_empty());
+    }
+
+    #[test]
     fn bad_rotating_definitions_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         secret(dir.path(), 0o640);
