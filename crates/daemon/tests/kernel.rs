@@ -322,6 +322,25 @@ start_command = "logger %IP%"
     assert!(stderr.contains("door cmd: skipped: start/stop commands need the daemon"), "{stderr}");
     let timer = std::fs::read_to_string(units.join("portcullis-kernel.timer")).unwrap();
     assert!(timer.contains("OnCalendar=*-*-* 00/1:00:00 UTC"), "md5-hourly rotates hourly:\n{timer}");
+    // systemd itself reads the calendar as hourly, in UTC.
+    match lab::preflight::find_tool("systemd-analyze") {
+        Some(sa) => {
+            let out = std::process::Command::new(sa)
+                .args(["calendar", "--iterations=2"])
+                .arg(timer.lines().find_map(|l| l.strip_prefix("OnCalendar=")).unwrap())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+            let elapses: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("elapse:") || l.contains("Iter."))
+                .filter(|l| l.ends_with(":00:00 UTC"))
+                .collect();
+            assert_eq!(elapses.len(), 2, "{text}");
+        }
+        None => lab::preflight::cannot_run("calendar check", "systemd-analyze is not installed"),
+    }
     let service = std::fs::read_to_string(units.join("portcullis-kernel.service")).unwrap();
     assert!(service.contains(&format!("--config {}", std::fs::canonicalize(&conf).unwrap().display())));
     let ruleset = String::from_utf8_lossy(&out.stdout);

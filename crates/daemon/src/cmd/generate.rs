@@ -114,7 +114,7 @@ fn write_units(dir: &Path, exe: &Path, config: &Path, step: Option<u64>) -> anyh
         "portcullisd: wrote {} in {}; then: systemctl daemon-reload && systemctl enable --now {}",
         wrote.join(" and "),
         dir.display(),
-        wrote.last().copied().unwrap_or(systemd::SERVICE)
+        wrote.join(" ")
     );
     Ok(())
 }
