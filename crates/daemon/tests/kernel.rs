@@ -182,6 +182,22 @@ fn iptables_recent_ruleset_knocks_without_a_daemon() {
     }
     k.server(&[&iptables, "-I", "INPUT", "1", "-j", "PORTCULLIS-KNOCK"]);
     k.knock_checks();
+
+    // IPv6: the ip6tables ruleset, its own lists.
+    let rules6 = k.generate("ip6tables", &[]);
+    let restore6 = tool("ip6tables-restore");
+    let out =
+        k.lab.exec(&k.lab.server, &["sh", "-c", &format!("{restore6} --noflush < {}", rules6.display())]);
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    k.server(&[&tool("ip6tables"), "-I", "INPUT", "1", "-j", "PORTCULLIS-KNOCK"]);
+    let c = k.lab.client.clone();
+    assert_eq!(k.probe(&c, lab::SERVER6), Probe::Filtered);
+    let knock = tool("knock");
+    k.client(&[&knock, "-6", "-d", "50", lab::SERVER6, "9000", "8000:udp", "7000"]);
+    assert!(!k.wait_probe(&c, lab::SERVER6, Probe::Open, Duration::from_millis(500)), "wrong order opened");
+    k.client(&[&knock, "-6", "-d", "50", lab::SERVER6, "7000", "8000:udp", "9000"]);
+    assert!(k.wait_probe(&c, lab::SERVER6, Probe::Open, Duration::from_secs(2)), "IPv6 knock did not open");
 }
 
 /// `portcullis sequence` for the rotating door below at Unix time `at`.
