@@ -101,7 +101,8 @@ impl Engine {
                 changed = true;
             }
         }
-        self.rotation_due = due;
+        // No rotating door: never look again (the packet path stays O(1)).
+        self.rotation_due = Some(due.unwrap_or(u64::MAX));
         if changed {
             self.rotation_generation += 1;
         }
