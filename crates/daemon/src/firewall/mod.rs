@@ -107,6 +107,22 @@ pub struct Plan {
     pub accept_table: Option<AdminTable>,
 }
 
+/// The plan for `protected` services under the config's firewall settings.
+pub fn plan(protected: Vec<Service>, max_grants: u32, f: &crate::config::FirewallSettings) -> Plan {
+    Plan {
+        protected,
+        max_grants,
+        mode: if f.accept { Mode::Accept } else { Mode::Gate },
+        forward: f.gate_forward,
+        chain: f.iptables_chain.clone(),
+        jump_position: f.iptables_jump,
+        accept_table: f
+            .accept_table
+            .as_ref()
+            .map(|(family, name)| AdminTable { family: family.clone(), name: name.clone() }),
+    }
+}
+
 /// Default iptables chain name.
 pub const DEFAULT_CHAIN: &str = "PORTCULLIS";
 

@@ -38,6 +38,8 @@ const ATTR_REVISION: u16 = 4;
 const ATTR_FAMILY: u16 = 5;
 const ATTR_DATA: u16 = 7;
 const ATTR_ADT: u16 = 8;
+/// Required beside `ADT` (it numbers entries in error reports, for `ipset restore`).
+const ATTR_LINENO: u16 = 9;
 
 const ATTR_IP: u16 = 1;
 const ATTR_IPADDR_IPV4: u16 = 1;
@@ -230,6 +232,7 @@ fn adt_messages(cmd: u8, set: &str, entries: &[Entry], first_seq: u32) -> Vec<Ve
         .map(|(chunk, seq)| {
             let mut m = Msg::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq);
             m.string(ATTR_SETNAME, set);
+            m.attr(ATTR_LINENO, &0u32.to_ne_bytes());
             m.open(ATTR_ADT);
             for e in chunk {
                 m.entry(&e.addr, e.service.as_ref(), (cmd == CMD_ADD).then_some(e.timeout_s));
@@ -519,14 +522,15 @@ mod tests {
         let top: Vec<(u16, &[u8])> = attrs(&m[NLMSG_HDRLEN + NFGENMSG_LEN..]).collect();
         assert_eq!(top[0], (ATTR_PROTOCOL, &[6u8][..]));
         assert_eq!(top[1], (ATTR_SETNAME, &b"pc4\0"[..]));
-        assert_eq!(top[2].0, ATTR_ADT);
+        assert_eq!(top[3].0, ATTR_ADT);
         let mut out = Vec::new();
         parse_list(&m[NLMSG_HDRLEN..], &mut out);
         assert_eq!(out, [e]);
         // Flags the kernel insists on.
         let raw = &m[NLMSG_HDRLEN + NFGENMSG_LEN..];
-        // protocol (8 bytes with padding) + "pc4\0" (8), then the ADT header.
-        assert_eq!(u16::from_ne_bytes([raw[18], raw[19]]), ATTR_ADT | NLA_F_NESTED);
+        // protocol (8 bytes with padding) + "pc4\0" (8) + lineno (8), then the ADT header.
+        assert_eq!(top[2].0, ATTR_LINENO);
+        assert_eq!(u16::from_ne_bytes([raw[26], raw[27]]), ATTR_ADT | NLA_F_NESTED);
     }
 
     #[test]
