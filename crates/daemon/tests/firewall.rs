@@ -159,16 +159,20 @@ fn driver(b: Backend) -> Box<dyn FirewallDriver> {
 }
 
 /// The server namespace routes between client and other; `other` runs the inside
-/// service on tcp/22 (its default route is the server, so replies come back).
-fn routed_lab(tag: &str) -> (Lab, TcpListener) {
+/// service on tcp/22 (its default route is the server, so replies come back). The
+/// service accepts and closes every connection, so that many probes never fill its
+/// listen queue (which would look like a drop).
+fn routed_lab(tag: &str) -> Lab {
     let lab = Lab::new(tag).unwrap();
     run_ok(&lab, &lab.server, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     let inside = lab.in_ns(&lab.other, || TcpListener::bind(("0.0.0.0", 22)).unwrap()).unwrap();
-    (lab, inside)
+    // Ends with the test process; the namespace (and socket) go when the lab drops.
+    std::thread::spawn(move || inside.incoming().for_each(drop));
+    lab
 }
 
 fn nat_grant_reaches_the_inside_host_for_its_source_only(b: Backend, tag: &str) {
-    let (lab, _inside) = routed_lab(tag);
+    let lab = routed_lab(tag);
     let (client, other) = (lab.client.clone(), lab.other.clone());
     lab.in_ns(&lab.server, move || {
         let mut d = driver(b);
@@ -226,7 +230,7 @@ fn admin_port_forward(lab: &Lab) {
 }
 
 fn forwarded_service_is_gated(b: Backend, tag: &str) {
-    let (lab, _inside) = routed_lab(tag);
+    let lab = routed_lab(tag);
     admin_port_forward(&lab);
     let client = lab.client.clone();
     lab.in_ns(&lab.server, move || {
