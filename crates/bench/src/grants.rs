@@ -495,10 +495,7 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
     for r in &drv_runs {
         if let (Some(f), Some(l)) = (r.points.first(), r.points.last()) {
             report.check(
-                &format!(
-                    "same target with portcullis' {} driver (ipset)",
-                    r.label
-                ),
+                &format!("same target with portcullis' {} driver (ipset)", r.label),
                 format!(
                     "{} grant: {} vs {} ({}); revoke {} vs {}",
                     thousands(l.n),

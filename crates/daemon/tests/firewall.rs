@@ -64,7 +64,10 @@ fn ipset_grants_close_on_time_after_kill_9() {
     s.kill9();
     assert!(wait_probe(&s.lab.client, lab::SERVER4, 22, Probe::Filtered, Duration::from_secs(6)));
     let closed = knocked.elapsed();
-    assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
     assert!(!ipset_list(&s, "portcullis4").contains(lab::CLIENT4));
 }
 
@@ -73,7 +76,9 @@ fn iptables_accept_mode_opens_a_default_drop_host() {
     if !root_or_skip("iptables_accept_mode_opens_a_default_drop_host") {
         return;
     }
-    let conf = format!("[daemon]\nbackend = \"iptables\"\nmode = \"accept\"\niptables_chain = \"FWKNOP_INPUT\"\n\n{DOOR}");
+    let conf = format!(
+        "[daemon]\nbackend = \"iptables\"\nmode = \"accept\"\niptables_chain = \"FWKNOP_INPUT\"\n\n{DOOR}"
+    );
     let s = Server::start("fw-ipt-accept", &conf, &[22]);
     // The host: INPUT policy DROP, only loopback and established/related accepted.
     s.lab.iptables_baseline(&s.lab.server, Baseline::DropAll).unwrap();
@@ -84,7 +89,10 @@ fn iptables_accept_mode_opens_a_default_drop_host() {
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 22), Probe::Filtered, "only the knocking source");
     assert!(wait_probe(&s.lab.client, lab::SERVER4, 22, Probe::Filtered, Duration::from_secs(6)));
     let closed = knocked.elapsed();
-    assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
 }
 
 #[test]
@@ -131,15 +139,20 @@ fn nftables_accept_mode_through_the_admins_table() {
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 22), Probe::Filtered, "only the knocking source");
     assert!(wait_probe(&s.lab.client, lab::SERVER4, 22, Probe::Filtered, Duration::from_secs(6)));
     let closed = knocked.elapsed();
-    assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
 
     // Teardown leaves the admin's jump target in place (emptied) and their table intact.
     let conf = s.dir.join("portcullis.toml");
     s.kill9();
-    let out = s.lab.exec(&s.lab.server, &[daemon_bin(), "teardown", "--config", conf.to_str().unwrap()]).unwrap();
+    let out =
+        s.lab.exec(&s.lab.server, &[daemon_bin(), "teardown", "--config", conf.to_str().unwrap()]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listing = String::from_utf8_lossy(&s.lab.exec(&s.lab.server, &["nft", "list", "ruleset"]).unwrap().stdout)
-        .into_owned();
+    let listing =
+        String::from_utf8_lossy(&s.lab.exec(&s.lab.server, &["nft", "list", "ruleset"]).unwrap().stdout)
+            .into_owned();
     assert!(listing.contains("jump portcullis") && !listing.contains("portcullis_allow4"), "{listing}");
     assert!(!listing.contains("table inet portcullis"), "{listing}");
 }
@@ -176,7 +189,13 @@ fn nat_grant_reaches_the_inside_host_for_its_source_only(b: Backend, tag: &str) 
     let (client, other) = (lab.client.clone(), lab.other.clone());
     lab.in_ns(&lab.server, move || {
         let mut d = driver(b);
-        let plan = Plan { protected: vec![Service::tcp(22)], max_grants: 64, nat: true, forward: true, ..Plan::default() };
+        let plan = Plan {
+            protected: vec![Service::tcp(22)],
+            max_grants: 64,
+            nat: true,
+            forward: true,
+            ..Plan::default()
+        };
         d.adopt(&plan);
         d.setup(&plan).unwrap();
         let g = NatGrant {
@@ -190,10 +209,20 @@ fn nat_grant_reaches_the_inside_host_for_its_source_only(b: Backend, tag: &str) 
         d.grant_nat(&[g]).unwrap();
         let granted = Instant::now();
         assert_eq!(probe_from(&client, lab::SERVER4, 2222), Probe::Open, "forwarded to the inside host");
-        assert_eq!(probe_from(&other, lab::SERVER4_OTHER, 2222), Probe::Closed, "a stranger is not forwarded");
-        assert!(wait_probe(&client, lab::SERVER4, 2222, Probe::Closed, Duration::from_secs(6)), "never expired");
+        assert_eq!(
+            probe_from(&other, lab::SERVER4_OTHER, 2222),
+            Probe::Closed,
+            "a stranger is not forwarded"
+        );
+        assert!(
+            wait_probe(&client, lab::SERVER4, 2222, Probe::Closed, Duration::from_secs(6)),
+            "never expired"
+        );
         let closed = granted.elapsed();
-        assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "after {closed:?}");
+        assert!(
+            closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5),
+            "after {closed:?}"
+        );
         // Revoke closes at once.
         d.grant_nat(&[g]).unwrap();
         assert_eq!(probe_from(&client, lab::SERVER4, 2222), Probe::Open);
@@ -225,7 +254,21 @@ fn admin_port_forward(lab: &Lab) {
     run_ok(
         lab,
         &lab.server,
-        &["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "2200", "-j", "DNAT", "--to-destination", &to],
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "2200",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ],
     );
 }
 
@@ -243,7 +286,8 @@ fn forwarded_service_is_gated(b: Backend, tag: &str) {
         plan.forward = true;
         d.setup(&plan).unwrap();
         assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Filtered, "a stranger is filtered");
-        d.grant(&[Grant { addr: client_ip, service: Service::tcp(2200), timeout: Duration::from_secs(30) }]).unwrap();
+        d.grant(&[Grant { addr: client_ip, service: Service::tcp(2200), timeout: Duration::from_secs(30) }])
+            .unwrap();
         assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Open, "the granted source gets through");
         d.revoke(&[(client_ip, Service::tcp(2200))]).unwrap();
         assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Filtered, "revoked");

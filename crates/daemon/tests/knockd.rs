@@ -282,7 +282,8 @@ fn iptables_backend(variant: &str) {
     let save = format!("{variant}-save");
     let rules = || String::from_utf8_lossy(&s.lab.exec(&s.lab.server, &[&save]).unwrap().stdout).into_owned();
     let ipset = |set: &str| {
-        String::from_utf8_lossy(&s.lab.exec(&s.lab.server, &["ipset", "list", set]).unwrap().stdout).into_owned()
+        String::from_utf8_lossy(&s.lab.exec(&s.lab.server, &["ipset", "list", set]).unwrap().stdout)
+            .into_owned()
     };
     assert!(rules().contains("-A INPUT -j PORTCULLIS"), "{}", rules());
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered, "protected");

@@ -12,8 +12,9 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::model::{
-    valid_ifname, Backend, FirewallSettings, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
-    LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
+    valid_ifname, Backend, CommandLine, Commands, Config, DaemonSettings, Door, FirewallSettings, Interfaces,
+    IptablesVariant, LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED,
+    MAX_SEQUENCE,
 };
 use super::one_time::load_one_time;
 use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
@@ -216,8 +217,14 @@ impl Validator<'_> {
                 self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
             }
         };
-        let mut firewall =
-            self.firewall(&raw.mode, raw.gate_forward, raw.iptables_chain, raw.iptables_jump, raw.accept_table, backend)?;
+        let mut firewall = self.firewall(
+            &raw.mode,
+            raw.gate_forward,
+            raw.iptables_chain,
+            raw.iptables_jump,
+            raw.accept_table,
+            backend,
+        )?;
         firewall.nat = raw.nat.is_some_and(|n| *n.get_ref());
         Ok(DaemonSettings {
             firewall,
@@ -255,7 +262,8 @@ impl Validator<'_> {
         }
         if let Some(c) = chain {
             let name = c.get_ref();
-            let builtin = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&name.as_str());
+            let builtin =
+                ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&name.as_str());
             let ok = (1..=24).contains(&name.len())
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok || builtin {
@@ -269,7 +277,10 @@ impl Validator<'_> {
         if let Some(j) = jump {
             f.iptables_jump = match u32::try_from(*j.get_ref()) {
                 Ok(v) if (1..=10_000).contains(&v) => v,
-                _ => return self.err(j.span(), "iptables_jump must be between 1 and 10000 (1 = first rule of INPUT)"),
+                _ => {
+                    return self
+                        .err(j.span(), "iptables_jump must be between 1 and 10000 (1 = first rule of INPUT)")
+                }
             };
         }
         if let Some(t) = accept_table {

@@ -218,8 +218,12 @@ pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
     }
     match plan.mode {
         Mode::Gate => {
-            out.push(format!("firewall mode: gate ({backend}): new connections to {services} are dropped unless granted"));
-            out.push("the host's own rules must still accept these services (a grant only stops the drop)".into());
+            out.push(format!(
+                "firewall mode: gate ({backend}): new connections to {services} are dropped unless granted"
+            ));
+            out.push(
+                "the host's own rules must still accept these services (a grant only stops the drop)".into(),
+            );
         }
         Mode::Accept if backend.starts_with("iptables") => {
             out.push(format!(
@@ -227,7 +231,9 @@ pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
                  sources for {services} and drops the rest",
                 plan.chain, plan.jump_position
             ));
-            out.push("the host must still accept established,related traffic (any default-drop host does)".into());
+            out.push(
+                "the host must still accept established,related traffic (any default-drop host does)".into(),
+            );
         }
         Mode::Accept => match &plan.accept_table {
             Some(t) => {
@@ -253,4 +259,26 @@ pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
         out.push(format!("forwarded connections DNAT'd from {services} on this host are gated too"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_says_which_mode_and_what_the_host_must_do() {
+        let mut plan = Plan { protected: vec![Service::tcp(22)], forward: true, ..Plan::default() };
+        let text = describe("nftables", &plan).join("\n");
+        assert!(text.contains("mode: gate") && text.contains("must still accept"), "{text}");
+        assert!(text.contains("DNAT"), "{text}");
+        plan.mode = Mode::Accept;
+        plan.chain = "FWKNOP_INPUT".into();
+        let text = describe("iptables-nft", &plan).join("\n");
+        assert!(text.contains("mode: accept") && text.contains("FWKNOP_INPUT"), "{text}");
+        assert!(text.contains("established,related"), "{text}");
+        plan.accept_table = Some(AdminTable { family: "inet".into(), name: "filter".into() });
+        let text = describe("nftables", &plan).join("\n");
+        assert!(text.contains("jump portcullis") && text.contains("inet filter"), "{text}");
+        assert!(describe("none", &plan).join("\n").contains("dry run"));
+    }
 }

@@ -56,8 +56,8 @@ use netlink_packet_netfilter::nftables::{
 use super::expr;
 use super::ruleset::{
     allow_key, concat_type, element, elements_in, rule_in, set_in, timeout_ms, Request, CHAIN_PRIORITY,
-    ID_ALLOW4, ID_ALLOW6, ID_PROTECTED, KEY_LEN_ALLOW4, KEY_LEN_ALLOW6, POLICY_ACCEPT, SET_ALLOW4, SET_ALLOW6,
-    SET_PROTECTED, TABLE, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+    ID_ALLOW4, ID_ALLOW6, ID_PROTECTED, KEY_LEN_ALLOW4, KEY_LEN_ALLOW6, POLICY_ACCEPT, SET_ALLOW4,
+    SET_ALLOW6, SET_PROTECTED, TABLE, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
 };
 use crate::firewall::{AdminTable, Grant, NatGrant, Plan};
 
@@ -143,9 +143,10 @@ fn base_chain(what: &'static str, name: &str, hook: InetHookNumber, priority: i3
 pub fn optional_requests(plan: &Plan) -> Vec<Request> {
     let mut out = Vec::new();
     if plan.nat {
-        for (v6, map, map_id, set, set_id) in
-            [(false, MAP_NAT4, ID_NAT4, SET_NATFWD4, ID_NATFWD4), (true, MAP_NAT6, ID_NAT6, SET_NATFWD6, ID_NATFWD6)]
-        {
+        for (v6, map, map_id, set, set_id) in [
+            (false, MAP_NAT4, ID_NAT4, SET_NATFWD4, ID_NATFWD4),
+            (true, MAP_NAT6, ID_NAT6, SET_NATFWD6, ID_NATFWD6),
+        ] {
             out.push(set_in(
                 TABLE,
                 "nft setup: add NAT map",
@@ -156,9 +157,24 @@ pub fn optional_requests(plan: &Plan) -> Vec<Request> {
                 plan.max_grants,
                 true,
             ));
-            out.push(set_in(TABLE, "nft setup: add NAT forward set", set, set_id, allow_type(v6), None, plan.max_grants, true));
+            out.push(set_in(
+                TABLE,
+                "nft setup: add NAT forward set",
+                set,
+                set_id,
+                allow_type(v6),
+                None,
+                plan.max_grants,
+                true,
+            ));
         }
-        out.push(base_chain("nft setup: add chain prerouting (nat)", CHAIN_NAT, InetHookNumber::PreRouting, NAT_PRIORITY, "nat"));
+        out.push(base_chain(
+            "nft setup: add chain prerouting (nat)",
+            CHAIN_NAT,
+            InetHookNumber::PreRouting,
+            NAT_PRIORITY,
+            "nat",
+        ));
         for (v6, map, id) in [(false, MAP_NAT4, ID_NAT4), (true, MAP_NAT6, ID_NAT6)] {
             out.push(rule_in(TABLE, CHAIN_NAT, "nft setup: add dnat rule", expr::rule_dnat(v6, map, id)));
         }
@@ -171,7 +187,12 @@ pub fn optional_requests(plan: &Plan) -> Vec<Request> {
             CHAIN_PRIORITY,
             "filter",
         ));
-        out.push(rule_in(TABLE, CHAIN_FORWARD, "nft setup: add forward rule ct state", expr::rule_established()));
+        out.push(rule_in(
+            TABLE,
+            CHAIN_FORWARD,
+            "nft setup: add forward rule ct state",
+            expr::rule_established(),
+        ));
         let mut sets = Vec::new();
         if plan.forward {
             sets.extend([(false, SET_ALLOW4, ID_ALLOW4), (true, SET_ALLOW6, ID_ALLOW6)]);
@@ -245,7 +266,9 @@ fn remove(table: &str, what: &'static str, set: &str, items: &[Keyed], out: &mut
 /// key in our table, and the forward key in the admin's set in accept mode.
 pub fn nat_requests(grants: &[NatGrant], admin: Option<&AdminTable>, revoke: bool) -> Vec<Request> {
     let mut out = Vec::new();
-    for (v6, map, fwd, admin_set) in [(false, MAP_NAT4, SET_NATFWD4, ADMIN_SET4), (true, MAP_NAT6, SET_NATFWD6, ADMIN_SET6)] {
+    for (v6, map, fwd, admin_set) in
+        [(false, MAP_NAT4, SET_NATFWD4, ADMIN_SET4), (true, MAP_NAT6, SET_NATFWD6, ADMIN_SET6)]
+    {
         let mine: Vec<&NatGrant> = grants.iter().filter(|g| g.addr.is_ipv6() == v6).collect();
         let mapped: Vec<Keyed> = mine
             .iter()
@@ -281,8 +304,11 @@ pub fn admin_grant_requests(t: &AdminTable, grants: &[Grant]) -> Vec<Request> {
 pub fn admin_revoke_requests(t: &AdminTable, grants: &[(IpAddr, portcullis_proto::Service)]) -> Vec<Request> {
     let mut out = Vec::new();
     for (v6, set) in [(false, ADMIN_SET4), (true, ADMIN_SET6)] {
-        let items: Vec<Keyed> =
-            grants.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, s)| (allow_key(a, s), None, 1)).collect();
+        let items: Vec<Keyed> = grants
+            .iter()
+            .filter(|(a, _)| a.is_ipv6() == v6)
+            .map(|(a, s)| (allow_key(a, s), None, 1))
+            .collect();
         remove(&t.name, "nft revoke: admin table elements", set, &items, &mut out);
     }
     out
@@ -299,7 +325,8 @@ fn flush_chain(t: &AdminTable, what: &'static str) -> Request {
 }
 
 fn admin_set_msg(t: &AdminTable, what: &'static str, name: &str, delete: bool) -> Request {
-    let body = SetMessage { attributes: vec![SetAttribute::Table(t.name.clone()), SetAttribute::Name(name.into())] };
+    let body =
+        SetMessage { attributes: vec![SetAttribute::Table(t.name.clone()), SetAttribute::Name(name.into())] };
     Request {
         what,
         flags: 0,
@@ -323,11 +350,24 @@ fn admin_chain_msg(t: &AdminTable, what: &'static str, delete: bool) -> Request 
 /// two accepting rules, and the live grants (`restore`: key and timeouts).
 pub fn admin_setup_requests(t: &AdminTable, plan: &Plan, restore: &[super::ruleset::Elem]) -> Vec<Request> {
     let mut out = vec![
-        admin_chain_msg(t, "nft setup: add chain portcullis to the accept_table (does the table exist?)", false),
+        admin_chain_msg(
+            t,
+            "nft setup: add chain portcullis to the accept_table (does the table exist?)",
+            false,
+        ),
         flush_chain(t, "nft setup: flush chain portcullis in the accept_table"),
     ];
     for (v6, set, id) in [(false, ADMIN_SET4, ID_ADMIN4), (true, ADMIN_SET6, ID_ADMIN6)] {
-        out.push(set_in(&t.name, "nft setup: add set in the accept_table", set, id, allow_type(v6), None, 0, true));
+        out.push(set_in(
+            &t.name,
+            "nft setup: add set in the accept_table",
+            set,
+            id,
+            allow_type(v6),
+            None,
+            0,
+            true,
+        ));
         out.push(admin_set_msg(t, "nft setup: delete old set in the accept_table", set, true));
         out.push(set_in(
             &t.name,
@@ -352,7 +392,15 @@ pub fn admin_setup_requests(t: &AdminTable, plan: &Plan, restore: &[super::rules
             .filter(|e| e.addr.is_ipv6() == v6)
             .map(|e| element(allow_key(&e.addr, &e.service), e.timeout_ms, e.expires_ms))
             .collect();
-        elements_in(&t.name, "nft setup: restore live grants in the accept_table", true, set, Some(id), elems, &mut out);
+        elements_in(
+            &t.name,
+            "nft setup: restore live grants in the accept_table",
+            true,
+            set,
+            Some(id),
+            elems,
+            &mut out,
+        );
     }
     out
 }

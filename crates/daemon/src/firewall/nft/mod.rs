@@ -144,7 +144,8 @@ impl FirewallDriver for NftDriver {
         }
         if plan.mode == Mode::Accept && plan.accept_table.is_none() {
             return Err(FirewallError::Protocol(
-                "accept mode with nftables needs accept_table (an accept is final only in the admin's table)".into(),
+                "accept mode with nftables needs accept_table (an accept is final only in the admin's table)"
+                    .into(),
             ));
         }
         let mut reqs = ruleset::setup_requests(plan, &restore);
