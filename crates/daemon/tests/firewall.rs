@@ -23,6 +23,9 @@ use support::*;
 const DOOR: &str = "[[door]]\nname = \"ssh\"\nsequence = [7000, \"8000:udp\", 9000]\nseq_timeout = 5\n\
                     open = [\"tcp/22\"]\nopen_for = 3\n";
 
+/// How long a probe that should be answered may keep trying (busy CI machines).
+const ANSWER: Duration = Duration::from_secs(3);
+
 /// A TCP probe from namespace `ns`, callable from any thread (it uses its own).
 fn probe_from(ns: &str, addr: &str, port: u16) -> Probe {
     let path = PathBuf::from("/run/netns").join(ns);
@@ -205,13 +208,12 @@ fn nat_grant_reaches_the_inside_host_for_its_source_only(b: Backend, tag: &str) 
             timeout: Duration::from_secs(3),
         };
         // Nothing listens on the server's own 2222: a connection not forwarded is refused.
-        assert_eq!(probe_from(&client, lab::SERVER4, 2222), Probe::Closed, "before the grant");
+        assert!(wait_probe(&client, lab::SERVER4, 2222, Probe::Closed, ANSWER), "before the grant");
         d.grant_nat(&[g]).unwrap();
         let granted = Instant::now();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2222), Probe::Open, "forwarded to the inside host");
-        assert_eq!(
-            probe_from(&other, lab::SERVER4_OTHER, 2222),
-            Probe::Closed,
+        assert!(wait_probe(&client, lab::SERVER4, 2222, Probe::Open, ANSWER), "forwarded to the inside host");
+        assert!(
+            wait_probe(&other, lab::SERVER4_OTHER, 2222, Probe::Closed, ANSWER),
             "a stranger is not forwarded"
         );
         assert!(
@@ -225,9 +227,9 @@ fn nat_grant_reaches_the_inside_host_for_its_source_only(b: Backend, tag: &str) 
         );
         // Revoke closes at once.
         d.grant_nat(&[g]).unwrap();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2222), Probe::Open);
+        assert!(wait_probe(&client, lab::SERVER4, 2222, Probe::Open, ANSWER), "open");
         d.revoke_nat(&[g]).unwrap();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2222), Probe::Closed, "revoked");
+        assert!(wait_probe(&client, lab::SERVER4, 2222, Probe::Closed, ANSWER), "revoked");
         d.teardown().unwrap();
     })
     .unwrap();
@@ -282,13 +284,16 @@ fn forwarded_service_is_gated(b: Backend, tag: &str) {
         // Without forward gating the DNAT'd service is open to anyone: what we fix.
         let mut plan = Plan { protected: vec![Service::tcp(2200)], max_grants: 64, ..Plan::default() };
         d.setup(&plan).unwrap();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Open, "ungated forward");
+        assert!(wait_probe(&client, lab::SERVER4, 2200, Probe::Open, ANSWER), "ungated forward");
         plan.forward = true;
         d.setup(&plan).unwrap();
         assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Filtered, "a stranger is filtered");
         d.grant(&[Grant { addr: client_ip, service: Service::tcp(2200), timeout: Duration::from_secs(30) }])
             .unwrap();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Open, "the granted source gets through");
+        assert!(
+            wait_probe(&client, lab::SERVER4, 2200, Probe::Open, ANSWER),
+            "the granted source gets through"
+        );
         d.revoke(&[(client_ip, Service::tcp(2200))]).unwrap();
         assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Filtered, "revoked");
         d.teardown().unwrap();
