@@ -251,11 +251,11 @@ impl FirewallDriver for IptablesDriver {
         }
         self.plan = plan.clone();
         self.routes.clear();
-        for fam in 0..2 {
+        for (fam, (set, _)) in SETS.iter().enumerate() {
             let saved = self.read(fam, &plan.chain)?;
             let kept = self.rebuild_set(plan, fam, &saved.legacy)?;
             if kept > 0 {
-                tracing::info!(kept, set = SETS[fam].0, "setup: kept live grants");
+                tracing::info!(kept, set, "setup: kept live grants");
             }
             for r in saved.routes.iter().filter(|r| r.to.is_ipv6() == (fam == 1)) {
                 self.ensure_route_set(r)?;

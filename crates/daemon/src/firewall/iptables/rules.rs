@@ -419,7 +419,7 @@ mod tests {
         }
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:FWKNOP_INPUT - [0:0]\n-A PREROUTING -j FWKNOP_INPUT\n\
             -A FWKNOP_INPUT -p tcp -m tcp --dport 2222 -m set --match-set pn40a000003t2222-22 src -j DNAT --to-destination 10.0.0.3:22\n";
-        assert_eq!(parse_save(saved, "FWKNOP_INPUT").routes, [route.clone()]);
+        assert_eq!(parse_save(saved, "FWKNOP_INPUT").routes, std::slice::from_ref(&route));
         // The IPv6 batch leaves the IPv4 route out.
         assert!(!setup_batch(&p, true, &[route], &Saved::default()).contains("DNAT"));
     }
