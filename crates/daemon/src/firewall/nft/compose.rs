@@ -418,6 +418,63 @@ pub fn admin_teardown_requests(t: &AdminTable, keep_chain: bool) -> Vec<Request>
     out
 }
 
+/// The `nft` text of [`optional_requests`], inside `table inet portcullis`.
+pub fn render_optional(plan: &Plan) -> String {
+    let mut s = String::new();
+    if plan.forward || plan.nat {
+        s.push_str("\n\tchain forward {\n\t\ttype filter hook forward priority filter - 5; policy accept;\n");
+        s.push_str("\t\tct state established,related accept\n");
+        let mut sets = Vec::new();
+        if plan.forward {
+            sets.extend([("ip", SET_ALLOW4), ("ip6", SET_ALLOW6)]);
+        }
+        if plan.nat {
+            sets.extend([("ip", SET_NATFWD4), ("ip6", SET_NATFWD6)]);
+        }
+        for (fam, set) in sets {
+            s.push_str(&format!("\t\t{fam} saddr . meta l4proto . ct original proto-dst @{set} accept\n"));
+        }
+        if plan.forward {
+            s.push_str(&format!(
+                "\t\tct status dnat meta l4proto . ct original proto-dst @{SET_PROTECTED} drop\n"
+            ));
+        }
+        s.push_str("\t}\n");
+    }
+    if plan.nat {
+        for (map, set, ty) in [(MAP_NAT4, SET_NATFWD4, "ipv4_addr"), (MAP_NAT6, SET_NATFWD6, "ipv6_addr")] {
+            s.push_str(&format!(
+                "\n\tmap {map} {{\n\t\ttype {ty} . inet_proto . inet_service : {ty} . inet_service\n\t\tflags timeout\n\t}}\n"
+            ));
+            s.push_str(&format!(
+                "\n\tset {set} {{\n\t\ttype {ty} . inet_proto . inet_service\n\t\tflags timeout\n\t}}\n"
+            ));
+        }
+        s.push_str(
+            "\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat - 5; policy accept;\n",
+        );
+        s.push_str("\t\tdnat ip to ip saddr . meta l4proto . th dport map @nat4\n");
+        s.push_str("\t\tdnat ip6 to ip6 saddr . meta l4proto . th dport map @nat6\n\t}\n");
+    }
+    s
+}
+
+/// The `nft` text of what accept mode keeps in the admin's table.
+pub fn render_admin(t: &AdminTable) -> String {
+    let mut s = format!("table {} {} {{\n", t.family, t.name);
+    for (set, ty) in [(ADMIN_SET4, "ipv4_addr"), (ADMIN_SET6, "ipv6_addr")] {
+        s.push_str(&format!(
+            "\tset {set} {{\n\t\ttype {ty} . inet_proto . inet_service\n\t\tflags timeout\n\t}}\n\n"
+        ));
+    }
+    s.push_str(&format!("\tchain {ACCEPT_CHAIN} {{\n"));
+    for (fam, set) in [("ip", ADMIN_SET4), ("ip6", ADMIN_SET6)] {
+        s.push_str(&format!("\t\t{fam} saddr . meta l4proto . ct original proto-dst @{set} accept\n"));
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,8 +496,11 @@ mod tests {
                 "nft setup: add forward protected rule",
             ]
         );
+        assert!(render_optional(&p)
+            .contains("ct status dnat meta l4proto . ct original proto-dst @protected drop"));
         p.nat = true;
         assert_eq!(optional_requests(&p).len(), 5 + 4 + 1 + 2 + 2);
+        assert!(render_optional(&p).contains("dnat ip to ip saddr . meta l4proto . th dport map @nat4"));
     }
 
     #[test]
@@ -458,6 +518,7 @@ mod tests {
             _ => true,
         }));
         assert_eq!(admin_teardown_requests(&t, true).len(), 3);
+        assert!(render_admin(&t).starts_with("table inet filter {"));
         assert_eq!(admin_teardown_requests(&t, false).len(), 4);
     }
 }

@@ -501,7 +501,9 @@ pub fn teardown_requests() -> Vec<Request> {
 }
 
 /// The `nft -f` text equivalent to what [`setup_requests`] installs (grants aside),
-/// laid out the way `nft list table inet portcullis` prints it.
+/// laid out the way `nft list table inet portcullis` prints it, plus the optional
+/// forward/NAT chains and the admin table's part. (nft 1.0 cannot parse `ct original
+/// proto-dst` inside a concatenation, so those parts are for reading, not `nft -f`.)
 pub fn render(plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{");
@@ -530,7 +532,11 @@ pub fn render(plan: &Plan) -> String {
         let _ = writeln!(s, "\t\t{rule}");
     }
     let _ = writeln!(s, "\t}}");
+    s.push_str(&super::compose::render_optional(plan));
     let _ = writeln!(s, "}}");
+    if let Some(t) = plan.accept_table.as_ref().filter(|_| plan.mode == crate::firewall::Mode::Accept) {
+        s.push_str(&super::compose::render_admin(t));
+    }
     s
 }
 
