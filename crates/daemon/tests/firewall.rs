@@ -181,7 +181,8 @@ fn driver(b: Backend) -> Box<dyn FirewallDriver> {
 fn routed_lab(tag: &str) -> Lab {
     let lab = Lab::new(tag).unwrap();
     run_ok(&lab, &lab.server, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let inside = lab.in_ns(&lab.other, || TcpListener::bind(("0.0.0.0", 22)).unwrap()).unwrap();
+    run_ok(&lab, &lab.server, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let inside = lab.in_ns(&lab.other, || TcpListener::bind(("::", 22)).unwrap()).unwrap();
     // Ends with the test process; the namespace (and socket) go when the lab drops.
     std::thread::spawn(move || inside.incoming().for_each(drop));
     lab
@@ -250,28 +251,31 @@ fn iptables_nat_grant_reaches_the_inside_host_for_its_source_only() {
 }
 
 /// The admin's own port forward (as Docker or a router config would add):
-/// server tcp/2200 → other tcp/22.
+/// server tcp/2200 → other tcp/22, over IPv4 and IPv6.
 fn admin_port_forward(lab: &Lab) {
-    let to = format!("{}:22", lab::OTHER4);
-    run_ok(
-        lab,
-        &lab.server,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "--dport",
-            "2200",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &to,
-        ],
-    );
+    for (tool, to) in
+        [("iptables", format!("{}:22", lab::OTHER4)), ("ip6tables", format!("[{}]:22", lab::OTHER6))]
+    {
+        run_ok(
+            lab,
+            &lab.server,
+            &[
+                tool,
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                "2200",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        );
+    }
 }
 
 fn forwarded_service_is_gated(b: Backend, tag: &str) {
@@ -280,22 +284,30 @@ fn forwarded_service_is_gated(b: Backend, tag: &str) {
     let client = lab.client.clone();
     lab.in_ns(&lab.server, move || {
         let mut d = driver(b);
-        let client_ip: IpAddr = lab::CLIENT4.parse().unwrap();
         // Without forward gating the DNAT'd service is open to anyone: what we fix.
         let mut plan = Plan { protected: vec![Service::tcp(2200)], max_grants: 64, ..Plan::default() };
         d.setup(&plan).unwrap();
-        assert!(wait_probe(&client, lab::SERVER4, 2200, Probe::Open, ANSWER), "ungated forward");
+        for server in [lab::SERVER4, lab::SERVER6] {
+            assert!(wait_probe(&client, server, 2200, Probe::Open, ANSWER), "ungated forward to {server}");
+        }
         plan.forward = true;
         d.setup(&plan).unwrap();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Filtered, "a stranger is filtered");
-        d.grant(&[Grant { addr: client_ip, service: Service::tcp(2200), timeout: Duration::from_secs(30) }])
-            .unwrap();
-        assert!(
-            wait_probe(&client, lab::SERVER4, 2200, Probe::Open, ANSWER),
-            "the granted source gets through"
-        );
-        d.revoke(&[(client_ip, Service::tcp(2200))]).unwrap();
-        assert_eq!(probe_from(&client, lab::SERVER4, 2200), Probe::Filtered, "revoked");
+        for (server, source) in [(lab::SERVER4, lab::CLIENT4), (lab::SERVER6, lab::CLIENT6)] {
+            let source: IpAddr = source.parse().unwrap();
+            assert_eq!(
+                probe_from(&client, server, 2200),
+                Probe::Filtered,
+                "a stranger is filtered ({server})"
+            );
+            d.grant(&[Grant { addr: source, service: Service::tcp(2200), timeout: Duration::from_secs(30) }])
+                .unwrap();
+            assert!(
+                wait_probe(&client, server, 2200, Probe::Open, ANSWER),
+                "the granted {source} gets through"
+            );
+            d.revoke(&[(source, Service::tcp(2200))]).unwrap();
+            assert_eq!(probe_from(&client, server, 2200), Probe::Filtered, "revoked ({server})");
+        }
         d.teardown().unwrap();
     })
     .unwrap();
