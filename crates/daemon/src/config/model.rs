@@ -56,6 +56,39 @@ pub struct DaemonSettings {
     pub pid_file: Option<PathBuf>,
     /// A start/stop command still running after this long is killed (its process group).
     pub command_time_limit: Duration,
+    /// How the firewall backend treats protected services.
+    pub firewall: FirewallSettings,
+}
+
+/// How the firewall backend treats protected services (`mode`, `gate_forward`,
+/// `iptables_chain`, `iptables_jump`, `accept_table` in `[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSettings {
+    /// `mode = "accept"`: a grant also accepts (default `"gate"`: only drops).
+    pub accept: bool,
+    /// Also gate forwarded connections DNAT'd from a protected service (default true).
+    pub gate_forward: bool,
+    /// iptables: our chain's name.
+    pub iptables_chain: String,
+    /// iptables: 1-based position of the jump in `INPUT`.
+    pub iptables_jump: u32,
+    /// nftables accept mode: the admin's table, as (family, name).
+    pub accept_table: Option<(String, String)>,
+    /// `nat = true`: NAT grants (DNAT of one source to an inside host) may be given.
+    pub nat: bool,
+}
+
+impl Default for FirewallSettings {
+    fn default() -> FirewallSettings {
+        FirewallSettings {
+            accept: false,
+            gate_forward: true,
+            iptables_chain: "PORTCULLIS".to_string(),
+            iptables_jump: 1,
+            accept_table: None,
+            nat: false,
+        }
+    }
 }
 
 /// Default for [`DaemonSettings::command_time_limit`].

@@ -34,6 +34,12 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
+    pub mode: Option<Spanned<String>>,
+    pub gate_forward: Option<Spanned<bool>>,
+    pub iptables_chain: Option<Spanned<String>>,
+    pub iptables_jump: Option<Spanned<i64>>,
+    pub accept_table: Option<Spanned<String>>,
+    pub nat: Option<Spanned<bool>>,
 }
 
 /// One `[[door]]`.

@@ -36,18 +36,20 @@ const BATCH: usize = 64;
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
-    Ok(match config.daemon.backend {
+    let mut d: Box<dyn FirewallDriver> = match config.daemon.backend {
         Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
         Backend::None => Box::new(NoFirewall::default()),
         Backend::Iptables(v) => Box::new(
             crate::firewall::iptables::IptablesDriver::new(v).context("setting up the iptables backend")?,
         ),
-    })
+    };
+    d.adopt(&plan_for(config));
+    Ok(d)
 }
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
+    crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall)
 }
 
 /// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
