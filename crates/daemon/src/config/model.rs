@@ -33,6 +33,10 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// The local REST API, if configured (`[api]`).
     pub api: Option<ApiConfig>,
+    /// Things the reader could not honour and did not refuse (fwknopd.conf keys that are
+    /// moot here, unknown access.conf keys), each with its file and line: logged once at
+    /// start and shown by `check`.
+    pub notes: Vec<String>,
 }
 
 /// Daemon-wide settings (`[daemon]`).
@@ -56,6 +60,124 @@ pub struct DaemonSettings {
     pub pid_file: Option<PathBuf>,
     /// A start/stop command still running after this long is killed (its process group).
     pub command_time_limit: Duration,
+    /// What a grant does in the firewall (gate only, or accept in our own chain).
+    pub grant_mode: GrantMode,
+    /// Remove what the firewall backend owns (every grant) when starting (fwknopd
+    /// `FLUSH_IPT_AT_INIT`); otherwise live grants are kept across a restart.
+    pub flush_at_start: bool,
+    /// Remove what the firewall backend owns when stopping (fwknopd `FLUSH_IPT_AT_EXIT`).
+    pub flush_at_exit: bool,
+    /// Syslog identity and facility (used with `log = "syslog"`).
+    pub syslog: SyslogSettings,
+    /// Debug logging (fwknopd `VERBOSE`), as `run --verbose`.
+    pub verbose: bool,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> DaemonSettings {
+        DaemonSettings {
+            interfaces: Interfaces::All,
+            state_dir: PathBuf::from("/var/lib/portcullis"),
+            log: LogTarget::Stderr,
+            max_tracked: DEFAULT_MAX_TRACKED,
+            backend: Backend::Nftables,
+            max_grants: DEFAULT_MAX_GRANTS,
+            log_file: None,
+            pid_file: None,
+            command_time_limit: DEFAULT_COMMAND_TIME_LIMIT,
+            grant_mode: GrantMode::Gate,
+            flush_at_start: false,
+            flush_at_exit: false,
+            syslog: SyslogSettings::default(),
+            verbose: false,
+        }
+    }
+}
+
+/// What a grant does in the firewall.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GrantMode {
+    /// Protected services are dropped unless granted; a grant only lets the packet past
+    /// our rules and the host's own rules must still accept it (the default).
+    #[default]
+    Gate,
+    /// A grant is an ACCEPT in a chain we own, jumped to from the host's chain: the
+    /// port becomes reachable on a default-drop host (fwknopd's `FWKNOP_INPUT`).
+    Accept(AcceptChain),
+}
+
+/// Where accept-mode grants live (fwknopd `IPT_INPUT_ACCESS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptChain {
+    /// Our chain (`FWKNOP_INPUT`).
+    pub chain: String,
+    /// The host chain that jumps to it (`INPUT`).
+    pub from_chain: String,
+    /// 1-based position of the jump rule in `from_chain`.
+    pub jump_position: u32,
+}
+
+/// Syslog identity and facility.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogSettings {
+    /// The tag in front of every line (`portcullisd`; fwknopd `SYSLOG_IDENTITY`).
+    pub identity: String,
+    /// The facility (`daemon`; fwknopd `SYSLOG_FACILITY`).
+    pub facility: SyslogFacility,
+}
+
+impl Default for SyslogSettings {
+    fn default() -> SyslogSettings {
+        SyslogSettings { identity: "portcullisd".into(), facility: SyslogFacility::Daemon }
+    }
+}
+
+/// Syslog facilities a daemon may log to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogFacility {
+    /// `LOG_DAEMON`.
+    Daemon,
+    /// `LOG_AUTH`.
+    Auth,
+    /// `LOG_AUTHPRIV`.
+    Authpriv,
+    /// `LOG_USER`.
+    User,
+    /// `LOG_LOCAL0` .. `LOG_LOCAL7`.
+    Local(u8),
+}
+
+impl SyslogFacility {
+    /// Parse `daemon`, `LOG_DAEMON`, `local3`, `LOG_LOCAL3` (any case).
+    pub fn parse(s: &str) -> Option<SyslogFacility> {
+        let l = s.trim().to_ascii_lowercase();
+        let l = l.strip_prefix("log_").unwrap_or(&l);
+        Some(match l {
+            "daemon" => SyslogFacility::Daemon,
+            "auth" => SyslogFacility::Auth,
+            "authpriv" => SyslogFacility::Authpriv,
+            "user" => SyslogFacility::User,
+            _ => {
+                let n: u8 = l.strip_prefix("local")?.parse().ok()?;
+                if n > 7 {
+                    return None;
+                }
+                SyslogFacility::Local(n)
+            }
+        })
+    }
+}
+
+impl fmt::Display for SyslogFacility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyslogFacility::Daemon => f.write_str("daemon"),
+            SyslogFacility::Auth => f.write_str("auth"),
+            SyslogFacility::Authpriv => f.write_str("authpriv"),
+            SyslogFacility::User => f.write_str("user"),
+            SyslogFacility::Local(n) => write!(f, "local{n}"),
+        }
+    }
 }
 
 /// Default for [`DaemonSettings::command_time_limit`].
@@ -77,6 +199,16 @@ pub fn valid_ifname(n: &str) -> bool {
         && n != "."
         && n != ".."
         && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// iptables chain names: 1-28 characters of letters, digits, `_` and `-`.
+pub fn valid_chain_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 28 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Syslog identities: 1-32 characters of letters, digits, `_`, `.` and `-`.
+pub fn valid_syslog_identity(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 32 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Log destination.

@@ -34,6 +34,14 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
+    pub grant_mode: Option<Spanned<String>>,
+    pub accept_chain: Option<Spanned<String>>,
+    pub accept_jump: Option<Spanned<String>>,
+    pub flush_at_start: Option<bool>,
+    pub flush_at_exit: Option<bool>,
+    pub syslog_identity: Option<Spanned<String>>,
+    pub syslog_facility: Option<Spanned<String>>,
+    pub verbose: Option<bool>,
 }
 
 /// One `[[door]]`.

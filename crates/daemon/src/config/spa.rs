@@ -33,6 +33,21 @@ pub struct SpaConfig {
     pub users: HashMap<String, NativeUser>,
     /// fwknop stanzas, in file order (first match wins, as in fwknopd).
     pub stanzas: Vec<FwknopStanza>,
+    /// Also receive SPA on a bound UDP socket on this port (fwknopd `ENABLE_UDP_SERVER`):
+    /// datagrams are read and never answered, and the kernel sends no port-unreachable.
+    pub udp_server: Option<u16>,
+    /// Refuse requests older (or newer) than `max_age` (fwknopd `ENABLE_SPA_PACKET_AGING`).
+    /// Without it replay entries never expire.
+    pub aging: bool,
+    /// Keep the replay cache on disk across restarts (fwknopd `ENABLE_DIGEST_PERSISTENCE`).
+    pub persist_replay: bool,
+    /// An fwknopd digest cache (`DIGEST_FILE`) whose entries are imported into ours
+    /// when ours does not exist yet.
+    pub import_digest_file: Option<PathBuf>,
+    /// NAT access messages may be honoured (fwknopd `ENABLE_IPT_FORWARDING`).
+    pub forwarding: bool,
+    /// Local NAT access messages may be honoured (fwknopd `ENABLE_IPT_LOCAL_NAT`).
+    pub local_nat: bool,
 }
 
 /// A native-format user.
@@ -150,7 +165,20 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
             "[spa] has neither native users (server_key_file + [[spa.user]]) nor fwknop stanzas".into(),
         ));
     }
-    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas })
+    Ok(SpaConfig {
+        ports,
+        max_age,
+        protect,
+        server_key,
+        users,
+        stanzas,
+        udp_server: None,
+        aging: true,
+        persist_replay: true,
+        import_digest_file: None,
+        forwarding: false,
+        local_nat: false,
+    })
 }
 
 fn resolve(dir: &Path, p: &str) -> PathBuf {

@@ -12,7 +12,8 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::model::{
-    valid_ifname, Backend, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
+    valid_chain_name, valid_ifname, valid_syslog_identity, AcceptChain, Backend, GrantMode, SyslogFacility,
+    SyslogSettings, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
     LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
 };
 use super::one_time::load_one_time;
@@ -121,7 +122,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, notes: Vec::new() })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {
@@ -216,6 +217,20 @@ impl Validator<'_> {
                 self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
             }
         };
+        let grant_mode = self.grant_mode(raw.grant_mode, raw.accept_chain, raw.accept_jump)?;
+        let mut syslog = SyslogSettings::default();
+        if let Some(i) = raw.syslog_identity {
+            if !valid_syslog_identity(i.get_ref()) {
+                return self.err(i.span(), "syslog_identity must be 1-32 characters of A-Z a-z 0-9 _ . -");
+            }
+            syslog.identity = i.into_inner();
+        }
+        if let Some(f) = raw.syslog_facility {
+            syslog.facility = match SyslogFacility::parse(f.get_ref()) {
+                Some(v) => v,
+                None => return self.err(f.span(), "syslog_facility must be daemon, auth, authpriv, user or local0..local7"),
+            };
+        }
         Ok(DaemonSettings {
             interfaces,
             state_dir,
@@ -226,7 +241,48 @@ impl Validator<'_> {
             log_file,
             pid_file,
             command_time_limit,
+            grant_mode,
+            flush_at_start: raw.flush_at_start.unwrap_or(false),
+            flush_at_exit: raw.flush_at_exit.unwrap_or(false),
+            syslog,
+            verbose: raw.verbose.unwrap_or(false),
         })
+    }
+
+    fn grant_mode(
+        &self,
+        mode: Option<Spanned<String>>,
+        chain: Option<Spanned<String>>,
+        jump: Option<Spanned<String>>,
+    ) -> Result<GrantMode, ConfigError> {
+        let accept = match &mode {
+            None => false,
+            Some(m) => match m.get_ref().as_str() {
+                "gate" => false,
+                "accept" => true,
+                other => return self.err(m.span(), format!("grant_mode must be gate or accept, not {other:?}")),
+            },
+        };
+        if !accept {
+            if let Some(c) = chain.as_ref().map(Spanned::span).or(jump.as_ref().map(Spanned::span)) {
+                return self.err(c, "accept_chain and accept_jump need grant_mode = \"accept\"");
+            }
+            return Ok(GrantMode::Gate);
+        }
+        let mut ac = AcceptChain { chain: "PORTCULLIS_INPUT".into(), from_chain: "INPUT".into(), jump_position: 1 };
+        if let Some(c) = chain {
+            if !valid_chain_name(c.get_ref()) {
+                return self.err(c.span(), "accept_chain must be 1-28 characters of A-Z a-z 0-9 _ -");
+            }
+            ac.chain = c.into_inner();
+        }
+        if let Some(j) = jump {
+            match parse_jump(j.get_ref()) {
+                Some((from, pos)) => (ac.from_chain, ac.jump_position) = (from, pos),
+                None => return self.err(j.span(), "accept_jump must be CHAIN:POSITION, e.g. \"INPUT:1\""),
+            }
+        }
+        Ok(GrantMode::Accept(ac))
     }
 
     fn door(&self, raw: RawDoor) -> Result<Door, ConfigError> {
@@ -426,6 +482,13 @@ impl Validator<'_> {
             ),
         }
     }
+}
+
+/// `CHAIN:POSITION` (accept-mode jump): a valid chain name and a position from 1.
+pub(super) fn parse_jump(s: &str) -> Option<(String, u32)> {
+    let (c, p) = s.split_once(':')?;
+    let pos: u32 = p.trim().parse().ok().filter(|&p| (1..=10_000).contains(&p))?;
+    valid_chain_name(c.trim()).then(|| (c.trim().to_string(), pos))
 }
 
 /// A limit as messages show it: `100 ms`, `1 s`, `90 s`, `5 min`, `24 h`.
