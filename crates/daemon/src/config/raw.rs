@@ -99,6 +99,12 @@ pub(super) struct RawSpa {
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
     pub server_key_file: Option<Spanned<String>>,
     pub access_conf: Option<Spanned<String>>,
+    pub udp_server_port: Option<Spanned<i64>>,
+    pub aging: Option<bool>,
+    pub persist_replay: Option<bool>,
+    pub import_digest_file: Option<Spanned<String>>,
+    pub forwarding: Option<bool>,
+    pub local_nat: Option<bool>,
     #[serde(default)]
     pub user: Vec<Spanned<RawUser>>,
     #[serde(default)]
@@ -134,6 +140,14 @@ pub(super) struct RawStanza {
     pub require_username: Option<Spanned<String>>,
     pub require_source_address: Option<bool>,
     pub access_expire_epoch: Option<Spanned<i64>>,
+    pub destination: Option<Vec<Spanned<String>>>,
+    pub cmd_cycle_open: Option<Spanned<RawCommand>>,
+    pub cmd_cycle_close: Option<Spanned<RawCommand>>,
+    pub cmd_cycle_timer: Option<Spanned<i64>>,
+    pub force_nat: Option<Spanned<String>>,
+    pub force_snat: Option<Spanned<String>>,
+    pub forward_all: Option<bool>,
+    pub disable_dnat: Option<bool>,
 }
 
 /// `[api]`.

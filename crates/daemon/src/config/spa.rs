@@ -14,9 +14,9 @@ use portcullis_proto::Service;
 use toml::Spanned;
 
 use super::access_conf;
-use super::raw::{RawSpa, RawStanza};
-use super::stanza::{build_key, enc_mode, hash_type, KeyError, KeySyntax, KeyText};
-pub use super::stanza::{Cidr, FwknopStanza};
+use super::raw::{RawCommand, RawSpa, RawStanza};
+use super::stanza::{build_key, enc_mode, hash_type, split_command, KeyError, KeySyntax, KeyText};
+pub use super::stanza::{Cidr, CmdCycle, FwknopStanza, StanzaNat};
 
 /// Validated `[spa]` settings.
 #[derive(Debug, Clone)]
@@ -71,7 +71,8 @@ fn at<T>(span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, SpaE
 /// Default fwknop SPA port.
 pub const DEFAULT_PORT: u16 = 62201;
 
-pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaErr> {
+/// Validate `[spa]`; also returns notes about ignored access.conf lines.
+pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec<String>), SpaErr> {
     let ports = match raw.ports {
         None => vec![DEFAULT_PORT],
         Some(list) => {
@@ -152,12 +153,12 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
     for s in raw.fwknop {
         stanzas.push(stanza(s.into_inner())?);
     }
+    let mut notes = Vec::new();
     if let Some(p) = raw.access_conf {
         let path = resolve(config_dir, p.get_ref());
-        let text = std::fs::read_to_string(&path)
-            .or_else(|e| at(p.span(), format!("cannot read {}: {e}", path.display())))?;
-        let parsed = access_conf::parse(&text, &path).or_else(|e| at(p.span(), e.to_string()))?;
-        stanzas.extend(parsed);
+        let parsed = access_conf::load(&path).or_else(|e| at(p.span(), e))?;
+        stanzas.extend(parsed.stanzas);
+        notes = parsed.notes;
     }
     if server_key.is_none() && stanzas.is_empty() {
         return Err((
@@ -165,20 +166,29 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
             "[spa] has neither native users (server_key_file + [[spa.user]]) nor fwknop stanzas".into(),
         ));
     }
-    Ok(SpaConfig {
+    let udp_server = match raw.udp_server_port {
+        None => None,
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(v) if v != 0 => Some(v),
+            _ => return at(p.span(), "udp_server_port must be in 1..65535"),
+        },
+    };
+    let import_digest_file = raw.import_digest_file.map(|p| resolve(config_dir, p.get_ref()));
+    let spa = SpaConfig {
         ports,
         max_age,
         protect,
         server_key,
         users,
         stanzas,
-        udp_server: None,
-        aging: true,
-        persist_replay: true,
-        import_digest_file: None,
-        forwarding: false,
-        local_nat: false,
-    })
+        udp_server,
+        aging: raw.aging.unwrap_or(true),
+        persist_replay: raw.persist_replay.unwrap_or(true),
+        import_digest_file,
+        forwarding: raw.forwarding.unwrap_or(false),
+        local_nat: raw.local_nat.unwrap_or(false),
+    };
+    Ok((spa, notes))
 }
 
 fn resolve(dir: &Path, p: &str) -> PathBuf {
@@ -265,16 +275,7 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
             return at(place.unwrap_or(span), e.describe(KeySyntax::Toml));
         }
     };
-    let mut source = Vec::new();
-    for s in r.source.unwrap_or_default() {
-        if s.get_ref().eq_ignore_ascii_case("any") {
-            continue;
-        }
-        match Cidr::parse(s.get_ref()) {
-            Some(c) => source.push(c),
-            None => return at(s.span(), format!("source {:?} is not an address or CIDR", s.get_ref())),
-        }
-    }
+    let source = cidrs(r.source.unwrap_or_default(), "source")?;
     let secs = |v: Option<Spanned<i64>>, default: u64, what: &str| -> Result<Duration, SpaErr> {
         match v {
             None => Ok(Duration::from_secs(default)),
@@ -301,5 +302,72 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
                 Err(_) => return at(e.span(), "access_expire_epoch must be a Unix time"),
             },
         },
+        destination: cidrs(r.destination.unwrap_or_default(), "destination")?,
+        cmd_cycle: cmd_cycle(r.cmd_cycle_open, r.cmd_cycle_close, r.cmd_cycle_timer, &span)?,
+        nat: StanzaNat {
+            force_nat: match r.force_nat {
+                None => None,
+                Some(f) => match f.get_ref().parse::<std::net::SocketAddrV4>() {
+                    Ok(a) if a.port() != 0 => Some((*a.ip(), a.port())),
+                    _ => return at(f.span(), "force_nat must be \"IPv4:PORT\", e.g. \"192.168.1.2:22\""),
+                },
+            },
+            force_snat: match r.force_snat {
+                None => None,
+                Some(f) => match f.get_ref().parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => return at(f.span(), "force_snat must be an IPv4 address"),
+                },
+            },
+            forward_all: r.forward_all.unwrap_or(false),
+            disable_dnat: r.disable_dnat.unwrap_or(false),
+        },
     })
+}
+
+fn cidrs(list: Vec<Spanned<String>>, what: &str) -> Result<Vec<Cidr>, SpaErr> {
+    let mut out = Vec::new();
+    for s in list {
+        if s.get_ref().eq_ignore_ascii_case("any") {
+            return Ok(Vec::new());
+        }
+        match Cidr::parse(s.get_ref()) {
+            Some(c) => out.push(c),
+            None => return at(s.span(), format!("{what} {:?} is not an address or CIDR", s.get_ref())),
+        }
+    }
+    Ok(out)
+}
+
+/// A command as an argv: an array is taken as is, a string is split as fwknopd splits it.
+fn argv(c: Spanned<RawCommand>, what: &str) -> Result<Vec<String>, SpaErr> {
+    let span = c.span();
+    match c.into_inner() {
+        RawCommand::Argv(v) if !v.is_empty() => Ok(v),
+        RawCommand::Shell(s) => split_command(&s).or_else(|m| at(span, format!("{what}: {m}"))),
+        _ => at(span, format!("{what} must be a command line or an array of words")),
+    }
+}
+
+fn cmd_cycle(
+    open: Option<Spanned<RawCommand>>,
+    close: Option<Spanned<RawCommand>>,
+    timer: Option<Spanned<i64>>,
+    span: &std::ops::Range<usize>,
+) -> Result<Option<CmdCycle>, SpaErr> {
+    let (open, close, timer) = match (open, close, timer) {
+        (None, None, None) => return Ok(None),
+        (Some(o), Some(c), Some(t)) => (o, c, t),
+        _ => return at(span.clone(), "cmd_cycle_open, cmd_cycle_close and cmd_cycle_timer go together"),
+    };
+    let open = argv(open, "cmd_cycle_open")?;
+    let close = match close.get_ref() {
+        RawCommand::Shell(s) if s.eq_ignore_ascii_case("none") => None,
+        _ => Some(argv(close, "cmd_cycle_close")?),
+    };
+    let timer = match u64::try_from(*timer.get_ref()) {
+        Ok(v) if (1..=86_400).contains(&v) => Duration::from_secs(v),
+        _ => return at(timer.span(), "cmd_cycle_timer must be 1 to 86400 seconds"),
+    };
+    Ok(Some(CmdCycle { open, close, timer }))
 }

@@ -86,13 +86,17 @@ impl Validator<'_> {
             }
             doors.push(door);
         }
+        let mut notes = Vec::new();
         let spa = match raw.spa {
             None => None,
             Some(s) => {
                 let span = s.span();
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 match spa::validate(s.into_inner(), dir) {
-                    Ok(v) => Some(v),
+                    Ok((v, n)) => {
+                        notes = n;
+                        Some(v)
+                    }
                     Err((at, message)) => return self.err(at.unwrap_or(span), message),
                 }
             }
@@ -122,7 +126,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, notes: Vec::new() })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, notes })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {
