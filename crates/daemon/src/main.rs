@@ -19,10 +19,10 @@ struct Args {
 enum Command {
     /// Run the daemon in the foreground (use systemd or similar to supervise it).
     Run {
-        /// Config file (native TOML, or an unchanged knockd.conf).
+        /// Config file (native TOML, or an unchanged knockd.conf or fwknopd.conf).
         #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
         /// Override the state directory (pending stop commands live there).
@@ -45,15 +45,15 @@ enum Command {
         /// Config file (native TOML, or a knockd.conf).
         #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
-    /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
+    /// Print a config (typically /etc/knockd.conf or /etc/fwknop/fwknopd.conf) as equivalent native TOML.
     Convert {
         /// The file to convert.
         file: PathBuf,
-        /// Its syntax: auto (detect), native or knockd.
+        /// Its syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
@@ -78,6 +78,7 @@ enum FormatArg {
     Auto,
     Native,
     Knockd,
+    Fwknopd,
 }
 
 impl From<FormatArg> for config::Format {
@@ -86,6 +87,7 @@ impl From<FormatArg> for config::Format {
             FormatArg::Auto => config::Format::Auto,
             FormatArg::Native => config::Format::Native,
             FormatArg::Knockd => config::Format::Knockd,
+            FormatArg::Fwknopd => config::Format::Fwknopd,
         }
     }
 }
@@ -162,7 +164,8 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         }
         config.daemon.interfaces = config::Interfaces::Named(args.interfaces);
     }
-    log::init_with_file(config.daemon.log, verbose, config.daemon.log_file.as_deref())?;
+    log::set_syslog(config.daemon.syslog.clone());
+    log::init_with_file(config.daemon.log, verbose || config.daemon.verbose, config.daemon.log_file.as_deref())?;
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }

@@ -69,6 +69,13 @@ pub fn load(path: &Path) -> Result<Parsed, String> {
     r.finish(path)
 }
 
+/// Read every `*.conf` in `dir` (fwknopd `ACCESS_FOLDER`), as `%include_folder` does.
+pub fn load_folder(dir: &Path) -> Result<Parsed, String> {
+    let mut r = Reader::default();
+    r.directive("%INCLUDE_FOLDER", &dir.display().to_string(), &dir.join("."), 0)?;
+    r.finish(dir)
+}
+
 /// Parse access.conf text (includes resolve relative to `path`'s directory).
 /// Errors read `path:line: reason`.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<FwknopStanza>, String> {
