@@ -47,10 +47,16 @@ pub struct KnockArgs {
 /// Parse all knocks first: a typo in the fourth port must not send the first three.
 pub fn parse_knocks(ports: &[String], udp: bool) -> anyhow::Result<Vec<Service>> {
     let default = if udp { Proto::Udp } else { Proto::Tcp };
-    ports
-        .iter()
-        .map(|p| Service::parse_knock(p, default).map_err(|e| anyhow::anyhow!("bad knock {p:?}: {e}")))
-        .collect()
+    ports.iter().map(|p| Service::parse_knock(p, default).map_err(|e| bad_knock(p, e))).collect()
+}
+
+/// Say what a knock looks like; a knock written in the grant form (`tcp/7000`, as in
+/// `open = [...]` and `spa -A`) gets its knock spelling.
+fn bad_knock(p: &str, e: portcullis_proto::service::ParseError) -> anyhow::Error {
+    match Service::parse_grant(p) {
+        Ok(s) => anyhow::anyhow!("bad knock {p:?}: knocks are PORT[:PROTO]; write {}:{}", s.port, s.proto),
+        Err(_) => anyhow::anyhow!("bad knock {p:?}: {e}; knocks are PORT[:PROTO], e.g. 7000 or 7000:udp"),
+    }
 }
 
 /// Resolve once, honouring -4/-6.
@@ -130,8 +136,18 @@ mod tests {
         assert_eq!(k, vec![Service::udp(7000), Service::tcp(8000)]);
         for bad in ["0", "65536", "70:icmp", "x", "", "22:"] {
             let e = parse_knocks(&[bad.to_string()], false).unwrap_err().to_string();
-            assert!(e.contains("bad knock"), "{bad}: {e}");
+            assert!(
+                e.contains("bad knock") && e.ends_with("knocks are PORT[:PROTO], e.g. 7000 or 7000:udp"),
+                "{bad}: {e}"
+            );
         }
+        let e = parse_knocks(&["7000".into(), "tcp/7000".into()], false).unwrap_err().to_string();
+        assert_eq!(e, r#"bad knock "tcp/7000": knocks are PORT[:PROTO]; write 7000:tcp"#);
+        let e = parse_knocks(&["70:icmp".into()], false).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            r#"bad knock "70:icmp": protocol must be tcp or udp; knocks are PORT[:PROTO], e.g. 7000 or 7000:udp"#
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub struct SpaArgs {
     /// Native: file holding your user secret key (pcu1-sec-...).
     #[arg(long = "user-key", requires = "native")]
     user_key: Option<PathBuf>,
-    /// Print the packet instead of sending it (fwknop -T).
+    /// Print the packet instead of sending it (fwknop -T); a --native packet, which is
+    /// binary, as base64.
     #[arg(short = 'T', long = "test")]
     test: bool,
     /// Say what is sent.
@@ -98,12 +99,33 @@ pub(crate) fn parse_access(list: &str) -> anyhow::Result<Vec<Service>> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| Service::parse_grant(s).map_err(|e| anyhow::anyhow!("access {s:?}: {e}")))
+        .map(|s| Service::parse_grant(s).map_err(|e| bad_access(s, e)))
         .collect::<anyhow::Result<_>>()?;
     if v.is_empty() {
         bail!("nothing to open: give -A tcp/22");
     }
     Ok(v)
+}
+
+/// Say what an access entry looks like; a bare port or the knock form (`22`, `22:tcp`)
+/// gets its grant spelling.
+fn bad_access(s: &str, e: portcullis_proto::service::ParseError) -> anyhow::Error {
+    match Service::parse_knock(s, portcullis_proto::Proto::Tcp) {
+        Ok(k) if s.contains(':') => anyhow::anyhow!("access {s:?}: access is PROTO/PORT; write {k}"),
+        Ok(k) => anyhow::anyhow!("access {s:?}: say which protocol: write {k} (or udp/{})", k.port),
+        Err(_) => anyhow::anyhow!("access {s:?}: {e}; access is PROTO/PORT, e.g. tcp/22"),
+    }
+}
+
+/// What `--test` prints: fwknop packets are base64 text already; a native packet is
+/// binary and printed as standard base64 (`base64 -d` gives the bytes back).
+fn printable(packet: &[u8], native: bool) -> String {
+    use base64::Engine;
+    if native {
+        base64::engine::general_purpose::STANDARD.encode(packet)
+    } else {
+        String::from_utf8_lossy(packet).into_owned()
+    }
 }
 
 /// Run `portcullis spa`.
@@ -150,7 +172,7 @@ pub fn run(a: &SpaArgs) -> anyhow::Result<()> {
         fwknop_packet(a, &rc, &user, allow, &access, timeout)?
     };
     if a.test {
-        println!("{}", String::from_utf8_lossy(&packet));
+        println!("{}", printable(&packet, a.native));
         return Ok(());
     }
     let to = SocketAddr::new(server, port);
@@ -287,5 +309,26 @@ mod tests {
         assert!(parse_access("tcp/0").is_err());
         assert!(parse_access("icmp/1").is_err());
         assert!(parse_access("").is_err());
+    }
+
+    #[test]
+    fn bad_access_says_how_to_write_it() {
+        let e = |s: &str| parse_access(s).unwrap_err().to_string();
+        assert_eq!(e("22"), r#"access "22": say which protocol: write tcp/22 (or udp/22)"#);
+        assert_eq!(e("tcp/22,53:udp"), r#"access "53:udp": access is PROTO/PORT; write udp/53"#);
+        assert_eq!(
+            e("icmp/1"),
+            r#"access "icmp/1": protocol must be tcp or udp; access is PROTO/PORT, e.g. tcp/22"#
+        );
+        assert_eq!(
+            e("tcp/0"),
+            r#"access "tcp/0": port must be a number from 1 to 65535; access is PROTO/PORT, e.g. tcp/22"#
+        );
+    }
+
+    #[test]
+    fn test_mode_prints_binary_packets_as_base64() {
+        assert_eq!(printable(b"8hQ3+abc/xyz", false), "8hQ3+abc/xyz", "fwknop packets are text already");
+        assert_eq!(printable(&[0xff, 0x00, b'a', 0x80], true), "/wBhgA==");
     }
 }

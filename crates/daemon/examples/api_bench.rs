@@ -9,7 +9,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -18,10 +17,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use portcullis_daemon::api::{self, AppState, Tokens};
+use portcullis_daemon::firewall;
 use portcullis_daemon::firewall::none::NoFirewall;
-use portcullis_daemon::grants::Granter;
+use portcullis_daemon::grants::clock::{self, Clock};
+use portcullis_daemon::grants::{Granter, Origin, OriginKind};
 use portcullis_daemon::lab::{self, Lab, Probe};
-use portcullis_daemon::store::{self, NewGrants, Origin, OriginKind, SharedDriver, Store};
+use portcullis_daemon::store::{self, CloseTarget, Closing, GrantState, NewGrants, Store};
 use portcullis_proto::Service;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -253,14 +254,14 @@ fn lab_benches(rt: &tokio::runtime::Runtime) {
 fn list_bench(rt: &tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grants.db");
-    let driver: SharedDriver = Arc::new(Mutex::new(Box::new(NoFirewall::default())));
     // Seed 100,000 records straight through the store's SQL layer (1000 transactions of 100).
     {
         let mut c = rusqlite::Connection::open(&path).unwrap();
         store::db::configure(&c).unwrap();
         store::db::migrate(&mut c).unwrap();
         let t = Instant::now();
-        let now = store::now_ms();
+        let now = clock::SystemClock.now_ms();
+        let mut expired = Vec::new();
         for i in 0..1000u32 {
             let g = NewGrants {
                 origin: Origin {
@@ -275,14 +276,20 @@ fn list_bench(rt: &tokio::runtime::Runtime) {
                 driver: "none",
                 result: Ok(()),
             };
-            store::db::record(&mut c, &g).unwrap();
+            for r in store::db::record(&mut c, &g).unwrap() {
+                if r.duration_ms < 5_000 {
+                    let (target, state) = (CloseTarget::Id(r.id), GrantState::Expired);
+                    expired.push(Closing { target, state, by: None, at: r.expires_at });
+                }
+            }
         }
         let seeded = t.elapsed();
-        let n = store::db::expire_due(&mut c, now + 5_000, None).unwrap().len();
+        let n = store::db::close(&mut c, &expired).unwrap().len();
         println!("seeded 100000 records in {:.2}s; {n} marked expired", seeded.as_secs_f64());
     }
-    let s = Store::open(&path, Arc::clone(&driver), store::Options::default()).unwrap();
-    let granter = Arc::new(Granter::new(driver, vec![Service::tcp(22)], Ok(s)));
+    let s = Store::open(&path, store::Options::default()).unwrap();
+    let driver = firewall::Shared::new(Box::new(NoFirewall::default()));
+    let granter = Granter::new(driver, vec![Service::tcp(22)], Ok(s), clock::system()).unwrap();
     let tokens = Tokens::parse(&format!("bench {TOKEN}\n")).unwrap();
     let state = AppState::new(granter, tokens, Duration::from_secs(600), Duration::from_secs(60));
     let (app, _) = api::router(state);

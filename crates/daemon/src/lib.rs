@@ -11,8 +11,9 @@
 //! - [`spa`]: the SPA gate (fwknop and native formats) and its persisted replay cache.
 //! - [`stats`]: the capture thread's counters (read by metrics).
 //! - [`log`]: stderr / syslog / journald set-up.
-//! - [`grants`]: the grant path shared by capture thread and API; [`store`]: SQLite
-//!   grant records, expiry scheduler, reconciliation; [`api`]: the local REST API.
+//! - [`grants`]: the grant lifecycle for every origin (grant, refresh, revoke, the one
+//!   expiry scheduler, reconciliation); [`store`]: SQLite grant records and queries
+//!   only; [`api`]: the local REST API.
 
 pub mod actions;
 pub mod api;

@@ -3,16 +3,17 @@
 //! error is JSON with the right status. No root, no sockets.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use portcullis_daemon::api::{self, AppState, Tokens};
+use portcullis_daemon::firewall;
 use portcullis_daemon::firewall::none::NoFirewall;
-use portcullis_daemon::grants::Granter;
-use portcullis_daemon::store::{self, SharedDriver, Store};
+use portcullis_daemon::grants::{clock, Granter};
+use portcullis_daemon::store::{self, Store};
 use portcullis_proto::Service;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -27,14 +28,22 @@ struct Api {
 }
 
 fn api_with(store_ok: bool) -> Api {
+    api_on(store_ok, clock::system())
+}
+
+fn api_on(store_ok: bool, clock: Arc<dyn clock::Clock>) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let driver: SharedDriver = Arc::new(Mutex::new(Box::new(NoFirewall::default())));
+    let driver = firewall::Shared::new(Box::new(NoFirewall::default()));
     let store = if store_ok {
-        Store::open(&dir.path().join("grants.db"), Arc::clone(&driver), store::Options::default())
+        Store::open(
+            &dir.path().join("grants.db"),
+            store::Options { clock: clock.clone(), ..Default::default() },
+        )
     } else {
         Err(store::StoreError::Unavailable("test: no store".into()))
     };
-    let granter = Arc::new(Granter::new(driver, vec![Service::tcp(22), Service::udp(51820)], store));
+    let protected = vec![Service::tcp(22), Service::udp(51820)];
+    let granter = Granter::new(driver, protected, store, clock).unwrap();
     let tokens = Tokens::parse(&format!("alice {TOKEN}\nbob {OTHER}\n")).unwrap();
     let state =
         AppState::new(Arc::clone(&granter), tokens, Duration::from_secs(600), Duration::from_secs(60));
@@ -192,6 +201,43 @@ async fn create_get_list_revoke_round_trip() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = a.get("/v1/grants/424242").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// A knock-made grant revoked through the API, and an API grant reaching its expiry:
+/// both leave the firewall, the scheduler and the active records together.
+#[tokio::test]
+async fn api_revoke_and_expiry_go_through_the_grant_lifecycle() {
+    use portcullis_daemon::grants::{Origin, OriginKind};
+    let clock = clock::ManualClock::new(1_800_000_000_000);
+    let a = api_on(true, clock.clone());
+    let door = Origin { kind: OriginKind::Door, detail: "ssh".into() };
+    a.granter
+        .grant(door, "192.0.2.3".parse().unwrap(), &[Service::tcp(22)], Duration::from_secs(30))
+        .unwrap();
+    a.granter.store().unwrap().sync().await;
+    let v = a.get("/v1/grants?origin=door:ssh").await.json();
+    let id = v["items"][0]["id"].as_i64().unwrap();
+    let r = a.delete(&format!("/v1/grants/{id}")).await;
+    assert_eq!((r.status, r.json()["state"].as_str()), (StatusCode::OK, Some("revoked")), "{}", r.text);
+    assert!(a.live().is_empty(), "removed from the firewall");
+    assert_eq!(a.granter.scheduled(), 0, "and from the expiry schedule");
+    assert_eq!(a.get(&format!("/v1/grants/{id}")).await.json()["revoked_by"], "alice");
+
+    let r = a.post("/v1/grants", json!({"address": "192.0.2.2", "ports": [22], "duration": 30})).await;
+    let id = r.json()["grants"][0]["id"].as_i64().unwrap();
+    clock.advance(Duration::from_millis(29_999));
+    a.granter.expire_due();
+    assert_eq!(a.live().len(), 1);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(a.granter.expire_due(), 1);
+    assert!(a.live().is_empty(), "closed by the daemon at expiry");
+    a.granter.store().unwrap().sync().await;
+    let v = a.get(&format!("/v1/grants/{id}")).await.json();
+    assert_eq!(v["state"], "expired", "{v}");
+    let m = a.get("/metrics").await.text;
+    assert!(m.lines().any(|l| l == "portcullis_daemon_expired_total 1"), "{m}");
+    let r = a.delete(&format!("/v1/grants/{id}")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
 }
 
 #[tokio::test]
@@ -482,4 +528,74 @@ async fn knock_made_grants_appear_with_their_door() {
     assert_eq!(v["total"], 1, "{v}");
     assert_eq!(v["items"][0]["address"], "192.0.2.2");
     assert_eq!(v["items"][0]["duration_seconds"], 30);
+}
+
+#[tokio::test]
+async fn compat_reads_the_lenient_json_the_original_read() {
+    let a = api();
+    let post = |ctype: &'static str, body: String| {
+        let a = &a;
+        async move { a.send(Method::POST, "/api/portkock", Some(TOKEN), Some((ctype, &body))).await }
+    };
+    // The original's documented call, `curl -X POST -d '{action:"allow", ip:..., port:8080}'`:
+    // unquoted keys, sent form-encoded because curl -d says so.
+    for (ctype, body) in [
+        ("application/x-www-form-urlencoded", r#"{action:"allow", ip:"192.0.2.2", port:8080}"#),
+        ("application/json", "{'action': 'allow', 'ip': '192.0.2.3', 'port': 8080,}"),
+        ("text/plain", "\u{feff}{ // a .NET client\n Action: 'allow', IP: '192.0.2.4', Port: '8080' }"),
+    ] {
+        let r = post(ctype, body.to_string()).await;
+        assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, r#"{"result":"OK"}"#), "{body}");
+    }
+    assert_eq!(a.live().len(), 3);
+    for (body, status, message) in [
+        (
+            r#"{action:"allow", ip:"192.0.2.5" port:8080}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "the body is not JSON: expected comma at line 1 column 33",
+        ),
+        (
+            r#"{action:"allow", ip:"192.0.2.5", port:8080, PORT:22}"#.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"key "port" is given twice"#,
+        ),
+        (
+            r#"{action:"allow", ip:"192.0.2.5"}"#.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `port`",
+        ),
+        (
+            "[1, 2]".to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type: sequence, expected an object {action, ip, port} at line 1 column 1",
+        ),
+        (
+            format!(
+                "{{action:'allow', ip:'192.0.2.5', port:22, x:{}1{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 4096 bytes",
+        ),
+        (
+            format!("{{action:'allow', ip:'192.0.2.5', port:22, x:{}1{}}}", "[".repeat(100), "]".repeat(100)),
+            StatusCode::BAD_REQUEST,
+            "the body nests too deeply for a knock request",
+        ),
+    ] {
+        let r = post("application/json", body.clone()).await;
+        assert_eq!((r.status, r.json()), (status, json!({"result": "NG", "message": message})), "{body}");
+    }
+    assert_eq!(a.live().len(), 3, "nothing more was granted");
+    // Only there: /v1 stays strict JSON.
+    let r = a
+        .send(
+            Method::POST,
+            "/v1/grants",
+            Some(TOKEN),
+            Some(("application/json", "{address:'192.0.2.5', ports:[22]}")),
+        )
+        .await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
 }

@@ -262,3 +262,40 @@ fn knock_and_spa_made_grants_appear_in_the_list() {
     let (ok, m) = grants(&s, &["list", "--origin", "spa", "--address", lab::OTHER4]);
     assert!(ok && m["total"] == 1, "{m}");
 }
+
+#[test]
+fn iptables_grants_close_on_time_without_a_store() {
+    if !root_or_skip("iptables_grants_close_on_time_without_a_store") {
+        return;
+    }
+    let conf = "[daemon]\nbackend = \"iptables-nft\"\n\n[[door]]\nname = \"ssh\"\n\
+                sequence = [7000, \"8000:udp\", 9000]\nseq_timeout = 5\nopen = [\"tcp/2222\"]\nopen_for = 3\n";
+    let mut s = Server::start("apinostore", conf, &[2222]);
+    // Kill the daemon and make its database impossible to open: a directory where the
+    // file should be. The restarted daemon runs without a store.
+    s.kill9();
+    let state = s.dir.join("state");
+    for f in ["grants.db", "grants.db-wal", "grants.db-shm"] {
+        let _ = std::fs::remove_file(state.join(f));
+    }
+    std::fs::create_dir(state.join("grants.db")).unwrap();
+    s.spawn(conf);
+    assert!(s.log_text().contains("RUNNING WITHOUT GRANT RECORDS"), "{}", s.log_text());
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered, "protected");
+    let c = client_bin();
+    s.client(&[&c, "knock", "-d", "20", lab::SERVER4, "7000", "8000:udp", "9000"]);
+    let knocked = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Open),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || s.probe(&s.lab.client, lab::SERVER4, 2222) == Probe::Filtered),
+        "the grant never closed: {}",
+        s.log_text()
+    );
+    let closed = knocked.elapsed();
+    assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "after {closed:?}");
+    assert!(s.log_text().contains("closed tcp/2222 (expired) via iptables-nft"), "{}", s.log_text());
+}

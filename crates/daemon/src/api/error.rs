@@ -8,23 +8,11 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+pub use portcullis_api::ErrorBody;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use utoipa::ToSchema;
 
-use crate::grants::GrantError;
-use crate::store::{RevokeError, StoreError};
-
-/// The error body.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema, PartialEq, Eq)]
-pub struct ErrorBody {
-    /// Machine-readable code: `unauthorized`, `not_found`, `method_not_allowed`,
-    /// `bad_request`, `invalid`, `unsupported_media_type`, `payload_too_large`,
-    /// `conflict`, `firewall_error`, `store_unavailable`, `internal`.
-    pub error: String,
-    /// What went wrong, for people.
-    pub message: String,
-}
+use crate::grants::{GrantError, RevokeError};
+use crate::store::StoreError;
 
 /// An API error.
 #[derive(Debug, Clone)]

@@ -1,248 +1,24 @@
 //! Native endpoints: `/v1/grants`, `/v1/health`, `/v1/version`.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
+use portcullis_api::grants::{MAX_PAGE, MAX_PER_PAGE, MAX_PORTS};
+use portcullis_api::{
+    CreateGrant, Created, ErrorBody, GrantPage, GrantView, Health, ListQuery, Protocol, Version,
+    CLI_USER_AGENT_PREFIX,
+};
 use portcullis_proto::{Proto, Service};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
-use super::{blocking, AppState, Caller};
-use crate::store::{Filter, GrantRecord, GrantState, Origin, OriginKind, RevokeTarget};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::{blocking, view, AppState, Caller};
+use crate::grants::{Origin, OriginKind, RevokeTarget};
+use crate::store::Filter;
 use portcullis_proto::addr::canonical as fold;
-
-/// Largest page.
-pub const MAX_PER_PAGE: u64 = 1000;
-/// Most ports in one create request.
-pub const MAX_PORTS: usize = 64;
-
-/// Transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl From<Protocol> for Proto {
-    fn from(p: Protocol) -> Proto {
-        match p {
-            Protocol::Tcp => Proto::Tcp,
-            Protocol::Udp => Proto::Udp,
-        }
-    }
-}
-
-/// Grant life-cycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum StateName {
-    /// In force.
-    Active,
-    /// Ran out.
-    Expired,
-    /// Closed early.
-    Revoked,
-    /// The firewall refused it.
-    Failed,
-}
-
-impl From<StateName> for GrantState {
-    fn from(s: StateName) -> GrantState {
-        match s {
-            StateName::Active => GrantState::Active,
-            StateName::Expired => GrantState::Expired,
-            StateName::Revoked => GrantState::Revoked,
-            StateName::Failed => GrantState::Failed,
-        }
-    }
-}
-
-impl From<GrantState> for StateName {
-    fn from(s: GrantState) -> StateName {
-        match s {
-            GrantState::Active => StateName::Active,
-            GrantState::Expired => StateName::Expired,
-            GrantState::Revoked => StateName::Revoked,
-            GrantState::Failed => StateName::Failed,
-        }
-    }
-}
-
-/// What made a grant.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct OriginView {
-    /// `door`, `spa`, `api`, `cli` or `adopted` (found in the firewall at start, see docs/api.md).
-    pub kind: String,
-    /// Door name, SPA stanza/user, or API token name.
-    pub detail: String,
-}
-
-/// A grant record.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct GrantView {
-    /// Record id.
-    pub id: i64,
-    /// What made it.
-    pub origin: OriginView,
-    /// The address let in.
-    pub address: String,
-    /// Protocol.
-    pub protocol: Protocol,
-    /// Port.
-    pub port: u16,
-    /// Life-cycle state.
-    pub state: StateName,
-    /// When it was asked for (RFC 3339).
-    pub requested_at: String,
-    /// When the firewall applied it (RFC 3339), null if it failed.
-    pub effective_at: Option<String>,
-    /// When it ends or ended (RFC 3339).
-    pub expires_at: String,
-    /// Seconds left (0 unless active).
-    pub remaining_seconds: u64,
-    /// Duration of the latest grant or refresh, seconds.
-    pub duration_seconds: u64,
-    /// Who revoked it.
-    pub revoked_by: Option<String>,
-    /// When it stopped being active (RFC 3339).
-    pub closed_at: Option<String>,
-    /// The firewall driver.
-    pub driver: String,
-    /// `ok` or the driver's error.
-    pub driver_result: String,
-    /// How often a repeat grant refreshed it.
-    pub refresh_count: i64,
-    /// When it was last refreshed (RFC 3339).
-    pub refreshed_at: Option<String>,
-}
-
-/// RFC 3339 (milliseconds, UTC) for Unix ms.
-pub fn rfc3339(ms: i64) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-impl From<&GrantRecord> for GrantView {
-    fn from(r: &GrantRecord) -> GrantView {
-        let now = crate::store::now_ms();
-        let remaining = if r.state == GrantState::Active { (r.expires_at - now).max(0) / 1000 } else { 0 };
-        GrantView {
-            id: r.id,
-            origin: OriginView { kind: r.origin.kind.as_str().into(), detail: r.origin.detail.clone() },
-            address: r.address.to_string(),
-            protocol: match r.service.proto {
-                Proto::Tcp => Protocol::Tcp,
-                Proto::Udp => Protocol::Udp,
-            },
-            port: r.service.port,
-            state: r.state.into(),
-            requested_at: rfc3339(r.requested_at),
-            effective_at: r.effective_at.map(rfc3339),
-            expires_at: rfc3339(r.expires_at),
-            remaining_seconds: u64::try_from(remaining).unwrap_or(0),
-            duration_seconds: u64::try_from(r.duration_ms / 1000).unwrap_or(0),
-            revoked_by: r.revoked_by.clone(),
-            closed_at: r.closed_at.map(rfc3339),
-            driver: r.driver.clone(),
-            driver_result: r.driver_result.clone(),
-            refresh_count: r.refresh_count,
-            refreshed_at: r.refreshed_at.map(rfc3339),
-        }
-    }
-}
-
-/// Create grants: open `ports` (all of one `protocol`) for `address`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGrant {
-    /// IPv4 or IPv6 address to let in.
-    #[schema(example = "192.0.2.2")]
-    pub address: String,
-    /// `tcp` (default) or `udp`.
-    #[serde(default)]
-    pub protocol: Option<Protocol>,
-    /// Ports to open, 1-65535, at most 64.
-    #[schema(min_items = 1, max_items = 64, example = json!([22]))]
-    pub ports: Vec<i64>,
-    /// Seconds; default `[api] default_duration`; capped at `[api] max_duration`.
-    #[schema(minimum = 1, example = 60)]
-    pub duration: Option<i64>,
-}
-
-/// Result of a create.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Created {
-    /// One record per port (a repeat of an active grant returns the refreshed record).
-    pub grants: Vec<GrantView>,
-    /// Things worth knowing: a capped duration, a port portcullis does not protect.
-    pub warnings: Vec<String>,
-}
-
-/// A page of records.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct GrantPage {
-    /// Records, newest first.
-    pub items: Vec<GrantView>,
-    /// This page (1-based).
-    pub page: u64,
-    /// Page size.
-    pub per_page: u64,
-    /// Records matching the filter.
-    pub total: u64,
-}
-
-/// List filters and paging.
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Only records in this state.
-    pub state: Option<StateName>,
-    /// Only records for this address.
-    pub address: Option<String>,
-    /// Only records from this origin: `door`, `spa`, `api`, `cli`, `adopted`, or `KIND:DETAIL` (e.g. `door:ssh`).
-    pub origin: Option<String>,
-    /// 1-based page (default 1).
-    #[param(minimum = 1)]
-    pub page: Option<u64>,
-    /// Page size, 1-1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub per_page: Option<u64>,
-}
-
-/// Health of the daemon's parts.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    /// `ok`, or `degraded` when the store is unavailable.
-    pub status: String,
-    /// Firewall driver.
-    pub firewall: String,
-    /// Whether the firewall closes grants by itself.
-    pub kernel_expiry: bool,
-    /// `ok` or the store's error.
-    pub store: String,
-}
-
-/// Version information.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Version {
-    /// `portcullisd`.
-    pub name: String,
-    /// Daemon version.
-    pub version: String,
-    /// API version (`v1`).
-    pub api: String,
-    /// Grant store schema version.
-    pub schema_version: u32,
-}
 
 /// Parse and check an address a grant may be for.
 pub fn parse_address(s: &str) -> Result<IpAddr, ApiError> {
@@ -301,7 +77,7 @@ pub fn origin(caller: &Caller, headers: &HeaderMap) -> Origin {
     let cli = headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ua| ua.starts_with("portcullis-cli/"));
+        .is_some_and(|ua| ua.starts_with(CLI_USER_AGENT_PREFIX));
     Origin { kind: if cli { OriginKind::Cli } else { OriginKind::Api }, detail: caller.0.clone() }
 }
 
@@ -360,19 +136,14 @@ pub async fn create_grant(
         d.as_secs(),
         state.granter.driver_name()
     );
-    let store = state.granter.store()?.clone();
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let views = blocking(move || {
-        ids.iter().filter_map(|&id| store.get(id).transpose()).collect::<Result<Vec<_>, _>>()
-    })
-    .await??;
-    Ok((StatusCode::CREATED, Json(Created { grants: views.iter().map(GrantView::from).collect(), warnings })))
+    let now = state.granter.clock().now_ms();
+    Ok((StatusCode::CREATED, Json(Created { grants: view::grants(&rows, now), warnings })))
 }
 
 /// Parse a list query into a store filter.
 pub fn filter(q: &ListQuery) -> Result<Filter, ApiError> {
     let page = q.page.unwrap_or(1);
-    if page == 0 || page > 1_000_000_000 {
+    if page == 0 || page > MAX_PAGE {
         return Err(ApiError::bad_request("page must be 1 or more"));
     }
     let per_page = q.per_page.unwrap_or(100);
@@ -402,7 +173,7 @@ pub fn filter(q: &ListQuery) -> Result<Filter, ApiError> {
             (Some(kind), d)
         }
     };
-    Ok(Filter { state: q.state.map(Into::into), address, origin_kind, origin_detail, page, per_page })
+    Ok(Filter { state: q.state, address, origin_kind, origin_detail, page, per_page })
 }
 
 /// List grant records, newest first.
@@ -424,7 +195,7 @@ pub async fn list_grants(
     let store = state.granter.store()?.clone();
     let (page, per_page) = (f.page, f.per_page);
     let (items, total) = blocking(move || store.list(&f)).await??;
-    Ok(Json(GrantPage { items: items.iter().map(GrantView::from).collect(), page, per_page, total }))
+    Ok(Json(GrantPage { items: view::grants(&items, state.granter.clock().now_ms()), page, per_page, total }))
 }
 
 /// One grant record.
@@ -445,7 +216,7 @@ pub async fn get_grant(
 ) -> Result<Json<GrantView>, ApiError> {
     let store = state.granter.store()?.clone();
     match blocking(move || store.get(id)).await?? {
-        Some(r) => Ok(Json(GrantView::from(&r))),
+        Some(r) => Ok(Json(view::grant(&r, state.granter.clock().now_ms()))),
         None => Err(ApiError::not_found(format!("no grant {id}"))),
     }
 }
@@ -470,10 +241,8 @@ pub async fn revoke_grant(
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<GrantView>, ApiError> {
-    let store = state.granter.store()?;
-    let rx = store.revoke(RevokeTarget::Id(id), &caller.0)?;
-    let r = rx.await.map_err(|_| ApiError::from(crate::store::StoreError::Busy))??;
-    Ok(Json(GrantView::from(&r)))
+    let r = state.granter.revoke(RevokeTarget::Id(id), &caller.0).await?;
+    Ok(Json(view::grant(&r, state.granter.clock().now_ms())))
 }
 
 /// Health of firewall and store.
@@ -509,7 +278,7 @@ pub async fn version() -> Json<Version> {
     Json(Version {
         name: "portcullisd".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        api: "v1".into(),
+        api: portcullis_api::API_VERSION.into(),
         schema_version: crate::store::db::SCHEMA_VERSION as u32,
     })
 }

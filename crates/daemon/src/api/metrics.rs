@@ -13,8 +13,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::{blocking, AppState};
+use crate::grants::OriginKind;
 use crate::spa::RejectClass;
-use crate::store::{GrantState, OriginKind};
+use crate::store::GrantState;
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -97,19 +98,15 @@ pub async fn render(state: &AppState) -> String {
             &mut out,
             "portcullis_store_dropped_total",
             "counter",
-            "Grant records dropped (store thread behind).",
+            "Grant records and closes dropped (store thread behind or stopped).",
         );
         let _ = writeln!(out, "portcullis_store_dropped_total {}", c.dropped.load(Ordering::Relaxed));
         head(&mut out, "portcullis_store_errors_total", "counter", "Store write failures (rolled back).");
         let _ = writeln!(out, "portcullis_store_errors_total {}", c.errors.load(Ordering::Relaxed));
-        head(
-            &mut out,
-            "portcullis_daemon_expired_total",
-            "counter",
-            "Grants closed by the daemon at expiry.",
-        );
-        let _ = writeln!(out, "portcullis_daemon_expired_total {}", c.daemon_expired.load(Ordering::Relaxed));
     }
+    head(&mut out, "portcullis_daemon_expired_total", "counter", "Grants closed by the daemon at expiry.");
+    let expired = g.counters().daemon_expired.load(Ordering::Relaxed);
+    let _ = writeln!(out, "portcullis_daemon_expired_total {expired}");
     out
 }
 

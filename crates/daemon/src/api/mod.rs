@@ -15,6 +15,7 @@ pub mod error;
 pub mod grants;
 pub mod metrics;
 pub mod tokens;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -36,7 +37,8 @@ use utoipa_axum::routes;
 
 use crate::config::ApiConfig;
 use crate::grants::Granter;
-use error::{ApiError, ErrorBody};
+use error::ApiError;
+use portcullis_api::ErrorBody;
 pub use tokens::Tokens;
 
 /// Largest request body accepted.

@@ -16,15 +16,13 @@ use portcullis_proto::{Millis, Proto, Service};
 
 use crate::capture::LocalView;
 use crate::config::{Config, Door};
-use crate::firewall::{FirewallDriver, FirewallError, Grant};
-use crate::grants::Granter;
+use crate::firewall::FirewallDriver;
+use crate::grants::{Granter, Origin, OriginKind};
 use crate::spa::{SpaGate, Verdict};
 use crate::stats::Stats;
-use crate::store::{Origin, OriginKind};
 use portcullis_proto::addr::canonical as fold;
 
-// knockd drop-in: commands, one-time sequences, daemon-side expiry.
-mod knockd;
+mod door_actions;
 
 struct Group {
     target: Option<IpAddr>,
@@ -50,15 +48,15 @@ pub struct Engine {
     reported_suppressed: u64,
     stats: Stats,
     spa: Option<SpaGate>,
-    /// knockd drop-in state, see `engine/knockd.rs`.
-    ext: knockd::Ext,
+    /// Door commands and one-time sequences, see `engine/door_actions.rs`.
+    ext: door_actions::Ext,
 }
 
 impl Engine {
     /// Build trackers for the configured doors, granting through `driver` without records
     /// (tests, dry runs). `max_tracked` is shared between target groups.
     pub fn new(config: &Config, driver: Box<dyn FirewallDriver>) -> anyhow::Result<Engine> {
-        Engine::with_granter(config, Arc::new(Granter::unrecorded(driver)))
+        Engine::with_granter(config, Granter::unrecorded(driver)?)
     }
 
     /// Like [`Engine::new`], granting through the shared (recording) grant path.
@@ -79,12 +77,16 @@ impl Engine {
                 .iter()
                 .map(|&i| {
                     let d = &config.doors[i];
-                    DoorSpec { sequence: knockd::tracker_sequence(d), timeout: d.seq_timeout, flags: d.flags }
+                    DoorSpec {
+                        sequence: door_actions::tracker_sequence(d),
+                        timeout: d.seq_timeout,
+                        flags: d.flags,
+                    }
                 })
                 .collect();
             let mut tracker = Tracker::new(specs, per_group)
                 .map_err(|e| anyhow::anyhow!("invalid door definition: {e:?}"))?;
-            knockd::disable_exhausted(&mut tracker, &doors, &config.doors);
+            door_actions::disable_exhausted(&mut tracker, &doors, &config.doors);
             groups.push(Group { target, tracker, doors });
         }
         Ok(Engine {
@@ -96,7 +98,7 @@ impl Engine {
             reported_suppressed: 0,
             stats: Stats::default(),
             spa: None,
-            ext: knockd::Ext::default(),
+            ext: door_actions::Ext::default(),
         })
     }
 
@@ -114,11 +116,6 @@ impl Engine {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
-    }
-
-    /// Attempts currently tracked, over all groups.
-    pub fn tracked(&self) -> usize {
-        self.groups.iter().map(|g| g.tracker.len()).sum()
     }
 
     /// Handle one parsed datagram that arrived on `ifindex` at `now` (monotonic) /
@@ -242,8 +239,8 @@ impl Engine {
         }
     }
 
-    /// The one grant path, for doors, SPA and the API: log, open, schedule daemon-side
-    /// expiry where the firewall does not expire by itself, log the result. `log` says
+    /// The capture thread's grant path, for doors and SPA: log, open through
+    /// [`Granter::grant`] (which arms expiry and records), log the result. `log` says
     /// whether the grant-line budget allows logging this one.
     #[allow(clippy::too_many_arguments)]
     fn apply_grant(
@@ -266,16 +263,13 @@ impl Engine {
             self.stats.suppressed_logs += 1;
         }
         let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
-        // A knockd door may open nothing itself and only run commands (issue 3).
+        // A knockd door may open nothing itself and only run commands.
         if services.is_empty() {
             return;
         }
-        let grants: Vec<Grant> =
-            services.iter().map(|&service| Grant { addr: allow, service, timeout: duration }).collect();
         match self.granter.grant(origin, allow, services, duration) {
             Ok(()) => {
                 self.stats.opened += 1;
-                self.schedule_expiry(&grants, wall);
                 if log {
                     tracing::info!(
                         "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
@@ -309,20 +303,6 @@ impl Engine {
         if let Some(gate) = self.spa.as_mut() {
             gate.housekeeping(wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
-    }
-
-    /// Grant directly (API, tests): opens `services` for `addr` for `timeout`.
-    pub fn grant(
-        &mut self,
-        addr: IpAddr,
-        services: &[Service],
-        timeout: Duration,
-    ) -> Result<(), FirewallError> {
-        let origin = Origin { kind: OriginKind::Api, detail: "engine".into() };
-        self.granter.grant(origin, addr, services, timeout)?;
-        let grants: Vec<Grant> = services.iter().map(|&service| Grant { addr, service, timeout }).collect();
-        self.schedule_expiry(&grants, SystemTime::now());
-        Ok(())
     }
 }
 

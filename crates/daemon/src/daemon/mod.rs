@@ -4,7 +4,8 @@
 //! Threading: one capture thread does recv → parse → track → grant synchronously.
 //! The nftables grant is a single netlink round trip (microseconds), so doing it
 //! inline gives the lowest knock-to-open latency and needs no queue that a flood could
-//! fill. The address monitor runs on its own thread.
+//! fill. The address monitor runs on its own thread, the grant expiry scheduler and the
+//! store writer on theirs (see [`crate::grants`]).
 
 pub mod engine;
 
@@ -82,13 +83,12 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
     let plan = plan_for(config);
-    // --- grants (issue 5): firewall setup, grant store + reconciliation, API ---
+    // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
     let mut api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,
     };
-    // --- end grants ---
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -104,8 +104,6 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
-    // knockd drop-in (issue 3): daemon-side expiry and the command driver.
-    engine.adopt_live_grants(SystemTime::now()).context("reading live grants")?;
     let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
         let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
             .context("starting the command runner")?;
@@ -159,7 +157,6 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         let (t, wall) = (now(), SystemTime::now());
-        engine.expire(wall); // issue 3: daemon-side expiry (one heap peek)
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
             granter.publish_stats(engine.stats());
@@ -170,14 +167,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
     }
-    // --- grants (issue 5) ---
     if let Some(a) = api.as_mut() {
         a.stop();
     }
-    if let Ok(store) = granter.store() {
-        store.shutdown();
-    }
-    // --- end grants ---
+    granter.shutdown();
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, {}",

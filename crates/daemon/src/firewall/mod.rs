@@ -13,6 +13,9 @@ use portcullis_proto::Service;
 pub mod iptables;
 pub mod nft;
 pub mod none;
+mod shared;
+
+pub use shared::Shared;
 
 /// One hole: `addr` may open new connections to `service` for `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

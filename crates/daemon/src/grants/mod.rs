@@ -1,29 +1,53 @@
-//! The one grant path shared by the capture thread (doors, SPA) and the API.
+//! The grant lifecycle, for every origin (knock, SPA, API, CLI): grant, refresh,
+//! revoke, expire, reconcile, retry. A [`Granter`] owns the firewall driver (behind
+//! [`firewall::Shared`]), the one expiry [`scheduler`], and the [`Store`] handle.
 //!
-//! A [`Granter`] owns the firewall driver behind a mutex and the [`Store`] handle.
-//! Granting is: lock the driver, apply (one netlink batch, microseconds), enqueue the
-//! record, unlock. The capture thread never waits for the disk: its records are
-//! `try_send`-ed to the store thread ([`Store::record_nowait`]). The API waits for its
-//! record to be committed and gets the row ids back.
+//! Granting is: lock the driver, apply (one netlink batch, microseconds), arm the
+//! scheduler, enqueue the record, unlock. The scheduler is armed whatever the store
+//! does (not opened, thread gone, channel full, disk full): a grant of a driver without
+//! kernel expiry (iptables, none) is closed on time by the daemon in every case. The
+//! capture thread never waits for the disk: its records are `try_send`-ed to the store
+//! thread. The API waits for its record to be committed and gets the rows back.
+//!
+//! Revoking (API, CLI) and expiring take the same lock: firewall first, then the record.
+//!
+//! # Ordering
+//!
+//! Every firewall change and the store command that records it are made under the
+//! driver lock, and the store channel is FIFO. So the store applies records and closes
+//! in the order the firewall saw them: a record can never describe a firewall state
+//! older than a revoke already written. A revoke by record id checks that the row belongs
+//! to the activation the firewall holds now (not written before it opened), so it never
+//! closes a newer grant of the same key whose record is still in the channel.
 //!
 //! If the store could not be opened (read-only or full state dir, corrupt file), the
-//! daemon still enforces and grants; records are missing and every API call that needs
-//! them answers 503 with the reason.
+//! daemon still enforces, grants and expires; records are missing and every API call
+//! that needs them answers 503 with the reason.
+
+pub mod clock;
+pub mod origin;
+mod reconcile;
+mod revoke;
+pub mod scheduler;
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
 use tokio::sync::oneshot;
 
-use crate::firewall::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use crate::firewall::{self, FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
 use crate::stats::Stats;
-use crate::store::{
-    self, db::Recorded, lock_driver, now_ms, NewGrants, Origin, SharedDriver, Store, StoreError,
-};
-use portcullis_proto::addr::canonical as fold;
+use crate::store::{self, GrantRecord, NewGrants, Store, StoreError};
+use clock::{ms, Clock};
+pub use origin::{Origin, OriginKind};
+pub use reconcile::{ReconcileReport, ADOPT_WINDOW};
+pub use revoke::{RevokeError, RevokeTarget};
+use scheduler::{Key, Scheduler};
 
 /// Why an API grant did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -36,53 +60,68 @@ pub enum GrantError {
     Store(#[from] StoreError),
 }
 
-/// Shared grant path: driver, store, and what the firewall protects.
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Grants closed by the daemon at expiry (drivers without kernel expiry).
+    pub daemon_expired: AtomicU64,
+}
+
+/// The grant lifecycle: driver, scheduler, store, and what the firewall protects.
 pub struct Granter {
-    driver: SharedDriver,
-    driver_name: &'static str,
-    kernel_expiry: bool,
+    firewall: firewall::Shared,
     store: Result<Arc<Store>, StoreError>,
     protected: Vec<Service>,
+    clock: Arc<dyn Clock>,
+    sched: Arc<Scheduler>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Counters,
     /// The capture thread's latest [`Stats`], published about once a second for metrics.
     stats: Mutex<Stats>,
 }
 
 impl Granter {
-    /// A granter that records into `store` (or runs without records, with the reason).
+    /// A granter that records into `store` (or runs without records, with the reason),
+    /// with its scheduler thread running on `clock`.
     pub fn new(
-        driver: SharedDriver,
+        firewall: firewall::Shared,
         protected: Vec<Service>,
         store: Result<Arc<Store>, StoreError>,
-    ) -> Granter {
-        let (driver_name, kernel_expiry) = {
-            let d = lock_driver(&driver);
-            (d.name(), d.kernel_expiry())
-        };
-        Granter { driver, driver_name, kernel_expiry, store, protected, stats: Mutex::new(Stats::default()) }
+        clock: Arc<dyn Clock>,
+    ) -> std::io::Result<Arc<Granter>> {
+        let g = Arc::new(Granter {
+            firewall,
+            store,
+            protected,
+            clock,
+            sched: Arc::new(Scheduler::default()),
+            thread: Mutex::new(None),
+            counters: Counters::default(),
+            stats: Mutex::new(Stats::default()),
+        });
+        let t = scheduler::spawn(Arc::downgrade(&g), Arc::clone(&g.sched), Arc::clone(&g.clock))?;
+        *g.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        Ok(g)
     }
 
-    /// A granter with no store (tests, dry runs).
-    pub fn unrecorded(driver: Box<dyn FirewallDriver>) -> Granter {
+    /// A granter with no store on the system clock (tests, dry runs).
+    pub fn unrecorded(driver: Box<dyn FirewallDriver>) -> std::io::Result<Arc<Granter>> {
         Granter::new(
-            Arc::new(Mutex::new(driver)),
+            firewall::Shared::new(driver),
             Vec::new(),
             Err(StoreError::Unavailable("no store configured".into())),
+            clock::system(),
         )
     }
 
     /// The driver's name.
     pub fn driver_name(&self) -> &'static str {
-        self.driver_name
+        self.firewall.name()
     }
 
     /// Whether the firewall closes grants by itself.
     pub fn kernel_expiry(&self) -> bool {
-        self.kernel_expiry
-    }
-
-    /// The shared driver.
-    pub fn driver(&self) -> &SharedDriver {
-        &self.driver
+        self.firewall.kernel_expiry()
     }
 
     /// The store, or why there is none.
@@ -95,14 +134,24 @@ impl Granter {
         &self.protected
     }
 
-    /// Run `f` with the driver locked.
-    pub fn with_driver<T>(&self, f: impl FnOnce(&mut dyn FirewallDriver) -> T) -> T {
-        f(lock_driver(&self.driver).as_mut())
+    /// The clock grants are timed by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Counters for metrics.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The grants the firewall holds now.
     pub fn live(&self) -> Result<Vec<LiveGrant>, FirewallError> {
-        self.with_driver(|d| d.list())
+        self.firewall.lock().list()
+    }
+
+    /// Grants the scheduler tracks (to close or mark expired on time).
+    pub fn scheduled(&self) -> usize {
+        self.sched.lock().len()
     }
 
     /// Publish the capture thread's counters (for metrics).
@@ -115,6 +164,7 @@ impl Granter {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Apply grants with the driver locked, and arm the scheduler if they took.
     fn apply(
         &self,
         d: &mut dyn FirewallDriver,
@@ -127,20 +177,32 @@ impl Granter {
         let grants: Vec<Grant> =
             services.iter().map(|&service| Grant { addr, service, timeout: duration }).collect();
         let r = d.grant(&grants);
+        let now = self.clock.now_ms();
+        if r.is_ok() {
+            let mut t = self.sched.lock();
+            let mut earliest = false;
+            for &s in services {
+                earliest |= t.open((addr, s), now.saturating_add(ms(duration)), now);
+            }
+            if earliest {
+                self.sched.wake();
+            }
+        }
         let rec = NewGrants {
             origin: origin.clone(),
             addr,
             services: services.to_vec(),
             requested_at,
-            effective_at: now_ms(),
+            effective_at: now,
             duration,
-            driver: self.driver_name,
+            driver: self.firewall.name(),
             result: r.as_ref().map(|_| ()).map_err(ToString::to_string),
         };
         (r, rec)
     }
 
-    /// The capture thread's path: open, and enqueue the record without waiting.
+    /// The capture thread's path: open, arm expiry, and enqueue the record without
+    /// waiting.
     pub fn grant(
         &self,
         origin: Origin,
@@ -148,11 +210,10 @@ impl Granter {
         services: &[Service],
         duration: Duration,
     ) -> Result<(), FirewallError> {
-        let addr = fold(addr);
-        let requested_at = now_ms();
-        let mut d = lock_driver(&self.driver);
+        let addr = canonical(addr);
+        let requested_at = self.clock.now_ms();
+        let mut d = self.firewall.lock();
         let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
-        // Enqueued under the driver lock: see "Ordering" in the store module doc.
         if let Ok(store) = &self.store {
             store.record_nowait(rec);
         }
@@ -168,14 +229,14 @@ impl Granter {
         addr: IpAddr,
         services: &[Service],
         duration: Duration,
-    ) -> Result<Vec<Recorded>, GrantError> {
-        let addr = fold(addr);
+    ) -> Result<Vec<GrantRecord>, GrantError> {
+        let addr = canonical(addr);
         let store = self.store()?;
-        let requested_at = now_ms();
-        type Rx = oneshot::Receiver<Result<Vec<Recorded>, StoreError>>;
+        let requested_at = self.clock.now_ms();
+        type Rx = oneshot::Receiver<Result<Vec<GrantRecord>, StoreError>>;
         // Decide under the driver lock, await only after it is released.
         let step: Result<Rx, (Option<Rx>, GrantError)> = {
-            let mut d = lock_driver(&self.driver);
+            let mut d = self.firewall.lock();
             let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
             match (store.record(rec), r) {
                 (Ok(rx), Ok(())) => Ok(rx),
@@ -198,32 +259,54 @@ impl Granter {
                 return Err(e);
             }
         };
-        let recorded = match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Busy),
-        };
-        match recorded {
+        match rx.await.unwrap_or(Err(StoreError::Busy)) {
             Ok(rows) => Ok(rows),
             Err(e) => {
-                let mut d = lock_driver(&self.driver);
+                let mut d = self.firewall.lock();
                 self.undo(d.as_mut(), addr, services);
                 Err(e.into())
             }
         }
     }
 
+    /// Take back an API grant that could not be recorded (driver locked by the caller).
     fn undo(&self, d: &mut dyn FirewallDriver, addr: IpAddr, services: &[Service]) {
-        let keys: Vec<(IpAddr, Service)> = services.iter().map(|&s| (addr, s)).collect();
+        let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
         match d.revoke(&keys) {
-            Ok(()) => tracing::error!("{addr}: API grant undone: it could not be recorded"),
+            Ok(()) => {
+                let mut t = self.sched.lock();
+                for &k in &keys {
+                    t.remove(k);
+                }
+                tracing::error!("{addr}: API grant undone: it could not be recorded");
+            }
             Err(e) => tracing::error!("{addr}: API grant could not be recorded NOR undone: {e}"),
+        }
+    }
+
+    /// Stop the scheduler thread, then the store after what is queued. Grants stay in
+    /// the firewall (kernel timeouts close them, or the next start does).
+    pub fn shutdown(&self) {
+        self.sched.stop();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+        if let Ok(store) = &self.store {
+            store.shutdown();
         }
     }
 }
 
+impl Drop for Granter {
+    fn drop(&mut self) {
+        self.sched.stop();
+    }
+}
+
 /// Set up the firewall, open the store next to the other state, reconcile them, and
-/// return the shared granter. A store that cannot be opened is logged loudly and the
-/// daemon goes on without records (the firewall is what protects the host).
+/// return the granter. A store that cannot be opened is logged loudly and the daemon
+/// goes on without records (the firewall is what protects the host), its scheduler
+/// armed with what the firewall holds.
 pub fn start(
     state_dir: &Path,
     plan: &Plan,
@@ -231,11 +314,20 @@ pub fn start(
 ) -> anyhow::Result<Arc<Granter>> {
     use anyhow::Context;
     driver.setup(plan).context("installing the firewall ruleset")?;
-    let shared: SharedDriver = Arc::new(Mutex::new(driver));
+    let clock = clock::system();
     let path = state_dir.join("grants.db");
-    let store = Store::open(&path, Arc::clone(&shared), store::Options::default());
-    match &store {
-        Ok(s) => match s.reconcile() {
+    let store = Store::open(&path, store::Options { clock: Arc::clone(&clock), ..store::Options::default() });
+    if let Err(e) = &store {
+        tracing::error!(
+            "store: {e}. RUNNING WITHOUT GRANT RECORDS: the firewall is enforced, knocks/SPA still \
+             open doors and grants still close on time, but grants are not recorded, not reconciled \
+             at restart, and the API cannot grant"
+        );
+    }
+    let granter = Granter::new(firewall::Shared::new(driver), plan.protected.clone(), store, clock)
+        .context("starting the expiry scheduler")?;
+    if granter.store().is_ok() {
+        match granter.reconcile() {
             Ok(r) => tracing::info!(
                 "store: {} (reconciled: {} kept, {} restored, {} expired while down, {} unknown revoked, \
                  {} adopted, {} failures)",
@@ -248,11 +340,13 @@ pub fn start(
                 r.failures
             ),
             Err(e) => tracing::error!("store: reconciliation FAILED: {e}"),
-        },
-        Err(e) => tracing::error!(
-            "store: {e}. RUNNING WITHOUT GRANT RECORDS: the firewall is enforced and knocks/SPA still \
-             open doors, but grants are not recorded, not reconciled at restart, and the API cannot grant"
-        ),
+        }
+    } else {
+        let n = granter.adopt_live().context("reading live grants")?;
+        tracing::info!("expiry: {n} grant(s) found in the firewall scheduled with their remaining time");
     }
-    Ok(Arc::new(Granter::new(shared, plan.protected.clone(), store)))
+    Ok(granter)
 }
+
+#[cfg(test)]
+mod tests;

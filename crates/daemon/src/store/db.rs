@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use portcullis_proto::{Proto, Service};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use super::{Filter, GrantRecord, GrantState, NewGrants, Origin, OriginKind};
+use super::{CloseTarget, Closed, Closing, Filter, GrantRecord, GrantState, NewGrants};
+use crate::grants::origin::{Origin, OriginKind};
 
 /// Forward-only migrations; `PRAGMA user_version` is the number applied. Never edit
 /// a released step: add a new one.
@@ -120,29 +121,21 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<GrantRecord> {
     })
 }
 
-/// What recording one grant did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recorded {
-    /// The row.
-    pub id: i64,
-    /// Its (new) expiry, for the scheduler; `None` for failed grants.
-    pub expires_at: Option<i64>,
-    /// An active row was refreshed rather than a new one added.
-    pub refreshed: bool,
-}
-
 /// Record a batch of grants (one per service) in one transaction: all or nothing.
-pub fn record(conn: &mut Connection, g: &NewGrants) -> rusqlite::Result<Vec<Recorded>> {
+/// Returns the rows as they are now.
+pub fn record(conn: &mut Connection, g: &NewGrants) -> rusqlite::Result<Vec<GrantRecord>> {
     let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(g.services.len());
     for &service in &g.services {
-        out.push(record_one(&tx, g, service)?);
+        let id = record_one(&tx, g, service)?;
+        out.push(get(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?);
     }
     tx.commit()?;
     Ok(out)
 }
 
-fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite::Result<Recorded> {
+/// Returns the row id.
+fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite::Result<i64> {
     let addr = g.addr.to_string();
     let proto = service.proto.as_str();
     let duration = i64::try_from(g.duration.as_millis()).unwrap_or(i64::MAX);
@@ -164,7 +157,7 @@ fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite
                     msg
                 ],
             )?;
-            Ok(Recorded { id: tx.last_insert_rowid(), expires_at: None, refreshed: false })
+            Ok(tx.last_insert_rowid())
         }
         Ok(()) => {
             let expires = g.effective_at.saturating_add(duration);
@@ -184,7 +177,7 @@ fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite
                      refreshed_at = ?4, driver_result = 'ok' WHERE id = ?1",
                     params![id, expires, duration, g.effective_at],
                 )?;
-                Ok(Recorded { id, expires_at: Some(expires), refreshed: true })
+                Ok(id)
             } else {
                 tx.execute(
                     "INSERT INTO grants (origin_kind, origin_detail, address, protocol, port, requested_at, \
@@ -203,7 +196,7 @@ fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite
                         g.driver
                     ],
                 )?;
-                Ok(Recorded { id: tx.last_insert_rowid(), expires_at: Some(expires), refreshed: false })
+                Ok(tx.last_insert_rowid())
             }
         }
     }
@@ -237,45 +230,32 @@ pub fn all_active(conn: &Connection) -> rusqlite::Result<Vec<GrantRecord>> {
     rows.collect()
 }
 
-/// Close an active record (revoked or expired). Returns whether it was active: of two
-/// concurrent closes, exactly one sees `true`.
-pub fn close(
-    conn: &Connection,
-    id: i64,
-    state: GrantState,
-    by: Option<&str>,
-    at: i64,
-) -> rusqlite::Result<bool> {
-    let n = conn.execute(
-        "UPDATE grants SET state = ?2, revoked_by = ?3, closed_at = ?4 WHERE id = ?1 AND state = 'active'",
-        params![id, state.as_str(), by, at],
-    )?;
-    Ok(n == 1)
-}
-
-/// Mark every active record whose expiry is at or before `now` expired, in one
-/// transaction; `closed_at` is the expiry time itself. Returns the ids.
-pub fn expire_due(conn: &mut Connection, now: i64, only: Option<&[i64]>) -> rusqlite::Result<Vec<i64>> {
+/// Close active rows (revoked or expired) in one transaction. Of two closes of one
+/// row, exactly one finds it active.
+pub fn close(conn: &mut Connection, closes: &[Closing]) -> rusqlite::Result<Vec<Closed>> {
     let tx = conn.transaction()?;
-    let ids: Vec<i64> = {
-        let mut st = tx.prepare("SELECT id FROM grants WHERE state = 'active' AND expires_at <= ?1")?;
-        let rows = st.query_map([now], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<Vec<i64>>>()?
-    };
-    let ids: Vec<i64> = match only {
-        Some(keep) => ids.into_iter().filter(|i| keep.contains(i)).collect(),
-        None => ids,
-    };
-    {
-        let mut st = tx.prepare(
-            "UPDATE grants SET state = 'expired', closed_at = expires_at WHERE id = ?1 AND state = 'active'",
-        )?;
-        for id in &ids {
-            st.execute([id])?;
+    let mut out = Vec::with_capacity(closes.len());
+    for c in closes {
+        let row = match c.target {
+            CloseTarget::Id(id) => get(&tx, id)?,
+            CloseTarget::Key(addr, service) => active_for(&tx, addr, service)?,
+        };
+        let Some(row) = row else {
+            out.push(Closed::NotFound);
+            continue;
+        };
+        if row.state != GrantState::Active {
+            out.push(Closed::NotActive(row));
+            continue;
         }
+        tx.execute(
+            "UPDATE grants SET state = ?2, revoked_by = ?3, closed_at = ?4 WHERE id = ?1 AND state = 'active'",
+            params![row.id, c.state.as_str(), c.by, c.at],
+        )?;
+        out.push(Closed::Done(get(&tx, row.id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?));
     }
     tx.commit()?;
-    Ok(ids)
+    Ok(out)
 }
 
 /// A page of records, newest first, and the total matching the filter.
@@ -364,41 +344,53 @@ mod tests {
     #[test]
     fn a_repeat_grant_refreshes_the_active_record() {
         let mut c = db();
-        let a = record(&mut c, &new("192.0.2.2", 22, 1000, 30)).unwrap()[0];
-        let b = record(&mut c, &new("192.0.2.2", 22, 5000, 10)).unwrap()[0];
+        let a = record(&mut c, &new("192.0.2.2", 22, 1000, 30)).unwrap().remove(0);
+        let b = record(&mut c, &new("192.0.2.2", 22, 5000, 10)).unwrap().remove(0);
         assert_eq!(a.id, b.id);
-        assert!(b.refreshed);
-        let r = get(&c, a.id).unwrap().unwrap();
-        assert_eq!((r.expires_at, r.refresh_count, r.requested_at), (15_000, 1, 1000));
+        assert_eq!((b.expires_at, b.refresh_count, b.requested_at), (15_000, 1, 1000));
+        assert_eq!(get(&c, a.id).unwrap().unwrap(), b, "the returned row is the stored row");
         // A different port or address is a different grant.
         assert_ne!(record(&mut c, &new("192.0.2.2", 23, 5000, 10)).unwrap()[0].id, a.id);
         assert_ne!(record(&mut c, &new("192.0.2.3", 22, 5000, 10)).unwrap()[0].id, a.id);
         // Once closed, the same key makes a new record.
-        assert!(close(&c, a.id, GrantState::Revoked, Some("t"), 6000).unwrap());
-        assert!(!close(&c, a.id, GrantState::Revoked, Some("t"), 6000).unwrap(), "closes once");
+        let revoke = |target| Closing { target, state: GrantState::Revoked, by: Some("t".into()), at: 6000 };
+        let done = close(&mut c, &[revoke(CloseTarget::Id(a.id))]).unwrap();
+        assert!(
+            matches!(&done[..], [Closed::Done(r)] if r.state == GrantState::Revoked && r.closed_at == Some(6000))
+        );
+        let again = close(&mut c, &[revoke(CloseTarget::Id(a.id)), revoke(CloseTarget::Id(999))]).unwrap();
+        assert!(matches!(&again[..], [Closed::NotActive(_), Closed::NotFound]), "closes once: {again:?}");
         assert_ne!(record(&mut c, &new("192.0.2.2", 22, 7000, 10)).unwrap()[0].id, a.id);
     }
 
     #[test]
     fn failed_grants_are_recorded_as_failed_and_do_not_touch_the_active_one() {
         let mut c = db();
-        let a = record(&mut c, &new("192.0.2.2", 22, 1000, 30)).unwrap()[0];
+        let a = record(&mut c, &new("192.0.2.2", 22, 1000, 30)).unwrap().remove(0);
         let mut f = new("192.0.2.2", 22, 2000, 30);
         f.result = Err("nft grant: set full".into());
-        let b = record(&mut c, &f).unwrap()[0];
+        let b = record(&mut c, &f).unwrap().remove(0);
         assert_ne!(a.id, b.id);
-        let r = get(&c, b.id).unwrap().unwrap();
-        assert_eq!(r.state, GrantState::Failed);
-        assert!(r.driver_result.contains("set full"));
+        assert_eq!(b.state, GrantState::Failed);
+        assert!(b.driver_result.contains("set full"));
         assert_eq!(get(&c, a.id).unwrap().unwrap().state, GrantState::Active);
     }
 
     #[test]
-    fn expiry_marks_due_records_only() {
+    fn closing_by_key_finds_the_active_row_only() {
         let mut c = db();
         let a = record(&mut c, &new("192.0.2.2", 22, 0, 1)).unwrap()[0].id;
         let b = record(&mut c, &new("192.0.2.3", 22, 0, 100)).unwrap()[0].id;
-        assert_eq!(expire_due(&mut c, 1000, None).unwrap(), vec![a]);
+        let key = CloseTarget::Key("192.0.2.2".parse().unwrap(), Service::tcp(22));
+        let expire = Closing { target: key, state: GrantState::Expired, by: None, at: 1000 };
+        assert!(
+            matches!(&close(&mut c, std::slice::from_ref(&expire)).unwrap()[..], [Closed::Done(r)] if r.id == a)
+        );
+        assert_eq!(
+            close(&mut c, &[expire]).unwrap(),
+            vec![Closed::NotFound],
+            "no active row left for the key"
+        );
         let r = get(&c, a).unwrap().unwrap();
         assert_eq!((r.state, r.closed_at), (GrantState::Expired, Some(1000)));
         assert_eq!(get(&c, b).unwrap().unwrap().state, GrantState::Active);

@@ -6,7 +6,7 @@
 //!   system's `update-alternatives` choice is never needed or changed. `Auto` follows
 //!   what `iptables -V` reports.
 //! - iptables has no element timeouts: [`FirewallDriver::kernel_expiry`] is false and
-//!   the daemon closes grants ([`crate::daemon::engine::Engine::expire`]). Each grant
+//!   the daemon closes grants (the [`crate::grants::scheduler`]). Each grant
 //!   rule carries its expiry epoch in a comment; `setup` drops grants that expired
 //!   while the daemon was down and reports the others' remaining time via `list`.
 //! - No shell is involved: binaries get fixed argv, batches go to stdin.

@@ -1,0 +1,41 @@
+//! `/v1/health`, `/v1/version`, and the error body of every `/v1` failure.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The error body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Machine-readable code: `unauthorized`, `not_found`, `method_not_allowed`,
+    /// `bad_request`, `invalid`, `unsupported_media_type`, `payload_too_large`,
+    /// `conflict`, `firewall_error`, `store_unavailable`, `internal`.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// Health of the daemon's parts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `degraded` when the store is unavailable.
+    pub status: String,
+    /// Firewall driver.
+    pub firewall: String,
+    /// Whether the firewall closes grants by itself.
+    pub kernel_expiry: bool,
+    /// `ok` or the store's error.
+    pub store: String,
+}
+
+/// Version information.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Version {
+    /// `portcullisd`.
+    pub name: String,
+    /// Daemon version.
+    pub version: String,
+    /// API version (`v1`).
+    pub api: String,
+    /// Grant store schema version.
+    pub schema_version: u32,
+}
