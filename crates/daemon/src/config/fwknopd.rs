@@ -17,8 +17,8 @@ use std::time::Duration;
 use super::access_conf;
 use super::error::ConfigError;
 use super::model::{
-    valid_chain_name, valid_ifname, valid_syslog_identity, AcceptChain, Backend, Config, DaemonSettings,
-    GrantMode, Interfaces, IptablesVariant, LogTarget, SyslogFacility,
+    valid_chain_name, valid_ifname, valid_syslog_identity, Backend, Config, DaemonSettings, Interfaces,
+    IptablesVariant, LogTarget, SyslogFacility,
 };
 use super::spa::{SpaConfig, DEFAULT_PORT};
 
@@ -208,11 +208,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some((l, v)) => abs(l, "FWKNOP_PID_FILE", v)?,
         None => PathBuf::from(format!("{run_dir}/fwknopd.pid")),
     });
-    let chain = match get("IPT_INPUT_ACCESS") {
-        None => AcceptChain { chain: "FWKNOP_INPUT".into(), from_chain: "INPUT".into(), jump_position: 1 },
+    let (chain, jump) = match get("IPT_INPUT_ACCESS") {
+        None => ("FWKNOP_INPUT".to_string(), 1),
         Some((l, v)) => ipt_access(&v).map_err(|m| err(Some(l), format!("IPT_INPUT_ACCESS: {m}")))?,
     };
-    daemon.grant_mode = GrantMode::Accept(chain);
+    daemon.firewall.accept = true;
+    daemon.firewall.iptables_chain = chain;
+    daemon.firewall.iptables_jump = jump;
+    // fwknopd forwards only what a NAT grant lets through; we gate forwarded flows too.
+    daemon.firewall.gate_forward = true;
     daemon.flush_at_start = flag("FLUSH_IPT_AT_INIT", true);
     daemon.flush_at_exit = flag("FLUSH_IPT_AT_EXIT", true);
     if let Some((l, v)) = get("SYSLOG_IDENTITY") {
@@ -320,8 +324,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(Config { path: path.to_owned(), daemon, doors: Vec::new(), spa: Some(spa), api: None, notes })
 }
 
-/// `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1` → our accept chain.
-fn ipt_access(v: &str) -> Result<AcceptChain, String> {
+/// `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1` → (our chain, jump position in INPUT).
+fn ipt_access(v: &str) -> Result<(String, u32), String> {
     let f: Vec<&str> = v.split(',').map(str::trim).collect();
     let [target, table, from, jump, chain, _rule] = f[..] else {
         return Err("write TARGET, TABLE, FROM_CHAIN, JUMP_POSITION, CHAIN, RULE_POSITION".into());
@@ -329,11 +333,15 @@ fn ipt_access(v: &str) -> Result<AcceptChain, String> {
     if target != "ACCEPT" || table != "filter" {
         return Err(format!("only ACCEPT in the filter table is supported, not {target} in {table}"));
     }
-    if !valid_chain_name(from) || !valid_chain_name(chain) {
-        return Err("chain names are 1-28 characters of A-Z a-z 0-9 _ -".into());
+    if from != "INPUT" {
+        return Err(format!("the jump must come from INPUT, not {from}"));
     }
-    let jump_position = jump.parse().ok().filter(|&p| (1..=10_000).contains(&p)).ok_or("bad jump position")?;
-    Ok(AcceptChain { chain: chain.into(), from_chain: from.into(), jump_position })
+    let builtin = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&chain);
+    if !valid_chain_name(chain) || builtin {
+        return Err(format!("{chain:?}: our chain needs a name of 1-24 characters of A-Z a-z 0-9 _ -, not a built-in one"));
+    }
+    let jump = jump.parse().ok().filter(|&p| (1..=10_000).contains(&p)).ok_or("bad jump position")?;
+    Ok((chain.to_string(), jump))
 }
 
 /// The UDP port of a pcap filter like `udp port 62201` or `udp dst port 62201`.

@@ -60,8 +60,8 @@ pub struct DaemonSettings {
     pub pid_file: Option<PathBuf>,
     /// A start/stop command still running after this long is killed (its process group).
     pub command_time_limit: Duration,
-    /// What a grant does in the firewall (gate only, or accept in our own chain).
-    pub grant_mode: GrantMode,
+    /// How the firewall backend treats protected services.
+    pub firewall: FirewallSettings,
     /// Remove what the firewall backend owns (every grant) when starting (fwknopd
     /// `FLUSH_IPT_AT_INIT`); otherwise live grants are kept across a restart.
     pub flush_at_start: bool,
@@ -85,36 +85,13 @@ impl Default for DaemonSettings {
             log_file: None,
             pid_file: None,
             command_time_limit: DEFAULT_COMMAND_TIME_LIMIT,
-            grant_mode: GrantMode::Gate,
+            firewall: FirewallSettings::default(),
             flush_at_start: false,
             flush_at_exit: false,
             syslog: SyslogSettings::default(),
             verbose: false,
         }
     }
-}
-
-/// What a grant does in the firewall.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum GrantMode {
-    /// Protected services are dropped unless granted; a grant only lets the packet past
-    /// our rules and the host's own rules must still accept it (the default).
-    #[default]
-    Gate,
-    /// A grant is an ACCEPT in a chain we own, jumped to from the host's chain: the
-    /// port becomes reachable on a default-drop host (fwknopd's `FWKNOP_INPUT`).
-    Accept(AcceptChain),
-}
-
-/// Where accept-mode grants live (fwknopd `IPT_INPUT_ACCESS`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptChain {
-    /// Our chain (`FWKNOP_INPUT`).
-    pub chain: String,
-    /// The host chain that jumps to it (`INPUT`).
-    pub from_chain: String,
-    /// 1-based position of the jump rule in `from_chain`.
-    pub jump_position: u32,
 }
 
 /// Syslog identity and facility.
@@ -180,6 +157,34 @@ impl fmt::Display for SyslogFacility {
     }
 }
 
+/// How the firewall backend treats protected services (`mode`, `gate_forward`,
+/// `iptables_chain`, `iptables_jump`, `accept_table` in `[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSettings {
+    /// `mode = "accept"`: a grant also accepts (default `"gate"`: only drops).
+    pub accept: bool,
+    /// Also gate forwarded connections DNAT'd from a protected service (default true).
+    pub gate_forward: bool,
+    /// iptables: our chain's name.
+    pub iptables_chain: String,
+    /// iptables: 1-based position of the jump in `INPUT`.
+    pub iptables_jump: u32,
+    /// nftables accept mode: the admin's table, as (family, name).
+    pub accept_table: Option<(String, String)>,
+}
+
+impl Default for FirewallSettings {
+    fn default() -> FirewallSettings {
+        FirewallSettings {
+            accept: false,
+            gate_forward: true,
+            iptables_chain: "PORTCULLIS".to_string(),
+            iptables_jump: 1,
+            accept_table: None,
+        }
+    }
+}
+
 /// Default for [`DaemonSettings::command_time_limit`].
 pub const DEFAULT_COMMAND_TIME_LIMIT: Duration = Duration::from_secs(30);
 
@@ -201,9 +206,9 @@ pub fn valid_ifname(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-/// iptables chain names: 1-28 characters of letters, digits, `_` and `-`.
+/// Our iptables chain names: 1-24 characters of letters, digits, `_` and `-`.
 pub fn valid_chain_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 28 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !n.is_empty() && n.len() <= 24 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Syslog identities: 1-32 characters of letters, digits, `_`, `.` and `-`.

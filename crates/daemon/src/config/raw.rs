@@ -34,14 +34,16 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
-    pub grant_mode: Option<Spanned<String>>,
-    pub accept_chain: Option<Spanned<String>>,
-    pub accept_jump: Option<Spanned<String>>,
     pub flush_at_start: Option<bool>,
     pub flush_at_exit: Option<bool>,
     pub syslog_identity: Option<Spanned<String>>,
     pub syslog_facility: Option<Spanned<String>>,
     pub verbose: Option<bool>,
+    pub mode: Option<Spanned<String>>,
+    pub gate_forward: Option<Spanned<bool>>,
+    pub iptables_chain: Option<Spanned<String>>,
+    pub iptables_jump: Option<Spanned<i64>>,
+    pub accept_table: Option<Spanned<String>>,
 }
 
 /// One `[[door]]`.

@@ -12,8 +12,7 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::model::{
-    valid_chain_name, valid_ifname, valid_syslog_identity, AcceptChain, Backend, GrantMode, SyslogFacility,
-    SyslogSettings, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
+    valid_ifname, valid_syslog_identity, Backend, SyslogFacility, SyslogSettings, FirewallSettings, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
     LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
 };
 use super::one_time::load_one_time;
@@ -221,7 +220,6 @@ impl Validator<'_> {
                 self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
             }
         };
-        let grant_mode = self.grant_mode(raw.grant_mode, raw.accept_chain, raw.accept_jump)?;
         let mut syslog = SyslogSettings::default();
         if let Some(i) = raw.syslog_identity {
             if !valid_syslog_identity(i.get_ref()) {
@@ -235,7 +233,9 @@ impl Validator<'_> {
                 None => return self.err(f.span(), "syslog_facility must be daemon, auth, authpriv, user or local0..local7"),
             };
         }
+        let firewall = self.firewall(&raw.mode, raw.gate_forward, raw.iptables_chain, raw.iptables_jump, raw.accept_table, backend)?;
         Ok(DaemonSettings {
+            firewall,
             interfaces,
             state_dir,
             log,
@@ -245,7 +245,6 @@ impl Validator<'_> {
             log_file,
             pid_file,
             command_time_limit,
-            grant_mode,
             flush_at_start: raw.flush_at_start.unwrap_or(false),
             flush_at_exit: raw.flush_at_exit.unwrap_or(false),
             syslog,
@@ -253,40 +252,78 @@ impl Validator<'_> {
         })
     }
 
-    fn grant_mode(
+    fn firewall(
         &self,
-        mode: Option<Spanned<String>>,
+        mode: &Option<Spanned<String>>,
+        gate_forward: Option<Spanned<bool>>,
         chain: Option<Spanned<String>>,
-        jump: Option<Spanned<String>>,
-    ) -> Result<GrantMode, ConfigError> {
-        let accept = match &mode {
-            None => false,
-            Some(m) => match m.get_ref().as_str() {
+        jump: Option<Spanned<i64>>,
+        accept_table: Option<Spanned<String>>,
+        backend: Backend,
+    ) -> Result<FirewallSettings, ConfigError> {
+        let mut f = FirewallSettings::default();
+        if let Some(m) = mode {
+            f.accept = match m.get_ref().as_str() {
                 "gate" => false,
                 "accept" => true,
-                other => return self.err(m.span(), format!("grant_mode must be gate or accept, not {other:?}")),
-            },
-        };
-        if !accept {
-            if let Some(c) = chain.as_ref().map(Spanned::span).or(jump.as_ref().map(Spanned::span)) {
-                return self.err(c, "accept_chain and accept_jump need grant_mode = \"accept\"");
-            }
-            return Ok(GrantMode::Gate);
+                other => return self.err(m.span(), format!("mode must be gate or accept, not {other:?}")),
+            };
         }
-        let mut ac = AcceptChain { chain: "PORTCULLIS_INPUT".into(), from_chain: "INPUT".into(), jump_position: 1 };
+        if let Some(g) = gate_forward {
+            f.gate_forward = *g.get_ref();
+        }
         if let Some(c) = chain {
-            if !valid_chain_name(c.get_ref()) {
-                return self.err(c.span(), "accept_chain must be 1-28 characters of A-Z a-z 0-9 _ -");
+            let name = c.get_ref();
+            let builtin = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&name.as_str());
+            let ok = (1..=24).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok || builtin {
+                return self.err(
+                    c.span(),
+                    format!("iptables_chain {name:?} must be 1-24 letters, digits, '_' or '-', and not a built-in chain"),
+                );
             }
-            ac.chain = c.into_inner();
+            f.iptables_chain = c.into_inner();
         }
         if let Some(j) = jump {
-            match parse_jump(j.get_ref()) {
-                Some((from, pos)) => (ac.from_chain, ac.jump_position) = (from, pos),
-                None => return self.err(j.span(), "accept_jump must be CHAIN:POSITION, e.g. \"INPUT:1\""),
-            }
+            f.iptables_jump = match u32::try_from(*j.get_ref()) {
+                Ok(v) if (1..=10_000).contains(&v) => v,
+                _ => return self.err(j.span(), "iptables_jump must be between 1 and 10000 (1 = first rule of INPUT)"),
+            };
         }
-        Ok(GrantMode::Accept(ac))
+        if let Some(t) = accept_table {
+            let words: Vec<&str> = t.get_ref().split_whitespace().collect();
+            let ok = match words.as_slice() {
+                [family, name] => {
+                    ["inet", "ip", "ip6"].contains(family)
+                        && (1..=64).contains(&name.len())
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                        && *name != "portcullis"
+                }
+                _ => false,
+            };
+            if !ok {
+                return self.err(
+                    t.span(),
+                    format!(
+                        "accept_table must be \"<inet|ip|ip6> <table>\" naming your own table (like \"inet filter\"), not {:?}",
+                        t.get_ref()
+                    ),
+                );
+            }
+            if !f.accept {
+                return self.err(t.span(), "accept_table is only used with mode = \"accept\"");
+            }
+            f.accept_table = Some((words[0].to_string(), words[1].to_string()));
+        }
+        if let (Some(m), true, Backend::Nftables, None) = (mode, f.accept, backend, &f.accept_table) {
+            return self.err(
+                m.span(),
+                "mode = \"accept\" with nftables needs accept_table = \"<family> <table>\": an accept is final only \
+                 in the admin's own table",
+            );
+        }
+        Ok(f)
     }
 
     fn door(&self, raw: RawDoor) -> Result<Door, ConfigError> {
@@ -486,13 +523,6 @@ impl Validator<'_> {
             ),
         }
     }
-}
-
-/// `CHAIN:POSITION` (accept-mode jump): a valid chain name and a position from 1.
-pub(super) fn parse_jump(s: &str) -> Option<(String, u32)> {
-    let (c, p) = s.split_once(':')?;
-    let pos: u32 = p.trim().parse().ok().filter(|&p| (1..=10_000).contains(&p))?;
-    valid_chain_name(c.trim()).then(|| (c.trim().to_string(), pos))
 }
 
 /// A limit as messages show it: `100 ms`, `1 s`, `90 s`, `5 min`, `24 h`.

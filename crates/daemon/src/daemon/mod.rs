@@ -47,7 +47,7 @@ pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
+    crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall)
 }
 
 /// The BPF matches for every knock of every door (de-duplicated).

@@ -74,6 +74,9 @@ pub use ruleset::{render, CHAIN, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, T
 use netlink::Netlink;
 use ruleset::Elem;
 
+/// Our chain inside the admin's table in accept mode; the admin's input chain jumps to it.
+pub const ACCEPT_CHAIN: &str = "portcullis";
+
 /// How often `revoke` retries when an element expired between dump and delete.
 const REVOKE_ATTEMPTS: usize = 3;
 

@@ -507,7 +507,7 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024 }
+        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024, ..Plan::default() }
     }
 
     #[test]
