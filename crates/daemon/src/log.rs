@@ -79,7 +79,11 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
             let settings = SYSLOG.get().cloned().unwrap_or_default();
             // Validated config text: no NUL byte.
             let ident = std::ffi::CString::new(settings.identity).unwrap_or_else(|_| c"portcullisd".into());
-            let writer = syslog_tracing::Syslog::new(ident, syslog_tracing::Options::LOG_PID, facility(settings.facility))
+            let writer = syslog_tracing::Syslog::new(
+                ident,
+                syslog_tracing::Options::LOG_PID,
+                facility(settings.facility),
+            )
             .ok_or_else(|| anyhow::anyhow!("syslog logger already initialised"))?;
             // syslog adds its own timestamp and host; keep the level for filters.
             registry

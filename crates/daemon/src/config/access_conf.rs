@@ -156,7 +156,8 @@ impl Reader {
         if self.files_read > MAX_FILES {
             return Err(format!("{}: more than {MAX_FILES} files included", path.display()));
         }
-        let canon = std::fs::canonicalize(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let canon =
+            std::fs::canonicalize(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if self.chain.contains(&canon) {
             return Err(format!("{}: include loop (it includes itself)", path.display()));
         }
@@ -223,7 +224,8 @@ impl Reader {
             if is_key(&name) {
                 self.key_file_ok(path).map_err(|e| err(n, e))?;
             }
-            let p = self.cur.as_mut().ok_or_else(|| err(n, format!("{name} before the first SOURCE line")))?;
+            let p =
+                self.cur.as_mut().ok_or_else(|| err(n, format!("{name} before the first SOURCE line")))?;
             if let Some(note) = set(p, &name, value).map_err(|m| err(n, m))? {
                 self.out.notes.push(err(n, note));
             }
@@ -327,10 +329,10 @@ fn set(p: &mut Pending, name: &str, value: &str) -> Result<Option<String>, Strin
             p.hmac_type = Some(hash_type(value).ok_or_else(|| format!("unknown HMAC_DIGEST_TYPE {value:?}"))?)
         }
         "ENCRYPTION_MODE" => {
-            p.mode = Some(
-                enc_mode(value)
-                    .ok_or_else(|| format!("ENCRYPTION_MODE {value:?} is not supported (use CBC or legacy)"))?,
-            )
+            p.mode =
+                Some(enc_mode(value).ok_or_else(|| {
+                    format!("ENCRYPTION_MODE {value:?} is not supported (use CBC or legacy)")
+                })?)
         }
         "OPEN_PORTS" => p.open_ports = port_list(value)?,
         "RESTRICT_PORTS" => p.restrict_ports = port_list(value)?,
@@ -367,8 +369,12 @@ fn set(p: &mut Pending, name: &str, value: &str) -> Result<Option<String>, Strin
         }
         // Command messages are refused at run time whatever these say.
         "ENABLE_CMD_EXEC" | "ENABLE_CMD_SUDO_EXEC" if !yes => {}
-        "ENABLE_CMD_EXEC" | "ENABLE_CMD_SUDO_EXEC" | "CMD_EXEC_USER" | "CMD_EXEC_GROUP"
-        | "CMD_SUDO_EXEC_USER" | "CMD_SUDO_EXEC_GROUP" => {
+        "ENABLE_CMD_EXEC"
+        | "ENABLE_CMD_SUDO_EXEC"
+        | "CMD_EXEC_USER"
+        | "CMD_EXEC_GROUP"
+        | "CMD_SUDO_EXEC_USER"
+        | "CMD_SUDO_EXEC_GROUP" => {
             return Ok(Some(format!("{name} ignored: portcullis never executes SPA command messages")));
         }
         g if g.starts_with("GPG_") || g == "USE_GPG" => {
@@ -404,7 +410,9 @@ fn finish(p: &Pending) -> Result<FwknopStanza, String> {
         (Some(open), Some(close), Some(t)) => {
             Some(CmdCycle { open: open.clone(), close: close.clone(), timer: Duration::from_secs(t) })
         }
-        (Some(_), None, _) => return Err(err("CMD_CYCLE_OPEN needs CMD_CYCLE_CLOSE (or CMD_CYCLE_CLOSE NONE)")),
+        (Some(_), None, _) => {
+            return Err(err("CMD_CYCLE_OPEN needs CMD_CYCLE_CLOSE (or CMD_CYCLE_CLOSE NONE)"))
+        }
         (None, Some(_), _) => return Err(err("CMD_CYCLE_CLOSE needs CMD_CYCLE_OPEN")),
         (Some(_), Some(_), None) => return Err(err("CMD_CYCLE_OPEN needs CMD_CYCLE_TIMER")),
         (None, None, Some(_)) => return Err(err("CMD_CYCLE_TIMER needs CMD_CYCLE_OPEN")),

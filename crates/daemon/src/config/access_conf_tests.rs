@@ -69,7 +69,11 @@ fn refuses_what_it_cannot_honour_with_line_numbers() {
         ("SOURCE ANY\nKEY x\nFORCE_MASQUERADE Y\n", "3:", "FORCE_SNAT"),
         ("", "", "no SOURCE"),
         // Conflicting stanzas: the second can never match.
-        ("SOURCE 10.0.0.0/8\nKEY x\nOPEN_PORTS tcp/22\nSOURCE 10.0.0.0/8\nKEY x\nOPEN_PORTS tcp/80\n", "4:", "never match"),
+        (
+            "SOURCE 10.0.0.0/8\nKEY x\nOPEN_PORTS tcp/22\nSOURCE 10.0.0.0/8\nKEY x\nOPEN_PORTS tcp/80\n",
+            "4:",
+            "never match",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = parse(text, Path::new("a.conf")).err().unwrap_or_else(|| panic!("{text:?} accepted"));
@@ -85,7 +89,9 @@ fn unknown_keys_are_notes_not_errors() {
     let parsed = load(&p).unwrap();
     assert_eq!(parsed.stanzas.len(), 1);
     assert_eq!(parsed.notes.len(), 2, "{:?}", parsed.notes);
-    assert!(parsed.notes[0].ends_with("access.conf:3: unknown access.conf key BOGUS ignored (as fwknopd does)"));
+    assert!(
+        parsed.notes[0].ends_with("access.conf:3: unknown access.conf key BOGUS ignored (as fwknopd does)")
+    );
     assert!(parsed.notes[1].contains(":4: ENABLE_CMD_EXEC ignored"));
 }
 

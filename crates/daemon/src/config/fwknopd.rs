@@ -137,7 +137,9 @@ fn expand(value: &str, vars: &HashMap<String, Var>, defaults: &HashMap<&str, Str
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        let end = after.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(after.len());
+        let end = after
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(after.len());
         let name = &after[..end];
         match vars.get(name).map(|v| v.value.clone()).or_else(|| defaults.get(name).cloned()) {
             Some(v) if !name.is_empty() => out.push_str(&v),
@@ -221,13 +223,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     daemon.flush_at_exit = flag("FLUSH_IPT_AT_EXIT", true);
     if let Some((l, v)) = get("SYSLOG_IDENTITY") {
         if !valid_syslog_identity(&v) {
-            return Err(err(Some(l), format!("SYSLOG_IDENTITY {v:?}: use 1-32 characters of A-Z a-z 0-9 _ . -")));
+            return Err(err(
+                Some(l),
+                format!("SYSLOG_IDENTITY {v:?}: use 1-32 characters of A-Z a-z 0-9 _ . -"),
+            ));
         }
         daemon.syslog.identity = v;
     }
     if let Some((l, v)) = get("SYSLOG_FACILITY") {
-        daemon.syslog.facility = SyslogFacility::parse(&v)
-            .ok_or_else(|| err(Some(l), format!("SYSLOG_FACILITY {v:?}: use LOG_DAEMON, LOG_AUTH, LOG_LOCAL0..7, ...")))?;
+        daemon.syslog.facility = SyslogFacility::parse(&v).ok_or_else(|| {
+            err(Some(l), format!("SYSLOG_FACILITY {v:?}: use LOG_DAEMON, LOG_AUTH, LOG_LOCAL0..7, ..."))
+        })?;
     }
     if let Some((l, v)) = get("VERBOSE") {
         daemon.verbose = v.parse::<u32>().map_err(|_| err(Some(l), "VERBOSE must be a number".into()))? > 0;
@@ -278,7 +284,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let forwarding = flag("ENABLE_IPT_FORWARDING", false);
 
-    let conf_dir = get("FWKNOP_CONF_DIR").map_or_else(|| path.parent().unwrap_or(Path::new(".")).to_owned(), |(_, v)| PathBuf::from(v));
+    let conf_dir = get("FWKNOP_CONF_DIR")
+        .map_or_else(|| path.parent().unwrap_or(Path::new(".")).to_owned(), |(_, v)| PathBuf::from(v));
     let (access_line, access) = match (get("ACCESS_FOLDER"), get("ACCESS_FILE")) {
         (Some((l, v)), _) => (Some(l), access_conf::load_folder(&conf_dir.join(v))),
         (None, Some((l, v))) => (Some(l), access_conf::load(&conf_dir.join(v))),
@@ -296,7 +303,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             // Switching off a feature we do not have is what we do anyway.
             Some(_) if v.value.eq_ignore_ascii_case("n") && name != "EXIT_AT_INTF_DOWN" => continue,
             Some((_, why)) => why.to_string(),
-            None if OTHER_FIREWALLS.iter().any(|p| name.starts_with(p)) => "for another firewall (iptables is used)".into(),
+            None if OTHER_FIREWALLS.iter().any(|p| name.starts_with(p)) => {
+                "for another firewall (iptables is used)".into()
+            }
             None => "unknown to fwknopd and to portcullisd".into(),
         };
         ignored.push((v.line, format!("{name} (line {}): {why}", v.line)));
@@ -338,7 +347,9 @@ fn ipt_access(v: &str) -> Result<(String, u32), String> {
     }
     let builtin = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&chain);
     if !valid_chain_name(chain) || builtin {
-        return Err(format!("{chain:?}: our chain needs a name of 1-24 characters of A-Z a-z 0-9 _ -, not a built-in one"));
+        return Err(format!(
+            "{chain:?}: our chain needs a name of 1-24 characters of A-Z a-z 0-9 _ -, not a built-in one"
+        ));
     }
     let jump = jump.parse().ok().filter(|&p| (1..=10_000).contains(&p)).ok_or("bad jump position")?;
     Ok((chain.to_string(), jump))

@@ -12,8 +12,9 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::model::{
-    valid_ifname, valid_syslog_identity, Backend, SyslogFacility, SyslogSettings, FirewallSettings, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
-    LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
+    valid_ifname, valid_syslog_identity, Backend, CommandLine, Commands, Config, DaemonSettings, Door,
+    FirewallSettings, Interfaces, IptablesVariant, LogTarget, SyslogFacility, SyslogSettings,
+    DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
 };
 use super::one_time::load_one_time;
 use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
@@ -230,10 +231,22 @@ impl Validator<'_> {
         if let Some(f) = raw.syslog_facility {
             syslog.facility = match SyslogFacility::parse(f.get_ref()) {
                 Some(v) => v,
-                None => return self.err(f.span(), "syslog_facility must be daemon, auth, authpriv, user or local0..local7"),
+                None => {
+                    return self.err(
+                        f.span(),
+                        "syslog_facility must be daemon, auth, authpriv, user or local0..local7",
+                    )
+                }
             };
         }
-        let firewall = self.firewall(&raw.mode, raw.gate_forward, raw.iptables_chain, raw.iptables_jump, raw.accept_table, backend)?;
+        let firewall = self.firewall(
+            &raw.mode,
+            raw.gate_forward,
+            raw.iptables_chain,
+            raw.iptables_jump,
+            raw.accept_table,
+            backend,
+        )?;
         Ok(DaemonSettings {
             firewall,
             interfaces,
@@ -274,7 +287,8 @@ impl Validator<'_> {
         }
         if let Some(c) = chain {
             let name = c.get_ref();
-            let builtin = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&name.as_str());
+            let builtin =
+                ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&name.as_str());
             let ok = (1..=24).contains(&name.len())
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok || builtin {
@@ -288,7 +302,10 @@ impl Validator<'_> {
         if let Some(j) = jump {
             f.iptables_jump = match u32::try_from(*j.get_ref()) {
                 Ok(v) if (1..=10_000).contains(&v) => v,
-                _ => return self.err(j.span(), "iptables_jump must be between 1 and 10000 (1 = first rule of INPUT)"),
+                _ => {
+                    return self
+                        .err(j.span(), "iptables_jump must be between 1 and 10000 (1 = first rule of INPUT)")
+                }
             };
         }
         if let Some(t) = accept_table {

@@ -208,8 +208,12 @@ pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
     }
     match plan.mode {
         Mode::Gate => {
-            out.push(format!("firewall mode: gate ({backend}): new connections to {services} are dropped unless granted"));
-            out.push("the host's own rules must still accept these services (a grant only stops the drop)".into());
+            out.push(format!(
+                "firewall mode: gate ({backend}): new connections to {services} are dropped unless granted"
+            ));
+            out.push(
+                "the host's own rules must still accept these services (a grant only stops the drop)".into(),
+            );
         }
         Mode::Accept if backend.starts_with("iptables") => {
             out.push(format!(
@@ -217,7 +221,9 @@ pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
                  sources for {services} and drops the rest",
                 plan.chain, plan.jump_position
             ));
-            out.push("the host must still accept established,related traffic (any default-drop host does)".into());
+            out.push(
+                "the host must still accept established,related traffic (any default-drop host does)".into(),
+            );
         }
         Mode::Accept => match &plan.accept_table {
             Some(t) => {

@@ -31,9 +31,7 @@ pub fn parse_line(line: &str) -> Option<([u8; 32], u64)> {
     }
     let mut f = line.split_whitespace();
     let b64 = f.next()?;
-    let digest = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(b64.trim_end_matches('='))
-        .ok()?;
+    let digest = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64.trim_end_matches('=')).ok()?;
     let digest: [u8; 32] = digest.try_into().ok()?;
     let created = f.nth(5)?.parse().ok()?;
     Some((digest, created))

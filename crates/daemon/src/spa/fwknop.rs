@@ -25,7 +25,13 @@ pub(super) struct LastFwknop {
 }
 
 impl SpaGate {
-    pub(super) fn fwknop(&mut self, src: IpAddr, dst: Option<IpAddr>, payload: &[u8], now_unix: u64) -> Verdict {
+    pub(super) fn fwknop(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        payload: &[u8],
+        now_unix: u64,
+    ) -> Verdict {
         self.last = LastFwknop::default();
         if let Err(e) = fwknop::precheck(payload) {
             return Verdict::Reject(RejectReason::Packet(e));
@@ -45,7 +51,9 @@ impl SpaGate {
             if !st.source.is_empty() && !st.source.iter().any(|c| c.contains(src)) {
                 continue;
             }
-            if !st.destination.is_empty() && !dst.is_some_and(|d| st.destination.iter().any(|c| c.contains(d))) {
+            if !st.destination.is_empty()
+                && !dst.is_some_and(|d| st.destination.iter().any(|c| c.contains(d)))
+            {
                 continue;
             }
             if st.expires.is_some_and(|e| now_unix > e) {
@@ -82,11 +90,8 @@ impl SpaGate {
             return Verdict::Reject(RejectReason::Stale { who });
         }
         // Without aging a request stays replayable for ever, so its entry never expires.
-        let expires = if self.aging {
-            msg.timestamp.saturating_add(self.max_age).saturating_add(1)
-        } else {
-            u64::MAX
-        };
+        let expires =
+            if self.aging { msg.timestamp.saturating_add(self.max_age).saturating_add(1) } else { u64::MAX };
         let key = fwknop::canonical_replay_key(&msg);
         if let Err(v) = self.admit(key, expires, now_unix) {
             self.last.original = self.origins.get(&key).copied();
@@ -122,8 +127,11 @@ impl SpaGate {
             let Some(s) = a.service() else {
                 return deny(Denial::NotTcpUdp(*a));
             };
-            let permitted =
-                if st.open_ports.is_empty() { self.protected.contains(&s) } else { st.open_ports.contains(&s) };
+            let permitted = if st.open_ports.is_empty() {
+                self.protected.contains(&s)
+            } else {
+                st.open_ports.contains(&s)
+            };
             if !permitted || st.restrict_ports.contains(&s) {
                 return deny(Denial::Service(s));
             }
@@ -144,13 +152,7 @@ impl SpaGate {
         } else {
             None
         };
-        let fwknop = FwknopGrant {
-            stanza_no: i + 1,
-            cycle: st.cmd_cycle.clone(),
-            nat,
-            pkt_src: src,
-            dst,
-        };
+        let fwknop = FwknopGrant { stanza_no: i + 1, cycle: st.cmd_cycle.clone(), nat, pkt_src: src, dst };
         Verdict::Grant(Decision { who, allow, services, duration, fwknop: Some(fwknop) })
     }
 

@@ -37,7 +37,9 @@ impl SpaGate {
                 self.last.time_diff
             ),
             RejectReason::Denied { denial: Denial::Nat | Denial::NatTarget(_), .. } => {
-                format!("(stanza #{n}) SPA packet from {src} requested NAT access, but is not enabled/supported")
+                format!(
+                    "(stanza #{n}) SPA packet from {src} requested NAT access, but is not enabled/supported"
+                )
             }
             RejectReason::Denied { denial: Denial::Command, .. } => {
                 format!("[{src}] (stanza #{n}) SPA Command messages are not allowed in the current configuration.")

@@ -152,6 +152,8 @@ pub struct SpaGate {
     local_nat: bool,
     last: fwknop::LastFwknop,
     origins: HashMap<[u8; 32], (IpAddr, u64)>,
+    dual_delivery: bool,
+    recent: HashMap<(IpAddr, [u8; 32]), Millis>,
 }
 
 impl SpaGate {
@@ -174,12 +176,38 @@ impl SpaGate {
             local_nat: cfg.local_nat,
             last: fwknop::LastFwknop::default(),
             origins: HashMap::new(),
+            dual_delivery: cfg.udp_server.is_some(),
+            recent: HashMap::new(),
         }
     }
 
     /// Whether UDP to `port` is SPA.
     pub fn is_spa_port(&self, port: u16) -> bool {
         self.ports.contains(&port)
+    }
+
+    /// Whether this is the first delivery of `payload` from `src` within a couple of
+    /// seconds: with `ENABLE_UDP_SERVER` the capture socket and the bound UDP socket
+    /// both see each datagram, and the second copy must not count as a replay.
+    pub fn first_delivery(&mut self, src: IpAddr, payload: &[u8], now: Millis) -> bool {
+        if !self.dual_delivery {
+            return true;
+        }
+        const WINDOW: Duration = Duration::from_secs(2);
+        if self.recent.len() >= 4096 {
+            self.recent.retain(|_, &mut t| now.since(t) < WINDOW);
+            if self.recent.len() >= 4096 {
+                self.recent.clear();
+            }
+        }
+        let key = (src, digest_import::wire_key(payload));
+        match self.recent.get(&key) {
+            Some(&t) if now.since(t) < WINDOW => false,
+            _ => {
+                self.recent.insert(key, now);
+                true
+            }
+        }
     }
 
     /// Periodic work: drop expired replay entries, fsync appended ones.

@@ -281,7 +281,9 @@ fn parse_entry(data: &[u8]) -> Option<Entry> {
             ATTR_IP => {
                 for (ty, a) in attrs(v) {
                     addr = match ty {
-                        ATTR_IPADDR_IPV4 => <[u8; 4]>::try_from(a).ok().map(|o| IpAddr::from(Ipv4Addr::from(o))),
+                        ATTR_IPADDR_IPV4 => {
+                            <[u8; 4]>::try_from(a).ok().map(|o| IpAddr::from(Ipv4Addr::from(o)))
+                        }
                         ATTR_IPADDR_IPV6 => {
                             <[u8; 16]>::try_from(a).ok().map(|o| IpAddr::from(Ipv6Addr::from(o)))
                         }
@@ -379,12 +381,19 @@ impl Ipset {
 
     /// Send `msgs` (sequence numbers `first..`) and wait for every ACK. Returns the
     /// errno of the earliest refused message, if any.
-    fn exchange(&mut self, op: &'static str, first: u32, msgs: &[Vec<u8>]) -> Result<Option<i32>, FirewallError> {
+    fn exchange(
+        &mut self,
+        op: &'static str,
+        first: u32,
+        msgs: &[Vec<u8>],
+    ) -> Result<Option<i32>, FirewallError> {
         let mut failure: Option<(u32, i32)> = None;
         for (i, group) in msgs.chunks(MESSAGES_PER_SEND).enumerate() {
             let base = first.wrapping_add((i * MESSAGES_PER_SEND) as u32);
             let datagram = group.concat();
-            self.sock.send_to(&datagram, &self.kernel, 0).map_err(|source| FirewallError::Kernel { op, source })?;
+            self.sock
+                .send_to(&datagram, &self.kernel, 0)
+                .map_err(|source| FirewallError::Kernel { op, source })?;
             let mut pending = group.len();
             while pending > 0 {
                 self.recv(op)?;
@@ -392,7 +401,9 @@ impl Ipset {
                     let idx = seq.wrapping_sub(base) as usize;
                     let Some(errno) = errno.filter(|_| idx < group.len()) else { continue };
                     pending -= 1;
-                    if errno != 0 && failure.is_none_or(|(s, _)| seq.wrapping_sub(first) < s.wrapping_sub(first)) {
+                    if errno != 0
+                        && failure.is_none_or(|(s, _)| seq.wrapping_sub(first) < s.wrapping_sub(first))
+                    {
                         failure = Some((seq, errno));
                     }
                 }
@@ -401,7 +412,12 @@ impl Ipset {
         Ok(failure.map(|(_, e)| e))
     }
 
-    fn simple(&mut self, op: &'static str, cmd: u8, build: impl FnOnce(&mut Msg)) -> Result<Option<i32>, FirewallError> {
+    fn simple(
+        &mut self,
+        op: &'static str,
+        cmd: u8,
+        build: impl FnOnce(&mut Msg),
+    ) -> Result<Option<i32>, FirewallError> {
         let seq = self.next_seq(1);
         let mut m = Msg::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq);
         build(&mut m);
@@ -492,7 +508,9 @@ impl Ipset {
                 }
                 match errno {
                     Some(e) => done = Some(e),
-                    None if ty == (NFNL_SUBSYS_IPSET << 8) | u16::from(CMD_LIST) => parse_list(payload, &mut out),
+                    None if ty == (NFNL_SUBSYS_IPSET << 8) | u16::from(CMD_LIST) => {
+                        parse_list(payload, &mut out)
+                    }
                     None => {}
                 }
             }

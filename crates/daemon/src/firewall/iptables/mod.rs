@@ -188,7 +188,12 @@ impl IptablesDriver {
     }
 
     /// Make the grant set of family `fam` match `plan`, keeping `extra` grants too.
-    fn rebuild_set(&mut self, plan: &Plan, fam: usize, legacy: &[rules::LegacyGrant]) -> Result<usize, FirewallError> {
+    fn rebuild_set(
+        &mut self,
+        plan: &Plan,
+        fam: usize,
+        legacy: &[rules::LegacyGrant],
+    ) -> Result<usize, FirewallError> {
         let (set, twin) = SETS[fam];
         let v6 = fam == 1;
         match self.ipset.list(set)? {
@@ -239,7 +244,10 @@ impl FirewallDriver for IptablesDriver {
 
     fn setup(&mut self, plan: &Plan) -> Result<(), FirewallError> {
         if plan.chain.is_empty() || plan.chain.len() > 24 {
-            return Err(FirewallError::Protocol(format!("iptables chain name {:?} must be 1-24 characters", plan.chain)));
+            return Err(FirewallError::Protocol(format!(
+                "iptables chain name {:?} must be 1-24 characters",
+                plan.chain
+            )));
         }
         self.plan = plan.clone();
         self.routes.clear();

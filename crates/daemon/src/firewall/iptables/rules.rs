@@ -147,7 +147,9 @@ pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) ->
     let fwd = fwd_chain(chain);
     let routes: Vec<&NatRoute> = routes.iter().filter(|r| r.to.is_ipv6() == v6).collect();
 
-    let mut b = format!("*filter\n:{chain} - [0:0]\n-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n");
+    let mut b = format!(
+        "*filter\n:{chain} - [0:0]\n-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
+    );
     for s in &plan.protected {
         let m = service_match(s);
         match plan.mode {
@@ -192,7 +194,10 @@ pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) ->
              -A {chain} -m addrtype ! --dst-type LOCAL -j RETURN\n"
         ));
         for s in &plan.protected {
-            b.push_str(&format!("-A {chain} {} -m set ! --match-set {set} src,dst -j DROP\n", service_match(s)));
+            b.push_str(&format!(
+                "-A {chain} {} -m set ! --match-set {set} src,dst -j DROP\n",
+                service_match(s)
+            ));
         }
         if !saved.mangle.jump {
             b.push_str(&format!("-I PREROUTING 1 -j {chain}\n"));
@@ -368,7 +373,13 @@ mod tests {
     use super::*;
 
     fn plan(mode: Mode, forward: bool) -> Plan {
-        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 16, mode, forward, ..Plan::default() }
+        Plan {
+            protected: vec![Service::tcp(22), Service::udp(53)],
+            max_grants: 16,
+            mode,
+            forward,
+            ..Plan::default()
+        }
     }
 
     #[test]
@@ -443,7 +454,10 @@ mod tests {
         );
         // Forward gating switched off: the mangle chain goes.
         let b = setup_batch(&plan(Mode::Gate, false), false, &[], &s);
-        assert!(b.contains("*mangle\n-D PREROUTING -j PORTCULLIS\n-F PORTCULLIS\n-X PORTCULLIS\nCOMMIT\n"), "{b}");
+        assert!(
+            b.contains("*mangle\n-D PREROUTING -j PORTCULLIS\n-F PORTCULLIS\n-X PORTCULLIS\nCOMMIT\n"),
+            "{b}"
+        );
         assert_eq!(parse_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "PORTCULLIS"), Saved::default());
     }
 }

@@ -110,26 +110,42 @@ fn exercise(variant: IptablesVariant, suffix: &'static str) {
     // Revoke; revoking again or something missing is fine; someone deleting an entry
     // behind our back does not wedge us.
     d2.revoke(&[("192.0.2.2".parse().unwrap(), Service::tcp(22))]).unwrap();
-    d2.revoke(&[("192.0.2.2".parse().unwrap(), Service::tcp(22)), ("2001:db8::5".parse().unwrap(), Service::tcp(22))])
-        .unwrap();
-    assert!(Command::new("ipset").args(["del", "portcullis4", "192.0.2.9,tcp:22"]).status().unwrap().success());
+    d2.revoke(&[
+        ("192.0.2.2".parse().unwrap(), Service::tcp(22)),
+        ("2001:db8::5".parse().unwrap(), Service::tcp(22)),
+    ])
+    .unwrap();
+    assert!(Command::new("ipset")
+        .args(["del", "portcullis4", "192.0.2.9,tcp:22"])
+        .status()
+        .unwrap()
+        .success());
     d2.revoke(&[("192.0.2.9".parse().unwrap(), Service::tcp(22))]).unwrap();
     d2.grant(&[g("192.0.2.3", Service::tcp(22), 60)]).unwrap();
     assert_eq!(d2.list().unwrap().len(), 1);
 
     // Accept mode with a named chain at a position.
-    let accept = Plan { mode: Mode::Accept, chain: "FWKNOP_INPUT".into(), jump_position: 1, ..smaller.clone() };
+    let accept =
+        Plan { mode: Mode::Accept, chain: "FWKNOP_INPUT".into(), jump_position: 1, ..smaller.clone() };
     d2.teardown().unwrap();
     d2.setup(&accept).unwrap();
     let text = save(&save4);
     assert!(text.contains("-A INPUT -j FWKNOP_INPUT"), "{text}");
-    assert!(text.contains("-A FWKNOP_INPUT -p tcp -m tcp --dport 22 -m set --match-set portcullis4 src,dst -j ACCEPT"), "{text}");
+    assert!(
+        text.contains(
+            "-A FWKNOP_INPUT -p tcp -m tcp --dport 22 -m set --match-set portcullis4 src,dst -j ACCEPT"
+        ),
+        "{text}"
+    );
 
     d2.teardown().unwrap();
     d2.teardown().unwrap(); // nothing left: still fine
     for tool in [&save4, &save6] {
         let text = save(tool);
-        assert!(!text.contains("PORTCULLIS") && !text.contains("FWKNOP_INPUT"), "{tool} after teardown:\n{text}");
+        assert!(
+            !text.contains("PORTCULLIS") && !text.contains("FWKNOP_INPUT"),
+            "{tool} after teardown:\n{text}"
+        );
     }
     assert!(ipset_list("portcullis4").is_empty() && ipset_list("portcullis6").is_empty());
 }
