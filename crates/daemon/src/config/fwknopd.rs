@@ -286,10 +286,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     let conf_dir = get("FWKNOP_CONF_DIR")
         .map_or_else(|| path.parent().unwrap_or(Path::new(".")).to_owned(), |(_, v)| PathBuf::from(v));
-    let (access_line, access) = match (get("ACCESS_FOLDER"), get("ACCESS_FILE")) {
-        (Some((l, v)), _) => (Some(l), access_conf::load_folder(&conf_dir.join(v))),
-        (None, Some((l, v))) => (Some(l), access_conf::load(&conf_dir.join(v))),
-        (None, None) => (None, access_conf::load(&conf_dir.join("access.conf"))),
+    let (access_line, access_path, access) = match (get("ACCESS_FOLDER"), get("ACCESS_FILE")) {
+        (Some((l, v)), _) => (Some(l), conf_dir.join(&v), access_conf::load_folder(&conf_dir.join(&v))),
+        (None, Some((l, v))) => (Some(l), conf_dir.join(&v), access_conf::load(&conf_dir.join(&v))),
+        (None, None) => {
+            (None, conf_dir.join("access.conf"), access_conf::load(&conf_dir.join("access.conf")))
+        }
     };
     let access = access.map_err(|m| err(access_line, m))?;
 
@@ -329,6 +331,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         import_digest_file: persist.then_some(digest_file),
         forwarding,
         local_nat: forwarding && flag("ENABLE_IPT_LOCAL_NAT", true),
+        access_conf: Some(access_path),
+        inline_stanzas: 0,
     };
     Ok(Config { path: path.to_owned(), daemon, doors: Vec::new(), spa: Some(spa), api: None, notes })
 }

@@ -48,6 +48,11 @@ pub struct SpaConfig {
     pub forwarding: bool,
     /// Local NAT access messages may be honoured (fwknopd `ENABLE_IPT_LOCAL_NAT`).
     pub local_nat: bool,
+    /// The access.conf file (or `ACCESS_FOLDER` directory) the stanzas after the inline
+    /// ones were read from.
+    pub access_conf: Option<PathBuf>,
+    /// How many stanzas were written inline (`[[spa.fwknop]]`), before the file's.
+    pub inline_stanzas: usize,
 }
 
 /// A native-format user.
@@ -154,9 +159,13 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec
         stanzas.push(stanza(s.into_inner())?);
     }
     let mut notes = Vec::new();
+    let inline_stanzas = stanzas.len();
+    let mut access_path = None;
     if let Some(p) = raw.access_conf {
         let path = resolve(config_dir, p.get_ref());
-        let parsed = access_conf::load(&path).or_else(|e| at(p.span(), e))?;
+        let parsed = if path.is_dir() { access_conf::load_folder(&path) } else { access_conf::load(&path) };
+        let parsed = parsed.or_else(|e| at(p.span(), e))?;
+        access_path = Some(path);
         stanzas.extend(parsed.stanzas);
         notes = parsed.notes;
     }
@@ -187,6 +196,8 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec
         import_digest_file,
         forwarding: raw.forwarding.unwrap_or(false),
         local_nat: raw.local_nat.unwrap_or(false),
+        access_conf: access_path,
+        inline_stanzas,
     };
     Ok((spa, notes))
 }
