@@ -362,7 +362,14 @@ impl Config {
         if let Some(spa) = &self.spa {
             set.extend(spa.protect.iter().copied());
             set.extend(spa.users.values().flat_map(|u| u.open.iter().copied()));
-            set.extend(spa.stanzas.iter().flat_map(|s| s.open_ports.iter().copied()));
+            // A command-cycle stanza's commands open its ports (fwknopd leaves the firewall
+            // alone for them), so we must not drop them.
+            set.extend(
+                spa.stanzas
+                    .iter()
+                    .filter(|s| s.cmd_cycle.is_none())
+                    .flat_map(|s| s.open_ports.iter().copied()),
+            );
         }
         set.into_iter().collect()
     }

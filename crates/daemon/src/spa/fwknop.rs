@@ -127,8 +127,10 @@ impl SpaGate {
             let Some(s) = a.service() else {
                 return deny(Denial::NotTcpUdp(*a));
             };
+            // Without OPEN_PORTS: what we protect, or for a command cycle (whose commands
+            // decide what opens) whatever is asked, as fwknopd does.
             let permitted = if st.open_ports.is_empty() {
-                self.protected.contains(&s)
+                st.cmd_cycle.is_some() || self.protected.contains(&s)
             } else {
                 st.open_ports.contains(&s)
             };
