@@ -17,6 +17,7 @@ use crate::config::{CommandLine, Commands};
 use crate::firewall::NatGrant as FwNat;
 use crate::spa::fwknopd_log;
 use crate::spa::{Decision, FwknopGrant, RejectReason};
+use crate::grants::{Origin, OriginKind};
 
 /// Grants whose fwknopd-style "Removed rule" line is still to be written.
 const MAX_PENDING_LINES: usize = 100_000;
@@ -102,7 +103,14 @@ impl Engine {
                 .collect();
             let what = dec.services.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
             tracing::info!("{src}: {label}: OPEN SESAME (NAT)");
-            match self.granter.with_driver(|d| d.grant_nat(&grants)) {
+            // The ordinary grant lets the connection past the gate on the service (before
+            // DNAT) and records the grant; the NAT grant forwards it.
+            let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
+            let r = self
+                .granter
+                .grant(origin, dec.allow, &dec.services, dec.duration)
+                .and_then(|()| self.granter.with_driver(|d| d.grant_nat(&grants)));
+            match r {
                 Ok(()) => {
                     self.stats.opened += 1;
                     let exp = wall + dec.duration;
