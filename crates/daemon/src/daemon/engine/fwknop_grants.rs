@@ -15,9 +15,9 @@ use crate::actions::subst::{fwknop_argv, FwknopVars};
 use crate::actions::Queued;
 use crate::config::{CommandLine, Commands};
 use crate::firewall::NatGrant as FwNat;
+use crate::grants::{Origin, OriginKind};
 use crate::spa::fwknopd_log;
 use crate::spa::{Decision, FwknopGrant, RejectReason};
-use crate::grants::{Origin, OriginKind};
 
 /// Grants whose fwknopd-style "Removed rule" line is still to be written.
 const MAX_PENDING_LINES: usize = 100_000;
