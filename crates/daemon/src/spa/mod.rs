@@ -304,4 +304,6 @@ impl SpaGate {
 }
 
 #[cfg(test)]
+mod fwknop_tests;
+#[cfg(test)]
 mod tests;
