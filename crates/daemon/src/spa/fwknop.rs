@@ -93,9 +93,9 @@ impl SpaGate {
         let expires =
             if self.aging { msg.timestamp.saturating_add(self.max_age).saturating_add(1) } else { u64::MAX };
         let key = fwknop::canonical_replay_key(&msg);
-        if let Err(v) = self.admit(key, expires, now_unix) {
+        if let Err(r) = self.admit(key, expires, now_unix) {
             self.last.original = self.origins.get(&key).copied();
-            return v;
+            return Verdict::Reject(r);
         }
         self.remember_origin(key, src, now_unix);
         self.policy(i, &msg, src, dst, who)

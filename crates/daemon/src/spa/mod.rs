@@ -240,13 +240,13 @@ impl SpaGate {
         }
     }
 
-    fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), Verdict> {
+    fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), RejectReason> {
         match self.replay.admit(key, expires, now_unix) {
             Ok(()) => Ok(()),
-            Err(Refusal::Replayed) => Err(Verdict::Reject(RejectReason::Replayed)),
+            Err(Refusal::Replayed) => Err(RejectReason::Replayed),
             Err(Refusal::Full) => {
                 tracing::error!("spa: replay cache full of live entries; refusing SPA until entries expire");
-                Err(Verdict::Reject(RejectReason::ReplayCacheFull))
+                Err(RejectReason::ReplayCacheFull)
             }
         }
     }
@@ -279,8 +279,8 @@ impl SpaGate {
         }
         // Without aging a request stays replayable for ever, so its entry never expires.
         let expires = if self.aging { native::replay_key_expiry(&req, self.max_age) } else { u64::MAX };
-        if let Err(v) = self.admit(native::canonical_replay_key(&req), expires, now_unix) {
-            return v;
+        if let Err(r) = self.admit(native::canonical_replay_key(&req), expires, now_unix) {
+            return Verdict::Reject(r);
         }
         let Some(user) = self.users.get(&req.user) else {
             return Verdict::Reject(RejectReason::Packet(PacketError::UnknownUser));
