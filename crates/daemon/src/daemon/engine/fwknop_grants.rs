@@ -103,13 +103,15 @@ impl Engine {
                 .collect();
             let what = dec.services.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
             tracing::info!("{src}: {label}: OPEN SESAME (NAT)");
-            // The ordinary grant lets the connection past the gate on the service (before
-            // DNAT) and records the grant; the NAT grant forwards it.
+            // The NAT grant forwards the flow; the ordinary grant lets it past the gate on
+            // the service (before DNAT) and records it. NAT first: a backend that cannot
+            // forward refuses before anything is opened.
             let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
-            let r = self
-                .granter
-                .grant(origin, dec.allow, &dec.services, dec.duration)
-                .and_then(|()| self.granter.with_driver(|d| d.grant_nat(&grants)));
+            let r = self.granter.with_driver(|d| d.grant_nat(&grants)).and_then(|()| {
+                self.granter.grant(origin, dec.allow, &dec.services, dec.duration).inspect_err(|_| {
+                    let _ = self.granter.with_driver(|d| d.revoke_nat(&grants));
+                })
+            });
             match r {
                 Ok(()) => {
                     self.stats.opened += 1;
