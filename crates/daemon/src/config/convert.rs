@@ -130,6 +130,9 @@ fn daemon_extras(s: &mut String, config: &Config) {
     if f.accept {
         let _ = writeln!(s, "mode = \"accept\"");
     }
+    if f.nat {
+        let _ = writeln!(s, "nat = true");
+    }
     if f.gate_forward != def.gate_forward {
         let _ = writeln!(s, "gate_forward = {}", f.gate_forward);
     }

@@ -283,6 +283,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         None => PathBuf::from(format!("{run_dir}/digest.cache")),
     };
     let forwarding = flag("ENABLE_IPT_FORWARDING", false);
+    // NAT grants need the backend's NAT rules.
+    daemon.firewall.nat = forwarding;
 
     let conf_dir = get("FWKNOP_CONF_DIR")
         .map_or_else(|| path.parent().unwrap_or(Path::new(".")).to_owned(), |(_, v)| PathBuf::from(v));

@@ -171,6 +171,8 @@ pub struct FirewallSettings {
     pub iptables_jump: u32,
     /// nftables accept mode: the admin's table, as (family, name).
     pub accept_table: Option<(String, String)>,
+    /// `nat = true`: NAT grants (DNAT of one source to an inside host) may be given.
+    pub nat: bool,
 }
 
 impl Default for FirewallSettings {
@@ -181,6 +183,7 @@ impl Default for FirewallSettings {
             iptables_chain: "PORTCULLIS".to_string(),
             iptables_jump: 1,
             accept_table: None,
+            nat: false,
         }
     }
 }

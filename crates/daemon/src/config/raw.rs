@@ -44,6 +44,7 @@ pub(super) struct RawDaemon {
     pub iptables_chain: Option<Spanned<String>>,
     pub iptables_jump: Option<Spanned<i64>>,
     pub accept_table: Option<Spanned<String>>,
+    pub nat: Option<Spanned<bool>>,
 }
 
 /// One `[[door]]`.

@@ -239,7 +239,7 @@ impl Validator<'_> {
                 }
             };
         }
-        let firewall = self.firewall(
+        let mut firewall = self.firewall(
             &raw.mode,
             raw.gate_forward,
             raw.iptables_chain,
@@ -247,6 +247,7 @@ impl Validator<'_> {
             raw.accept_table,
             backend,
         )?;
+        firewall.nat = raw.nat.is_some_and(|n| *n.get_ref());
         Ok(DaemonSettings {
             firewall,
             interfaces,
@@ -312,7 +313,7 @@ impl Validator<'_> {
             let words: Vec<&str> = t.get_ref().split_whitespace().collect();
             let ok = match words.as_slice() {
                 [family, name] => {
-                    ["inet", "ip", "ip6"].contains(family)
+                    *family == "inet"
                         && (1..=64).contains(&name.len())
                         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                         && *name != "portcullis"
@@ -323,7 +324,7 @@ impl Validator<'_> {
                 return self.err(
                     t.span(),
                     format!(
-                        "accept_table must be \"<inet|ip|ip6> <table>\" naming your own table (like \"inet filter\"), not {:?}",
+                        "accept_table must be \"inet <table>\" naming your own inet table (like \"inet filter\"), not {:?}",
                         t.get_ref()
                     ),
                 );
@@ -336,7 +337,7 @@ impl Validator<'_> {
         if let (Some(m), true, Backend::Nftables, None) = (mode, f.accept, backend, &f.accept_table) {
             return self.err(
                 m.span(),
-                "mode = \"accept\" with nftables needs accept_table = \"<family> <table>\": an accept is final only \
+                "mode = \"accept\" with nftables needs accept_table = \"inet <table>\": an accept is final only \
                  in the admin's own table",
             );
         }

@@ -37,13 +37,15 @@ const BATCH: usize = 64;
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
-    Ok(match config.daemon.backend {
+    let mut d: Box<dyn FirewallDriver> = match config.daemon.backend {
         Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
         Backend::None => Box::new(NoFirewall::default()),
         Backend::Iptables(v) => Box::new(
             crate::firewall::iptables::IptablesDriver::new(v).context("setting up the iptables backend")?,
         ),
-    })
+    };
+    d.adopt(&plan_for(config));
+    Ok(d)
 }
 
 /// What the firewall must enforce for `config`.

@@ -105,6 +105,8 @@ pub struct Plan {
     pub jump_position: u32,
     /// nftables accept mode: the admin's table that gets our accepting chain.
     pub accept_table: Option<AdminTable>,
+    /// Install what NAT grants need (nftables: maps and a nat chain).
+    pub nat: bool,
 }
 
 /// The plan for `protected` services under the config's firewall settings.
@@ -120,6 +122,7 @@ pub fn plan(protected: Vec<Service>, max_grants: u32, f: &crate::config::Firewal
             .accept_table
             .as_ref()
             .map(|(family, name)| AdminTable { family: family.clone(), name: name.clone() }),
+        nat: f.nat,
     }
 }
 
@@ -136,6 +139,7 @@ impl Default for Plan {
             chain: DEFAULT_CHAIN.to_string(),
             jump_position: 1,
             accept_table: None,
+            nat: false,
         }
     }
 }
@@ -182,6 +186,12 @@ pub trait FirewallDriver: Send {
     /// Whether the firewall itself closes grants on time (true for nftables set
     /// timeouts), so that the daemon dying cannot leave a hole open.
     fn kernel_expiry(&self) -> bool;
+
+    /// Remember `plan` without touching the firewall, so that `teardown` from another
+    /// process (`portcullisd teardown`) knows what was installed under it.
+    fn adopt(&mut self, plan: &Plan) {
+        let _ = plan;
+    }
 
     /// Add NAT grants (or refresh them). Backends without NAT refuse.
     fn grant_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
@@ -249,4 +259,26 @@ pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
         out.push(format!("forwarded connections DNAT'd from {services} on this host are gated too"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_says_which_mode_and_what_the_host_must_do() {
+        let mut plan = Plan { protected: vec![Service::tcp(22)], forward: true, ..Plan::default() };
+        let text = describe("nftables", &plan).join("\n");
+        assert!(text.contains("mode: gate") && text.contains("must still accept"), "{text}");
+        assert!(text.contains("DNAT"), "{text}");
+        plan.mode = Mode::Accept;
+        plan.chain = "FWKNOP_INPUT".into();
+        let text = describe("iptables-nft", &plan).join("\n");
+        assert!(text.contains("mode: accept") && text.contains("FWKNOP_INPUT"), "{text}");
+        assert!(text.contains("established,related"), "{text}");
+        plan.accept_table = Some(AdminTable { family: "inet".into(), name: "filter".into() });
+        let text = describe("nftables", &plan).join("\n");
+        assert!(text.contains("jump portcullis") && text.contains("inet filter"), "{text}");
+        assert!(describe("none", &plan).join("\n").contains("dry run"));
+    }
 }

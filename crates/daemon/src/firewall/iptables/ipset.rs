@@ -95,7 +95,8 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
-const RX_BUF: usize = 64 * 1024;
+/// Dump replies are at most 32 KiB per datagram; room to spare.
+const RX_BUF: usize = 128 * 1024;
 
 /// One entry: source address, service (none in a `hash:ip` set), and seconds to
 /// set or (in a listing) left.

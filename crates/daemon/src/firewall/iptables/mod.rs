@@ -335,7 +335,14 @@ impl FirewallDriver for IptablesDriver {
         true
     }
 
+    fn adopt(&mut self, plan: &Plan) {
+        self.plan = plan.clone();
+    }
+
     fn grant_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        if !self.plan.nat {
+            return Err(FirewallError::Protocol("NAT grants need nat = true in the config".into()));
+        }
         for g in grants {
             if g.addr.is_ipv6() != g.to.is_ipv6() {
                 return Err(FirewallError::Protocol(format!(
