@@ -47,7 +47,6 @@ impl Fw {
     fn start(tag: &str, files: &[(&str, String)], listen: &[u16], drop_all: bool) -> Fw {
         let lab = Lab::new(tag).expect("lab");
         let dir = std::env::temp_dir().join(format!("pc-fwk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for (name, text) in files {
             use std::os::unix::fs::PermissionsExt;
@@ -336,4 +335,38 @@ fn convert_output_loads_as_native_with_the_same_plan() {
         plan.split("\n\nwarnings:").next().unwrap_or_default().trim_end().to_string()
     };
     assert_eq!(body(&a), body(&b), "converted:\n{toml}");
+}
+
+#[test]
+fn packets_in_fwknopds_digest_cache_are_replays_after_the_switch() {
+    if !root_or_skip("packets_in_fwknopds_digest_cache_are_replays_after_the_switch") {
+        return;
+    }
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let dir = std::env::temp_dir().join(format!("pc-fwk-digest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A packet fwknopd accepted: built by the stock client (not sent), and listed in
+    // fwknopd's digest cache as fwknopd writes it.
+    let saved = dir.join("old.pkt");
+    let mut argv =
+        vec!["env".to_string(), format!("HOME={}", dir.display()), tool("fwknop"), "--no-rc-file".into()];
+    argv.extend(
+        ["-T", "-A", "tcp/22", "-a", lab::CLIENT4, "-D", lab::SERVER4, "--use-hmac"].map(String::from),
+    );
+    argv.extend(["--key-base64-rijndael", KEY_B64, "--key-base64-hmac", HMAC_B64, "-B"].map(String::from));
+    argv.push(saved.display().to_string());
+    let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let packet = std::fs::read_to_string(&saved).unwrap().trim_end().to_string();
+    let digest = base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(packet.as_bytes()));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let cache = format!("# <digest> <proto> <src_ip> <src_port> <dst_ip> <dst_port> <time>\n{digest} 17 192.0.2.2 40000 192.0.2.1 62201 {now}\n");
+    let access = format!("SOURCE ANY\nKEY_BASE64 {KEY_B64}\nHMAC_KEY_BASE64 {HMAC_B64}\nOPEN_PORTS tcp/22\n");
+    let files = [("fwknopd.conf", fwknopd_conf(&dir, "")), ("access.conf", access), ("digest.cache", cache)];
+    let fw = Fw::start("digest", &files, &[22], true);
+    fw.wait_log("imported 1 entries of fwknopd's digest cache");
+    fw.resend(&packet);
+    fw.wait_log("Replay detected from source IP: 192.0.2.2");
+    assert_eq!(fw.probe(&fw.lab.client, lab::SERVER4, 22), Probe::Filtered);
 }

@@ -93,6 +93,10 @@ impl Validator<'_> {
                 let span = s.span();
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 match spa::validate(s.into_inner(), dir) {
+                    Ok((v, _)) if (v.forwarding || v.local_nat) && !daemon.firewall.nat => {
+                        return self
+                            .err(span, "[spa] forwarding/local_nat need [daemon] nat = true (NAT grants)")
+                    }
                     Ok((v, n)) => {
                         notes = n;
                         Some(v)
