@@ -234,9 +234,9 @@ fn udp_server_mode_receives_on_a_bound_socket_and_stays_silent() {
     }
     let dir = std::env::temp_dir().join(format!("pc-fwk-udp-{}", std::process::id()));
     // Capture is pointed at an interface that does not exist: only the socket can
-    // deliver the packet.
+    // deliver the packet, with its destination (the stanza has a DESTINATION).
     let conf = fwknopd_conf(&dir, "PCAP_INTF nosuch0;\nENABLE_UDP_SERVER Y;\nUDPSERV_PORT 62201;\n");
-    let access = format!("SOURCE ANY\nKEY_BASE64 {KEY_B64}\nHMAC_KEY_BASE64 {HMAC_B64}\nOPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 5\n");
+    let access = format!("SOURCE ANY\nDESTINATION 192.0.2.1\nKEY_BASE64 {KEY_B64}\nHMAC_KEY_BASE64 {HMAC_B64}\nOPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 5\n");
     let files = [("fwknopd.conf", conf), ("access.conf", access)];
     let fw = Fw::start("udp", &files, &[22], true);
     // As fwknopd's UDP-server how-to has it: the SPA port is let in.

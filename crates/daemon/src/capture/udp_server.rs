@@ -7,13 +7,16 @@
 //! bounded channel; when the channel is full (a flood) datagrams are dropped, never
 //! queued without bound.
 
-use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 
 /// Datagrams waiting for the capture loop.
 const QUEUE: usize = 1024;
@@ -25,6 +28,8 @@ const MAX_DATAGRAM: usize = 1500;
 pub struct SpaDatagram {
     /// Sender.
     pub src: IpAddr,
+    /// The local address it was sent to (`IP_PKTINFO`), when the kernel said.
+    pub dst: Option<IpAddr>,
     /// The local port it was sent to.
     pub dport: u16,
     /// Payload (at most [`MAX_DATAGRAM`] bytes).
@@ -46,6 +51,9 @@ impl UdpServer {
         let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
             .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)))?;
         sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        // Ask for each datagram's destination address (stanzas may match on it).
+        let _ = setsockopt(&sock, sockopt::Ipv4PacketInfo, &true);
+        let _ = setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true);
         let local = sock.local_addr()?;
         let (tx, rx) = sync_channel(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,12 +61,13 @@ impl UdpServer {
         let thread = std::thread::Builder::new().name("pc-udpserv".into()).spawn(move || {
             let mut buf = [0u8; MAX_DATAGRAM + 1];
             while !flag.load(Ordering::Relaxed) {
-                match sock.recv_from(&mut buf) {
+                match recv(&sock, &mut buf) {
                     // Longer than any SPA packet: truncated by the kernel, not ours.
-                    Ok((n, _)) if n > MAX_DATAGRAM => {}
-                    Ok((n, from)) => {
+                    Ok((n, _, _)) if n > MAX_DATAGRAM => {}
+                    Ok((n, from, dst)) => {
                         let d = SpaDatagram {
-                            src: portcullis_proto::addr::canonical(from.ip()),
+                            src: portcullis_proto::addr::canonical(from),
+                            dst: dst.map(portcullis_proto::addr::canonical),
                             dport: local.port(),
                             payload: buf[..n].to_vec(),
                         };
@@ -85,6 +94,35 @@ impl UdpServer {
     }
 }
 
+/// One datagram: (length, sender, local destination address).
+fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, IpAddr, Option<IpAddr>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo, libc::in6_pktinfo);
+    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        .map_err(io::Error::from)?;
+    let mut dst = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        match c {
+            ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))));
+            }
+            ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                dst = Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)))
+            }
+            _ => {}
+        }
+    }
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .ok_or_else(|| io::Error::other("datagram without a sender address"))?;
+    Ok((msg.bytes, from, dst))
+}
+
 impl Drop for UdpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -108,6 +146,7 @@ mod tests {
         let d = rx.recv_timeout(Duration::from_secs(2)).unwrap();
         assert_eq!(d.payload, b"hello spa");
         assert_eq!(d.src, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(d.dst, Some("127.0.0.1".parse::<IpAddr>().unwrap()), "destination from IP_PKTINFO");
         let mut buf = [0u8; 64];
         assert!(client.recv_from(&mut buf).is_err(), "the server sent something back");
     }

@@ -141,7 +141,7 @@ impl Engine {
         if d.proto == Proto::Udp && self.spa.as_ref().is_some_and(|g| g.is_spa_port(d.dst_port)) {
             if view.addrs.contains(&dst) {
                 self.stats.for_us += 1;
-                self.on_spa(src, dst, d.dst_port, d.payload, now, wall);
+                self.on_spa(src, Some(dst), d.dst_port, d.payload, now, wall);
             }
             return;
         }
@@ -225,7 +225,7 @@ impl Engine {
     pub fn on_spa_socket(
         &mut self,
         src: IpAddr,
-        dst: IpAddr,
+        dst: Option<IpAddr>,
         dport: u16,
         payload: &[u8],
         now: Millis,
@@ -233,13 +233,13 @@ impl Engine {
     ) {
         self.stats.packets += 1;
         self.stats.for_us += 1;
-        self.on_spa(fold(src), fold(dst), dport, payload, now, wall);
+        self.on_spa(fold(src), dst.map(fold), dport, payload, now, wall);
     }
 
     fn on_spa(
         &mut self,
         src: IpAddr,
-        dst: IpAddr,
+        dst: Option<IpAddr>,
         dport: u16,
         payload: &[u8],
         now: Millis,
@@ -251,7 +251,7 @@ impl Engine {
         if !gate.first_delivery(src, payload, now) {
             return;
         }
-        match gate.handle_to(src, Some(dst), payload, now_unix, now) {
+        match gate.handle_to(src, dst, payload, now_unix, now) {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
                 if let Some(fg) = dec.fwknop.clone() {

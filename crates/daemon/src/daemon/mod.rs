@@ -202,8 +202,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         if let Some((_, rx)) = &udp {
             let (t, wall) = (now(), SystemTime::now());
             while let Ok(d) = rx.try_recv() {
-                let dst = std::net::IpAddr::from([0, 0, 0, 0]);
-                engine.on_spa_socket(d.src, dst, d.dport, &d.payload, t, wall);
+                engine.on_spa_socket(d.src, d.dst, d.dport, &d.payload, t, wall);
             }
         }
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
