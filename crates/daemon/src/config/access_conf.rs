@@ -402,6 +402,9 @@ fn force_nat(value: &str) -> Result<(std::net::Ipv4Addr, u16), String> {
 fn finish(p: &Pending) -> Result<FwknopStanza, String> {
     let err = |msg: &str| format!("{}:{}: stanza: {msg}", p.file, p.line);
     let key = p.key.as_ref().ok_or_else(|| err("no KEY or KEY_BASE64"))?;
+    if p.fingerprint.contains("__CHANGEME__") {
+        return Err(err("a key is still __CHANGEME__ (as shipped): set KEY_BASE64 and HMAC_KEY_BASE64 from `fwknop --key-gen`"));
+    }
     let mode = p.mode.unwrap_or(EncMode::Cbc);
     let hmac = p.hmac_key.as_ref().map(|k| (p.hmac_type.unwrap_or(HashType::Sha256), k));
     let key = build_key(key, mode, hmac).map_err(|e| err(&e.describe(KeySyntax::AccessConf)))?;

@@ -68,6 +68,7 @@ fn refuses_what_it_cannot_honour_with_line_numbers() {
         ("SOURCE ANY\nKEY x\nFORWARD_ALL Y\n", "1:", "need FORCE_NAT"),
         ("SOURCE ANY\nKEY x\nFORCE_MASQUERADE Y\n", "3:", "FORCE_SNAT"),
         ("", "", "no SOURCE"),
+        ("SOURCE ANY\nKEY_BASE64 __CHANGEME__\nHMAC_KEY_BASE64 __CHANGEME__\n", "1:", "fwknop --key-gen"),
         // Conflicting stanzas: the second can never match.
         (
             "SOURCE 10.0.0.0/8\nKEY x\nOPEN_PORTS tcp/22\nSOURCE 10.0.0.0/8\nKEY x\nOPEN_PORTS tcp/80\n",
