@@ -64,6 +64,7 @@ pub(super) struct RawDoor {
     pub stop_command_6: Option<Spanned<RawCommand>>,
     pub cmd_timeout: Option<Spanned<RawDuration>>,
     pub one_time_sequences: Option<Spanned<String>>,
+    pub rotating: Option<Spanned<super::rotating::RawRotating>>,
 }
 
 /// A command: a shell line or an argv.

@@ -71,7 +71,7 @@ mod ruleset;
 mod tests;
 
 pub use compose::{ACCEPT_CHAIN, ADMIN_SET4, ADMIN_SET6, CHAIN_FORWARD, CHAIN_NAT};
-pub use ruleset::{render, CHAIN, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
+pub use ruleset::{render, CHAIN, CHAIN_PRIORITY, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
 
 use netlink::Netlink;
 use ruleset::Elem;
