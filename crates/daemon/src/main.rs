@@ -84,12 +84,21 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         }
         config.daemon.interfaces = config::Interfaces::Named(args.interfaces);
     }
-    log::init_with_file(config.daemon.log, verbose, config.daemon.log_file.as_deref())?;
+    log::set_syslog(config.daemon.syslog.clone());
+    log::init_with_file(
+        config.daemon.log,
+        verbose || config.daemon.verbose,
+        config.daemon.log_file.as_deref(),
+    )?;
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }
     let pid_file = config.daemon.pid_file.clone();
     if let Some(p) = &pid_file {
+        // A run directory on tmpfs (fwknopd's /var/run/fwknop) is gone after a reboot.
+        if let Some(dir) = p.parent().filter(|d| !d.exists()) {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        }
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| anyhow::anyhow!("writing pid file {}: {e}", p.display()))?;
     }

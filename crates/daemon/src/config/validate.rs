@@ -12,9 +12,9 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::model::{
-    valid_ifname, Backend, CommandLine, Commands, Config, DaemonSettings, Door, FirewallSettings, Interfaces,
-    IptablesVariant, LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED,
-    MAX_SEQUENCE,
+    valid_ifname, valid_syslog_identity, Backend, CommandLine, Commands, Config, DaemonSettings, Door,
+    FirewallSettings, Interfaces, IptablesVariant, LogTarget, SyslogFacility, SyslogSettings,
+    DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
 };
 use super::one_time::load_one_time;
 use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
@@ -86,13 +86,21 @@ impl Validator<'_> {
             }
             doors.push(door);
         }
+        let mut notes = Vec::new();
         let spa = match raw.spa {
             None => None,
             Some(s) => {
                 let span = s.span();
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 match spa::validate(s.into_inner(), dir) {
-                    Ok(v) => Some(v),
+                    Ok((v, _)) if (v.forwarding || v.local_nat) && !daemon.firewall.nat => {
+                        return self
+                            .err(span, "[spa] forwarding/local_nat need [daemon] nat = true (NAT grants)")
+                    }
+                    Ok((v, n)) => {
+                        notes = n;
+                        Some(v)
+                    }
                     Err((at, message)) => return self.err(at.unwrap_or(span), message),
                 }
             }
@@ -122,7 +130,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, notes })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {
@@ -217,6 +225,24 @@ impl Validator<'_> {
                 self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
             }
         };
+        let mut syslog = SyslogSettings::default();
+        if let Some(i) = raw.syslog_identity {
+            if !valid_syslog_identity(i.get_ref()) {
+                return self.err(i.span(), "syslog_identity must be 1-32 characters of A-Z a-z 0-9 _ . -");
+            }
+            syslog.identity = i.into_inner();
+        }
+        if let Some(f) = raw.syslog_facility {
+            syslog.facility = match SyslogFacility::parse(f.get_ref()) {
+                Some(v) => v,
+                None => {
+                    return self.err(
+                        f.span(),
+                        "syslog_facility must be daemon, auth, authpriv, user or local0..local7",
+                    )
+                }
+            };
+        }
         let mut firewall = self.firewall(
             &raw.mode,
             raw.gate_forward,
@@ -237,6 +263,10 @@ impl Validator<'_> {
             log_file,
             pid_file,
             command_time_limit,
+            flush_at_start: raw.flush_at_start.unwrap_or(false),
+            flush_at_exit: raw.flush_at_exit.unwrap_or(false),
+            syslog,
+            verbose: raw.verbose.unwrap_or(false),
         })
     }
 

@@ -23,6 +23,8 @@ use crate::stats::Stats;
 use portcullis_proto::addr::canonical as fold;
 
 mod door_actions;
+// fwknop stanzas: command cycles, NAT grants, fwknopd's log lines.
+mod fwknop_grants;
 mod rotation;
 
 struct Group {
@@ -53,6 +55,7 @@ pub struct Engine {
     spa: Option<SpaGate>,
     /// Door commands and one-time sequences, see `engine/door_actions.rs`.
     ext: door_actions::Ext,
+    fwknop: fwknop_grants::FwknopExt,
     /// Rotating doors: completed sequences per step, see `engine/rotation.rs`.
     burnt: rotation::Burnt,
     /// Unix time of the next step boundary of any rotating door (`None`: not armed yet).
@@ -120,6 +123,7 @@ impl Engine {
             stats: Stats::default(),
             spa: None,
             ext: door_actions::Ext::default(),
+            fwknop: fwknop_grants::FwknopExt::new(&config.daemon.firewall.iptables_chain),
             burnt: rotation::Burnt::default(),
             rotation_due: None,
             rotation_generation: 0,
@@ -167,7 +171,7 @@ impl Engine {
         if d.proto == Proto::Udp && self.spa.as_ref().is_some_and(|g| g.is_spa_port(d.dst_port)) {
             if view.addrs.contains(&dst) {
                 self.stats.for_us += 1;
-                self.on_spa(src, d.payload, now, wall);
+                self.on_spa(src, Some(dst), d.dst_port, d.payload, now, wall);
             }
             return;
         }
@@ -252,21 +256,58 @@ impl Engine {
         self.after_open(src, door, wall, log);
     }
 
-    fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
+    /// An SPA datagram read from the bound UDP socket (fwknopd `ENABLE_UDP_SERVER`).
+    pub fn on_spa_socket(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+        now: Millis,
+        wall: SystemTime,
+    ) {
+        self.stats.packets += 1;
+        self.stats.for_us += 1;
+        self.on_spa(fold(src), dst.map(fold), dport, payload, now, wall);
+    }
+
+    fn on_spa(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+        now: Millis,
+        wall: SystemTime,
+    ) {
         let now_unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let Some(gate) = self.spa.as_mut() else { return };
-        match gate.handle(src, payload, now_unix, now) {
+        // The same datagram seen by both the capture socket and the UDP server socket.
+        if !gate.first_delivery(src, payload, now) {
+            return;
+        }
+        match gate.handle_to(src, dst, payload, now_unix, now) {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
+                if let Some(fg) = dec.fwknop.clone() {
+                    if self.fwknop_grant(src, &dec, &fg, wall) {
+                        return;
+                    }
+                }
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let log = self.open_limiter.take(now);
+                let before = self.stats.opened;
                 self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
+                if dec.fwknop.is_some() && self.stats.opened > before && log {
+                    self.fwknop_added(&dec, wall);
+                }
             }
             Verdict::Reject(reason) => {
                 self.stats.count_spa_reject(reason.class());
                 if self.limiter.take(now) {
                     tracing::info!("{src}: spa: rejected: {}", reason.to_string().escape_debug());
+                    self.fwknop_rejected(src, dport, &reason);
                 } else {
                     self.stats.suppressed_logs += 1;
                 }
@@ -338,6 +379,7 @@ impl Engine {
         if let Some(gate) = self.spa.as_mut() {
             gate.housekeeping(wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
+        self.fwknop_expired(wall, now);
     }
 }
 
