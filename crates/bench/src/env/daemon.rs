@@ -25,6 +25,10 @@ pub enum Daemon {
     /// The same portcullisd SPA configuration plus the knock door, driven by knocks
     /// (knock handling while SPA junk costs crypto).
     PortcullisdSpaKnock,
+    /// No daemon: `portcullisd generate --kernel nftables` loaded with `nft -f`.
+    KernelNft,
+    /// No daemon: `portcullisd generate --kernel iptables` (recent lists).
+    KernelIpt,
 }
 
 /// Which SPA packet an attempt sends.
@@ -48,6 +52,7 @@ impl Daemon {
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
             Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
             Daemon::PortcullisdSpaKnock => "portcullisd SPA + door, knocks",
+            Daemon::KernelNft | Daemon::KernelIpt => "kernel-only (no daemon)",
         }
     }
 
@@ -83,7 +88,9 @@ impl Daemon {
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
             | Daemon::KnockdNft
-            | Daemon::PortcullisdSpaKnock => None,
+            | Daemon::PortcullisdSpaKnock
+            | Daemon::KernelNft
+            | Daemon::KernelIpt => None,
         }
     }
 
@@ -99,6 +106,13 @@ impl Daemon {
             Daemon::KnockdIpt => "iptables",
             Daemon::KnockdNft => "nft set",
             Daemon::Fwknopd => "iptables",
+            Daemon::KernelNft => "nftables sets (generated)",
+            Daemon::KernelIpt => "iptables-nft recent (generated)",
         }
+    }
+
+    /// Kernel-only mode: no process runs, the ruleset does the knocking.
+    pub fn is_kernel(self) -> bool {
+        matches!(self, Daemon::KernelNft | Daemon::KernelIpt)
     }
 }

@@ -23,6 +23,8 @@ fn no_hmac_and_legacy_stanzas_are_warned_about_with_name_and_line() {
         ),
     )
     .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("access.conf"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
         "[spa]\naccess_conf = \"access.conf\"\n\n[[spa.fwknop]]\nname = \"good\"\nkey = \"k1\"\nhmac_key_base64 = \"{HMAC_B64}\"\n\n\
          [[spa.fwknop]]\nname = \"old\"\nkey = \"k2\"\nencryption_mode = \"legacy\"\n"

@@ -46,6 +46,9 @@ fn stanza(n: u8) -> FwknopStanza {
         require_username: None,
         require_source_address: false,
         expires: None,
+        destination: Vec::new(),
+        cmd_cycle: None,
+        nat: Default::default(),
     }
 }
 
@@ -77,6 +80,14 @@ fn config(k: &Keys, stanzas: Vec<FwknopStanza>, allow_addresses: Vec<Cidr>) -> S
         stanzas,
         source_prefix: (24, 56),
         warnings: Vec::new(),
+        udp_server: None,
+        aging: true,
+        persist_replay: true,
+        import_digest_file: None,
+        forwarding: false,
+        local_nat: false,
+        access_conf: None,
+        inline_stanzas: 0,
     }
 }
 

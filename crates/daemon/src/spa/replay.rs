@@ -95,6 +95,11 @@ impl ReplayCache {
         self.seen.is_empty()
     }
 
+    /// Whether `key` is held and still live at `now`.
+    pub fn contains(&self, key: &[u8; 32], now: u64) -> bool {
+        self.seen.get(key).is_some_and(|&exp| replay_entry_live(exp, now))
+    }
+
     /// Admit `key` (whose packet is accepted up to and including the Unix second
     /// `last_accepted`) unless it is held and live. Persists it first.
     pub fn admit(&mut self, key: [u8; 32], last_accepted: u64, now: u64) -> Result<(), Refusal> {
