@@ -28,6 +28,7 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
         (Daemon::KnockdIpt, false),
         (Daemon::KnockdNft, false),
         (Daemon::Fwknopd, false),
+        (Daemon::PortcullisdFwknopdConf, false),
     ];
     let mut results: Vec<(Daemon, bool, usize, Option<Summary>)> = Vec::new();
     for (d, pin) in runs {
@@ -170,6 +171,11 @@ fn spa_vs_fwknopd(results: &[(Daemon, bool, usize, Option<Summary>)], trials: us
         (Daemon::Fwknopd, "fwknopd", "fwknop client (HMAC-SHA256 + Rijndael)"),
         (Daemon::PortcullisdSpaFwknop, "portcullisd", "fwknop client (HMAC-SHA256 + Rijndael)"),
         (Daemon::PortcullisdSpaNative, "portcullisd", "native (X25519 + ChaCha20-Poly1305 + Ed25519)"),
+        (
+            Daemon::PortcullisdFwknopdConf,
+            "portcullisd (run --config fwknopd.conf)",
+            "fwknop client (HMAC-SHA256 + Rijndael)",
+        ),
     ];
     if spa.iter().skip(1).all(|(d, ..)| get(*d).is_none()) {
         return;
@@ -194,8 +200,12 @@ fn spa_vs_fwknopd(results: &[(Daemon, bool, usize, Option<Summary>)], trials: us
     t.note(
         "Same trials as table 1 (fresh source per trial, one UDP datagram to 62201, probe SYN every 100 µs). \
          portcullisd runs one configuration with both an `[[spa.fwknop]]` stanza holding fwknopd's keys and a \
-         native `[[spa.user]]`; the rows differ only in the packet the client sends. The ratio columns divide \
-         fwknopd's figure by the row's: how many times faster than fwknopd.",
+         native `[[spa.user]]`; the rows differ only in the packet the client sends. portcullisd (run --config \
+         fwknopd.conf) is the drop-in: it reads the very files fwknopd reads (one fwknopd.conf, one access.conf, \
+         same paths) on the host fwknopd expects (iptables INPUT policy DROP, loopback and established/related \
+         accepted, for both rows), grants as ipset members matched by an ACCEPT in its FWKNOP_INPUT chain, with \
+         the system's iptables (nf_tables here); only `--state-dir` and `--log stderr` are added. The ratio \
+         columns divide fwknopd's figure by the row's: how many times faster than fwknopd.",
     );
     report.tables.push(t);
 
