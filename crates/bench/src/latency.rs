@@ -130,6 +130,11 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
 
     spa_vs_fwknopd(&results, trials, report);
 
+    // The knock targets are about the nftables portcullisd row: none without it (`--only`).
+    if !results.iter().any(|r| r.0 == Daemon::Portcullisd && !r.1) {
+        return Ok(());
+    }
+
     let pc_s = pc.map(|s| (s.median, s.p95));
     let best = |want: &[Daemon]| {
         results
@@ -214,6 +219,20 @@ fn spa_vs_fwknopd(results: &[(Daemon, bool, usize, Option<Summary>)], trials: us
             .iter()
             .filter_map(|(d, label)| get(*d).map(|r| (*label, r.2, r.3)))
             .collect();
+    if let Some((_, _, ok, s)) = get(Daemon::PortcullisdFwknopdConf).filter(|_| fw.is_some()) {
+        report.check(
+            "portcullisd on fwknopd's own fwknopd.conf + access.conf: ≥ 100× faster than fwknopd (median, as the SPA rows)",
+            format!(
+                "{} ms ({ok}/{trials}); {}",
+                s.map_or("–".into(), |s| fmt_ms(s.median)),
+                fmt_ratio(fw.map(|f| f.median), s.map(|s| s.median))
+            ),
+            *ok == trials && fw.zip(*s).is_some_and(|(f, s)| f.median / s.median >= 100.0),
+        );
+    }
+    if rows.is_empty() {
+        return;
+    }
     report.check(
         "SPA open latency median ≤ 1 ms (both formats)",
         rows.iter()
