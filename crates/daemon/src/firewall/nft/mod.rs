@@ -61,9 +61,10 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
-use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan, Watch};
 
 mod expr;
+mod monitor;
 mod netlink;
 mod ruleset;
 #[cfg(test)]
@@ -195,5 +196,13 @@ impl FirewallDriver for NftDriver {
 
     fn kernel_expiry(&self) -> bool {
         true
+    }
+
+    fn verify(&mut self, plan: &Plan) -> Result<Option<String>, FirewallError> {
+        self.verify_state(plan)
+    }
+
+    fn watch(&self) -> Result<Option<Box<dyn Watch>>, FirewallError> {
+        monitor::watch(&self.nl)
     }
 }

@@ -1,0 +1,280 @@
+//! Watching our table: a second `NETLINK_NETFILTER` socket subscribed to the
+//! `NFNLGRP_NFTABLES` multicast group, on which the kernel announces every committed
+//! ruleset change (`nft monitor` reads the same). A change to `table inet portcullis`
+//! made through any socket but the driver's own is reported, so `nft flush ruleset`,
+//! `systemctl reload nftables` or a `portcullisd teardown` from another shell are seen
+//! within microseconds of their commit.
+//!
+//! Each notification's `nlmsg_pid` is the netlink port of the socket whose batch caused
+//! it: the driver's own changes (grants, revokes, the repair itself) carry the driver
+//! socket's port and are ignored. Set-element changes by the kernel itself (port 0)
+//! are ignored too. The kernel announces a whole transaction at its commit, closed by
+//! one `NEWGEN` message that names the process responsible; we read up to that message
+//! (or [`SETTLE`]) so one transaction is reported once.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use netlink_packet_core::{NetlinkBuffer, NlaBuffer, NlasIterator};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+
+use super::netlink::Netlink;
+use super::ruleset::{SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
+use super::NftDriver;
+use crate::firewall::{FirewallError, Plan, Watch};
+
+/// `NFNLGRP_NFTABLES`.
+const NFNLGRP_NFTABLES: u32 = 7;
+/// `NFNL_SUBSYS_NFTABLES`.
+const SUBSYS: u16 = 10;
+/// `NFPROTO_INET`.
+const FAMILY_INET: u8 = 1;
+/// `NFT_MSG_NEWGEN`: closes the notifications of one transaction.
+const MSG_NEWGEN: u8 = 15;
+/// `NFTA_GEN_PROC_PID`, `NFTA_GEN_PROC_NAME`.
+const GEN_PROC_PID: u16 = 2;
+const GEN_PROC_NAME: u16 = 3;
+/// Receive buffer: `nft flush ruleset` on a large ruleset announces thousands of
+/// objects at once; an overflow (ENOBUFS) is survived, but costs a blind repair.
+const RCVBUF: usize = 4 << 20;
+/// How long to wait for the rest of a transaction after its first notification.
+const SETTLE: Duration = Duration::from_millis(3);
+
+/// One notification about our table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Event {
+    /// `NFT_MSG_*` (without the subsystem).
+    pub msg: u8,
+    /// Netlink port of the socket that made the change (0: the kernel).
+    pub portid: u32,
+    /// The object: table name, or chain/set name within the table.
+    pub object: String,
+}
+
+impl Event {
+    /// What happened, for the log.
+    pub fn describe(&self) -> String {
+        let what = match self.msg {
+            0 => "table added",
+            2 => "table deleted",
+            3 => "chain added/changed",
+            5 => "chain deleted",
+            6 => "rule added/replaced",
+            8 => "rule deleted",
+            9 => "set added",
+            11 => "set deleted",
+            12 => "set elements added",
+            14 => "set elements deleted",
+            26..=30 => "object destroyed",
+            _ => "object changed",
+        };
+        if self.msg == 0 || self.msg == 2 {
+            format!("{what} (inet {})", self.object)
+        } else {
+            format!("{what} ({})", self.object)
+        }
+    }
+}
+
+/// What one received datagram holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    /// Notifications about `table inet portcullis` from other sockets.
+    pub foreign: Vec<Event>,
+    /// A `NEWGEN` (end of a transaction) was seen: (port, process id, process name).
+    pub generation: Option<(u32, u32, String)>,
+}
+
+fn nlas(buf: &[u8]) -> impl Iterator<Item = NlaBuffer<&[u8]>> {
+    NlasIterator::new(buf).filter_map(Result::ok)
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+}
+
+/// Parse the notifications in `buf` (pure; hostile or odd input is skipped, never
+/// trusted: at worst it causes a repair). `own` is the driver socket's port.
+pub(crate) fn parse(buf: &[u8], own: u32) -> Parsed {
+    let mut out = Parsed::default();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let Ok(hdr) = NetlinkBuffer::new_checked(&buf[off..]) else { break };
+        let len = hdr.length() as usize;
+        let (ty, portid) = (hdr.message_type(), hdr.port_number());
+        let Some(payload) = buf.get(off + 16..off + len) else { break };
+        off += len.next_multiple_of(4).max(16);
+        if ty >> 8 != SUBSYS || payload.len() < 4 {
+            continue;
+        }
+        let msg = (ty & 0xff) as u8;
+        let (family, attrs) = (payload[0], &payload[4..]);
+        if msg == MSG_NEWGEN {
+            let (mut pid, mut name) = (0, String::new());
+            for a in nlas(attrs) {
+                match a.kind() {
+                    GEN_PROC_PID => pid = a.value().try_into().map_or(0, u32::from_be_bytes),
+                    GEN_PROC_NAME => name = text(a.value()),
+                    _ => {}
+                }
+            }
+            out.generation = Some((portid, pid, name));
+            continue;
+        }
+        if family != FAMILY_INET || portid == own {
+            continue;
+        }
+        // Set elements come and go with grants and kernel timeouts: only another
+        // process editing them is news.
+        if (msg == 12 || msg == 14) && portid == 0 {
+            continue;
+        }
+        // Attribute 1 is the table (its name, for table messages) in every message
+        // type we care about; attribute 2 or 3 names the chain or set.
+        let mut table = None;
+        let mut object = None;
+        for a in nlas(attrs) {
+            match (msg, a.kind()) {
+                (_, 1) => table = Some(text(a.value())),
+                (3 | 5, 3) | (6 | 8 | 9 | 11 | 12 | 14, 2) => object = Some(text(a.value())),
+                _ => {}
+            }
+        }
+        if table.as_deref() != Some(TABLE) {
+            continue;
+        }
+        let object = object.or(table).unwrap_or_default();
+        out.foreign.push(Event { msg, portid, object });
+    }
+    out
+}
+
+/// Summarise one transaction's foreign events for the log.
+pub(crate) fn summary(events: &[Event], by: Option<&(u32, u32, String)>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for e in events {
+        let d = e.describe();
+        if !seen.contains(&d) {
+            seen.push(d);
+        }
+    }
+    let more = seen.len().saturating_sub(4);
+    seen.truncate(4);
+    let mut s = seen.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    let port = events.first().map_or(0, |e| e.portid);
+    match by {
+        Some((p, pid, name)) if *p == port && *pid != 0 => {
+            s.push_str(&format!(" by {name} (pid {pid})"))
+        }
+        _ => s.push_str(&format!(" by netlink port {port}")),
+    }
+    s
+}
+
+/// The event socket.
+pub(crate) struct Monitor {
+    sock: Socket,
+    own: u32,
+    rx: Vec<u8>,
+}
+
+impl Monitor {
+    /// Subscribe; `own` is the driver socket's port, whose changes are ignored.
+    pub(crate) fn open(own: u32) -> io::Result<Monitor> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        sock.add_membership(NFNLGRP_NFTABLES)?;
+        // Best effort: without CAP_NET_ADMIN the default buffer stays.
+        let _ = setsockopt(&sock, sockopt::RcvBufForce, &RCVBUF);
+        Ok(Monitor { sock, own, rx: Vec::with_capacity(256 * 1024) })
+    }
+
+    /// Receive one datagram, waiting up to `timeout` (zero: do not wait).
+    fn recv(&mut self, timeout: Duration) -> io::Result<Option<Parsed>> {
+        self.rx.clear();
+        let flags = if timeout.is_zero() {
+            libc::MSG_DONTWAIT
+        } else {
+            let tv = TimeVal::new(
+                timeout.as_secs().try_into().unwrap_or(1),
+                timeout.subsec_micros().try_into().unwrap_or(0),
+            );
+            setsockopt(&self.sock, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)?;
+            0
+        };
+        match self.sock.recv(&mut self.rx, flags) {
+            Ok(_) => Ok(Some(parse(&self.rx, self.own))),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Watch for Monitor {
+    fn wait(&mut self, timeout: Duration) -> Result<Option<String>, FirewallError> {
+        let lost = |source| FirewallError::Kernel { op: "nft monitor: receive", source };
+        let end = Instant::now() + timeout;
+        let mut events = Vec::new();
+        let mut by = None;
+        // First foreign notification (or time out).
+        while events.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let Some(p) = self.recv(left).map_err(lost)? else { continue };
+            events = p.foreign;
+            if !events.is_empty() {
+                by = p.generation;
+            }
+        }
+        // The rest of its transaction: up to its NEWGEN, or a short settle.
+        let settle = Instant::now() + SETTLE;
+        while by.is_none() {
+            let left = settle.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.recv(left).map_err(lost)? {
+                Some(p) => {
+                    events.extend(p.foreign);
+                    by = p.generation;
+                }
+                None => break,
+            }
+        }
+        Ok(Some(summary(&events, by.as_ref())))
+    }
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("own", &self.own).finish_non_exhaustive()
+    }
+}
+
+/// A monitor for `nl`'s changes to be ignored.
+pub(super) fn watch(nl: &Netlink) -> Result<Option<Box<dyn Watch>>, FirewallError> {
+    let kernel = |op, source| FirewallError::Kernel { op, source };
+    let own = nl.portid().map_err(|e| kernel("nft monitor: own netlink port", e))?;
+    let m = Monitor::open(own).map_err(|e| kernel("nft monitor: subscribe to nf_tables events", e))?;
+    Ok(Some(Box::new(m)))
+}
+
+impl NftDriver {
+    /// Our table and its sets exist. Chains and rules are watched through events
+    /// (a lost event leads to a blind repair, see `grants::watch`).
+    pub(super) fn verify_state(&mut self, _plan: &Plan) -> Result<Option<String>, FirewallError> {
+        for set in [SET_PROTECTED, SET_ALLOW4, SET_ALLOW6] {
+            if self.nl.dump_set("nft verify", set)?.is_none() {
+                return Ok(Some(format!("table inet {TABLE} or its set {set} is missing")));
+            }
+        }
+        Ok(None)
+    }
+}
