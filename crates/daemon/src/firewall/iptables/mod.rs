@@ -12,6 +12,7 @@
 //! - No shell is involved: binaries get fixed argv, batches go to stdin.
 
 pub mod rules;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -118,6 +119,10 @@ impl IptablesDriver {
     }
 
     fn read(&self, fam: usize) -> Result<rules::Saved, FirewallError> {
+        Ok(rules::parse_save(&self.save_text(fam)?))
+    }
+
+    fn save_text(&self, fam: usize) -> Result<String, FirewallError> {
         let out = Command::new(&self.save[fam])
             .args(["-t", "filter"])
             .stdin(Stdio::null())
@@ -131,7 +136,7 @@ impl IptablesDriver {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        Ok(rules::parse_save(&String::from_utf8_lossy(&out.stdout)))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn apply(&self, fam: usize, batch: &str) -> Result<(), FirewallError> {
@@ -290,5 +295,9 @@ impl FirewallDriver for IptablesDriver {
 
     fn kernel_expiry(&self) -> bool {
         false
+    }
+
+    fn verify(&mut self, plan: &Plan) -> Result<Option<String>, FirewallError> {
+        self.verify_state(plan)
     }
 }

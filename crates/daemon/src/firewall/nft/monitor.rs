@@ -278,3 +278,66 @@ impl NftDriver {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&u16::try_from(4 + value.len()).unwrap().to_ne_bytes());
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(value);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v
+    }
+
+    fn msg(msg: u8, family: u8, portid: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = attrs.concat();
+        let len = 16 + 4 + body.len();
+        let mut v = Vec::new();
+        v.extend_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
+        v.extend_from_slice(&((SUBSYS << 8) | u16::from(msg)).to_ne_bytes());
+        v.extend_from_slice(&0u16.to_ne_bytes());
+        v.extend_from_slice(&1u32.to_ne_bytes());
+        v.extend_from_slice(&portid.to_ne_bytes());
+        v.extend_from_slice(&[family, 0, 0, 0]);
+        v.extend_from_slice(&body);
+        v
+    }
+
+    #[test]
+    fn foreign_changes_to_our_table_are_reported_with_who_did_them() {
+        let ours = b"portcullis\0";
+        let mut buf = msg(8, FAMILY_INET, 4242, &[nla(1, ours), nla(2, b"input\0")]);
+        buf.extend(msg(2, FAMILY_INET, 4242, &[nla(1, ours)]));
+        // Someone else's table, another family, our own socket, kernel set GC: ignored.
+        buf.extend(msg(2, FAMILY_INET, 4242, &[nla(1, b"filter\0")]));
+        buf.extend(msg(2, 2, 4242, &[nla(1, ours)]));
+        buf.extend(msg(2, FAMILY_INET, 77, &[nla(1, ours)]));
+        buf.extend(msg(14, FAMILY_INET, 0, &[nla(1, ours), nla(2, b"allow4\0")]));
+        buf.extend(msg(MSG_NEWGEN, 0, 4242, &[nla(1, &5u32.to_be_bytes()), nla(2, &999u32.to_be_bytes()), nla(3, b"nft\0")]));
+        let p = parse(&buf, 77);
+        assert_eq!(
+            p.foreign,
+            vec![
+                Event { msg: 8, portid: 4242, object: "input".into() },
+                Event { msg: 2, portid: 4242, object: "portcullis".into() },
+            ]
+        );
+        assert_eq!(p.generation, Some((4242, 999, "nft".into())));
+        assert_eq!(
+            summary(&p.foreign, p.generation.as_ref()),
+            "rule deleted (input), table deleted (inet portcullis) by nft (pid 999)"
+        );
+    }
+
+    #[test]
+    fn truncated_or_garbage_input_is_skipped() {
+        let buf = msg(2, FAMILY_INET, 1, &[nla(1, b"portcullis\0")]);
+        for cut in 0..buf.len() {
+            let _ = parse(&buf[..cut], 0);
+        }
+        assert!(parse(&[0xff; 64], 0).foreign.is_empty());
+    }
+}
