@@ -115,7 +115,12 @@ pub async fn render(state: &AppState) -> String {
         "Rulesets reinstalled after someone else removed or changed them.",
     );
     let _ = writeln!(out, "portcullis_firewall_restores_total {}", fw.restores.load(Ordering::Relaxed));
-    head(&mut out, "portcullis_firewall_repair_failures_total", "counter", "Repairs of the ruleset that failed.");
+    head(
+        &mut out,
+        "portcullis_firewall_repair_failures_total",
+        "counter",
+        "Repairs of the ruleset that failed.",
+    );
     let _ = writeln!(
         out,
         "portcullis_firewall_repair_failures_total {}",

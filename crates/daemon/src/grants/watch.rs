@@ -98,7 +98,9 @@ impl Granter {
             }
         };
         let how = if source.is_some() { "change notifications" } else { "periodic checks" };
-        tracing::info!("firewall: watching for changes by others ({how}, full check every {VERIFY_PERIOD:?})");
+        tracing::info!(
+            "firewall: watching for changes by others ({how}, full check every {VERIFY_PERIOD:?})"
+        );
         let me = Arc::downgrade(self);
         let t = std::thread::Builder::new().name("fw-watch".into()).spawn(move || run(&me, source))?;
         *self.watch.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -124,7 +126,11 @@ impl Granter {
 
     /// Reinstall the ruleset and put the schedule's grants back (driver locked by the
     /// caller). Logs at error level, counts, and marks health degraded until confirmed.
-    pub(super) fn repair_locked(&self, d: &mut dyn FirewallDriver, what: &str) -> Result<Restored, FirewallError> {
+    pub(super) fn repair_locked(
+        &self,
+        d: &mut dyn FirewallDriver,
+        what: &str,
+    ) -> Result<Restored, FirewallError> {
         let Some(plan) = self.plan.get() else {
             return Err(FirewallError::Protocol("no firewall plan to repair with".into()));
         };
@@ -145,7 +151,9 @@ impl Granter {
             }
             Err(e) => {
                 self.watch.repair_failures.fetch_add(1, Ordering::Relaxed);
-                self.watch.set_problem(Some(format!("firewall changed by someone else ({what}) and NOT repaired: {e}")));
+                self.watch.set_problem(Some(format!(
+                    "firewall changed by someone else ({what}) and NOT repaired: {e}"
+                )));
                 tracing::error!("firewall: {what}; reinstalling the ruleset FAILED: {e}; PORTS MAY BE OPEN");
             }
         }

@@ -71,8 +71,14 @@ mod tests {
         let cases = [
             (GOOD.replace(":PORTCULLIS - [0:0]\n", ""), "chain PORTCULLIS is missing"),
             (GOOD.replace("-A INPUT -j PORTCULLIS\n", ""), "jump"),
-            (GOOD.replace("-A PORTCULLIS -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n", ""), "conntrack"),
-            (GOOD.replace("-A PORTCULLIS -p tcp -m tcp --dport 443 -j DROP\n", ""), "1 drop rule(s), 2 expected"),
+            (
+                GOOD.replace("-A PORTCULLIS -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n", ""),
+                "conntrack",
+            ),
+            (
+                GOOD.replace("-A PORTCULLIS -p tcp -m tcp --dport 443 -j DROP\n", ""),
+                "1 drop rule(s), 2 expected",
+            ),
         ];
         for (text, want) in cases {
             let p = problem(&text, &plan(), &[]).expect(want);
@@ -85,7 +91,11 @@ mod tests {
 
     #[test]
     fn a_grant_rule_we_wrote_must_still_be_there() {
-        let g = rules::GrantRule { addr: "192.0.2.2".parse().unwrap(), service: Service::tcp(22), expires: 1_900_000_000 };
+        let g = rules::GrantRule {
+            addr: "192.0.2.2".parse().unwrap(),
+            service: Service::tcp(22),
+            expires: 1_900_000_000,
+        };
         let p = problem(GOOD, &plan(), &[g]).unwrap();
         assert!(p.contains("1 grant rule(s) missing"), "{p}");
         let with = GOOD.replace(

@@ -153,8 +153,12 @@ pub(crate) fn parse(buf: &[u8], own: u32) -> Parsed {
 
 /// Summarise one transaction's foreign events for the log.
 pub(crate) fn summary(events: &[Event], by: Option<&(u32, u32, String)>) -> String {
+    // The most sweeping change first: a deleted table says more than its rules.
+    let rank = |m: u8| [2u8, 5, 11, 8, 6, 3].iter().position(|&x| x == m).unwrap_or(9);
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| rank(e.msg));
     let mut seen: Vec<String> = Vec::new();
-    for e in events {
+    for e in sorted {
         let d = e.describe();
         if !seen.contains(&d) {
             seen.push(d);
@@ -168,9 +172,7 @@ pub(crate) fn summary(events: &[Event], by: Option<&(u32, u32, String)>) -> Stri
     }
     let port = events.first().map_or(0, |e| e.portid);
     match by {
-        Some((p, pid, name)) if *p == port && *pid != 0 => {
-            s.push_str(&format!(" by {name} (pid {pid})"))
-        }
+        Some((p, pid, name)) if *p == port && *pid != 0 => s.push_str(&format!(" by {name} (pid {pid})")),
         _ => s.push_str(&format!(" by netlink port {port}")),
     }
     s
@@ -316,7 +318,12 @@ mod tests {
         buf.extend(msg(2, 2, 4242, &[nla(1, ours)]));
         buf.extend(msg(2, FAMILY_INET, 77, &[nla(1, ours)]));
         buf.extend(msg(14, FAMILY_INET, 0, &[nla(1, ours), nla(2, b"allow4\0")]));
-        buf.extend(msg(MSG_NEWGEN, 0, 4242, &[nla(1, &5u32.to_be_bytes()), nla(2, &999u32.to_be_bytes()), nla(3, b"nft\0")]));
+        buf.extend(msg(
+            MSG_NEWGEN,
+            0,
+            4242,
+            &[nla(1, &5u32.to_be_bytes()), nla(2, &999u32.to_be_bytes()), nla(3, b"nft\0")],
+        ));
         let p = parse(&buf, 77);
         assert_eq!(
             p.foreign,
@@ -328,7 +335,7 @@ mod tests {
         assert_eq!(p.generation, Some((4242, 999, "nft".into())));
         assert_eq!(
             summary(&p.foreign, p.generation.as_ref()),
-            "rule deleted (input), table deleted (inet portcullis) by nft (pid 999)"
+            "table deleted (inet portcullis), rule deleted (input) by nft (pid 999)"
         );
     }
 
