@@ -268,3 +268,154 @@ fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
         next_check = next_check.min(Instant::now() + CONFIRM_AFTER);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::sync::Mutex;
+
+    use portcullis_proto::Service;
+
+    use super::*;
+    use crate::firewall::{self, LiveGrant};
+    use crate::grants::clock::ManualClock;
+    use crate::grants::{Origin, OriginKind};
+    use crate::store::StoreError;
+
+    /// A firewall someone else can flush: grants then fail with ENOENT, as nftables'.
+    #[derive(Default)]
+    struct Kernel {
+        installed: bool,
+        grants: Vec<Grant>,
+        setups: usize,
+    }
+
+    struct Flushable(Arc<Mutex<Kernel>>);
+
+    impl FirewallDriver for Flushable {
+        fn name(&self) -> &'static str {
+            "flushable"
+        }
+        fn setup(&mut self, _: &Plan) -> Result<(), FirewallError> {
+            let mut k = self.0.lock().unwrap();
+            k.installed = true;
+            k.setups += 1;
+            Ok(())
+        }
+        fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
+            let mut k = self.0.lock().unwrap();
+            if !k.installed {
+                let source = std::io::Error::from_raw_os_error(libc::ENOENT);
+                return Err(FirewallError::Kernel { op: "grant", source });
+            }
+            for g in grants {
+                k.grants.retain(|x| (x.addr, x.service) != (g.addr, g.service));
+                k.grants.push(*g);
+            }
+            Ok(())
+        }
+        fn revoke(&mut self, keys: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+            self.0.lock().unwrap().grants.retain(|x| !keys.contains(&(x.addr, x.service)));
+            Ok(())
+        }
+        fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
+            let k = self.0.lock().unwrap();
+            Ok(k.grants
+                .iter()
+                .map(|g| LiveGrant { addr: g.addr, service: g.service, remaining: None, timeout: None })
+                .collect())
+        }
+        fn teardown(&mut self) -> Result<(), FirewallError> {
+            *self.0.lock().unwrap() = Kernel::default();
+            Ok(())
+        }
+        fn kernel_expiry(&self) -> bool {
+            true
+        }
+        fn verify(&mut self, _: &Plan) -> Result<Option<String>, FirewallError> {
+            Ok((!self.0.lock().unwrap().installed).then(|| "table missing".into()))
+        }
+    }
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn granter() -> (Arc<Granter>, Arc<Mutex<Kernel>>, Arc<ManualClock>) {
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let clock = ManualClock::new(T0);
+        let mut d = Flushable(Arc::clone(&kernel));
+        let plan = Plan { protected: vec![Service::tcp(22)], max_grants: 10 };
+        d.setup(&plan).unwrap();
+        let g = Granter::new(
+            firewall::Shared::new(Box::new(d)),
+            plan.protected.clone(),
+            Err(StoreError::Unavailable("none".into())),
+            clock.clone(),
+        )
+        .unwrap();
+        // The plan without the watcher thread: these tests drive every step.
+        g.plan.set(plan).unwrap();
+        (g, kernel, clock)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    fn origin() -> Origin {
+        Origin { kind: OriginKind::Door, detail: "ssh".into() }
+    }
+
+    #[test]
+    fn a_grant_refused_for_a_missing_table_repairs_restores_the_others_and_succeeds() {
+        let (g, kernel, clock) = granter();
+        g.grant(origin(), ip(2), &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+        clock.advance(Duration::from_secs(10));
+        // `nft flush ruleset` behind our back.
+        {
+            let mut k = kernel.lock().unwrap();
+            k.installed = false;
+            k.grants.clear();
+        }
+        assert_eq!(g.firewall_state().problem(), None, "nobody has looked yet");
+        g.grant(origin(), ip(3), &[Service::tcp(22)], Duration::from_secs(60)).unwrap();
+        let k = kernel.lock().unwrap();
+        assert!(k.installed);
+        assert_eq!(k.setups, 2);
+        let find = |a| k.grants.iter().find(|x| x.addr == a).map(|x| x.timeout);
+        assert_eq!(find(ip(2)), Some(Duration::from_secs(20)), "restored with its remaining time");
+        assert_eq!(find(ip(3)), Some(Duration::from_secs(60)), "the new grant took");
+        drop(k);
+        assert_eq!(g.firewall_state().restores.load(Ordering::Relaxed), 1);
+        let p = g.firewall_state().problem().expect("degraded until a check confirms");
+        assert!(p.contains("table missing"), "{p}");
+    }
+
+    #[test]
+    fn the_check_finds_a_missing_table_and_missing_grants_but_not_ones_about_to_expire() {
+        let (g, kernel, clock) = granter();
+        let plan = g.plan.get().unwrap().clone();
+        let check = || {
+            let mut d = g.firewall.lock();
+            g.check_locked(d.as_mut(), &plan).unwrap()
+        };
+        g.grant(origin(), ip(2), &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+        assert_eq!(check(), None);
+        kernel.lock().unwrap().grants.clear();
+        assert_eq!(check().as_deref(), Some("1 live grant(s) missing from the firewall"));
+        clock.advance(Duration::from_millis(29_000));
+        assert_eq!(check(), None, "within the expiry slack: the kernel may have closed it already");
+        kernel.lock().unwrap().installed = false;
+        assert_eq!(check().as_deref(), Some("table missing"));
+        // A repair puts back only what is still live, and revokes what we do not know.
+        kernel.lock().unwrap().grants.push(Grant {
+            addr: ip(9),
+            service: Service::tcp(22),
+            timeout: Duration::from_secs(90),
+        });
+        let r = g.repair_locked(g.firewall.lock().as_mut(), "test").unwrap();
+        assert_eq!(r, Restored { grants: 1, unknown: 1 });
+        let k = kernel.lock().unwrap();
+        assert_eq!(k.grants.len(), 1);
+        assert_eq!((k.grants[0].addr, k.grants[0].timeout), (ip(2), Duration::from_secs(1)));
+    }
+}
