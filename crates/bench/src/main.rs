@@ -11,7 +11,7 @@
 //! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), [`packet`]
 //!   (headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
 //! - lab and daemons: [`env`]; client side of a trial: [`probe`];
-//! - scenarios: [`latency`], [`floods`], [`grants`], [`spa`], [`memory`].
+//! - scenarios: [`latency`], [`floods`], [`grants`], [`spa`], [`memory`], [`watch`].
 
 mod env;
 mod flood;
@@ -26,6 +26,7 @@ mod report;
 mod spa;
 mod stats;
 mod table;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,8 @@ enum Cmd {
     Spa,
     /// 5. memory under 1,000,000 spoofed sources.
     Memory,
+    /// 6. self-repair: ruleset removed under a running daemon → port filtered again.
+    Watch,
 }
 
 /// Sizes for full and quick runs.
@@ -156,6 +159,9 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     if let Some(env) = env.as_mut() {
         if all || cli.cmd == Cmd::Memory {
             memory::run(env, p.attempts, p.mem_rate, &mut report)?;
+        }
+        if all || cli.cmd == Cmd::Watch {
+            watch::run(env, p.trials.max(20), &mut report)?;
         }
     }
     Ok(report)

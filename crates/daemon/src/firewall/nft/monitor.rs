@@ -202,10 +202,7 @@ impl Monitor {
         let flags = if timeout.is_zero() {
             libc::MSG_DONTWAIT
         } else {
-            let tv = TimeVal::new(
-                timeout.as_secs().try_into().unwrap_or(1),
-                timeout.subsec_micros().try_into().unwrap_or(0),
-            );
+            let tv = TimeVal::new(timeout.as_secs().try_into().unwrap_or(1), timeout.subsec_micros().into());
             setsockopt(&self.sock, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)?;
             0
         };
