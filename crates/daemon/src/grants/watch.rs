@@ -99,7 +99,7 @@ impl Granter {
         };
         let how = if source.is_some() { "change notifications" } else { "periodic checks" };
         tracing::info!(
-            "firewall: watching for changes by others ({how}, full check every {VERIFY_PERIOD:?})"
+            "firewall: watching for changes by others ({how}; ruleset checked every {VERIFY_PERIOD:?})"
         );
         let me = Arc::downgrade(self);
         let t = std::thread::Builder::new().name("fw-watch".into()).spawn(move || run(&me, source))?;
@@ -107,11 +107,21 @@ impl Granter {
         Ok(())
     }
 
-    /// Check ruleset and grants against the plan and the schedule (driver locked by
-    /// the caller). `Ok(None)`: all in place.
-    fn check_locked(&self, d: &mut dyn FirewallDriver, plan: &Plan) -> Result<Option<String>, FirewallError> {
+    /// Check the ruleset against the plan and, with `grants`, the firewall's grants
+    /// against the schedule (a dump of every grant: done when confirming a repair, and
+    /// every period for drivers without notifications). Driver locked by the caller.
+    /// `Ok(None)`: all in place.
+    fn check_locked(
+        &self,
+        d: &mut dyn FirewallDriver,
+        plan: &Plan,
+        grants: bool,
+    ) -> Result<Option<String>, FirewallError> {
         if let Some(what) = d.verify(plan)? {
             return Ok(Some(what));
+        }
+        if !grants {
+            return Ok(None);
         }
         let live = d.list()?;
         let now = self.clock.now_ms();
@@ -233,7 +243,7 @@ fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
                 }
                 next_check = now + VERIFY_PERIOD;
                 let mut d = g.firewall.lock();
-                match g.check_locked(d.as_mut(), plan) {
+                match g.check_locked(d.as_mut(), plan, source.is_none() || confirm_at.is_some()) {
                     Ok(None) => {
                         if confirm_at.is_none_or(|c| now >= c) {
                             if g.watch.problem().is_some() {
@@ -396,7 +406,7 @@ mod tests {
         let plan = g.plan.get().unwrap().clone();
         let check = || {
             let mut d = g.firewall.lock();
-            g.check_locked(d.as_mut(), &plan).unwrap()
+            g.check_locked(d.as_mut(), &plan, true).unwrap()
         };
         g.grant(origin(), ip(2), &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
         assert_eq!(check(), None);

@@ -20,8 +20,10 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
+use netlink_packet_netfilter::nftables::{ChainAttribute, NfTablesMessage, SetAttribute};
+
 use super::netlink::Netlink;
-use super::ruleset::{SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
+use super::ruleset::{self, TABLE};
 use super::NftDriver;
 use crate::firewall::{FirewallError, Plan, Watch};
 
@@ -266,15 +268,162 @@ pub(super) fn watch(nl: &Netlink) -> Result<Option<Box<dyn Watch>>, FirewallErro
 }
 
 impl NftDriver {
-    /// Our table and its sets exist. Chains and rules are watched through events
-    /// (a lost event leads to a blind repair, see `grants::watch`).
-    pub(super) fn verify_state(&mut self, _plan: &Plan) -> Result<Option<String>, FirewallError> {
-        for set in [SET_PROTECTED, SET_ALLOW4, SET_ALLOW6] {
-            if self.nl.dump_set("nft verify", set)?.is_none() {
-                return Ok(Some(format!("table inet {TABLE} or its set {set} is missing")));
+    /// Every chain and set `setup(plan)` creates exists, and our table holds as many
+    /// rules as it writes. Cheap (no set elements are read), so it can run every
+    /// second whatever the number of grants. Content changes are caught by the
+    /// notifications; a lost notification leads to a blind repair (see `grants::watch`).
+    pub(super) fn verify_state(&mut self, plan: &Plan) -> Result<Option<String>, FirewallError> {
+        let kernel = |source| FirewallError::Kernel { op: "nft verify", source };
+        let mut q = Query::open().map_err(kernel)?;
+        let (mut rules, mut chains, mut sets) = (0usize, Vec::new(), Vec::new());
+        for r in ruleset::setup_requests(plan, &[]) {
+            match r.msg {
+                NfTablesMessage::NewRule(_) => rules += 1,
+                NfTablesMessage::NewChain(m) => {
+                    chains.extend(m.attributes.into_iter().filter_map(|a| match a {
+                        ChainAttribute::Name(n) => Some(n),
+                        _ => None,
+                    }))
+                }
+                NfTablesMessage::NewSet(m) => sets.extend(m.attributes.into_iter().filter_map(|a| match a {
+                    SetAttribute::Name(n) => Some(n),
+                    _ => None,
+                })),
+                _ => {}
             }
         }
-        Ok(None)
+        for c in &chains {
+            if !q.exists(MSG_GETCHAIN, &[(1, TABLE), (3, c)]).map_err(kernel)? {
+                return Ok(Some(format!("table inet {TABLE} or its chain {c} is missing")));
+            }
+        }
+        for set in &sets {
+            if !q.exists(MSG_GETSET, &[(1, TABLE), (2, set)]).map_err(kernel)? {
+                return Ok(Some(format!("set {set} of table inet {TABLE} is missing")));
+            }
+        }
+        let have = q.count_rules().map_err(kernel)?;
+        Ok((have != rules).then(|| format!("table inet {TABLE} holds {have} rule(s), {rules} expected")))
+    }
+}
+
+const MSG_GETCHAIN: u8 = 4;
+const MSG_GETSET: u8 = 10;
+const MSG_GETRULE: u8 = 7;
+const MSG_NEWRULE: u8 = 6;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// A one-shot query socket for [`NftDriver::verify_state`].
+struct Query {
+    sock: Socket,
+    seq: u32,
+    rx: Vec<u8>,
+}
+
+/// How one reply message relates to the request.
+enum Answer {
+    Object(u8, Option<String>),
+    Status(i32),
+    Done,
+}
+
+impl Query {
+    fn open() -> io::Result<Query> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(2, 0)).map_err(io::Error::from)?;
+        Ok(Query { sock, seq: 1, rx: Vec::with_capacity(64 * 1024) })
+    }
+
+    fn send(&mut self, msg: u8, flags: u16, attrs: &[(u16, &str)]) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut body = Vec::new();
+        for &(kind, v) in attrs {
+            let len = 4 + v.len() + 1;
+            body.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
+            body.extend_from_slice(&kind.to_ne_bytes());
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let len = u32::try_from(16 + 4 + body.len()).unwrap_or(u32::MAX);
+        let mut m = Vec::with_capacity(len as usize);
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&((SUBSYS << 8) | u16::from(msg)).to_ne_bytes());
+        m.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
+        m.extend_from_slice(&self.seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[FAMILY_INET, 0, 0, 0]);
+        m.extend_from_slice(&body);
+        self.sock.send_to(&m, &netlink_sys::SocketAddr::new(0, 0), 0)?;
+        Ok(())
+    }
+
+    /// The answers to the last request in the next datagram.
+    fn answers(&mut self) -> io::Result<Vec<Answer>> {
+        self.rx.clear();
+        self.sock.recv(&mut self.rx, 0)?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 16 <= self.rx.len() {
+            let Ok(hdr) = NetlinkBuffer::new_checked(&self.rx[off..]) else { break };
+            let len = hdr.length() as usize;
+            let (ty, seq) = (hdr.message_type(), hdr.sequence_number());
+            let payload = self.rx.get(off + 16..off + len).unwrap_or_default();
+            off += len.next_multiple_of(4).max(16);
+            if seq != self.seq {
+                continue;
+            }
+            out.push(match ty {
+                NLMSG_ERROR => {
+                    let code = payload.get(..4).and_then(|c| c.try_into().ok()).map_or(0, i32::from_ne_bytes);
+                    Answer::Status(-code)
+                }
+                NLMSG_DONE => Answer::Done,
+                _ => {
+                    let table = payload
+                        .get(4..)
+                        .and_then(|a| nlas(a).find(|n| n.kind() == 1))
+                        .map(|n| text(n.value()));
+                    Answer::Object((ty & 0xff) as u8, table)
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether the object named by `attrs` exists (ENOENT: no).
+    fn exists(&mut self, msg: u8, attrs: &[(u16, &str)]) -> io::Result<bool> {
+        self.send(msg, libc::NLM_F_ACK as u16, attrs)?;
+        let mut found = false;
+        loop {
+            for a in self.answers()? {
+                match a {
+                    Answer::Object(..) => found = true,
+                    Answer::Status(0) | Answer::Done => return Ok(found),
+                    Answer::Status(e) if e == libc::ENOENT => return Ok(false),
+                    Answer::Status(e) => return Err(io::Error::from_raw_os_error(e)),
+                }
+            }
+        }
+    }
+
+    /// Rules in our table (a dump filtered by table; counted only if they name it).
+    fn count_rules(&mut self) -> io::Result<usize> {
+        self.send(MSG_GETRULE, libc::NLM_F_DUMP as u16, &[(1, TABLE)])?;
+        let mut n = 0;
+        loop {
+            for a in self.answers()? {
+                match a {
+                    Answer::Object(MSG_NEWRULE, Some(t)) if t == TABLE => n += 1,
+                    Answer::Object(..) => {}
+                    Answer::Done | Answer::Status(0) => return Ok(n),
+                    Answer::Status(e) if e == libc::ENOENT => return Ok(0),
+                    Answer::Status(e) => return Err(io::Error::from_raw_os_error(e)),
+                }
+            }
+        }
     }
 }
 
