@@ -353,7 +353,7 @@ mod tests {
         let kernel = Arc::new(Mutex::new(Kernel::default()));
         let clock = ManualClock::new(T0);
         let mut d = Flushable(Arc::clone(&kernel));
-        let plan = Plan { protected: vec![Service::tcp(22)], max_grants: 10 };
+        let plan = Plan { protected: vec![Service::tcp(22)], max_grants: 10, ..Plan::default() };
         d.setup(&plan).unwrap();
         let g = Granter::new(
             firewall::Shared::new(Box::new(d)),

@@ -20,8 +20,9 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
-use netlink_packet_netfilter::nftables::{ChainAttribute, NfTablesMessage, SetAttribute};
+use netlink_packet_netfilter::nftables::{ChainAttribute, NfTablesMessage, RuleAttribute, SetAttribute};
 
+use super::compose;
 use super::netlink::Netlink;
 use super::ruleset::{self, TABLE};
 use super::NftDriver;
@@ -276,19 +277,32 @@ impl NftDriver {
         let kernel = |source| FirewallError::Kernel { op: "nft verify", source };
         let mut q = Query::open().map_err(kernel)?;
         let (mut rules, mut chains, mut sets) = (0usize, Vec::new(), Vec::new());
-        for r in ruleset::setup_requests(plan, &[]) {
+        // Only our table: objects in the admin's table (accept mode) are not ours to count.
+        let mut reqs = ruleset::setup_requests(plan, &[]);
+        reqs.extend(compose::optional_requests(plan));
+        for r in reqs {
             match r.msg {
-                NfTablesMessage::NewRule(_) => rules += 1,
-                NfTablesMessage::NewChain(m) => {
+                NfTablesMessage::NewRule(m) => {
+                    rules += usize::from(
+                        m.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if t == TABLE)),
+                    );
+                }
+                NfTablesMessage::NewChain(m)
+                    if m.attributes.iter().any(|a| matches!(a, ChainAttribute::Table(t) if t == TABLE)) =>
+                {
                     chains.extend(m.attributes.into_iter().filter_map(|a| match a {
                         ChainAttribute::Name(n) => Some(n),
                         _ => None,
-                    }))
+                    }));
                 }
-                NfTablesMessage::NewSet(m) => sets.extend(m.attributes.into_iter().filter_map(|a| match a {
-                    SetAttribute::Name(n) => Some(n),
-                    _ => None,
-                })),
+                NfTablesMessage::NewSet(m)
+                    if m.attributes.iter().any(|a| matches!(a, SetAttribute::Table(t) if t == TABLE)) =>
+                {
+                    sets.extend(m.attributes.into_iter().filter_map(|a| match a {
+                        SetAttribute::Name(n) => Some(n),
+                        _ => None,
+                    }));
+                }
                 _ => {}
             }
         }
