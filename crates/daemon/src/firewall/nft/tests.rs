@@ -538,3 +538,22 @@ fn verify_names_what_is_missing_and_the_monitor_reports_only_others() {
         assert_eq!(drv.verify(&plan()).expect("verify"), None);
     });
 }
+
+#[test]
+fn verify_passes_right_after_setup_in_every_mode() {
+    in_netns("verify_passes_right_after_setup_in_every_mode", |mut drv| {
+        if nft(&["add", "table", "inet", "filter"]).is_none() {
+            return;
+        }
+        let admin = crate::firewall::AdminTable { family: "inet".into(), name: "filter".into() };
+        let plans = [
+            plan(),
+            Plan { forward: true, nat: true, ..plan() },
+            Plan { mode: crate::firewall::Mode::Accept, accept_table: Some(admin), forward: true, ..plan() },
+        ];
+        for p in plans {
+            drv.setup(&p).expect("setup");
+            assert_eq!(drv.verify(&p).expect("verify"), None, "{p:?}");
+        }
+    });
+}
