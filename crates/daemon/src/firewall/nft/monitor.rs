@@ -205,7 +205,11 @@ impl Monitor {
         let flags = if timeout.is_zero() {
             libc::MSG_DONTWAIT
         } else {
-            let tv = TimeVal::new(timeout.as_secs().try_into().unwrap_or(1), timeout.subsec_micros().into());
+            // A zero SO_RCVTIMEO would mean "block forever": never below 1 µs.
+            let tv = TimeVal::new(
+                timeout.as_secs().try_into().unwrap_or(1),
+                timeout.subsec_micros().max(1).into(),
+            );
             setsockopt(&self.sock, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)?;
             0
         };
