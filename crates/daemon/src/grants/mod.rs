@@ -29,11 +29,12 @@ pub mod origin;
 mod reconcile;
 mod revoke;
 pub mod scheduler;
+pub mod watch;
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use portcullis_proto::addr::canonical;
@@ -78,6 +79,10 @@ pub struct Granter {
     counters: Counters,
     /// The capture thread's latest [`Stats`], published about once a second for metrics.
     stats: Mutex<Stats>,
+    /// What the firewall must enforce, once it is watched ([`watch`]).
+    plan: OnceLock<Plan>,
+    /// The firewall's health and its watcher.
+    watch: watch::State,
 }
 
 impl Granter {
@@ -98,6 +103,8 @@ impl Granter {
             thread: Mutex::new(None),
             counters: Counters::default(),
             stats: Mutex::new(Stats::default()),
+            plan: OnceLock::new(),
+            watch: watch::State::default(),
         });
         let t = scheduler::spawn(Arc::downgrade(&g), Arc::clone(&g.sched), Arc::clone(&g.clock))?;
         *g.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -181,7 +188,13 @@ impl Granter {
     ) -> (Result<(), FirewallError>, NewGrants) {
         let grants: Vec<Grant> =
             services.iter().map(|&service| Grant { addr, service, timeout: duration }).collect();
-        let r = d.grant(&grants);
+        let mut r = d.grant(&grants);
+        // Refused because our ruleset is gone (ENOENT after a flush)? Repair, retry once.
+        if let Err(e) = &r {
+            if self.repair_if_broken(d, e) {
+                r = d.grant(&grants);
+            }
+        }
         let now = self.clock.now_ms();
         if r.is_ok() {
             let mut t = self.sched.lock();
@@ -292,6 +305,7 @@ impl Granter {
     /// Stop the scheduler thread, then the store after what is queued. Grants stay in
     /// the firewall (kernel timeouts close them, or the next start does).
     pub fn shutdown(&self) {
+        self.watch.stop();
         self.sched.stop();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
@@ -331,6 +345,7 @@ pub fn start(
     }
     let granter = Granter::new(firewall::Shared::new(driver), plan.protected.clone(), store, clock)
         .context("starting the expiry scheduler")?;
+    granter.watch_firewall(plan.clone()).context("starting the firewall watcher")?;
     if granter.store().is_ok() {
         match granter.reconcile() {
             Ok(r) => tracing::info!(
