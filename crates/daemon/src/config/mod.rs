@@ -18,6 +18,7 @@ pub mod api;
 pub mod convert;
 pub mod error;
 pub mod knockd;
+pub mod limits;
 pub mod model;
 pub mod one_time;
 mod raw;
@@ -31,6 +32,7 @@ use std::path::Path;
 
 pub use api::ApiConfig;
 pub use error::ConfigError;
+pub use limits::{DoorLimits, Limits, Rate, StoreSettings};
 pub use model::*;
 pub use source::read_bounded;
 pub use spa::SpaConfig;

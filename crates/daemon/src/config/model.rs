@@ -33,6 +33,10 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// The local REST API, if configured (`[api]`).
     pub api: Option<ApiConfig>,
+    /// Bounds on knock opens (`[daemon]` and `[[door]]` keys).
+    pub limits: super::Limits,
+    /// The grant records (`[store]`).
+    pub store: super::StoreSettings,
 }
 
 /// Daemon-wide settings (`[daemon]`).

@@ -17,12 +17,15 @@ use portcullis_proto::{Millis, Proto, Service};
 use crate::capture::LocalView;
 use crate::config::{Config, Door};
 use crate::firewall::FirewallDriver;
-use crate::grants::{Granter, Origin, OriginKind};
+use crate::grants::{Granter, OpenError, Origin, OriginKind};
 use crate::spa::{SpaGate, Verdict};
 use crate::stats::Stats;
 use portcullis_proto::addr::canonical as fold;
 
 mod door_actions;
+mod refusals;
+
+use refusals::{Failure, RefusalLog};
 
 struct Group {
     target: Option<IpAddr>,
@@ -50,6 +53,8 @@ pub struct Engine {
     spa: Option<SpaGate>,
     /// Door commands and one-time sequences, see `engine/door_actions.rs`.
     ext: door_actions::Ext,
+    /// Opens refused or failed: budgeted lines and summaries.
+    refusals: RefusalLog,
 }
 
 impl Engine {
@@ -61,6 +66,7 @@ impl Engine {
 
     /// Like [`Engine::new`], granting through the shared (recording) grant path.
     pub fn with_granter(config: &Config, granter: Arc<Granter>) -> anyhow::Result<Engine> {
+        granter.set_limits(config.limits.clone());
         let mut targets: Vec<Option<IpAddr>> = Vec::new();
         for d in &config.doors {
             let t = d.target.map(fold);
@@ -99,6 +105,7 @@ impl Engine {
             stats: Stats::default(),
             spa: None,
             ext: door_actions::Ext::default(),
+            refusals: RefusalLog::default(),
         })
     }
 
@@ -213,8 +220,9 @@ impl Engine {
             tracing::info!("{src}: {label}: Stage {n} (of {n})");
         }
         let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
-        self.apply_grant(src, &label, origin, src, &services, duration, log, wall);
-        self.after_open(src, door, wall, log);
+        if self.apply_grant(src, &label, origin, src, &services, duration, log, now, wall) {
+            self.after_open(src, door, wall, log);
+        }
     }
 
     fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
@@ -226,7 +234,7 @@ impl Engine {
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let log = self.open_limiter.take(now);
-                self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
+                self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, now, wall);
             }
             Verdict::Reject(reason) => {
                 self.stats.count_spa_reject(reason.class());
@@ -241,7 +249,8 @@ impl Engine {
 
     /// The capture thread's grant path, for doors and SPA: log, open through
     /// [`Granter::grant`] (which arms expiry and records), log the result. `log` says
-    /// whether the grant-line budget allows logging this one.
+    /// whether the grant-line budget allows logging this one. Returns false if a bound
+    /// refused the open (then nothing else may happen for it: no door commands).
     #[allow(clippy::too_many_arguments)]
     fn apply_grant(
         &mut self,
@@ -252,8 +261,9 @@ impl Engine {
         services: &[Service],
         duration: Duration,
         log: bool,
+        now: Millis,
         wall: SystemTime,
-    ) {
+    ) -> bool {
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
         let until = humantime::format_rfc3339_seconds(wall + duration);
         let secs = duration.as_secs();
@@ -265,9 +275,9 @@ impl Engine {
         let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
         // A knockd door may open nothing itself and only run commands.
         if services.is_empty() {
-            return;
+            return true;
         }
-        match self.granter.grant(origin, allow, services, duration) {
+        match self.granter.grant(origin, src, allow, services, duration) {
             Ok(()) => {
                 self.stats.opened += 1;
                 if log {
@@ -276,10 +286,21 @@ impl Engine {
                         self.granter.driver_name()
                     );
                 }
+                true
             }
-            Err(err) => {
+            Err(OpenError::Refused(why)) => {
+                self.stats.opens_refused += 1;
+                if self.refusals.count(Failure::Refused(why), now) {
+                    tracing::warn!("{src}: {label}: NOT opened {what}{for_whom}: {why}");
+                }
+                false
+            }
+            Err(OpenError::Firewall(err)) => {
                 self.stats.grant_failures += 1;
-                tracing::error!("{src}: {label}: FAILED to open {what}{for_whom}: {err}");
+                if self.refusals.count(Failure::Firewall, now) {
+                    tracing::error!("{src}: {label}: FAILED to open {what}{for_whom}: {err}");
+                }
+                true
             }
         }
     }
@@ -297,6 +318,9 @@ impl Engine {
 
     /// Periodic work: lets trackers drop expired generations so memory returns after a flood.
     pub fn housekeeping(&mut self, now: Millis, wall: SystemTime) {
+        if let Some(line) = self.refusals.summary(now) {
+            tracing::warn!("{line}");
+        }
         for g in &mut self.groups {
             g.tracker.housekeeping(now);
         }

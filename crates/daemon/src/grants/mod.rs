@@ -24,6 +24,7 @@
 //! daemon still enforces, grants and expires; records are missing and every API call
 //! that needs them answers 503 with the reason.
 
+pub mod admission;
 pub mod clock;
 pub mod origin;
 mod reconcile;
@@ -40,9 +41,12 @@ use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
 use tokio::sync::oneshot;
 
+use crate::config::Limits;
 use crate::firewall::{self, FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
 use crate::stats::Stats;
 use crate::store::{self, GrantRecord, NewGrants, Store, StoreError};
+use admission::Admission;
+pub use admission::Refusal;
 use clock::{ms, Clock};
 pub use origin::{Origin, OriginKind};
 pub use reconcile::{ReconcileReport, ADOPT_WINDOW};
@@ -58,6 +62,17 @@ pub enum GrantError {
     /// The store could not record it (the firewall grant was undone).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a capture-path open did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A bound on opens refused it (nothing was asked of the firewall).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The firewall refused.
+    #[error("firewall: {0}")]
+    Firewall(#[from] FirewallError),
 }
 
 /// Counters for metrics.
@@ -78,6 +93,8 @@ pub struct Granter {
     counters: Counters,
     /// The capture thread's latest [`Stats`], published about once a second for metrics.
     stats: Mutex<Stats>,
+    /// Bounds on door opens. Lock order: driver, scheduler table, then this.
+    admission: Mutex<Admission>,
 }
 
 impl Granter {
@@ -98,6 +115,7 @@ impl Granter {
             thread: Mutex::new(None),
             counters: Counters::default(),
             stats: Mutex::new(Stats::default()),
+            admission: Mutex::new(Admission::default()),
         });
         let t = scheduler::spawn(Arc::downgrade(&g), Arc::clone(&g.sched), Arc::clone(&g.clock))?;
         *g.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -112,6 +130,28 @@ impl Granter {
             Err(StoreError::Unavailable("no store configured".into())),
             clock::system(),
         )
+    }
+
+    /// Bound door opens by `limits` (budgets start afresh; live grants stay counted).
+    pub fn set_limits(&self, limits: Limits) {
+        self.admission().set_limits(limits);
+    }
+
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admission_opened(&self, door: &str, key: Key, expires_at: i64, now: i64) {
+        self.admission().opened(door, key, expires_at, now);
+    }
+
+    fn admission_closed(&self, key: Key) {
+        self.admission().closed(key);
+    }
+
+    /// Live grants door `door` holds now, as its bounds count them.
+    pub fn door_live(&self, door: &str) -> usize {
+        self.admission().live(door, self.clock.now_ms())
     }
 
     /// The driver's name.
@@ -201,24 +241,38 @@ impl Granter {
         (r, rec)
     }
 
-    /// The capture thread's path: open, arm expiry, and enqueue the record without
-    /// waiting.
+    /// The capture thread's path: admit (a door's open, from `src`, within its
+    /// bounds), open, arm expiry, and enqueue the record without waiting. A refused open
+    /// asks nothing of the firewall and writes no record.
     pub fn grant(
         &self,
         origin: Origin,
+        src: IpAddr,
         addr: IpAddr,
         services: &[Service],
         duration: Duration,
-    ) -> Result<(), FirewallError> {
+    ) -> Result<(), OpenError> {
         let addr = canonical(addr);
         let requested_at = self.clock.now_ms();
+        let door = (origin.kind == OriginKind::Door).then(|| origin.detail.clone());
+        if let Some(door) = &door {
+            let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
+            self.admission().check(door, src, &keys, requested_at).map_err(OpenError::Refused)?;
+        }
         let mut d = self.firewall.lock();
         let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
+        if let (Some(door), Ok(())) = (&door, &r) {
+            let now = rec.effective_at;
+            let mut a = self.admission();
+            for &s in services {
+                a.opened(door, (addr, s), now.saturating_add(ms(duration)), now);
+            }
+        }
         if let Ok(store) = &self.store {
             store.record_nowait(rec);
         }
         drop(d);
-        r
+        Ok(r?)
     }
 
     /// The API's path: open, record, and wait for the rows. If the store cannot take the

@@ -106,17 +106,25 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn grant(f: &Fixture, a: &str, d: Duration) {
-    f.granter.grant(door("d"), ip(a), &[Service::tcp(22)], d).unwrap();
+    f.granter.grant(door("d"), ip("192.0.2.200"), ip(a), &[Service::tcp(22)], d).unwrap();
 }
 
 #[test]
 fn capture_path_grants_are_recorded_and_repeats_refresh() {
     let f = fixture();
     f.granter
-        .grant(door("ssh"), ip("::ffff:192.0.2.2"), &[Service::tcp(22)], Duration::from_secs(30))
+        .grant(
+            door("ssh"),
+            ip("192.0.2.200"),
+            ip("::ffff:192.0.2.2"),
+            &[Service::tcp(22)],
+            Duration::from_secs(30),
+        )
         .unwrap();
     f.clock.advance(Duration::from_secs(5));
-    f.granter.grant(door("ssh"), ip("192.0.2.2"), &[Service::tcp(22)], Duration::from_secs(60)).unwrap();
+    f.granter
+        .grant(door("ssh"), ip("192.0.2.200"), ip("192.0.2.2"), &[Service::tcp(22)], Duration::from_secs(60))
+        .unwrap();
     let recs = all(&f);
     assert_eq!(recs.len(), 1, "{recs:?}");
     let r = &recs[0];
@@ -352,7 +360,7 @@ fn a_full_disk_loses_records_loudly_but_never_enforcement_and_api_grants_fail_cl
     let mut n = 0u32;
     while store.counters().errors.load(Ordering::Relaxed) == 0 && n < 5000 {
         let a = IpAddr::from([10, 0, (n >> 8) as u8, n as u8]);
-        f.granter.grant(door("d"), a, &[Service::tcp(22)], Duration::from_secs(600)).unwrap();
+        f.granter.grant(door("d"), a, a, &[Service::tcp(22)], Duration::from_secs(600)).unwrap();
         n += 1;
         if n % 100 == 0 {
             store.sync_blocking();
