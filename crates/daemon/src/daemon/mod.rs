@@ -80,11 +80,11 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.daemon.state_dir)
-        .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
+    let _state =
+        crate::statedir::StateDir::open(&config.daemon.state_dir, config.daemon.pid_file.as_deref())?;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?, &config.store)?;
     let mut api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,

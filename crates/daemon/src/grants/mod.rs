@@ -365,12 +365,18 @@ pub fn start(
     state_dir: &Path,
     plan: &Plan,
     mut driver: Box<dyn FirewallDriver>,
+    settings: &crate::config::StoreSettings,
 ) -> anyhow::Result<Arc<Granter>> {
     use anyhow::Context;
     driver.setup(plan).context("installing the firewall ruleset")?;
     let clock = clock::system();
     let path = state_dir.join("grants.db");
-    let store = Store::open(&path, store::Options { clock: Arc::clone(&clock), ..store::Options::default() });
+    let opts = store::Options {
+        clock: Arc::clone(&clock),
+        retention: Some(settings.retention),
+        ..store::Options::default()
+    };
+    let store = Store::open(&path, opts);
     if let Err(e) = &store {
         tracing::error!(
             "store: {e}. RUNNING WITHOUT GRANT RECORDS: the firewall is enforced, knocks/SPA still \
