@@ -44,7 +44,7 @@ impl Env {
         let key = at.dir.join("server.key");
         write_private(&key, self.native.0.to_text().as_bytes())?;
         let conf = at.dir.join("portcullis.toml");
-        std::fs::write(
+        write_private(
             &conf,
             format!(
                 "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n\
@@ -57,7 +57,8 @@ impl Env {
                 self.native.1.public(),
                 self.keys.key,
                 self.keys.hmac
-            ),
+            )
+            .as_bytes(),
         )?;
         self.spawn_portcullisd(at, &conf)
     }

@@ -311,14 +311,20 @@ mod tests {
         let missing = d.0.join("tokens");
         assert_eq!(
             preflight(&c).unwrap_err(),
-            vec![format!("api tokens_file: {}: No such file or directory (os error 2)", missing.display())]
+            vec![format!(
+                "api tokens_file: cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            )]
         );
         d.write("tokens", "admin s3cret-token-that-is-long-enough\n", 0o644);
         let e = preflight(&c).unwrap_err();
         assert_eq!(
             e,
             vec![format!(
-                "api tokens_file: {}: mode 644 lets group/others read it; chmod 600 it (it holds API passwords)",
+                "api tokens_file: {} (owner uid {}, mode 0644): holds secrets but group/others may read or write \
+                 it; chmod 600 {}",
+                missing.display(),
+                nix::unistd::geteuid(),
                 missing.display()
             )]
         );

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod model;
 pub mod one_time;
 mod raw;
+pub mod secret_file;
 pub mod source;
 pub mod spa;
 pub mod stanza;
@@ -58,6 +59,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Read and validate a config file in the given format.
 pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
     let text = read_bounded(path)?;
+    if format != Format::Knockd {
+        secret_file::check(path, &text).map_err(|message| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            message,
+        })?;
+    }
     match format {
         Format::Native => parse(&text, path),
         Format::Knockd => knockd::parse(&text, path),
