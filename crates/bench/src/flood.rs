@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::packet;
 use crate::stats::Rng;
+use portcullis_daemon::lab::packet;
 
 /// Which destination port each packet goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
