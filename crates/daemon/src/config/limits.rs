@@ -303,6 +303,45 @@ mod tests {
     }
 
     #[test]
+    fn config_keys_reach_the_model_and_refusals_name_the_line() {
+        let path = std::path::Path::new("t.toml");
+        let door = "[[door]]\nname = 'ssh'\nsequence = [1, 2, 3]\nopen = ['tcp/22']\n";
+        let c = super::super::parse(door, path).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.store.retention, DEFAULT_RETENTION);
+        let text = format!(
+            "[daemon]\nmax_grants = 100\nopens_per_prefix = '6/min'\nprefix_v4 = 16\nprefix_v6 = 48\n\
+             [store]\nretention = '12h'\n{door}opens_per_second = 5\n\
+             [[door]]\nname = 'web'\nsequence = [4, 5, 6]\nopen = ['tcp/443']\nmax_live_grants = 7\n"
+        );
+        let c = super::super::parse(&text, path).unwrap();
+        assert_eq!(c.limits.opens_per_prefix, Some(Rate { count: 6, per: Duration::from_secs(60) }));
+        assert_eq!((c.limits.prefix_v4, c.limits.prefix_v6), (16, 48));
+        assert_eq!(
+            c.limits.door("ssh"),
+            DoorLimits { opens_per_second: Some(5), max_live_grants: Some(100) }
+        );
+        assert_eq!(
+            c.limits.door("web"),
+            DoorLimits { opens_per_second: Some(100), max_live_grants: Some(7) }
+        );
+        assert_eq!(c.limits.door("other").max_live_grants, Some(100), "capped at max_grants");
+        assert_eq!(c.store.retention, Duration::from_secs(12 * 3600));
+        for (bad, line, what) in [
+            ("[daemon]\nopens_per_prefix = '0/min'\n", 2, "between 1 and 1000000"),
+            ("[daemon]\nprefix_v6 = 130\n", 2, "prefix_v6 must be between 8 and 128"),
+            ("[store]\nretention = '0s'\n", 2, "retention must be"),
+            ("[store]\nkeep = '1d'\n", 2, "unknown field"),
+            ("[daemon]\nmax_grants = 16\n[[door]]\nname = 'x'\nsequence = [1]\nopen = ['tcp/1']\nmax_live_grants = 17\n", 7, "max_grants (16)"),
+        ] {
+            let text = if bad.contains("[[door]]") { bad.to_string() } else { format!("{bad}{door}") };
+            let e = super::super::parse(&text, path).unwrap_err();
+            assert_eq!(e.line, Some(line), "{bad}: {e}");
+            assert!(e.message.contains(what), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn bounds_of_integer_keys() {
         let s = |v: i64| Spanned::new(0..1, v);
         assert_eq!(prefix_len(s(24), 32, "prefix_v4"), Ok(24));
