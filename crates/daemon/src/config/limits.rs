@@ -195,14 +195,17 @@ pub(super) fn max_live_grants(v: Spanned<i64>, max_grants: u32) -> Result<usize,
     }
 }
 
+/// A door's bound keys as written: `(door name, opens_per_second, max_live_grants)`.
+pub(super) type RawDoorBounds = (String, Option<Spanned<i64>>, Option<Spanned<i64>>);
+
 /// The bound keys as written, taken out of `[daemon]` and each `[[door]]`.
 #[derive(Default)]
 pub(super) struct RawBounds {
     opens_per_prefix: Option<Spanned<RawRate>>,
     prefix_v4: Option<Spanned<i64>>,
     prefix_v6: Option<Spanned<i64>>,
-    /// `(door name, opens_per_second, max_live_grants)`.
-    pub doors: Vec<(String, Option<Spanned<i64>>, Option<Spanned<i64>>)>,
+    /// Each door's keys.
+    pub doors: Vec<RawDoorBounds>,
 }
 
 impl RawBounds {
