@@ -88,6 +88,11 @@ pub fn create_new(path: &Path) -> io::Result<File> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    open_new(path)
+}
+
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, then exactly 0600 (the umask only ever takes bits away).
+fn open_new(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -131,15 +136,7 @@ pub fn make_private(path: &Path) -> io::Result<()> {
             Ok(())
         }
         Ok(_) => Err(io::Error::other(format!("{} is not a regular file", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .mode(FILE_MODE)
-                .open(path)?;
-            f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => open_new(path).map(drop),
         Err(e) => Err(e),
     }
 }
