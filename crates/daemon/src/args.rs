@@ -66,6 +66,28 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
+    /// Print a kernel-only ruleset for a config's doors: nftables or iptables track the
+    /// knocks themselves and no daemon runs (see docs/kernel.md for what that cannot do).
+    Generate {
+        /// Which ruleset: nftables, iptables or ip6tables.
+        #[arg(long, value_enum)]
+        kernel: KernelArg,
+        /// Config file (native TOML, or a knockd.conf).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Config syntax: auto (detect), native or knockd.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
+        /// Write the ruleset to this file (atomically, mode 0600) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also write portcullis-kernel.service (and .timer for rotating doors) here.
+        #[arg(long)]
+        systemd_units: Option<PathBuf>,
+        /// Generate for this time (RFC 3339 UTC or @UNIX-SECONDS) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
     Convert {
         /// The file to convert.
@@ -106,6 +128,27 @@ impl From<FormatArg> for config::Format {
             FormatArg::Auto => config::Format::Auto,
             FormatArg::Native => config::Format::Native,
             FormatArg::Knockd => config::Format::Knockd,
+        }
+    }
+}
+
+/// `--kernel` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KernelArg {
+    /// `nft -f` text (IPv4 and IPv6, rotating doors too).
+    Nftables,
+    /// `iptables-restore --noflush` text with `recent` lists.
+    Iptables,
+    /// `ip6tables-restore --noflush` text with `recent` lists.
+    Ip6tables,
+}
+
+impl From<KernelArg> for crate::kernel::Kind {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Nftables => Self::Nftables,
+            KernelArg::Iptables => Self::Iptables,
+            KernelArg::Ip6tables => Self::Ip6tables,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod firewall;
 pub mod fsperm;
 pub mod grants;
+pub mod kernel;
 pub mod lab;
 pub mod log;
 pub mod notify;

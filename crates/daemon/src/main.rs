@@ -24,6 +24,16 @@ fn main() -> ExitCode {
         }
         Command::Check { config, format } => cmd::check::check(&config, format.into()),
         Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
+        Command::Generate { kernel, config, format, output, systemd_units, at } => {
+            cmd::generate::generate(&cmd::generate::GenerateArgs {
+                kind: kernel.into(),
+                config,
+                format: format.into(),
+                output,
+                systemd_units,
+                at,
+            })
+        }
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),

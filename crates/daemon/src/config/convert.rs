@@ -75,11 +75,15 @@ pub fn to_toml(config: &Config) -> String {
     for door in &config.doors {
         let _ = writeln!(s, "\n[[door]]");
         let _ = writeln!(s, "name = {}", toml_str(&door.name));
-        match &door.one_time {
-            Some(ot) => {
+        match (&door.one_time, &door.rotating) {
+            (Some(ot), _) => {
                 let _ = writeln!(s, "one_time_sequences = {}", toml_str(&ot.path.display().to_string()));
             }
-            None => {
+            (None, Some(r)) => {
+                let _ =
+                    writeln!(s, "rotating = {}", r.to_toml(&toml_str(&r.secret_file.display().to_string())));
+            }
+            (None, None) => {
                 let seq: Vec<String> =
                     door.sequence.iter().map(|k| format!("\"{}:{}\"", k.port, k.proto)).collect();
                 let _ = writeln!(s, "sequence = [{}]", seq.join(", "));

@@ -208,6 +208,9 @@ pub struct Door {
     /// knockd `One_Time_Sequences`: `sequence` is the first remaining line (empty
     /// when the file is exhausted: the door is disabled).
     pub one_time: Option<OneTimeSequences>,
+    /// A sequence derived from a secret and the time; `sequence` is then empty and the
+    /// knocks of a step come from [`super::RotatingDoor::accepted_at`].
+    pub rotating: Option<super::RotatingDoor>,
 }
 
 impl Door {

@@ -59,6 +59,7 @@ pub(super) struct RawDoor {
     pub one_time_sequences: Option<Spanned<String>>,
     pub opens_per_second: Option<Spanned<i64>>,
     pub max_live_grants: Option<Spanned<i64>>,
+    pub rotating: Option<Spanned<super::rotating::RawRotating>>,
 }
 
 /// A command: a shell line or an argv.

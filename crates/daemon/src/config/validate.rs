@@ -18,7 +18,7 @@ use super::model::{
 use super::one_time::load_one_time;
 use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
 use super::source::line_of;
-use super::{api, limits, spa};
+use super::{api, limits, rotating, spa};
 
 /// Parse and validate native TOML text (`path` is only used in messages and to resolve
 /// relative paths).
@@ -260,14 +260,44 @@ impl Validator<'_> {
                 Err(e) => return self.err(p.span(), format!("one_time_sequences: {e}")),
             },
         };
+        let rotating = match raw.rotating {
+            None => None,
+            Some(r) => {
+                let span = r.span();
+                if raw.sequence.is_some() || one_time.is_some() {
+                    return self.err(
+                        span,
+                        format!("door {name:?}: rotating replaces sequence and one_time_sequences; keep one"),
+                    );
+                }
+                let mut r = r.into_inner();
+                let step = match r.step.take() {
+                    None => None,
+                    Some(s) => {
+                        let at = s.span();
+                        let max = Duration::from_secs(portcullis_proto::rotate::MAX_STEP_SECS);
+                        Some((self.duration(s, Duration::from_secs(1), max, "rotating.step")?, at))
+                    }
+                };
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match rotating::validate(r, step, dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at, format!("door {name:?}: {message}")),
+                }
+            }
+        };
         let (seq_span, knocks) = match (raw.sequence, &one_time) {
             (Some(s), _) => (s.span(), s.into_inner()),
             (None, Some(_)) => (name_span.clone(), Vec::new()),
+            (None, None) if rotating.is_some() => (name_span.clone(), Vec::new()),
             (None, None) => {
-                return self.err(name_span, format!("door {name:?} has no sequence (or one_time_sequences)"))
+                return self.err(
+                    name_span,
+                    format!("door {name:?} has no sequence (or one_time_sequences, or rotating)"),
+                )
             }
         };
-        let from_file = one_time.is_some() && knocks.is_empty();
+        let from_file = (one_time.is_some() || rotating.is_some()) && knocks.is_empty();
         if !from_file && (knocks.is_empty() || knocks.len() > MAX_SEQUENCE) {
             return self.err(seq_span, format!("sequence must have 1 to {MAX_SEQUENCE} knocks"));
         }
@@ -348,7 +378,7 @@ impl Validator<'_> {
                 }
             },
         };
-        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time })
+        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time, rotating })
     }
 
     fn commands(

@@ -50,13 +50,22 @@ pub fn plan_for(config: &Config) -> Plan {
     Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
 }
 
-/// The BPF matches for every knock of every door (de-duplicated).
-pub fn bpf_matches(config: &Config) -> Vec<Match> {
+/// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
+/// a rotating door's knocks of the previous, current and next step, so the filter can
+/// be swapped at leisure after a boundary without missing the new step's knocks.
+pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
     let set: BTreeSet<(u8, u16, u8, u8)> = config
         .doors
         .iter()
         .flat_map(|d| {
-            d.all_knocks().into_iter().map(move |k| {
+            let mut knocks = d.all_knocks();
+            if let Some(r) = &d.rotating {
+                let step = r.rotation.step_at(unix);
+                for s in [step.saturating_sub(1), step, step.saturating_add(1)] {
+                    knocks.extend(r.rotation.sequence(s));
+                }
+            }
+            knocks.into_iter().map(move |k| {
                 let (s, c) = if k.proto == Proto::Tcp { (d.flags.set, d.flags.clear) } else { (0, 0) };
                 (k.proto.number(), k.port, s, c)
             })
@@ -113,7 +122,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         None
     };
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
-    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
+    let unix_now = || SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    engine.follow_rotation(unix_now());
+    let mut filter_generation = engine.rotation_generation();
+    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
     let protected = plan.protected.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     tracing::info!(
@@ -157,6 +169,18 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         let (t, wall) = (now(), SystemTime::now());
+        let unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        engine.follow_rotation(unix);
+        if engine.rotation_generation() != filter_generation {
+            // If the new filter is refused the old one stays: it was built with the next
+            // step in it, so it passes the new current step's knocks until the step after,
+            // when the swap is tried again.
+            match sock.set_filter(&bpf::program(&bpf_matches(config, unix))) {
+                Ok(()) => tracing::debug!("rotating doors: capture filter follows step change"),
+                Err(e) => tracing::error!("rotating doors: replacing the capture filter failed: {e}"),
+            }
+            filter_generation = engine.rotation_generation();
+        }
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
             granter.publish_stats(engine.stats());

@@ -69,7 +69,7 @@ mod ruleset;
 #[cfg(test)]
 mod tests;
 
-pub use ruleset::{render, CHAIN, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
+pub use ruleset::{render, CHAIN, CHAIN_PRIORITY, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
 
 use netlink::Netlink;
 use ruleset::Elem;
