@@ -123,7 +123,7 @@ fn a_knock_flood_from_50000_spoofed_sources_stays_within_bounds_and_a_legit_knoc
     let sent = h.join().unwrap();
     let flood_took = t0.elapsed();
     assert!(opened, "the legit knock did not open during the flood; log tail:\n{}", tail(&s.log_text()));
-    assert!(during, "the flood ended before the legit knock was tried ({sent} packets in {flood_took:?})");
+    assert!(during, "the flood ended before the legit knock was sent ({sent} packets in {flood_took:?})");
     assert_eq!(sent, u64::from(SOURCES) * 3, "the flood was cut short after {flood_took:?}");
 
     // Within the bounds: at most 2 opens per /24 (plus the refill over the flood), never
