@@ -250,12 +250,11 @@ impl Engine {
         let n = d.rotating.as_ref().map_or(d.sequence.len(), |r| r.rotation.count());
         let (label, services, duration) = (d.name.clone(), d.open.clone(), d.open_for);
         self.stats.knock_completed += 1;
-        let log = self.open_limiter.take(now);
-        if log {
-            tracing::info!("{src}: {label}: Stage {n} (of {n})");
-        }
         let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
-        if self.apply_grant(src, &label, origin, src, &services, duration, log, now, wall) {
+        let stage = format!("{src}: {label}: Stage {n} (of {n})");
+        if let Some(log) =
+            self.apply_grant(src, &label, Some(stage), origin, src, &services, duration, now, wall)
+        {
             self.after_open(src, door, wall, log);
         }
     }
@@ -268,8 +267,17 @@ impl Engine {
                 self.stats.spa_accepted += 1;
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
-                let log = self.open_limiter.take(now);
-                self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, now, wall);
+                self.apply_grant(
+                    src,
+                    &label,
+                    None,
+                    origin,
+                    dec.allow,
+                    &dec.services,
+                    dec.duration,
+                    now,
+                    wall,
+                );
             }
             Verdict::Reject(reason) => {
                 self.stats.count_spa_reject(reason.class());
@@ -283,61 +291,70 @@ impl Engine {
     }
 
     /// The capture thread's grant path, for doors and SPA: log, open through
-    /// [`Granter::grant`] (which arms expiry and records), log the result. `log` says
-    /// whether the grant-line budget allows logging this one. Returns false if a bound
-    /// refused the open (then nothing else may happen for it: no door commands).
+    /// [`Granter::grant`] (which arms expiry and records), log the result. The grant
+    /// lines (`stage`, OPEN SESAME, opened) are written once the open is admitted, within
+    /// their own budget, so refused floods never spend it. Returns `None` if a bound
+    /// refused the open (then nothing else may happen for it: no door commands), else
+    /// whether its lines were logged.
     #[allow(clippy::too_many_arguments)]
     fn apply_grant(
         &mut self,
         src: IpAddr,
         label: &str,
+        stage: Option<String>,
         origin: Origin,
         allow: IpAddr,
         services: &[Service],
         duration: Duration,
-        log: bool,
         now: Millis,
         wall: SystemTime,
-    ) -> bool {
+    ) -> Option<bool> {
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
-        let until = humantime::format_rfc3339_seconds(wall + duration);
-        let secs = duration.as_secs();
+        let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
+        // A knockd door may open nothing itself and only run commands.
+        let result = if services.is_empty() {
+            Ok(())
+        } else {
+            self.granter.grant(origin, src, allow, services, duration)
+        };
+        if let Err(OpenError::Refused(why)) = result {
+            self.stats.opens_refused += 1;
+            if self.refusals.count(Failure::Refused(why), now) {
+                tracing::warn!("{src}: {label}: NOT opened {what}{for_whom}: {why}");
+            }
+            return None;
+        }
+        let log = self.open_limiter.take(now);
         if log {
+            if let Some(stage) = stage {
+                tracing::info!("{stage}");
+            }
             tracing::info!("{src}: {label}: OPEN SESAME");
         } else {
             self.stats.suppressed_logs += 1;
         }
-        let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
-        // A knockd door may open nothing itself and only run commands.
-        if services.is_empty() {
-            return true;
-        }
-        match self.granter.grant(origin, src, allow, services, duration) {
+        match result {
+            Ok(()) if services.is_empty() => {}
             Ok(()) => {
                 self.stats.opened += 1;
                 if log {
+                    let until = humantime::format_rfc3339_seconds(wall + duration);
                     tracing::info!(
-                        "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
+                        "{src}: {label}: opened {what}{for_whom} until {until} ({}s) via {}",
+                        duration.as_secs(),
                         self.granter.driver_name()
                     );
                 }
-                true
-            }
-            Err(OpenError::Refused(why)) => {
-                self.stats.opens_refused += 1;
-                if self.refusals.count(Failure::Refused(why), now) {
-                    tracing::warn!("{src}: {label}: NOT opened {what}{for_whom}: {why}");
-                }
-                false
             }
             Err(OpenError::Firewall(err)) => {
                 self.stats.grant_failures += 1;
                 if self.refusals.count(Failure::Firewall, now) {
                     tracing::error!("{src}: {label}: FAILED to open {what}{for_whom}: {err}");
                 }
-                true
             }
+            Err(OpenError::Refused(_)) => {}
         }
+        Some(log)
     }
 
     fn report_suppressed(&mut self) {
