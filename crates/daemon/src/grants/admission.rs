@@ -171,12 +171,17 @@ impl Admission {
     }
 
     fn door(&mut self, name: &str) -> &mut DoorState {
-        let l = self.limits.door(name);
-        self.doors.entry(name.to_string()).or_insert_with(|| DoorState {
-            rate: door_rate(l.opens_per_second),
-            max_live: l.max_live_grants,
-            live: Table::default(),
-        })
+        // Looked up on every open: allocate the key only the first time.
+        if !self.doors.contains_key(name) {
+            let l = self.limits.door(name);
+            let state = DoorState {
+                rate: door_rate(l.opens_per_second),
+                max_live: l.max_live_grants,
+                live: Table::default(),
+            };
+            self.doors.insert(name.to_string(), state);
+        }
+        self.doors.get_mut(name).expect("inserted above")
     }
 
     /// May door `door` open `keys` for `src` at `now_ms`? Consumes budget only when the
