@@ -24,10 +24,10 @@ pub struct Args {
 pub enum Command {
     /// Run the daemon in the foreground (use systemd or similar to supervise it).
     Run {
-        /// Config file (native TOML, or an unchanged knockd.conf).
+        /// Config file (native TOML, or an unchanged knockd.conf or fwknopd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
         /// Override the state directory (pending stop commands live there).
@@ -47,10 +47,10 @@ pub enum Command {
     /// Validate a config, refuse what `run` would refuse at start, and print the plan:
     /// doors, SPA, API, protected ports, the nft ruleset.
     Check {
-        /// Config file (native TOML, or a knockd.conf).
+        /// Config file (native TOML, or a knockd.conf or fwknopd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
@@ -59,10 +59,10 @@ pub enum Command {
     /// Protected ports are closed from now on, even if the daemon never starts; run it
     /// before the network comes up. Grants already in the firewall are kept.
     Gate {
-        /// Config file (native TOML, or a knockd.conf).
+        /// Config file (native TOML, or a knockd.conf or fwknopd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
@@ -88,11 +88,11 @@ pub enum Command {
         #[arg(long)]
         at: Option<String>,
     },
-    /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
+    /// Print a config (typically /etc/knockd.conf or /etc/fwknop/fwknopd.conf) as equivalent native TOML.
     Convert {
         /// The file to convert.
         file: PathBuf,
-        /// Its syntax: auto (detect), native or knockd.
+        /// Its syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
@@ -120,6 +120,8 @@ pub enum FormatArg {
     Native,
     /// knockd.conf.
     Knockd,
+    /// fwknopd.conf (with the access.conf it names).
+    Fwknopd,
 }
 
 impl From<FormatArg> for config::Format {
@@ -128,6 +130,7 @@ impl From<FormatArg> for config::Format {
             FormatArg::Auto => config::Format::Auto,
             FormatArg::Native => config::Format::Native,
             FormatArg::Knockd => config::Format::Knockd,
+            FormatArg::Fwknopd => config::Format::Fwknopd,
         }
     }
 }

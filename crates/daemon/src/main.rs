@@ -84,7 +84,12 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         }
         config.daemon.interfaces = config::Interfaces::Named(args.interfaces);
     }
-    log::init_with_file(config.daemon.log, verbose, config.daemon.log_file.as_deref())?;
+    log::set_syslog(config.daemon.syslog.clone());
+    log::init_with_file(
+        config.daemon.log,
+        verbose || config.daemon.verbose,
+        config.daemon.log_file.as_deref(),
+    )?;
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }

@@ -211,8 +211,9 @@ async fn api_revoke_and_expiry_go_through_the_grant_lifecycle() {
     let clock = clock::ManualClock::new(1_800_000_000_000);
     let a = api_on(true, clock.clone());
     let door = Origin { kind: OriginKind::Door, detail: "ssh".into() };
-    let knocker = "192.0.2.3".parse().unwrap();
-    a.granter.grant(door, knocker, knocker, &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+    a.granter
+        .grant(door, "192.0.2.3".parse().unwrap(), &[Service::tcp(22)], Duration::from_secs(30))
+        .unwrap();
     a.granter.store().unwrap().sync().await;
     let v = a.get("/v1/grants?origin=door:ssh").await.json();
     let id = v["items"][0]["id"].as_i64().unwrap();

@@ -8,6 +8,7 @@
 //! [`addrs`] monitor refreshes on every rtnetlink link/address event.
 
 pub mod addrs;
+pub mod udp_server;
 
 use std::io;
 use std::os::fd::AsRawFd;

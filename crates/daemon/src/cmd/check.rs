@@ -126,6 +126,9 @@ pub fn report_at(c: &Config, ready: &Ready, now: u64) -> String {
     let plan = plan_for(c);
     let prot: Vec<String> = plan.protected.iter().map(ToString::to_string).collect();
     let _ = writeln!(s, "\nprotected (dropped unless granted): {}", prot.join(", "));
+    for line in crate::firewall::describe(&c.daemon.backend.to_string(), &plan) {
+        let _ = writeln!(s, "{line}");
+    }
     let warnings = c.warnings();
     if !warnings.is_empty() {
         let _ = writeln!(s, "\nwarnings:");

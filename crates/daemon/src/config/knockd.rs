@@ -93,6 +93,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         log_file: None,
         pid_file: None,
         command_time_limit: DEFAULT_COMMAND_TIME_LIMIT,
+        ..DaemonSettings::default()
     };
     let mut in_options = false;
     let mut seen_options: Vec<&'static str> = Vec::new();
@@ -229,6 +230,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         doors,
         spa: None,
         api: None,
+        notes: Vec::new(),
         limits,
         store: Default::default(),
     })

@@ -19,7 +19,7 @@ impl Config {
     /// Advice about weak doors; none of these stop the daemon.
     pub fn warnings(&self) -> Vec<String> {
         let protected = self.protected();
-        let mut out = Vec::new();
+        let mut out = self.notes.clone();
         out.extend(command_warnings(self));
         for d in &self.doors {
             if let Some(r) = &d.rotating {

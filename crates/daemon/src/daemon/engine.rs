@@ -26,6 +26,8 @@ mod door_actions;
 mod refusals;
 
 use refusals::{Failure, RefusalLog};
+// fwknop stanzas: command cycles, NAT grants, fwknopd's log lines.
+mod fwknop_grants;
 mod rotation;
 
 struct Group {
@@ -58,6 +60,7 @@ pub struct Engine {
     ext: door_actions::Ext,
     /// Opens refused or failed: budgeted lines and summaries.
     refusals: RefusalLog,
+    fwknop: fwknop_grants::FwknopExt,
     /// Rotating doors: completed sequences per step, see `engine/rotation.rs`.
     burnt: rotation::Burnt,
     /// Unix time of the next step boundary of any rotating door (`None`: not armed yet).
@@ -127,6 +130,7 @@ impl Engine {
             spa: None,
             ext: door_actions::Ext::default(),
             refusals: RefusalLog::default(),
+            fwknop: fwknop_grants::FwknopExt::new(&config.daemon.firewall.iptables_chain),
             burnt: rotation::Burnt::default(),
             rotation_due: None,
             rotation_generation: 0,
@@ -174,7 +178,7 @@ impl Engine {
         if d.proto == Proto::Udp && self.spa.as_ref().is_some_and(|g| g.is_spa_port(d.dst_port)) {
             if view.addrs.contains(&dst) {
                 self.stats.for_us += 1;
-                self.on_spa(src, d.payload, now, wall);
+                self.on_spa(src, Some(dst), d.dst_port, d.payload, now, wall);
             }
             return;
         }
@@ -259,30 +263,59 @@ impl Engine {
         }
     }
 
-    fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
+    /// An SPA datagram read from the bound UDP socket (fwknopd `ENABLE_UDP_SERVER`).
+    pub fn on_spa_socket(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+        now: Millis,
+        wall: SystemTime,
+    ) {
+        self.stats.packets += 1;
+        self.stats.for_us += 1;
+        self.on_spa(fold(src), dst.map(fold), dport, payload, now, wall);
+    }
+
+    fn on_spa(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+        now: Millis,
+        wall: SystemTime,
+    ) {
         let now_unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let Some(gate) = self.spa.as_mut() else { return };
-        match gate.handle(src, payload, now_unix, now) {
+        // The same datagram seen by both the capture socket and the UDP server socket.
+        if !gate.first_delivery(src, payload, now) {
+            return;
+        }
+        match gate.handle_to(src, dst, payload, now_unix, now) {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
+                if let Some(fg) = dec.fwknop.clone() {
+                    if self.fwknop_grant(src, &dec, &fg, wall) {
+                        return;
+                    }
+                }
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
-                self.apply_grant(
-                    src,
-                    &label,
-                    None,
-                    origin,
-                    dec.allow,
-                    &dec.services,
-                    dec.duration,
-                    now,
-                    wall,
-                );
+                let before = self.stats.opened;
+                let log = self
+                    .apply_grant(src, &label, None, origin, dec.allow, &dec.services, dec.duration, now, wall)
+                    .unwrap_or(false);
+                if dec.fwknop.is_some() && self.stats.opened > before && log {
+                    self.fwknop_added(&dec, wall);
+                }
             }
             Verdict::Reject(reason) => {
                 self.stats.count_spa_reject(reason.class());
                 if self.limiter.take(now) {
                     tracing::info!("{src}: spa: rejected: {}", reason.to_string().escape_debug());
+                    self.fwknop_rejected(src, dport, &reason);
                 } else {
                     self.stats.suppressed_logs += 1;
                 }
@@ -314,8 +347,10 @@ impl Engine {
         // A knockd door may open nothing itself and only run commands.
         let result = if services.is_empty() {
             Ok(())
+        } else if origin.kind == OriginKind::Door {
+            self.granter.open_door(origin, src, allow, services, duration)
         } else {
-            self.granter.grant(origin, src, allow, services, duration)
+            self.granter.grant(origin, allow, services, duration).map_err(OpenError::from)
         };
         if let Err(OpenError::Refused(why)) = result {
             self.stats.opens_refused += 1;
@@ -379,6 +414,7 @@ impl Engine {
         if let Some(gate) = self.spa.as_mut() {
             gate.housekeeping(wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
+        self.fwknop_expired(wall, now);
     }
 }
 

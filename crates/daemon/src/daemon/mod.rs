@@ -18,6 +18,7 @@ use anyhow::Context;
 use portcullis_proto::bpf::{self, Match};
 use portcullis_proto::{wire, Millis, Proto};
 
+use crate::capture::udp_server::UdpServer;
 use crate::capture::{is_timeout, Batch, Monitor, PacketSocket};
 use crate::config::{Backend, Config};
 use crate::firewall::nft::NftDriver;
@@ -36,18 +37,20 @@ const BATCH: usize = 64;
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
-    Ok(match config.daemon.backend {
+    let mut d: Box<dyn FirewallDriver> = match config.daemon.backend {
         Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
         Backend::None => Box::new(NoFirewall::default()),
         Backend::Iptables(v) => Box::new(
             crate::firewall::iptables::IptablesDriver::new(v).context("setting up the iptables backend")?,
         ),
-    })
+    };
+    d.adopt(&plan_for(config));
+    Ok(d)
 }
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
+    crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall)
 }
 
 /// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
@@ -86,6 +89,32 @@ pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
         .collect()
 }
 
+/// The SPA replay cache: on disk in the state dir (or in memory without
+/// persistence), seeded on its first creation from an fwknopd digest cache.
+fn open_replay(
+    config: &Config,
+    spa: &crate::config::SpaConfig,
+    now_unix: u64,
+) -> anyhow::Result<ReplayCache> {
+    if !spa.persist_replay {
+        return Ok(ReplayCache::in_memory(replay::DEFAULT_CAPACITY));
+    }
+    let path = config.daemon.state_dir.join("spa-replay");
+    let first = !path.exists();
+    let mut replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
+        .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+    if let (true, Some(digests)) = (first, &spa.import_digest_file) {
+        let keep = spa.aging.then_some(spa.max_age + 1);
+        match crate::spa::digest_import::import(&mut replay, digests, keep, now_unix) {
+            Ok(n) => {
+                tracing::info!("spa: imported {n} entries of fwknopd's digest cache {}", digests.display())
+            }
+            Err(e) => tracing::warn!("spa: cannot import fwknopd's digest cache {}: {e}", digests.display()),
+        }
+    }
+    Ok(replay)
+}
+
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -93,7 +122,12 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         crate::statedir::StateDir::open(&config.daemon.state_dir, config.daemon.pid_file.as_deref())?;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?, &config.store)?;
+    let mut driver = driver_for(config)?;
+    if config.daemon.flush_at_start {
+        // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
+        driver.teardown().context("flushing the firewall at start")?;
+    }
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store)?;
     let mut api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,
@@ -101,9 +135,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let path = config.daemon.state_dir.join("spa-replay");
-        let replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
-            .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+        let replay = open_replay(config, spa, now_unix)?;
         tracing::info!(
             "spa: udp port(s) {:?}, {} native user(s), {} fwknop stanza(s), {} replay entries restored",
             spa.ports,
@@ -113,7 +145,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
-    let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
+    let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
+    let actions = if cycles || config.doors.iter().any(|d| d.commands.is_some()) {
         let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
             .context("starting the command runner")?;
         engine.set_actions(a.handle());
@@ -127,6 +160,15 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut filter_generation = engine.rotation_generation();
     let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
+    let udp = match config.spa.as_ref().and_then(|s| s.udp_server) {
+        Some(port) => {
+            let (srv, rx) = UdpServer::start(port)
+                .with_context(|| format!("binding the SPA UDP server on port {port}"))?;
+            tracing::info!("spa: UDP server bound on {} (silent: never answers)", srv.local_addr());
+            Some((srv, rx))
+        }
+        None => None,
+    };
     let protected = plan.protected.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     tracing::info!(
         "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
@@ -169,6 +211,11 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         let (t, wall) = (now(), SystemTime::now());
+        if let Some((_, rx)) = &udp {
+            while let Ok(d) = rx.try_recv() {
+                engine.on_spa_socket(d.src, d.dst, d.dport, &d.payload, t, wall);
+            }
+        }
         let unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         engine.follow_rotation(unix);
         if engine.rotation_generation() != filter_generation {
@@ -187,6 +234,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             last_housekeeping = t;
         }
     }
+    drop(udp);
     monitor.stop();
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
@@ -195,6 +243,13 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         a.stop();
     }
     granter.shutdown();
+    if config.daemon.flush_at_exit {
+        // fwknopd FLUSH_IPT_AT_EXIT: every grant closes with the daemon.
+        match granter.with_driver(|d| d.teardown()) {
+            Ok(()) => tracing::info!("firewall flushed at exit (FLUSH_IPT_AT_EXIT): every grant is closed"),
+            Err(e) => tracing::error!("flushing the firewall at exit: {e}"),
+        }
+    }
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, {}",

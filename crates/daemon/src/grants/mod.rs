@@ -184,6 +184,11 @@ impl Granter {
         &self.counters
     }
 
+    /// Run `f` on the driver under its lock (NAT grants, which the driver expires itself).
+    pub fn with_driver<T>(&self, f: impl FnOnce(&mut dyn FirewallDriver) -> T) -> T {
+        f(self.firewall.lock().as_mut())
+    }
+
     /// The grants the firewall holds now.
     pub fn live(&self) -> Result<Vec<LiveGrant>, FirewallError> {
         self.firewall.lock().list()
@@ -241,10 +246,10 @@ impl Granter {
         (r, rec)
     }
 
-    /// The capture thread's path: admit (a door's open, from `src`, within its
-    /// bounds), open, arm expiry, and enqueue the record without waiting. A refused open
-    /// asks nothing of the firewall and writes no record.
-    pub fn grant(
+    /// The capture thread's path for a door: admit (an open from `src` within the
+    /// door's bounds, see [`admission`]), then [`Granter::grant`]. A refused open asks
+    /// nothing of the firewall and writes no record.
+    pub fn open_door(
         &self,
         origin: Origin,
         src: IpAddr,
@@ -253,26 +258,38 @@ impl Granter {
         duration: Duration,
     ) -> Result<(), OpenError> {
         let addr = canonical(addr);
-        let requested_at = self.clock.now_ms();
-        let door = (origin.kind == OriginKind::Door).then(|| origin.detail.clone());
-        if let Some(door) = &door {
-            let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
-            self.admission().check(door, src, &keys, requested_at).map_err(OpenError::Refused)?;
+        let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
+        self.admission()
+            .check(&origin.detail, src, &keys, self.clock.now_ms())
+            .map_err(OpenError::Refused)?;
+        let door = origin.detail.clone();
+        self.grant(origin, addr, services, duration)?;
+        let now = self.clock.now_ms();
+        let mut a = self.admission();
+        for k in keys {
+            a.opened(&door, k, now.saturating_add(ms(duration)), now);
         }
+        Ok(())
+    }
+
+    /// The capture thread's path: open, arm expiry, and enqueue the record without
+    /// waiting.
+    pub fn grant(
+        &self,
+        origin: Origin,
+        addr: IpAddr,
+        services: &[Service],
+        duration: Duration,
+    ) -> Result<(), FirewallError> {
+        let addr = canonical(addr);
+        let requested_at = self.clock.now_ms();
         let mut d = self.firewall.lock();
         let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
-        if let (Some(door), Ok(())) = (&door, &r) {
-            let now = rec.effective_at;
-            let mut a = self.admission();
-            for &s in services {
-                a.opened(door, (addr, s), now.saturating_add(ms(duration)), now);
-            }
-        }
         if let Ok(store) = &self.store {
             store.record_nowait(rec);
         }
         drop(d);
-        Ok(r?)
+        r
     }
 
     /// The API's path: open, record, and wait for the rows. If the store cannot take the

@@ -106,25 +106,17 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn grant(f: &Fixture, a: &str, d: Duration) {
-    f.granter.grant(door("d"), ip("192.0.2.200"), ip(a), &[Service::tcp(22)], d).unwrap();
+    f.granter.grant(door("d"), ip(a), &[Service::tcp(22)], d).unwrap();
 }
 
 #[test]
 fn capture_path_grants_are_recorded_and_repeats_refresh() {
     let f = fixture();
     f.granter
-        .grant(
-            door("ssh"),
-            ip("192.0.2.200"),
-            ip("::ffff:192.0.2.2"),
-            &[Service::tcp(22)],
-            Duration::from_secs(30),
-        )
+        .grant(door("ssh"), ip("::ffff:192.0.2.2"), &[Service::tcp(22)], Duration::from_secs(30))
         .unwrap();
     f.clock.advance(Duration::from_secs(5));
-    f.granter
-        .grant(door("ssh"), ip("192.0.2.200"), ip("192.0.2.2"), &[Service::tcp(22)], Duration::from_secs(60))
-        .unwrap();
+    f.granter.grant(door("ssh"), ip("192.0.2.2"), &[Service::tcp(22)], Duration::from_secs(60)).unwrap();
     let recs = all(&f);
     assert_eq!(recs.len(), 1, "{recs:?}");
     let r = &recs[0];
@@ -360,7 +352,7 @@ fn a_full_disk_loses_records_loudly_but_never_enforcement_and_api_grants_fail_cl
     let mut n = 0u32;
     while store.counters().errors.load(Ordering::Relaxed) == 0 && n < 5000 {
         let a = IpAddr::from([10, 0, (n >> 8) as u8, n as u8]);
-        f.granter.grant(door("d"), a, a, &[Service::tcp(22)], Duration::from_secs(600)).unwrap();
+        f.granter.grant(door("d"), a, &[Service::tcp(22)], Duration::from_secs(600)).unwrap();
         n += 1;
         if n % 100 == 0 {
             store.sync_blocking();
@@ -441,14 +433,14 @@ fn door_opens_beyond_their_bounds_touch_neither_firewall_nor_store() {
     limits.default_door = DoorLimits { opens_per_second: None, max_live_grants: Some(2) };
     f.granter.set_limits(limits);
     let open = |src: &str| {
-        f.granter.grant(door("ssh"), ip(src), ip(src), &[Service::tcp(22)], Duration::from_secs(30))
+        f.granter.open_door(door("ssh"), ip(src), ip(src), &[Service::tcp(22)], Duration::from_secs(30))
     };
     open("192.0.2.1").unwrap();
     open("192.0.2.2").unwrap();
     assert!(matches!(open("192.0.2.3"), Err(OpenError::Refused(Refusal::DoorFull))));
     assert_eq!(live(&f).len(), 2, "nothing asked of the firewall");
     assert_eq!(all(&f).len(), 2, "no record for a refused open");
-    // API grants are not door opens: no bound applies.
+    // API grants and the unbounded path (SPA) are not door opens: no bound applies.
     rt().block_on(f.granter.grant_recorded(
         api("t"),
         ip("192.0.2.9"),
@@ -456,6 +448,7 @@ fn door_opens_beyond_their_bounds_touch_neither_firewall_nor_store() {
         Duration::from_secs(30),
     ))
     .unwrap();
+    f.granter.grant(door("ssh"), ip("192.0.2.8"), &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
     assert_eq!(f.granter.door_live("ssh"), 2);
     // A revoke frees a place at once; expiry frees the rest.
     rt().block_on(f.granter.revoke(RevokeTarget::Key(ip("192.0.2.1"), Service::tcp(22)), "t")).unwrap();
@@ -482,7 +475,7 @@ fn restarts_count_the_live_door_grants_they_reconcile() {
     limits.default_door = DoorLimits { opens_per_second: None, max_live_grants: Some(2) };
     g.granter.set_limits(limits);
     assert_eq!(g.granter.door_live("d"), 2, "restored grants count against the cap");
-    let r = g.granter.grant(
+    let r = g.granter.open_door(
         door("d"),
         ip("192.0.2.3"),
         ip("192.0.2.3"),
