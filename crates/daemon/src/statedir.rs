@@ -242,8 +242,9 @@ mod tests {
         let start = Instant::now();
         let err = loop {
             match StateDir::open(d.path(), None) {
-                Err(e @ StateDirError::Locked { pid: Some(_), .. }) => break e,
-                Err(StateDirError::Locked { pid: None, .. }) => {}
+                // Until the child has written its PID, the file may hold none, or ours.
+                Err(e @ StateDirError::Locked { pid: Some(p), .. }) if p == pid => break e,
+                Err(StateDirError::Locked { .. }) => {}
                 Ok(s) => drop(s),
                 Err(e) => panic!("{e}"),
             }
