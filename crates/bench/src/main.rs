@@ -8,8 +8,8 @@
 //! and 2001:db8::/32, and target only the lab's server. Processes are stopped by PID.
 //!
 //! # Layout
-//! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), [`packet`]
-//!   (headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
+//! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), packets
+//!   ([`portcullis_daemon::lab::packet`]: headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
 //! - lab and daemons: [`env`]; client side of a trial: [`probe`];
 //! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`], [`memory`],
 //!   [`watch`].
@@ -20,7 +20,6 @@ mod floods;
 mod grants;
 mod latency;
 mod memory;
-mod packet;
 mod probe;
 mod procmon;
 mod report;

@@ -54,7 +54,7 @@ impl Env {
                 h.as_str()
             ));
         }
-        std::fs::write(
+        write_private(
             &conf,
             format!(
                 "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n\
@@ -69,7 +69,8 @@ impl Env {
                 SEQUENCE.map(|p| p.to_string()).join(","),
                 self.keys.key,
                 self.keys.hmac
-            ),
+            )
+            .as_bytes(),
         )?;
         self.spawn_portcullisd(at, &conf, &[])
     }

@@ -87,6 +87,13 @@ pub async fn render(state: &AppState) -> String {
     let _ = writeln!(out, "portcullis_grant_failures_total {}", s.grant_failures);
     head(
         &mut out,
+        "portcullis_opens_refused_total",
+        "counter",
+        "Door opens refused by a bound (opens_per_second, opens_per_prefix, max_live_grants).",
+    );
+    let _ = writeln!(out, "portcullis_opens_refused_total {}", s.opens_refused);
+    head(
+        &mut out,
         "portcullis_log_lines_suppressed_total",
         "counter",
         "Per-knock log lines dropped by the rate limit.",

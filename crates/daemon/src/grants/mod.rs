@@ -24,6 +24,7 @@
 //! daemon still enforces, grants and expires; records are missing and every API call
 //! that needs them answers 503 with the reason.
 
+pub mod admission;
 pub mod clock;
 pub mod origin;
 mod reconcile;
@@ -41,9 +42,12 @@ use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
 use tokio::sync::oneshot;
 
+use crate::config::Limits;
 use crate::firewall::{self, FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
 use crate::stats::Stats;
 use crate::store::{self, GrantRecord, NewGrants, Store, StoreError};
+use admission::Admission;
+pub use admission::Refusal;
 use clock::{ms, Clock};
 pub use origin::{Origin, OriginKind};
 pub use reconcile::{ReconcileReport, ADOPT_WINDOW};
@@ -59,6 +63,17 @@ pub enum GrantError {
     /// The store could not record it (the firewall grant was undone).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a capture-path open did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A bound on opens refused it (nothing was asked of the firewall).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The firewall refused.
+    #[error("firewall: {0}")]
+    Firewall(#[from] FirewallError),
 }
 
 /// Counters for metrics.
@@ -83,6 +98,8 @@ pub struct Granter {
     plan: OnceLock<Plan>,
     /// The firewall's health and its watcher.
     watch: watch::State,
+    /// Bounds on door opens. Lock order: driver, scheduler table, then this.
+    admission: Mutex<Admission>,
 }
 
 impl Granter {
@@ -105,6 +122,7 @@ impl Granter {
             stats: Mutex::new(Stats::default()),
             plan: OnceLock::new(),
             watch: watch::State::default(),
+            admission: Mutex::new(Admission::default()),
         });
         let t = scheduler::spawn(Arc::downgrade(&g), Arc::clone(&g.sched), Arc::clone(&g.clock))?;
         *g.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -119,6 +137,28 @@ impl Granter {
             Err(StoreError::Unavailable("no store configured".into())),
             clock::system(),
         )
+    }
+
+    /// Bound door opens by `limits` (budgets start afresh; live grants stay counted).
+    pub fn set_limits(&self, limits: Limits) {
+        self.admission().set_limits(limits);
+    }
+
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admission_opened(&self, door: &str, key: Key, expires_at: i64, now: i64) {
+        self.admission().opened(door, key, expires_at, now);
+    }
+
+    fn admission_closed(&self, key: Key) {
+        self.admission().closed(key);
+    }
+
+    /// Live grants door `door` holds now, as its bounds count them.
+    pub fn door_live(&self, door: &str) -> usize {
+        self.admission().live(door, self.clock.now_ms())
     }
 
     /// The driver's name.
@@ -217,6 +257,32 @@ impl Granter {
             result: r.as_ref().map(|_| ()).map_err(ToString::to_string),
         };
         (r, rec)
+    }
+
+    /// The capture thread's path for a door: admit (an open from `src` within the
+    /// door's bounds, see [`admission`]), then [`Granter::grant`]. A refused open asks
+    /// nothing of the firewall and writes no record.
+    pub fn open_door(
+        &self,
+        origin: Origin,
+        src: IpAddr,
+        addr: IpAddr,
+        services: &[Service],
+        duration: Duration,
+    ) -> Result<(), OpenError> {
+        let addr = canonical(addr);
+        let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
+        self.admission()
+            .check(&origin.detail, src, &keys, self.clock.now_ms())
+            .map_err(OpenError::Refused)?;
+        let door = origin.detail.clone();
+        self.grant(origin, addr, services, duration)?;
+        let now = self.clock.now_ms();
+        let mut a = self.admission();
+        for k in keys {
+            a.opened(&door, k, now.saturating_add(ms(duration)), now);
+        }
+        Ok(())
     }
 
     /// The capture thread's path: open, arm expiry, and enqueue the record without
@@ -330,12 +396,18 @@ pub fn start(
     state_dir: &Path,
     plan: &Plan,
     mut driver: Box<dyn FirewallDriver>,
+    settings: &crate::config::StoreSettings,
 ) -> anyhow::Result<Arc<Granter>> {
     use anyhow::Context;
     driver.setup(plan).context("installing the firewall ruleset")?;
     let clock = clock::system();
     let path = state_dir.join("grants.db");
-    let store = Store::open(&path, store::Options { clock: Arc::clone(&clock), ..store::Options::default() });
+    let opts = store::Options {
+        clock: Arc::clone(&clock),
+        retention: Some(settings.retention),
+        ..store::Options::default()
+    };
+    let store = Store::open(&path, opts);
     if let Err(e) = &store {
         tracing::error!(
             "store: {e}. RUNNING WITHOUT GRANT RECORDS: the firewall is enforced, knocks/SPA still \
