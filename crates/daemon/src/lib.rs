@@ -25,6 +25,7 @@ pub mod firewall;
 pub mod grants;
 pub mod lab;
 pub mod log;
+pub mod privsep;
 pub mod spa;
 pub mod stats;
 pub mod store;

@@ -38,6 +38,10 @@ enum Command {
         /// Debug logging.
         #[arg(short, long)]
         verbose: bool,
+        /// Run as one process with full privileges instead of splitting into a
+        /// privileged and an unprivileged part (debugging only; see docs/privsep.md).
+        #[arg(long)]
+        no_privsep: bool,
     },
     /// Validate a config, refuse what `run` would refuse at start, and print the plan:
     /// doors, SPA, API, protected ports, the nft ruleset.
@@ -103,14 +107,17 @@ struct RunArgs {
     format: FormatArg,
     state_dir: Option<PathBuf>,
     interfaces: Vec<String>,
+    privsep: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { config, format, state_dir, interface, log, verbose } => {
-            run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
-        }
+        Command::Run { config, format, state_dir, interface, log, verbose, no_privsep } => run(
+            &config,
+            RunArgs { log, format, state_dir, interfaces: interface, privsep: !no_privsep },
+            verbose,
+        ),
         Command::Check { config, format } => cmd::check::check(&config, format.into()),
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),
@@ -175,7 +182,7 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
-    let result = daemon::run(&config, shutdown);
+    let result = daemon::run(&config, shutdown, args.privsep);
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }

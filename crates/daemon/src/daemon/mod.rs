@@ -77,17 +77,62 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
         .collect()
 }
 
-/// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
-/// place on exit (fail closed: ports stay protected and grants expire in the kernel).
-pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// What the daemon opens while it still has every privilege: the capture socket and
+/// the API's sockets and tokens.
+pub struct Opened {
+    /// The packet socket.
+    pub sock: PacketSocket,
+    /// The API, bound but not served.
+    pub api: Option<crate::api::Bound>,
+}
+
+/// Create the state directory, open the capture socket and bind the API.
+pub fn open(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
+    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
+        .context("opening the capture socket (needs CAP_NET_RAW)")?;
+    let api = config.api.as_ref().map(crate::api::bind).transpose().context("starting the API")?;
+    Ok(Opened { sock, api })
+}
+
+/// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
+/// place on exit (fail closed: ports stay protected and grants expire in the kernel).
+/// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
+pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow::Result<()> {
+    let opened = open(config)?;
+    if privsep && nix::unistd::geteuid().is_root() {
+        return crate::privsep::run(config, shutdown, opened);
+    }
+    if privsep {
+        tracing::info!("privsep: not started as root; running as one process with the privileges given");
+    } else {
+        tracing::warn!(
+            "privsep: disabled (--no-privsep): everything runs in one process with full privileges"
+        );
+    }
+    serve(config, &shutdown, opened, driver_for(config)?, None)
+}
+
+/// Everything but the firewall and the commands: store, grants, API, engine, capture.
+/// `privileged` is set in the unprivileged part of a split daemon: commands and
+/// one-time files are handed to the privileged part, and losing it stops the loop.
+pub fn serve(
+    config: &Config,
+    shutdown: &AtomicBool,
+    opened: Opened,
+    driver: Box<dyn FirewallDriver>,
+    privileged: Option<Arc<crate::privsep::client::Client>>,
+) -> anyhow::Result<()> {
+    let Opened { sock, api } = opened;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
-    let mut api = match &config.api {
-        Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
-        None => None,
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver)?;
+    let mut api = match (&config.api, api) {
+        (Some(a), Some(bound)) => {
+            Some(crate::api::serve(bound, a, Arc::clone(&granter)).context("starting the API")?)
+        }
+        _ => None,
     };
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
@@ -104,17 +149,16 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
-    let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
+    let mut actions = None;
+    if let Some(c) = &privileged {
+        engine.set_privileged(Arc::clone(c));
+    } else if config.doors.iter().any(|d| d.commands.is_some()) {
         let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
             .context("starting the command runner")?;
         engine.set_actions(a.handle());
-        Some(a)
-    } else {
-        None
-    };
+        actions = Some(a);
+    }
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
-    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
-        .context("opening the capture socket (needs CAP_NET_RAW)")?;
     let protected = plan.protected.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     tracing::info!(
         "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
@@ -130,7 +174,12 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut batch = Batch::new(BATCH, SNAPLEN);
     let mut last_housekeeping = now();
     let mut last_error_log: Option<Instant> = None;
+    let mut lost = false;
     while !shutdown.load(Ordering::Relaxed) {
+        if privileged.as_ref().is_some_and(|c| c.is_dead()) {
+            lost = true;
+            break;
+        }
         match sock.recv_batch(&mut batch) {
             Ok(_) => {
                 if monitor.generation() != generation {
@@ -185,5 +234,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             "open grants stay open until the daemon runs again and closes the expired ones"
         }
     );
+    if lost {
+        anyhow::bail!("the privileged part is gone");
+    }
     Ok(())
 }
