@@ -33,13 +33,13 @@ pub enum ClientError {
 }
 
 struct Conn {
-    fd: OwnedFd,
     seq: u64,
     buf: Vec<u8>,
 }
 
 /// The unprivileged part's connection to the privileged part.
 pub struct Client {
+    fd: OwnedFd,
     conn: Mutex<Conn>,
     dead: AtomicBool,
 }
@@ -54,9 +54,26 @@ impl Client {
     /// Use `fd`, one end of [`sys::pair`].
     pub fn new(fd: OwnedFd) -> Client {
         Client {
-            conn: Mutex::new(Conn { fd, seq: 0, buf: vec![0; codec::MAX_REPLY + 1] }),
+            fd,
+            conn: Mutex::new(Conn { seq: 0, buf: vec![0; codec::MAX_REPLY + 1] }),
             dead: AtomicBool::new(false),
         }
+    }
+
+    /// Watch the socket on a thread of its own: the moment the privileged part is gone
+    /// (hang-up), mark the connection dead so the capture loop stops, even when no
+    /// request is in flight.
+    pub fn watch(self: &std::sync::Arc<Client>) -> std::io::Result<()> {
+        let c = std::sync::Arc::clone(self);
+        std::thread::Builder::new().name("pc-privsep".into()).spawn(move || {
+            while !c.is_dead() {
+                if sys::hung_up(&c.fd, Duration::from_millis(500)) {
+                    tracing::error!("privsep: the privileged part is gone, stopping");
+                    c.dead.store(true, Ordering::Relaxed);
+                }
+            }
+        })?;
+        Ok(())
     }
 
     /// Whether the privileged part has gone away (the daemon must exit).
@@ -72,7 +89,7 @@ impl Client {
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         c.seq += 1;
         let req = Request { v: codec::VERSION, seq: c.seq, op };
-        let r = self.exchange(&mut c, &req);
+        let r = self.exchange(&self.fd, &mut c, &req);
         if let Err(ClientError::Channel(e)) = &r {
             tracing::error!("privsep: {e}; the privileged part is gone, stopping");
             self.dead.store(true, Ordering::Relaxed);
@@ -84,10 +101,10 @@ impl Client {
         }
     }
 
-    fn exchange(&self, c: &mut Conn, req: &Request) -> Result<Answer, ClientError> {
+    fn exchange(&self, fd: &OwnedFd, c: &mut Conn, req: &Request) -> Result<Answer, ClientError> {
         let chan = |e: std::io::Error| ClientError::Channel(e.to_string());
-        sys::send_msg(&c.fd, &codec::encode(req)).map_err(chan)?;
-        let n = match sys::recv_msg(&c.fd, &mut c.buf, Some(ANSWER_TIMEOUT)).map_err(chan)? {
+        sys::send_msg(fd, &codec::encode(req)).map_err(chan)?;
+        let n = match sys::recv_msg(fd, &mut c.buf, Some(ANSWER_TIMEOUT)).map_err(chan)? {
             Recv::Message(n) => n,
             Recv::Timeout => return Err(ClientError::Channel("no answer in time".into())),
             Recv::Closed => return Err(ClientError::Channel("connection closed".into())),

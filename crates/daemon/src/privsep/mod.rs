@@ -100,8 +100,9 @@ fn unprivileged(
     name: &'static str,
     kernel_expiry: bool,
 ) -> anyhow::Result<()> {
-    sys::die_with_parent(parent)?;
     sys::drop_all(account).context("dropping privileges")?;
+    // After the credential change, which clears the parent-death signal.
+    sys::die_with_parent(parent)?;
     tracing::info!(
         "privsep: unprivileged part (pid {}) running as {} (uid {}), no capabilities, no_new_privs",
         std::process::id(),
@@ -109,6 +110,7 @@ fn unprivileged(
         account.uid
     );
     let client = Arc::new(Client::new(fd));
+    client.watch().context("privsep: watching the privileged part")?;
     let driver = Box::new(RemoteDriver::new(Arc::clone(&client), name, kernel_expiry));
     daemon::serve(config, shutdown, opened, driver, Some(client))
 }

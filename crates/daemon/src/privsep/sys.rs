@@ -63,6 +63,16 @@ pub fn recv_msg(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> io::
     }
 }
 
+/// Whether the other end hung up, waiting up to `timeout` to find out. Does not read.
+pub fn hung_up(fd: &OwnedFd, timeout: Duration) -> bool {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) | Err(_) => false,
+        Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+    }
+}
+
 /// Which side of the fork we are on.
 pub enum Forked {
     /// The original process; the child's pid.
