@@ -91,12 +91,20 @@ impl Store {
     /// Read the entries. A missing file is empty. An unreadable one is moved aside to
     /// `*.corrupt` (so it can be inspected) and reported as an error.
     pub fn load(&self) -> Result<Vec<Entry>, String> {
-        let meta = match fs::metadata(&self.path) {
+        use std::os::unix::fs::MetadataExt;
+        // Not followed through a symlink; and it must be ours and writable by us alone:
+        // the state directory may belong to the unprivileged part, which must not be
+        // able to plant commands that run as root.
+        let meta = match fs::symlink_metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(format!("{}: {e}", self.path.display())),
         };
-        let parsed = if meta.len() > MAX_FILE {
+        let foreign =
+            !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0;
+        let parsed = if foreign {
+            Err("not a regular file owned by and writable only by this user; ignored".to_string())
+        } else if meta.len() > MAX_FILE {
             Err(format!("larger than {MAX_FILE} bytes"))
         } else {
             fs::read_to_string(&self.path)
@@ -118,8 +126,12 @@ impl Store {
         let text = toml::to_string(&FileFormat { version: 1, stop: entries.to_vec() })
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let tmp = self.path.with_extension("toml.tmp");
+        // A fresh file, never one planted there (remove_file does not follow symlinks,
+        // create_new refuses to follow one).
+        let _ = fs::remove_file(&tmp);
         {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
         }
@@ -163,5 +175,33 @@ mod tests {
         let err = s.load().unwrap_err();
         assert!(err.contains("moved to"), "{err}");
         assert_eq!(s.load().unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_file_others_can_write_or_a_symlink_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        s.save(&[Entry::new(
+            1,
+            1000,
+            "ssh",
+            "192.0.2.2".parse().unwrap(),
+            &CommandLine::Shell("true".into()),
+        )])
+        .unwrap();
+        assert_eq!(s.load().unwrap().len(), 1);
+        std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(s.load().unwrap_err().contains("ignored"));
+        let real = dir.path().join("elsewhere.toml");
+        std::fs::rename(s.path().with_extension("toml.corrupt"), &real).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&real, s.path()).unwrap();
+        assert!(s.load().is_err(), "followed a symlink");
+        // A planted temporary file (here a symlink) is replaced, not written through.
+        let _ = std::fs::remove_file(s.path());
+        std::os::unix::fs::symlink(&real, s.path().with_extension("toml.tmp")).unwrap();
+        s.save(&[]).unwrap();
+        assert!(std::fs::read_to_string(&real).unwrap().contains("true"), "written through a symlink");
     }
 }
