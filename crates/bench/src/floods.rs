@@ -235,6 +235,12 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
             true,
         ),
         (
+            Daemon::PortcullisdOneProcess,
+            format!("{syn7000}, full speed"),
+            spec(Kind::Syn, Ports::Fixed(7000), None),
+            true,
+        ),
+        (
             Daemon::Portcullisd,
             format!("{syn7000} @20 kpps"),
             spec(Kind::Syn, Ports::Fixed(7000), Some(20_000)),

@@ -6,6 +6,9 @@
 pub enum Daemon {
     /// portcullisd, nftables driver.
     Portcullisd,
+    /// The same, run as one process with full privileges (`--no-privsep`): the
+    /// baseline the privilege separation's cost is measured against.
+    PortcullisdOneProcess,
     /// portcullisd, iptables driver, `iptables-nft-restore` batches (`backend = "iptables-nft"`).
     PortcullisdIptNft,
     /// portcullisd, iptables driver, `iptables-legacy-restore` batches (`backend = "iptables-legacy"`).
@@ -38,6 +41,7 @@ impl Daemon {
     pub fn name(self) -> &'static str {
         match self {
             Daemon::Portcullisd => "portcullisd",
+            Daemon::PortcullisdOneProcess => "portcullisd (one process, --no-privsep)",
             Daemon::PortcullisdIptNft => "portcullisd (iptables-nft)",
             Daemon::PortcullisdIptLegacy => "portcullisd (iptables-legacy)",
             Daemon::KnockdIpt | Daemon::KnockdNft => "knockd",
@@ -52,6 +56,7 @@ impl Daemon {
         matches!(
             self,
             Daemon::Portcullisd
+                | Daemon::PortcullisdOneProcess
                 | Daemon::PortcullisdIptNft
                 | Daemon::PortcullisdIptLegacy
                 | Daemon::PortcullisdSpaFwknop
@@ -74,6 +79,7 @@ impl Daemon {
             Daemon::Fwknopd | Daemon::PortcullisdSpaFwknop => Some(SpaFormat::Fwknop),
             Daemon::PortcullisdSpaNative => Some(SpaFormat::Native),
             Daemon::Portcullisd
+            | Daemon::PortcullisdOneProcess
             | Daemon::PortcullisdIptNft
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
@@ -84,7 +90,10 @@ impl Daemon {
     /// Firewall column.
     pub fn fw(self) -> &'static str {
         match self {
-            Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
+            Daemon::Portcullisd
+            | Daemon::PortcullisdOneProcess
+            | Daemon::PortcullisdSpaFwknop
+            | Daemon::PortcullisdSpaNative => {
                 "nftables (netlink)"
             }
             Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",

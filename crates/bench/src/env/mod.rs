@@ -313,9 +313,10 @@ impl Env {
         self.last_dir = dir.clone();
         let at = Instance { log: dir.join("daemon.log"), dir, pin: self.pin_daemon };
         let pid = match d {
-            Daemon::Portcullisd | Daemon::PortcullisdIptNft | Daemon::PortcullisdIptLegacy => {
-                self.start_portcullisd_knock(d, &at)?
-            }
+            Daemon::Portcullisd
+            | Daemon::PortcullisdOneProcess
+            | Daemon::PortcullisdIptNft
+            | Daemon::PortcullisdIptLegacy => self.start_portcullisd_knock(d, &at)?,
             Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => self.start_portcullisd_spa(&at)?,
             Daemon::KnockdIpt | Daemon::KnockdNft => self.start_knockd(d, &at)?,
             Daemon::Fwknopd => self.start_fwknopd(&at)?,

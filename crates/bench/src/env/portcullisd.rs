@@ -34,7 +34,8 @@ impl Env {
                 d.backend()
             ),
         )?;
-        self.spawn_portcullisd(at, &conf)
+        let extra: &[&str] = if d == Daemon::PortcullisdOneProcess { &["--no-privsep"] } else { &[] };
+        self.spawn_portcullisd(at, &conf, extra)
     }
 
     /// portcullisd with `[spa]`: an fwknop stanza with fwknopd's keys and the native
@@ -59,16 +60,18 @@ impl Env {
                 self.keys.hmac
             ),
         )?;
-        self.spawn_portcullisd(at, &conf)
+        self.spawn_portcullisd(at, &conf, &[])
     }
 
     /// Start portcullisd with `conf` in the server namespace and wait for its `ready:` line.
-    fn spawn_portcullisd(&mut self, at: &Instance, conf: &Path) -> anyhow::Result<u32> {
+    fn spawn_portcullisd(&mut self, at: &Instance, conf: &Path, extra: &[&str]) -> anyhow::Result<u32> {
         let (bin, conf) = (self.bins.portcullisd.display().to_string(), conf.display().to_string());
         let srv = self.lab.server.clone();
+        let mut args = vec![bin.as_str(), "run", "--config", &conf];
+        args.extend_from_slice(extra);
         let c = self.lab.spawn(
             &srv,
-            &pinned(at.pin, &[&bin, "run", "--config", &conf]),
+            &pinned(at.pin, &args),
             Stdio::null(),
             Stdio::from(at.log_file()?),
         )?;
