@@ -162,6 +162,7 @@ fn parts_hold_only_what_they_need() {
         assert_eq!(caps(&cs, set), 0, "{set} of the unprivileged part:\n{cs}");
     }
     assert_eq!(field(&cs, "NoNewPrivs"), "1");
+    assert_eq!(field(&cs, "Seccomp"), "2", "no seccomp filter in the unprivileged part");
     // It holds the packet socket, the privileged part does not.
     let packets = packet_inodes(child);
     assert!(socket_inodes(child).iter().any(|(_, i)| packets.contains(i)), "no packet socket in the child");
@@ -177,6 +178,8 @@ fn parts_hold_only_what_they_need() {
     }
     assert_eq!(caps(&ps, "CapAmb"), 0);
     assert_eq!(field(&ps, "NoNewPrivs"), "1");
+    assert_eq!(field(&ps, "Seccomp"), "2", "no seccomp filter in the privileged part");
+    assert!(!s.log_text().contains("Operation not permitted"), "{}", s.log_text());
 
     // And it still works.
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Filtered);

@@ -93,9 +93,7 @@ impl Daemon {
             Daemon::Portcullisd
             | Daemon::PortcullisdOneProcess
             | Daemon::PortcullisdSpaFwknop
-            | Daemon::PortcullisdSpaNative => {
-                "nftables (netlink)"
-            }
+            | Daemon::PortcullisdSpaNative => "nftables (netlink)",
             Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
             Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
             Daemon::KnockdIpt => "iptables",

@@ -69,12 +69,7 @@ impl Env {
         let srv = self.lab.server.clone();
         let mut args = vec![bin.as_str(), "run", "--config", &conf];
         args.extend_from_slice(extra);
-        let c = self.lab.spawn(
-            &srv,
-            &pinned(at.pin, &args),
-            Stdio::null(),
-            Stdio::from(at.log_file()?),
-        )?;
+        let c = self.lab.spawn(&srv, &pinned(at.pin, &args), Stdio::null(), Stdio::from(at.log_file()?))?;
         let pid = c.id();
         wait_for_log(&at.log, "ready:", Duration::from_secs(10))?;
         Ok(pid)

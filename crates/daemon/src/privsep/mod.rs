@@ -19,6 +19,7 @@
 pub mod client;
 pub mod codec;
 pub mod policy;
+pub mod seccomp;
 pub mod server;
 pub mod sys;
 
@@ -103,8 +104,9 @@ fn unprivileged(
     sys::drop_all(account).context("dropping privileges")?;
     // After the credential change, which clears the parent-death signal.
     sys::die_with_parent(parent)?;
+    seccomp::confine_unprivileged().context("installing the seccomp filter")?;
     tracing::info!(
-        "privsep: unprivileged part (pid {}) running as {} (uid {}), no capabilities, no_new_privs",
+        "privsep: unprivileged part (pid {}) running as {} (uid {}), no capabilities, no_new_privs, seccomp",
         std::process::id(),
         account.name,
         account.uid
@@ -148,12 +150,18 @@ fn privileged(
             Some(k) => sys::keep_only(k).context("dropping capabilities")?,
             None => nix::sys::prctl::set_no_new_privs().context("no_new_privs")?,
         }
+        // A filter is inherited by exec'd programs: only without commands and iptables.
+        let filtered = keep.is_some() && !matches!(config.daemon.backend, Backend::Iptables(_));
+        if filtered {
+            seccomp::confine_privileged().context("installing the seccomp filter")?;
+        }
         let kept = keep.map_or("all (door commands configured)".to_string(), |k| {
             k.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
         });
         tracing::info!(
-            "privsep: privileged part (pid {}) keeps capabilities {kept}; unprivileged part is pid {child}",
-            std::process::id()
+            "privsep: privileged part (pid {}) keeps capabilities {kept}{}; unprivileged part is pid {child}",
+            std::process::id(),
+            if filtered { ", seccomp" } else { "" }
         );
         let server = server::Server::new(
             driver,
