@@ -6,7 +6,9 @@
 //! - [`capture`]: AF_PACKET + BPF socket, local address view kept current by rtnetlink.
 //! - [`firewall`]: the driver trait and backends (nftables over netlink, none).
 //! - [`daemon`]: the capture loop and the knock [`daemon::engine::Engine`].
-//! - [`cmd`]: `check`, `demo`, `teardown`.
+//! - [`args`]: the command line (shared with the man page and completion generator).
+//! - [`cmd`]: `check`, `demo`, `gate`, `teardown`.
+//! - [`notify`]: systemd readiness and watchdog notifications (`sd_notify` protocol).
 //! - [`lab`]: throwaway network namespaces for the demo, tests and benchmarks.
 //! - [`spa`]: the SPA gate (fwknop and native formats) and its persisted replay cache.
 //! - [`stats`]: the capture thread's counters (read by metrics).
@@ -17,6 +19,7 @@
 
 pub mod actions;
 pub mod api;
+pub mod args;
 pub mod capture;
 pub mod cmd;
 pub mod config;
@@ -25,6 +28,7 @@ pub mod firewall;
 pub mod grants;
 pub mod lab;
 pub mod log;
+pub mod notify;
 pub mod privsep;
 pub mod spa;
 pub mod stats;

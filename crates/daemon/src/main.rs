@@ -5,102 +5,9 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use portcullis_daemon::args::{Args, Command, FormatArg, LogArg};
 use portcullis_daemon::{cmd, config, daemon, log};
-
-#[derive(Parser)]
-#[command(name = "portcullisd", version, about = "Port-knocking and SPA daemon")]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon in the foreground (use systemd or similar to supervise it).
-    Run {
-        /// Config file (native TOML, or an unchanged knockd.conf).
-        #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
-        config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
-        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
-        format: FormatArg,
-        /// Override the state directory (pending stop commands live there).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// Sniff on these interfaces instead of the config's (like knockd -i); repeatable.
-        #[arg(short, long)]
-        interface: Vec<String>,
-        /// Log here instead of where the config says (e.g. stderr for a knockd.conf
-        /// that says UseSyslog); a LogFile still gets the lines too.
-        #[arg(long, value_enum)]
-        log: Option<LogArg>,
-        /// Debug logging.
-        #[arg(short, long)]
-        verbose: bool,
-        /// Run as one process with full privileges instead of splitting into a
-        /// privileged and an unprivileged part (debugging only; see docs/privsep.md).
-        #[arg(long)]
-        no_privsep: bool,
-    },
-    /// Validate a config, refuse what `run` would refuse at start, and print the plan:
-    /// doors, SPA, API, protected ports, the nft ruleset.
-    Check {
-        /// Config file (native TOML, or a knockd.conf).
-        #[arg(short, long, default_value = "/etc/portcullis/portcullis.toml")]
-        config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
-        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
-        format: FormatArg,
-    },
-    /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
-    Convert {
-        /// The file to convert.
-        file: PathBuf,
-        /// Its syntax: auto (detect), native or knockd.
-        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
-        format: FormatArg,
-    },
-    /// Remove what portcullis installed in the firewall (closes every grant, unprotects
-    /// every port): the nftables table by default, or the backend a config names.
-    Teardown {
-        /// Use this config's backend (e.g. iptables) instead of nftables.
-        #[arg(short, long)]
-        config: Option<PathBuf>,
-    },
-    /// Self-contained demonstration in throwaway network namespaces (needs root).
-    Demo {
-        /// Do not show the daemon's log lines.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-}
-
-/// `--format` values.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum FormatArg {
-    Auto,
-    Native,
-    Knockd,
-}
-
-impl From<FormatArg> for config::Format {
-    fn from(f: FormatArg) -> config::Format {
-        match f {
-            FormatArg::Auto => config::Format::Auto,
-            FormatArg::Native => config::Format::Native,
-            FormatArg::Knockd => config::Format::Knockd,
-        }
-    }
-}
-
-/// `--log` values.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogArg {
-    Stderr,
-    Syslog,
-    Journald,
-}
 
 struct RunArgs {
     log: Option<LogArg>,
@@ -119,6 +26,7 @@ fn main() -> ExitCode {
             verbose,
         ),
         Command::Check { config, format } => cmd::check::check(&config, format.into()),
+        Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),

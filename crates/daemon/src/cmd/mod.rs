@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod gate;
 
 use std::path::Path;
 use std::process::ExitCode;

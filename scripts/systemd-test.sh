@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Boot a real systemd (Debian 12 in systemd-nspawn) with the built .deb installed, and
+# check the units from outside, over a private network:
+#   - installed, nothing changes; `systemctl enable --now` of both units: both active, the
+#     protected port is filtered from a second namespace; a knock opens it; the API
+#     socket shows the grant;
+#   - kill -9 of the daemon: systemd restarts it, the grant is intact;
+#   - upgrade (dpkg -i again): edited config kept, daemon restarted, grant intact;
+#   - daemon disabled + reboot: the gate alone keeps the port filtered, also across
+#     systemctl restart/reload nftables (which flush the ruleset);
+#   - dpkg -r: the table is removed.
+# The container only ever gets a network namespace this script creates (never the host's).
+# Needs root. SYSTEMD_TEST_SIMPLE=1 for a daemon that does not notify systemd yet.
+# Builds the package (scripts/package.sh) if target/debian has none.
+# The Debian 12 root filesystem is made once with debootstrap (from the mirror apt uses)
+# and cached in target/systemd-test/rootfs; each run works on a fresh copy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need_root
+need_packages debootstrap systemd-container iproute2 nmap util-linux
+
+work=target/systemd-test
+cache=$work/rootfs
+tag=pcst$$
+srv=$tag-srv
+cli=$tag-cli
+tree=$work/run-$$
+nspawn_pid=
+SERVER=10.231.0.1
+CLIENT=10.231.0.2
+PORT=2222
+
+log() { echo "systemd-test: $*"; }
+fail() { echo "systemd-test: FAIL: $*" >&2; exit 1; }
+
+# --- two namespaces joined by a veth pair; the container gets the server one.
+# Made afresh for every boot: a reboot empties the kernel's tables, so must the test.
+net_up() {
+  ip netns add "$srv"
+  ip netns add "$cli"
+  ip -n "$srv" link add eth0 type veth peer name eth0 netns "$cli"
+  ip -n "$srv" addr add $SERVER/24 dev eth0
+  ip -n "$cli" addr add $CLIENT/24 dev eth0
+  for ns in "$srv" "$cli"; do
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set eth0 up
+  done
+}
+net_down() {
+  ip netns del "$srv" 2>/dev/null || true
+  ip netns del "$cli" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+    kill -TERM "$nspawn_pid" 2>/dev/null || true # nspawn halts the container's systemd
+    for _ in $(seq 1 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$nspawn_pid" 2>/dev/null || true
+  fi
+  net_down
+  rm -rf "$tree"
+  if [ $rc -ne 0 ] && [ -f "$work/console-$$.log" ]; then
+    echo "--- container console (last 60 lines) ---" >&2
+    tail -n 60 "$work/console-$$.log" >&2
+  fi
+  rm -f "$work/console-$$.log"
+  exit $rc
+}
+trap cleanup EXIT
+
+# --- the package
+deb=$(ls target/debian/portcullis_*.deb 2>/dev/null | head -1 || true)
+if [ -z "$deb" ]; then
+  bash scripts/package.sh
+  deb=$(ls target/debian/portcullis_*.deb | head -1)
+fi
+log "package $deb"
+
+# --- the units' sandbox: systemd-analyze's exposure score at most 2.5 for each
+for unit in contrib/systemd/*.service; do
+  score=$(systemd-analyze security --offline=yes --no-pager "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  systemd-analyze security --offline=yes --threshold=25 "$unit" >/dev/null 2>&1 ||
+    fail "$unit: systemd-analyze security exposure ${score:-?} is above 2.5"
+  log "ok: $(basename "$unit"): exposure $score"
+done
+
+# --- the cached Debian 12 tree
+if [ ! -d "$cache" ]; then
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    grep -E '^(URIs:|deb )' | grep -v security | grep -m1 -oE 'https?://[^ ]+/debian/?( |$)' | tr -d ' ' || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  log "debootstrap bookworm from $mirror into $cache (once)"
+  rm -rf "$cache.tmp"
+  mkdir -p "$work"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,nftables,iproute2,procps \
+    bookworm "$cache.tmp" "$mirror" >"$work/debootstrap.log" 2>&1 || fail "debootstrap, see $work/debootstrap.log"
+  mv "$cache.tmp" "$cache"
+fi
+rm -rf "$tree"
+cp -a "$cache" "$tree"
+
+# --- install the package and a config with one door into the copy (not booted yet)
+cp "$deb" "$tree/root/portcullis.deb" # (nspawn mounts a fresh /tmp)
+offline() { systemd-nspawn --quiet --register=no --keep-unit --private-network -D "$tree" "$@"; }
+offline dpkg -i /root/portcullis.deb >/dev/null
+# The units as installed; the rootfs has no man-db, so the man: links cannot be followed
+# here: check the pages exist instead.
+problems=$(offline systemd-analyze verify portcullisd.service portcullis-gate.service 2>&1 |
+  grep -v "Command 'man \|Attempted to remove disk file system" || true)
+[ -z "$problems" ] || fail "systemd-analyze verify: $problems"
+for page in man8/portcullisd.8 man8/portcullisd-run.8 man8/portcullisd-gate.8 man1/portcullis.1; do
+  [ -f "$tree/usr/share/man/$page.gz" ] || fail "man page $page missing"
+done
+log "ok: installed; systemd-analyze verify has nothing to say; man pages present"
+offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null 2>&1 &&
+  fail "the shipped config must protect nothing (check should refuse it)"
+sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/}' \
+  "$tree/etc/portcullis/portcullis.toml"
+# The API too: its socket lives in /run/portcullis (RuntimeDirectory=) under ProtectSystem=strict.
+sed -i 's/^# \[api\]$/[api]/; s/^# socket = /socket = /; s/^# tokens_file = /tokens_file = /' "$tree/etc/portcullis/portcullis.toml"
+(umask 077 && echo "admin $(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$tree/etc/portcullis/api.tokens")
+offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null
+# No console login, no network management in the container: the host sets the addresses.
+offline systemctl mask console-getty.service systemd-networkd.service systemd-resolved.service >/dev/null 2>&1 || true
+echo "pcst" >"$tree/etc/hostname"
+# SYSTEMD_TEST_SIMPLE=1: for a daemon build that does not send READY=1/WATCHDOG=1 yet,
+# run the unit as Type=simple without watchdog (everything else as shipped).
+if [ "${SYSTEMD_TEST_SIMPLE:-0}" = 1 ]; then
+  mkdir -p "$tree/etc/systemd/system/portcullisd.service.d"
+  printf '[Service]\nType=simple\nWatchdogSec=0\n' >"$tree/etc/systemd/system/portcullisd.service.d/simple.conf"
+  log "SYSTEMD_TEST_SIMPLE=1: portcullisd runs as Type=simple, no watchdog"
+fi
+
+# CAP_NET_ADMIN: nspawn only grants it by itself with --private-network; here it acts
+# on the namespace we made for the container and nothing else.
+boot() {
+  systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only \
+    --network-namespace-path="/run/netns/$srv" --capability=CAP_NET_ADMIN -D "$tree" >>"$work/console-$$.log" 2>&1 &
+  nspawn_pid=$!
+}
+
+# PID 1 of the container: the child of systemd-nspawn.
+init_pid() { pgrep -P "$nspawn_pid" -x systemd | head -1; }
+# Every namespace of the container, the network one included: commands run inside
+# (dpkg maintainer scripts, say) must never reach the host's firewall.
+inside() { nsenter --target "$(init_pid)" --mount --uts --ipc --pid --net --cgroup -- "$@"; }
+
+wait_active() { # unit, seconds
+  local state=
+  for _ in $(seq 1 $(($2 * 5))); do
+    kill -0 "$nspawn_pid" 2>/dev/null || fail "the container exited while waiting for $1"
+    if [ -n "$(init_pid)" ]; then
+      state=$(inside systemctl is-active "$1" 2>/dev/null || true)
+      [ "$state" = active ] && return 0
+    fi
+    sleep 0.2
+  done
+  inside systemctl status --no-pager "$1" >&2 || true
+  inside journalctl --no-pager -n 40 -u "$1" >&2 || true
+  fail "$1 is $state, not active"
+}
+
+probe() { # -> open | closed | filtered
+  ip netns exec "$cli" nmap -Pn -n -sS -p $PORT --max-retries 1 --max-rtt-timeout 400ms -oG - $SERVER |
+    sed -n "s|.*Ports: $PORT/\([a-z]*\)/.*|\1|p"
+}
+
+expect_port() { # state, what
+  local got
+  got=$(probe)
+  [ "$got" = "$1" ] || fail "$2: port $PORT is '$got', expected '$1'"
+  log "ok: $2 (port $PORT $got)"
+}
+
+stop_container() {
+  kill -TERM "$nspawn_pid"
+  for _ in $(seq 1 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$nspawn_pid" 2>/dev/null && fail "container did not halt"
+  wait "$nspawn_pid" 2>/dev/null || true
+  nspawn_pid=
+}
+
+# --- 1. boot with the package installed: nothing changes until the admin enables the units
+net_up
+expect_port closed "before boot, nothing listens and nothing filters"
+boot
+wait_active multi-user.target 60
+expect_port closed "installed but not enabled: the firewall is unchanged"
+inside systemctl enable --now portcullis-gate.service portcullisd.service >/dev/null 2>&1
+wait_active portcullis-gate.service 60
+wait_active portcullisd.service 60
+log "ok: systemctl enable --now: portcullis-gate and portcullisd active"
+expect_port filtered "protected from a second namespace"
+
+client=target/release/portcullis
+ip netns exec "$cli" "$client" knock -d 50 $SERVER 31337 47123:udp 12011
+sleep 0.5
+expect_port closed "after the knock, the knocker gets through (RST: nothing listens)"
+grants=$(inside portcullis grants list) || fail "portcullis grants list failed: $grants"
+grep -q "$CLIENT" <<<"$grants" || fail "portcullis grants list (API socket) does not show the grant: $grants"
+log "ok: portcullis grants list over /run/portcullis/api.sock shows the grant"
+
+# --- 2. kill -9: systemd restarts the daemon
+pid=$(inside systemctl show -P MainPID portcullisd.service)
+inside kill -9 "$pid"
+sleep 1.5
+wait_active portcullisd.service 30
+new=$(inside systemctl show -P MainPID portcullisd.service)
+[ "$new" != "$pid" ] && [ "$new" != 0 ] || fail "daemon not restarted (MainPID $pid -> $new)"
+log "ok: restarted after kill -9 (MainPID $pid -> $new)"
+expect_port closed "the knocker's grant survived the crash and restart"
+log "portcullisd's journal:"
+inside journalctl --no-pager -o cat -u portcullisd.service | sed 's/^/    /'
+
+# --- 3. upgrade (the same package again): config kept, daemon restarted, port protected
+inside dpkg -i /root/portcullis.deb >/dev/null
+grep -q '^sequence = \[31337' "$tree/etc/portcullis/portcullis.toml" || fail "upgrade replaced the edited config"
+wait_active portcullisd.service 30
+up=$(inside systemctl show -P MainPID portcullisd.service)
+[ "$up" != "$new" ] || fail "upgrade did not restart the running daemon"
+log "ok: upgrade kept the config and restarted the daemon (MainPID $new -> $up)"
+expect_port closed "the knocker's grant survived the upgrade"
+
+# --- 4. daemon disabled, container rebooted: the gate alone keeps the port closed
+inside systemctl disable --now portcullisd.service >/dev/null 2>&1
+stop_container
+net_down
+net_up
+expect_port closed "host rebooted (fresh namespace), nothing filters yet"
+boot
+wait_active portcullis-gate.service 60
+[ "$(inside systemctl is-active portcullisd.service || true)" != active ] || fail "portcullisd should be disabled"
+expect_port filtered "after reboot with the daemon disabled, the gate keeps it filtered"
+
+# Debian's nftables.service flushes the whole ruleset on start, restart and reload; the
+# gate follows it (PartOf=, ReloadPropagatedFrom=) and installs the table again.
+gates() { inside journalctl --no-pager -o cat -u portcullis-gate.service | grep -c "gate installed" || true; }
+gate_ran_since() { # count before; the propagated job may finish after systemctl returns
+  for _ in $(seq 1 25); do
+    [ "$(gates)" -gt "$1" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+before=$(gates)
+inside systemctl restart nftables.service
+[ "$(inside systemctl is-active nftables.service)" = active ] || fail "nftables.service did not start"
+gate_ran_since "$before" || fail "the gate did not follow the nftables restart"
+expect_port filtered "after systemctl restart nftables (it flushed; the gate ran again)"
+before=$(gates)
+inside systemctl reload nftables.service
+gate_ran_since "$before" || fail "the gate did not follow the nftables reload"
+expect_port filtered "after systemctl reload nftables (it flushed; the gate ran again)"
+
+# --- 5. removing the package removes the gate (nobody could knock any more)
+inside dpkg -r portcullis >/dev/null
+expect_port closed "package removed: the table is gone"
+stop_container
+log "PASS"
