@@ -101,10 +101,17 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
 /// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow::Result<()> {
     let opened = open(config)?;
-    if privsep && nix::unistd::geteuid().is_root() {
+    let missing = crate::privsep::sys::missing_for_split();
+    if privsep && nix::unistd::geteuid().is_root() && missing.is_empty() {
         return crate::privsep::run(config, shutdown, opened);
     }
-    if privsep {
+    if privsep && nix::unistd::geteuid().is_root() {
+        let m = missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+        tracing::warn!(
+            "privsep: NOT SPLIT: started without {m} (see docs/privsep.md for the unit settings); \
+             running as one process with the privileges given"
+        );
+    } else if privsep {
         tracing::info!("privsep: not started as root; running as one process with the privileges given");
     } else {
         tracing::warn!(

@@ -128,6 +128,14 @@ pub fn account() -> io::Result<(Account, bool)> {
     Err(io::Error::other("neither a `portcullis` nor a `nobody` account exists"))
 }
 
+/// Capabilities the split needs at start and lacks in the effective set (a unit that
+/// bounds them away, say).
+pub fn missing_for_split() -> Vec<Capability> {
+    let need =
+        [Capability::CAP_SETUID, Capability::CAP_SETGID, Capability::CAP_SETPCAP, Capability::CAP_CHOWN];
+    need.into_iter().filter(|&c| !caps::has_cap(None, CapSet::Effective, c).unwrap_or(false)).collect()
+}
+
 /// Become `account` with no capabilities in any set (bounding and ambient too) and
 /// `no_new_privs`: nothing this process or anything it could exec can regain root.
 pub fn drop_all(account: &Account) -> io::Result<()> {
