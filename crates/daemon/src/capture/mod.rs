@@ -8,6 +8,7 @@
 //! [`addrs`] monitor refreshes on every rtnetlink link/address event.
 
 pub mod addrs;
+pub mod udp_server;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -61,6 +62,15 @@ impl PacketSocket {
         sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(timeout))?;
         Ok(PacketSocket { sock })
+    }
+}
+
+impl PacketSocket {
+    /// Replace the filter (`SO_ATTACH_FILTER` swaps it atomically: every packet meets
+    /// either the old program or the new one, none goes unfiltered).
+    pub fn set_filter(&self, prog: &[Insn]) -> io::Result<()> {
+        let filter: Vec<SockFilter> = prog.iter().map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k)).collect();
+        self.sock.attach_filter(&filter)
     }
 }
 

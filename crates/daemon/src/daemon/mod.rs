@@ -18,6 +18,7 @@ use anyhow::Context;
 use portcullis_proto::bpf::{self, Match};
 use portcullis_proto::{wire, Millis, Proto};
 
+use crate::capture::udp_server::UdpServer;
 use crate::capture::{is_timeout, Batch, Monitor, PacketSocket};
 use crate::config::{Backend, Config};
 use crate::firewall::nft::NftDriver;
@@ -36,27 +37,38 @@ const BATCH: usize = 64;
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
-    Ok(match config.daemon.backend {
+    let mut d: Box<dyn FirewallDriver> = match config.daemon.backend {
         Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
         Backend::None => Box::new(NoFirewall::default()),
         Backend::Iptables(v) => Box::new(
             crate::firewall::iptables::IptablesDriver::new(v).context("setting up the iptables backend")?,
         ),
-    })
+    };
+    d.adopt(&plan_for(config));
+    Ok(d)
 }
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
+    crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall)
 }
 
-/// The BPF matches for every knock of every door (de-duplicated).
-pub fn bpf_matches(config: &Config) -> Vec<Match> {
+/// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
+/// a rotating door's knocks of the previous, current and next step, so the filter can
+/// be swapped at leisure after a boundary without missing the new step's knocks.
+pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
     let set: BTreeSet<(u8, u16, u8, u8)> = config
         .doors
         .iter()
         .flat_map(|d| {
-            d.all_knocks().into_iter().map(move |k| {
+            let mut knocks = d.all_knocks();
+            if let Some(r) = &d.rotating {
+                let step = r.rotation.step_at(unix);
+                for s in [step.saturating_sub(1), step, step.saturating_add(1)] {
+                    knocks.extend(r.rotation.sequence(s));
+                }
+            }
+            knocks.into_iter().map(move |k| {
                 let (s, c) = if k.proto == Proto::Tcp { (d.flags.set, d.flags.clear) } else { (0, 0) };
                 (k.proto.number(), k.port, s, c)
             })
@@ -77,6 +89,32 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
         .collect()
 }
 
+/// The SPA replay cache: on disk in the state dir (or in memory without
+/// persistence), seeded on its first creation from an fwknopd digest cache.
+fn open_replay(
+    config: &Config,
+    spa: &crate::config::SpaConfig,
+    now_unix: u64,
+) -> anyhow::Result<ReplayCache> {
+    if !spa.persist_replay {
+        return Ok(ReplayCache::in_memory(replay::DEFAULT_CAPACITY));
+    }
+    let path = config.daemon.state_dir.join("spa-replay");
+    let first = !path.exists();
+    let mut replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
+        .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+    if let (true, Some(digests)) = (first, &spa.import_digest_file) {
+        let keep = spa.aging.then_some(spa.max_age + 1);
+        match crate::spa::digest_import::import(&mut replay, digests, keep, now_unix) {
+            Ok(n) => {
+                tracing::info!("spa: imported {n} entries of fwknopd's digest cache {}", digests.display())
+            }
+            Err(e) => tracing::warn!("spa: cannot import fwknopd's digest cache {}: {e}", digests.display()),
+        }
+    }
+    Ok(replay)
+}
+
 /// What the daemon opens while it still has every privilege: the capture socket and
 /// the API's sockets and tokens.
 pub struct Opened {
@@ -90,10 +128,29 @@ pub struct Opened {
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
-    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
+    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
     let api = config.api.as_ref().map(crate::api::bind).transpose().context("starting the API")?;
     Ok(Opened { sock, api })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Why `config` cannot run split yet, if it cannot: features whose privileged work is
+/// not in the request set.
+fn split_unsupported(config: &Config) -> Option<&'static str> {
+    let spa = config.spa.as_ref();
+    if config.daemon.flush_at_start || config.daemon.flush_at_exit {
+        Some("FLUSH_IPT_AT_INIT/FLUSH_IPT_AT_EXIT")
+    } else if spa.is_some_and(|s| s.udp_server.is_some()) {
+        Some("the SPA UDP server")
+    } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
+        Some("fwknop CMD_CYCLE commands")
+    } else {
+        None
+    }
 }
 
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
@@ -101,24 +158,33 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
 /// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow::Result<()> {
     let opened = open(config)?;
+    let root = nix::unistd::geteuid().is_root();
     let missing = crate::privsep::sys::missing_for_split();
-    if privsep && nix::unistd::geteuid().is_root() && missing.is_empty() {
+    let unsupported = split_unsupported(config);
+    if privsep && root && missing.is_empty() && unsupported.is_none() {
         return crate::privsep::run(config, shutdown, opened);
     }
-    if privsep && nix::unistd::geteuid().is_root() {
+    if !privsep {
+        tracing::warn!(
+            "privsep: disabled (--no-privsep): everything runs in one process with full privileges"
+        );
+    } else if let (true, Some(what)) = (root, unsupported) {
+        tracing::warn!("privsep: NOT SPLIT: the config uses {what}, which the split does not support yet");
+    } else if root {
         let m = missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
         tracing::warn!(
             "privsep: NOT SPLIT: started without {m} (see docs/privsep.md for the unit settings); \
              running as one process with the privileges given"
         );
-    } else if privsep {
-        tracing::info!("privsep: not started as root; running as one process with the privileges given");
     } else {
-        tracing::warn!(
-            "privsep: disabled (--no-privsep): everything runs in one process with full privileges"
-        );
+        tracing::info!("privsep: not started as root; running as one process with the privileges given");
     }
-    serve(config, &shutdown, opened, driver_for(config)?, None)
+    let mut driver = driver_for(config)?;
+    if config.daemon.flush_at_start {
+        // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
+        driver.teardown().context("flushing the firewall at start")?;
+    }
+    serve(config, &shutdown, opened, driver, None)
 }
 
 /// Everything but the firewall and the commands: store, grants, API, engine, capture.
@@ -144,9 +210,7 @@ pub fn serve(
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let path = config.daemon.state_dir.join("spa-replay");
-        let replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
-            .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+        let replay = open_replay(config, spa, now_unix)?;
         tracing::info!(
             "spa: udp port(s) {:?}, {} native user(s), {} fwknop stanza(s), {} replay entries restored",
             spa.ports,
@@ -156,16 +220,28 @@ pub fn serve(
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
+    let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
     let mut actions = None;
     if let Some(c) = &privileged {
         engine.set_privileged(Arc::clone(c));
-    } else if config.doors.iter().any(|d| d.commands.is_some()) {
+    } else if cycles || config.doors.iter().any(|d| d.commands.is_some()) {
         let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
             .context("starting the command runner")?;
         engine.set_actions(a.handle());
         actions = Some(a);
     }
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
+    engine.follow_rotation(unix_now());
+    let mut filter_generation = engine.rotation_generation();
+    let udp = match config.spa.as_ref().and_then(|s| s.udp_server) {
+        Some(port) => {
+            let (srv, rx) = UdpServer::start(port)
+                .with_context(|| format!("binding the SPA UDP server on port {port}"))?;
+            tracing::info!("spa: UDP server bound on {} (silent: never answers)", srv.local_addr());
+            Some((srv, rx))
+        }
+        None => None,
+    };
     let protected = plan.protected.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     tracing::info!(
         "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
@@ -213,12 +289,30 @@ pub fn serve(
             }
         }
         let (t, wall) = (now(), SystemTime::now());
+        if let Some((_, rx)) = &udp {
+            while let Ok(d) = rx.try_recv() {
+                engine.on_spa_socket(d.src, d.dst, d.dport, &d.payload, t, wall);
+            }
+        }
+        let unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        engine.follow_rotation(unix);
+        if engine.rotation_generation() != filter_generation {
+            // If the new filter is refused the old one stays: it was built with the next
+            // step in it, so it passes the new current step's knocks until the step after,
+            // when the swap is tried again.
+            match sock.set_filter(&bpf::program(&bpf_matches(config, unix))) {
+                Ok(()) => tracing::debug!("rotating doors: capture filter follows step change"),
+                Err(e) => tracing::error!("rotating doors: replacing the capture filter failed: {e}"),
+            }
+            filter_generation = engine.rotation_generation();
+        }
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
             granter.publish_stats(engine.stats());
             last_housekeeping = t;
         }
     }
+    drop(udp);
     monitor.stop();
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
@@ -227,6 +321,13 @@ pub fn serve(
         a.stop();
     }
     granter.shutdown();
+    if config.daemon.flush_at_exit {
+        // fwknopd FLUSH_IPT_AT_EXIT: every grant closes with the daemon.
+        match granter.with_driver(|d| d.teardown()) {
+            Ok(()) => tracing::info!("firewall flushed at exit (FLUSH_IPT_AT_EXIT): every grant is closed"),
+            Err(e) => tracing::error!("flushing the firewall at exit: {e}"),
+        }
+    }
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, {}",
