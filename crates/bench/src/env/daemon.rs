@@ -25,6 +25,9 @@ pub enum Daemon {
     /// The same portcullisd SPA configuration, driven by native packets
     /// (`portcullis_proto::spa::native::seal`, in process).
     PortcullisdSpaNative,
+    /// The same portcullisd SPA configuration plus the knock door, driven by knocks
+    /// (knock handling while SPA junk costs crypto).
+    PortcullisdSpaKnock,
     /// No daemon: `portcullisd generate --kernel nftables` loaded with `nft -f`.
     KernelNft,
     /// No daemon: `portcullisd generate --kernel iptables` (recent lists).
@@ -52,6 +55,7 @@ impl Daemon {
             Daemon::Fwknopd => "fwknopd",
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
             Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
+            Daemon::PortcullisdSpaKnock => "portcullisd SPA + door, knocks",
             Daemon::KernelNft | Daemon::KernelIpt => "kernel-only (no daemon)",
         }
     }
@@ -66,6 +70,7 @@ impl Daemon {
                 | Daemon::PortcullisdIptLegacy
                 | Daemon::PortcullisdSpaFwknop
                 | Daemon::PortcullisdSpaNative
+                | Daemon::PortcullisdSpaKnock
         )
     }
 
@@ -89,6 +94,7 @@ impl Daemon {
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
             | Daemon::KnockdNft
+            | Daemon::PortcullisdSpaKnock
             | Daemon::KernelNft
             | Daemon::KernelIpt => None,
         }
@@ -100,7 +106,8 @@ impl Daemon {
             Daemon::Portcullisd
             | Daemon::PortcullisdOneProcess
             | Daemon::PortcullisdSpaFwknop
-            | Daemon::PortcullisdSpaNative => "nftables (netlink)",
+            | Daemon::PortcullisdSpaNative
+            | Daemon::PortcullisdSpaKnock => "nftables (netlink)",
             Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
             Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
             Daemon::KnockdIpt => "iptables",
