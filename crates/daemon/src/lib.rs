@@ -37,6 +37,7 @@ pub mod kernel;
 pub mod lab;
 pub mod log;
 pub mod notify;
+pub mod privsep;
 pub mod spa;
 pub mod statedir;
 pub mod stats;
