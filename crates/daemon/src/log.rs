@@ -11,6 +11,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -31,17 +36,9 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
     let file_layer = match file {
         None => None,
         Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening log file {}", p.display()))?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_target(false)
-                    .with_ansi(false),
-            )
+            let sink = std::sync::Arc::new(FileSink::open(p)?);
+            let _ = LOG_FILE.set(std::sync::Arc::clone(&sink));
+            Some(tracing_subscriber::fmt::layer().with_writer(sink).with_target(false).with_ansi(false))
         }
     };
     let registry = tracing_subscriber::registry().with(filter).with(file_layer);
@@ -79,4 +76,46 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
     // A subscriber already installed (tests, a second init) is not an error.
     let _ = result;
     Ok(())
+}
+
+/// The `log_file` of the running daemon, for [`reopen`].
+static LOG_FILE: OnceLock<std::sync::Arc<FileSink>> = OnceLock::new();
+
+/// An append-only log file that can be reopened under the same name (after logrotate
+/// moved it away).
+struct FileSink {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl FileSink {
+    fn open(path: &Path) -> anyhow::Result<FileSink> {
+        Ok(FileSink { path: path.to_path_buf(), file: Mutex::new(open_append(path)?) })
+    }
+}
+
+fn open_append(path: &Path) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening log file {}", path.display()))
+}
+
+impl Write for &FileSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+/// Reopen the log file, if there is one (SIGHUP). On failure the old file stays in use.
+pub fn reopen() {
+    let Some(sink) = LOG_FILE.get() else { return };
+    match open_append(&sink.path) {
+        Ok(f) => *sink.file.lock().unwrap_or_else(|p| p.into_inner()) = f,
+        Err(e) => tracing::error!("{e:#}; still writing to the previous file"),
+    }
 }

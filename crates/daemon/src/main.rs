@@ -50,7 +50,31 @@ fn convert(path: &std::path::Path, format: FormatArg) -> anyhow::Result<ExitCode
     }
 }
 
+/// The command line's settings over the file's (at start and at every reload).
+fn apply_overrides(config: &mut config::Config, args: &RunArgs) {
+    match args.log {
+        // stderr under systemd is the journal without priorities: write to it directly.
+        None if config.daemon.log == config::LogTarget::Stderr && daemon::service::under_systemd() => {
+            config.daemon.log = config::LogTarget::Journald
+        }
+        None => {}
+        Some(LogArg::Stderr) => config.daemon.log = config::LogTarget::Stderr,
+        Some(LogArg::Syslog) => config.daemon.log = config::LogTarget::Syslog,
+        Some(LogArg::Journald) => config.daemon.log = config::LogTarget::Journald,
+    }
+    if let Some(dir) = &args.state_dir {
+        config.daemon.state_dir = dir.clone();
+    }
+    if !args.interfaces.is_empty() {
+        config.daemon.interfaces = config::Interfaces::Named(args.interfaces.clone());
+    }
+}
+
 fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    if let Some(bad) = args.interfaces.iter().find(|n| !config::valid_ifname(n)) {
+        eprintln!("portcullisd: invalid interface name {bad:?}");
+        return Ok(ExitCode::from(2));
+    }
     let mut config = match config::load_as(path, args.format.into()) {
         Ok(c) => c,
         Err(e) => {
@@ -58,22 +82,7 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
             return Ok(ExitCode::from(2));
         }
     };
-    match args.log {
-        None => {}
-        Some(LogArg::Stderr) => config.daemon.log = config::LogTarget::Stderr,
-        Some(LogArg::Syslog) => config.daemon.log = config::LogTarget::Syslog,
-        Some(LogArg::Journald) => config.daemon.log = config::LogTarget::Journald,
-    }
-    if let Some(dir) = args.state_dir {
-        config.daemon.state_dir = dir;
-    }
-    if !args.interfaces.is_empty() {
-        if let Some(bad) = args.interfaces.iter().find(|n| !config::valid_ifname(n)) {
-            eprintln!("portcullisd: invalid interface name {bad:?}");
-            return Ok(ExitCode::from(2));
-        }
-        config.daemon.interfaces = config::Interfaces::Named(args.interfaces);
-    }
+    apply_overrides(&mut config, &args);
     log::init_with_file(config.daemon.log, verbose, config.daemon.log_file.as_deref())?;
     for w in config.warnings() {
         tracing::warn!("config: {w}");
@@ -87,7 +96,13 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
-    let result = daemon::run(&config, shutdown);
+    let (path, format) = (path.to_path_buf(), args.format);
+    let loader: daemon::reload::Loader = Box::new(move || {
+        let mut c = config::load_as(&path, format.into()).map_err(|e| e.to_string())?;
+        apply_overrides(&mut c, &args);
+        Ok(c)
+    });
+    let result = daemon::run_reloadable(&config, shutdown, Some(loader));
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }

@@ -64,6 +64,15 @@ impl PacketSocket {
     }
 }
 
+impl PacketSocket {
+    /// Replace the filter (a reload with other knock ports). The kernel swaps it
+    /// atomically: every packet meets either the old or the new program.
+    pub fn set_filter(&self, prog: &[Insn]) -> io::Result<()> {
+        let filter: Vec<SockFilter> = prog.iter().map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k)).collect();
+        self.sock.attach_filter(&filter)
+    }
+}
+
 /// Buffers for receiving up to `n` packets with one `recvmmsg` call: under a flood
 /// this divides the per-packet syscall cost (a quarter of the daemon's CPU when it
 /// used one `recvfrom` per packet) and lets the caller read the clock once per batch.

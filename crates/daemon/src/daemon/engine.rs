@@ -23,6 +23,7 @@ use crate::stats::Stats;
 use portcullis_proto::addr::canonical as fold;
 
 mod door_actions;
+mod reload;
 
 struct Group {
     target: Option<IpAddr>,

@@ -8,6 +8,8 @@
 //! store writer on theirs (see [`crate::grants`]).
 
 pub mod engine;
+pub mod reload;
+pub mod service;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,12 +82,20 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    run_reloadable(config, shutdown, None)
+}
+
+/// [`run`], and with a `loader`, SIGHUP reloads the config it returns (see [`reload`]).
+pub fn run_reloadable(config: &Config, shutdown: Arc<AtomicBool>, loader: Option<reload::Loader>) -> anyhow::Result<()> {
+    // Claimed before anything else: SIGHUP's default action would kill us mid-start.
+    let mut hup = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
-    let mut api = match &config.api {
+    let api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,
     };
@@ -123,6 +133,29 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         config.daemon.max_tracked
     );
 
+    let (updates, pending) = std::sync::mpsc::channel::<reload::Update>();
+    let reloader = reload::Reloader {
+        config: config.clone(),
+        api,
+        granter: Arc::clone(&granter),
+        loader: loader.unwrap_or_else(|| Box::new(|| Err("this daemon was started without a config file to reload".into()))),
+        updates,
+        service: service::Service::from_env(&config.daemon.state_dir),
+    };
+    let hup_handle = hup.handle();
+    let reload_thread = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let mut r = reloader;
+            for _ in hup.forever() {
+                r.on_hup();
+            }
+            r
+        })
+        .context("starting the reload thread")?;
+    let mut svc = service::Service::from_env(&config.daemon.state_dir);
+    svc.ready(&format!("protecting {protected}"));
+
     let origin = Instant::now();
     let now = || Millis(u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX));
     let mut generation = monitor.generation();
@@ -131,6 +164,17 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut last_housekeeping = now();
     let mut last_error_log: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
+        svc.pet();
+        if let Ok(u) = pending.try_recv() {
+            let mut next = u.engine;
+            let kept = next.take_over(engine, u.spa);
+            engine = next;
+            if let Err(e) = sock.set_filter(&u.filter) {
+                tracing::error!("reload: the new capture filter was refused ({e}); knocks on new ports are not seen");
+            }
+            tracing::info!("reloaded: {}; {kept} door group(s) kept their knocks in progress", u.summary);
+            svc.ready(&format!("reloaded: {}", u.summary));
+        }
         match sock.recv_batch(&mut batch) {
             Ok(_) => {
                 if monitor.generation() != generation {
@@ -163,12 +207,14 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             last_housekeeping = t;
         }
     }
+    svc.stopping();
+    hup_handle.close();
+    if let Ok(mut r) = reload_thread.join() {
+        r.stop();
+    }
     monitor.stop();
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
-    }
-    if let Some(a) = api.as_mut() {
-        a.stop();
     }
     granter.shutdown();
     let s = engine.stats();

@@ -14,6 +14,7 @@
 //! only ever logged escaped and never steers the class.
 
 pub mod reject;
+mod reload;
 pub mod replay;
 
 use std::collections::{HashMap, HashSet};
