@@ -72,7 +72,8 @@ impl Service {
             self.last_pet = Some(Instant::now());
         }
         if let Some(f) = &self.wedge_file {
-            if f.exists() {
+            // One-shot: removed first, so the restarted daemon runs normally.
+            if std::fs::remove_file(f).is_ok() {
                 tracing::error!("{} exists and {WEDGE_ENV}=1: wedging the capture loop (watchdog test)", f.display());
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
