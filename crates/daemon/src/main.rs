@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Command::Run { config, format, state_dir, interface, log, verbose } => {
             run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
         }
-        Command::Check { config, format } => cmd::check::check(&config, format.into()),
+        Command::Check { config, format, quiet } => cmd::check::check(&config, format.into(), quiet),
         Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),

@@ -16,6 +16,7 @@
 pub mod access_conf;
 pub mod api;
 pub mod convert;
+pub mod convert_hint;
 pub mod error;
 pub mod knockd;
 pub mod model;
