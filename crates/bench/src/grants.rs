@@ -69,7 +69,7 @@ struct Point {
 fn nft_part(env: &mut Env, max_n: u64, checkpoints: &[u64]) -> anyhow::Result<(Vec<Point>, f64, f64, f64)> {
     env.reset_firewall("")?;
     let mut drv = env.lab.in_ns(&env.lab.server, NftDriver::new)??;
-    drv.setup(&Plan { protected: vec![ssh()], max_grants: 262_144 })?;
+    drv.setup(&Plan { protected: vec![ssh()], max_grants: 262_144, never_gate: Vec::new() })?;
     let long = Duration::from_secs(3600);
     drv.grant(&[Grant { addr: client(), service: ssh(), timeout: long }])?;
     let conn0 = conn_median(env)?;
@@ -263,7 +263,7 @@ fn ipt_driver_part(
     }
     env.reset_firewall("")?;
     let drv = env.lab.in_ns(&env.lab.server, move || IptablesDriver::new(variant))??;
-    let plan = Plan { protected: vec![ssh()], max_grants: 262_144 };
+    let plan = Plan { protected: vec![ssh()], max_grants: 262_144, never_gate: Vec::new() };
     let long = Duration::from_secs(3600);
     let p2 = plan.clone();
     let (drv, r) = with_drv(env, drv, move |d| {

@@ -93,6 +93,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         log_file: None,
         pid_file: None,
         command_time_limit: DEFAULT_COMMAND_TIME_LIMIT,
+        never_gate: Vec::new(),
     };
     let mut in_options = false;
     let mut seen_options: Vec<&'static str> = Vec::new();

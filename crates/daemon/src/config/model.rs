@@ -56,6 +56,8 @@ pub struct DaemonSettings {
     pub pid_file: Option<PathBuf>,
     /// A start/stop command still running after this long is killed (its process group).
     pub command_time_limit: Duration,
+    /// Source prefixes the firewall never gates (the management network).
+    pub never_gate: Vec<crate::firewall::Prefix>,
 }
 
 /// Default for [`DaemonSettings::command_time_limit`].

@@ -34,6 +34,7 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
+    pub never_gate: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[door]]`.

@@ -49,7 +49,11 @@ pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    Plan { protected: config.protected(), max_grants: config.daemon.max_grants }
+    Plan {
+        protected: config.protected(),
+        max_grants: config.daemon.max_grants,
+        never_gate: config.daemon.never_gate.clone(),
+    }
 }
 
 /// The BPF matches for every knock of every door (de-duplicated).

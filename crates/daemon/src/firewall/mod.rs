@@ -13,8 +13,10 @@ use portcullis_proto::Service;
 pub mod iptables;
 pub mod nft;
 pub mod none;
+pub mod prefix;
 mod shared;
 
+pub use prefix::Prefix;
 pub use shared::Shared;
 
 /// One hole: `addr` may open new connections to `service` for `timeout`.
@@ -48,6 +50,8 @@ pub struct Plan {
     pub protected: Vec<Service>,
     /// Upper bound on simultaneous grants (the kernel set size).
     pub max_grants: u32,
+    /// Sources never gated (the management network): accepted before any drop.
+    pub never_gate: Vec<Prefix>,
 }
 
 /// A driver failure. The message says what was attempted and what the backend said.

@@ -227,7 +227,8 @@ impl FirewallDriver for IptablesDriver {
                 .into_iter()
                 .filter(|g| g.expires > now && plan.protected.contains(&g.service) && family(&g.addr) == fam)
                 .collect();
-            self.apply(fam, &rules::setup_batch(&plan.protected, &keep, saved.jump))?;
+            let mgmt: Vec<_> = plan.never_gate.iter().copied().filter(|p| family(&p.addr) == fam).collect();
+            self.apply(fam, &rules::setup_batch_with(&plan.protected, &mgmt, &keep, saved.jump))?;
             for g in keep {
                 kept.insert((g.addr, g.service), g.expires);
             }

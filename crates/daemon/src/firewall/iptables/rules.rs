@@ -68,7 +68,20 @@ const ESTABLISHED: &str = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
 /// `--noflush` mode creates it or flushes it, so the whole chain is replaced in one
 /// commit.
 pub fn setup_batch(protected: &[Service], keep: &[GrantRule], jump_present: bool) -> String {
+    setup_batch_with(protected, &[], keep, jump_present)
+}
+
+/// [`setup_batch`] with `never_gate` sources (of this family) returned before any drop.
+pub fn setup_batch_with(
+    protected: &[Service],
+    never_gate: &[crate::firewall::Prefix],
+    keep: &[GrantRule],
+    jump_present: bool,
+) -> String {
     let mut b = format!("*filter\n:{CHAIN} - [0:0]\n-A {CHAIN} {ESTABLISHED}\n");
+    for p in never_gate {
+        b.push_str(&format!("-A {CHAIN} -s {p} -j RETURN\n"));
+    }
     for g in keep {
         b.push_str(&format!("-A {CHAIN} {}\n", grant_spec(g)));
     }

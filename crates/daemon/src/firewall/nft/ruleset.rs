@@ -354,6 +354,10 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
     });
     // ct state established,related accept
     out.push(rule_msg("nft setup: add rule ct state", expr::rule_established()));
+    // ip saddr 192.0.2.0/24 accept (one per never_gate prefix)
+    for p in &plan.never_gate {
+        out.push(rule_msg("nft setup: add rule never_gate", expr::rule_never_gate(p)));
+    }
     // ip saddr . meta l4proto . th dport @allow4 accept
     out.push(rule_msg("nft setup: add rule allow4", expr::rule_allow4(SET_ALLOW4, ID_ALLOW4)));
     // ip6 saddr . meta l4proto . th dport @allow6 accept
@@ -507,7 +511,7 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024 }
+        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024, never_gate: Vec::new() }
     }
 
     #[test]
