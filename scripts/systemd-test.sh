@@ -119,7 +119,7 @@ done
 log "ok: installed; systemd-analyze verify has nothing to say; man pages present"
 offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null 2>&1 &&
   fail "the shipped config must protect nothing (check should refuse it)"
-sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/}' \
+sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/; s/^open_for = .*/open_for = 600/}' \
   "$tree/etc/portcullis/portcullis.toml"
 # The API too: its socket lives in /run/portcullis (RuntimeDirectory=) under ProtectSystem=strict.
 sed -i 's/^# \[api\]$/[api]/; s/^# socket = /socket = /; s/^# tokens_file = /tokens_file = /' "$tree/etc/portcullis/portcullis.toml"
@@ -283,7 +283,7 @@ new=$(inside systemctl show -P MainPID portcullisd.service)
 
 # --- 3. upgrade (the same package again): config kept, daemon restarted, port protected
 inside dpkg -i /root/portcullis.deb >/dev/null
-grep -q '^sequence = \[31337' "$tree/etc/portcullis/portcullis.toml" || fail "upgrade replaced the edited config"
+grep -q "^sequence = \[31338" "$tree/etc/portcullis/portcullis.toml" || fail "upgrade replaced the edited config"
 wait_active portcullisd.service 30
 up=$(inside systemctl show -P MainPID portcullisd.service)
 [ "$up" != "$new" ] || fail "upgrade did not restart the running daemon"

@@ -69,7 +69,10 @@ fn a_bad_config_is_refused_and_the_old_one_keeps_working() {
     }
     let s = Server::start("rl-bad", OLD, &[2222]);
     let client = s.lab.client.clone();
-    reload_with(&s, "[[door]]\nname = \"ssh\"\nsequence = [7000]\nopen = [\"tcp/2222\"]\nopen_for = \"soon\"\n");
+    reload_with(
+        &s,
+        "[[door]]\nname = \"ssh\"\nsequence = [7000]\nopen = [\"tcp/2222\"]\nopen_for = \"soon\"\n",
+    );
     s.wait_log("reload refused", 1);
     let log = s.log_text();
     let line = log.lines().find(|l| l.contains("reload refused")).unwrap();

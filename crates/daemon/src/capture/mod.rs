@@ -8,6 +8,7 @@
 //! [`addrs`] monitor refreshes on every rtnetlink link/address event.
 
 pub mod addrs;
+mod drops;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -65,6 +66,11 @@ impl PacketSocket {
 }
 
 impl PacketSocket {
+    /// Packets dropped in the kernel (receive buffer full) since the last call.
+    pub fn take_drops(&self) -> io::Result<u64> {
+        drops::take_drops(&self.sock)
+    }
+
     /// Replace the filter (a reload with other knock ports). The kernel swaps it
     /// atomically: every packet meets either the old or the new program.
     pub fn set_filter(&self, prog: &[Insn]) -> io::Result<()> {

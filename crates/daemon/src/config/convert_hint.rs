@@ -26,7 +26,8 @@ pub fn accept_rule(cmd: &str) -> Option<(RuleOp, String, Service)> {
     if !matches!(name, "iptables" | "ip6tables" | "iptables-legacy" | "iptables-nft") {
         return None;
     }
-    let (mut op, mut chain, mut proto, mut port, mut src, mut accept) = (None, None, None, None, false, false);
+    let (mut op, mut chain, mut proto, mut port, mut src, mut accept) =
+        (None, None, None, None, false, false);
     while let Some((&flag, tail)) = rest.split_first() {
         rest = tail;
         if flag == "--syn" {
@@ -98,7 +99,9 @@ pub fn suggest(door: &Door) -> Vec<String> {
         }
         (Some((RuleOp::Delete, chain, svc)), None) => {
             out.push(format!("This command removes an accept rule for {svc} (iptables chain {chain}) that"));
-            out.push("another door added: with `open` and `open_for` on that door the kernel closes it".into());
+            out.push(
+                "another door added: with `open` and `open_for` on that door the kernel closes it".into(),
+            );
             out.push("on time, and this door is not needed.".into());
         }
         _ => {}
@@ -153,9 +156,17 @@ mod tests {
     #[test]
     fn the_knockd_howtos_get_the_native_form_suggested() {
         let oc = convert_example("howto-open-close.conf");
-        assert!(oc.contains("# These commands only let the knocker's address through tcp/22 (iptables chain INPUT)."), "{oc}");
+        assert!(
+            oc.contains(
+                "# These commands only let the knocker's address through tcp/22 (iptables chain INPUT)."
+            ),
+            "{oc}"
+        );
         assert!(oc.contains("#   open = [\"tcp/22\"]\n#   open_for = 30\n"), "{oc}");
-        assert!(oc.contains("# This command removes an accept rule for tcp/22 (iptables chain INPUT) that"), "{oc}");
+        assert!(
+            oc.contains("# This command removes an accept rule for tcp/22 (iptables chain INPUT) that"),
+            "{oc}"
+        );
 
         let cmd = convert_example("howto-openclose-cmd-timeout.conf");
         assert!(cmd.contains("#   open = [\"tcp/22\"]\n#   open_for = 10\n"), "{cmd}");

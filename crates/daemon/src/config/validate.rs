@@ -219,7 +219,9 @@ impl Validator<'_> {
         let mut never_gate = Vec::new();
         for s in raw.never_gate.map(|l| l.into_inner()).unwrap_or_default() {
             match s.get_ref().parse::<crate::firewall::Prefix>() {
-                Ok(p) if never_gate.contains(&p) => return self.err(s.span(), format!("never_gate lists {p} twice")),
+                Ok(p) if never_gate.contains(&p) => {
+                    return self.err(s.span(), format!("never_gate lists {p} twice"))
+                }
                 Ok(p) => never_gate.push(p),
                 Err(e) => return self.err(s.span(), format!("never_gate: {e}")),
             }

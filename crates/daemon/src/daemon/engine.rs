@@ -119,6 +119,11 @@ impl Engine {
         self.stats
     }
 
+    /// Add kernel-side capture drops to the counters (the capture loop reads them).
+    pub fn count_capture_drops(&mut self, n: u64) {
+        self.stats.capture_drops += n;
+    }
+
     /// Handle one parsed datagram that arrived on `ifindex` at `now` (monotonic) /
     /// `wall` (for log timestamps of grant expiry).
     pub fn on_datagram(

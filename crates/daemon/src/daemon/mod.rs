@@ -90,7 +90,11 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
 }
 
 /// [`run`], and with a `loader`, SIGHUP reloads the config it returns (see [`reload`]).
-pub fn run_reloadable(config: &Config, shutdown: Arc<AtomicBool>, loader: Option<reload::Loader>) -> anyhow::Result<()> {
+pub fn run_reloadable(
+    config: &Config,
+    shutdown: Arc<AtomicBool>,
+    loader: Option<reload::Loader>,
+) -> anyhow::Result<()> {
     // Claimed before anything else: SIGHUP's default action would kill us mid-start.
     let mut hup = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .context("installing the SIGHUP handler")?;
@@ -142,7 +146,9 @@ pub fn run_reloadable(config: &Config, shutdown: Arc<AtomicBool>, loader: Option
         config: config.clone(),
         api,
         granter: Arc::clone(&granter),
-        loader: loader.unwrap_or_else(|| Box::new(|| Err("this daemon was started without a config file to reload".into()))),
+        loader: loader.unwrap_or_else(|| {
+            Box::new(|| Err("this daemon was started without a config file to reload".into()))
+        }),
         updates,
         service: service::Service::from_env(&config.daemon.state_dir),
     };
@@ -174,7 +180,9 @@ pub fn run_reloadable(config: &Config, shutdown: Arc<AtomicBool>, loader: Option
             let kept = next.take_over(engine, u.spa);
             engine = next;
             if let Err(e) = sock.set_filter(&u.filter) {
-                tracing::error!("reload: the new capture filter was refused ({e}); knocks on new ports are not seen");
+                tracing::error!(
+                    "reload: the new capture filter was refused ({e}); knocks on new ports are not seen"
+                );
             }
             tracing::info!("reloaded: {}; {kept} door group(s) kept their knocks in progress", u.summary);
             svc.ready(&format!("reloaded: {}", u.summary));
@@ -207,6 +215,9 @@ pub fn run_reloadable(config: &Config, shutdown: Arc<AtomicBool>, loader: Option
         let (t, wall) = (now(), SystemTime::now());
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
+            if let Ok(n) = sock.take_drops() {
+                engine.count_capture_drops(n);
+            }
             granter.publish_stats(engine.stats());
             last_housekeeping = t;
         }

@@ -124,10 +124,14 @@ impl Reloader {
                 match crate::api::start(cfg, Arc::clone(&self.granter)) {
                     Ok(a) => self.api = Some(a),
                     Err(e) => {
-                        tracing::error!("reload: the new API did not start ({e:#}); restarting the previous one");
+                        tracing::error!(
+                            "reload: the new API did not start ({e:#}); restarting the previous one"
+                        );
                         if let Some(old) = &self.config.api {
                             self.api = crate::api::start(old, Arc::clone(&self.granter))
-                                .map_err(|e| tracing::error!("api: the previous API did not start either: {e:#}"))
+                                .map_err(|e| {
+                                    tracing::error!("api: the previous API did not start either: {e:#}")
+                                })
                                 .ok();
                         }
                         anyhow::bail!("the API could not start with the new config");

@@ -74,7 +74,10 @@ impl Service {
         if let Some(f) = &self.wedge_file {
             // One-shot: removed first, so the restarted daemon runs normally.
             if std::fs::remove_file(f).is_ok() {
-                tracing::error!("{} exists and {WEDGE_ENV}=1: wedging the capture loop (watchdog test)", f.display());
+                tracing::error!(
+                    "{} exists and {WEDGE_ENV}=1: wedging the capture loop (watchdog test)",
+                    f.display()
+                );
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }

@@ -55,13 +55,16 @@ impl FromStr for Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("{s:?} is not an address or prefix (like 192.0.2.0/24)"))?;
+        let addr: IpAddr =
+            a.parse().map_err(|_| format!("{s:?} is not an address or prefix (like 192.0.2.0/24)"))?;
         let max = Prefix::bits(&addr);
         let len = match l {
             None => max,
-            Some(l) if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) => {
-                l.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| format!("{s:?}: prefix length above {max}"))?
-            }
+            Some(l) if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length above {max}"))?,
             Some(_) => return Err(format!("{s:?}: the prefix length must be a number")),
         };
         if len == 0 {

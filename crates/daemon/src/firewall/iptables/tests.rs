@@ -44,7 +44,8 @@ fn g(addr: &str, service: Service, secs: u64) -> Grant {
 fn exercise(variant: IptablesVariant, suffix: &'static str) {
     let save4 = format!("iptables-{suffix}-save");
     let save6 = format!("ip6tables-{suffix}-save");
-    let plan = Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 16, never_gate: Vec::new() };
+    let plan =
+        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 16, never_gate: Vec::new() };
     let mut d = IptablesDriver::new(variant).expect("driver");
     d.setup(&plan).unwrap();
     d.setup(&plan).unwrap(); // idempotent: one jump, one chain

@@ -404,7 +404,8 @@ fn thousand_grants_in_one_batch() {
 #[test]
 fn full_set_refreshes_but_refuses_new_grants() {
     in_netns("full_set_refreshes_but_refuses_new_grants", |mut drv| {
-        drv.setup(&Plan { protected: vec![Service::tcp(22)], max_grants: 2, never_gate: Vec::new() }).expect("setup");
+        drv.setup(&Plan { protected: vec![Service::tcp(22)], max_grants: 2, never_gate: Vec::new() })
+            .expect("setup");
         let t = Duration::from_secs(30);
         let two = [grant("192.0.2.1", Service::tcp(22), t), grant("192.0.2.2", Service::tcp(22), t)];
         drv.grant(&two).expect("fill");

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use netlink_packet_netfilter::nftables::{Bitwise, DataAttribute, Expressions, MetaKey, Operator, Register};
 
-use super::{cmp, meta, payload, verdict, Expr, NFPROTO_IPV4, NFPROTO_IPV6, NF_ACCEPT, PAYLOAD_NETWORK_HEADER};
+use super::{
+    cmp, meta, payload, verdict, Expr, NFPROTO_IPV4, NFPROTO_IPV6, NF_ACCEPT, PAYLOAD_NETWORK_HEADER,
+};
 use crate::firewall::Prefix;
 
 /// `[ bitwise reg 1 = ( reg 1 & <mask> ) ^ 0 ]` over `len` bytes (network order).
