@@ -42,7 +42,7 @@ pub enum SpaUpdate {
     /// No SPA in the new config.
     Off,
     /// Reconfigure the running gate (keeps its replay cache and budgets).
-    Reconfigure(crate::config::spa::SpaConfig),
+    Reconfigure(Box<crate::config::spa::SpaConfig>),
     /// SPA is new: a gate with its replay cache freshly opened.
     Fresh(Box<SpaGate>),
 }
@@ -105,7 +105,7 @@ impl Reloader {
         let engine = Engine::with_granter(&new, Arc::clone(&self.granter))?;
         let spa = match (&self.config.spa, &new.spa) {
             (_, None) => SpaUpdate::Off,
-            (Some(_), Some(s)) => SpaUpdate::Reconfigure(s.clone()),
+            (Some(_), Some(s)) => SpaUpdate::Reconfigure(Box::new(s.clone())),
             (None, Some(s)) => {
                 let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let path = new.daemon.state_dir.join("spa-replay");
