@@ -157,3 +157,31 @@ impl Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(text: &str) -> Config {
+        crate::config::parse(text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    const BASE: &str = "[[door]]\nname = \"ssh\"\nsequence = [7000, 8000]\nopen = [\"tcp/22\"]\n";
+
+    #[test]
+    fn what_a_reload_can_and_cannot_change() {
+        let old = conf(BASE);
+        assert_eq!(restart_needed(&old, &conf(&BASE.replace("8000", "8001"))), None);
+        assert_eq!(
+            restart_needed(&old, &conf(&BASE.replace("tcp/22", "tcp/2222"))).unwrap(),
+            "the set of protected services changed (the firewall table is built for it)"
+        );
+        let daemon = format!("[daemon]\nnever_gate = [\"192.0.2.0/24\"]\n{BASE}");
+        assert!(restart_needed(&old, &conf(&daemon)).unwrap().starts_with("[daemon] settings changed"));
+        let cmd = format!("{BASE}start_command = \"true\"\n");
+        assert_eq!(
+            restart_needed(&old, &conf(&cmd)).unwrap(),
+            "door commands appear and the command runner is not running"
+        );
+    }
+}
