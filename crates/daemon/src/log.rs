@@ -69,9 +69,17 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
                 )
                 .try_init()
         }
-        LogTarget::Journald => {
-            registry.with(tracing_journald::layer()?.with_syslog_identifier("portcullisd".into())).try_init()
-        }
+        LogTarget::Journald => match tracing_journald::layer() {
+            Ok(j) => registry.with(j.with_syslog_identifier("portcullisd".into())).try_init(),
+            // No journal socket (a container without journald, say): stderr rather than nothing.
+            Err(e) => {
+                let r = registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+                    .try_init();
+                tracing::warn!("journald unavailable ({e}); logging to stderr");
+                r
+            }
+        },
     };
     // A subscriber already installed (tests, a second init) is not an error.
     let _ = result;
