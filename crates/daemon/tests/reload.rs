@@ -97,3 +97,33 @@ fn a_change_that_needs_a_restart_is_refused() {
     knock(&s, &client, &["7000", "8000:udp", "9000"]);
     s.wait_probe(&client, lab::SERVER4, 2222, Probe::Open);
 }
+
+#[test]
+fn api_tokens_change_on_reload() {
+    if !root_or_skip("api_tokens_change_on_reload") {
+        return;
+    }
+    const OLD_TOKEN: &str = "ci-old-0123456789abcdef";
+    const NEW_TOKEN: &str = "ci-new-0123456789abcdef";
+    let dir = std::env::temp_dir().join(format!("pc-test-rl-api-{}", std::process::id()));
+    let api = format!("\n[api]\nsocket = \"{}/api.sock\"\ntokens_file = \"tokens\"\n", dir.display());
+    let conf = format!("{OLD}{api}");
+    let old_tokens = format!("ci {OLD_TOKEN}\n");
+    let s = Server::start_with("rl-api", &conf, &[2222], &[("tokens", &old_tokens)]);
+    let list = |token: &str| {
+        std::process::Command::new(client_bin())
+            .args(["grants", "list", "--socket", s.dir.join("api.sock").to_str().unwrap()])
+            .env("PORTCULLIS_TOKEN", token)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(list(OLD_TOKEN));
+    assert!(!list(NEW_TOKEN));
+    std::fs::write(s.dir.join("tokens"), format!("ci {NEW_TOKEN}\n")).unwrap();
+    reload_with(&s, &conf);
+    s.wait_log("reloaded:", 1);
+    assert!(wait_until(std::time::Duration::from_secs(2), || list(NEW_TOKEN)), "{}", s.log_text());
+    assert!(!list(OLD_TOKEN), "the removed token still works");
+}
