@@ -119,11 +119,53 @@ impl Write for &FileSink {
     }
 }
 
+impl FileSink {
+    /// Open the path again and write there from now on; on failure keep the old file.
+    fn reopen(&self) -> anyhow::Result<()> {
+        let f = open_append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = f;
+        Ok(())
+    }
+}
+
 /// Reopen the log file, if there is one (SIGHUP). On failure the old file stays in use.
 pub fn reopen() {
-    let Some(sink) = LOG_FILE.get() else { return };
-    match open_append(&sink.path) {
-        Ok(f) => *sink.file.lock().unwrap_or_else(|p| p.into_inner()) = f,
-        Err(e) => tracing::error!("{e:#}; still writing to the previous file"),
+    if let Some(sink) = LOG_FILE.get() {
+        if let Err(e) = sink.reopen() {
+            tracing::error!("{e:#}; still writing to the previous file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_file_is_left_alone_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullisd.log");
+        let sink = FileSink::open(&path).unwrap();
+        (&sink).write_all(b"before\n").unwrap();
+        std::fs::rename(&path, dir.path().join("portcullisd.log.1")).unwrap();
+        (&sink).write_all(b"still old\n").unwrap();
+        sink.reopen().unwrap();
+        (&sink).write_all(b"after\n").unwrap();
+        let old = std::fs::read_to_string(dir.path().join("portcullisd.log.1")).unwrap();
+        assert_eq!(old, "before\nstill old\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+    }
+
+    #[test]
+    fn a_failed_reopen_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("portcullisd.log");
+        let sink = FileSink::open(&path).unwrap();
+        std::fs::rename(&sub, dir.path().join("gone")).unwrap();
+        assert!(sink.reopen().is_err());
+        (&sink).write_all(b"kept\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("gone/portcullisd.log")).unwrap(), "kept\n");
     }
 }
