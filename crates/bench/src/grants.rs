@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use portcullis_daemon::config::IptablesVariant;
-use portcullis_daemon::firewall::iptables::{rules, IptablesDriver};
+use portcullis_daemon::firewall::iptables::IptablesDriver;
 use portcullis_daemon::firewall::nft::NftDriver;
 use portcullis_daemon::firewall::{FirewallDriver, Grant, Plan};
 use portcullis_daemon::lab::{self, Baseline};
@@ -69,7 +69,7 @@ struct Point {
 fn nft_part(env: &mut Env, max_n: u64, checkpoints: &[u64]) -> anyhow::Result<(Vec<Point>, f64, f64, f64)> {
     env.reset_firewall("")?;
     let mut drv = env.lab.in_ns(&env.lab.server, NftDriver::new)??;
-    drv.setup(&Plan { protected: vec![ssh()], max_grants: 262_144, never_gate: Vec::new() })?;
+    drv.setup(&Plan { protected: vec![ssh()], max_grants: 262_144, ..Plan::default() })?;
     let long = Duration::from_secs(3600);
     drv.grant(&[Grant { addr: client(), service: ssh(), timeout: long }])?;
     let conn0 = conn_median(env)?;
@@ -207,7 +207,7 @@ fn iptables_part(env: &mut Env, checkpoints: &[u64]) -> anyhow::Result<(Vec<IptP
 /// Results of the iptables driver at one checkpoint.
 struct DrvPoint {
     n: u64,
-    /// `iptables-<variant>-restore --noflush` of the whole chain with N grant rules.
+    /// One `grant()` call filling the ipset from the previous checkpoint to N.
     load: Duration,
     /// `IptablesDriver::setup` with N grants live (what a daemon restart costs).
     setup: Duration,
@@ -238,32 +238,27 @@ fn with_drv<T: Send + 'static>(
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// portcullis' `IptablesDriver` used directly: for each checkpoint N, the chain is
-/// bulk-loaded to N grant rules (the driver's own rule text, the probing client's grant
-/// last, i.e. behind N others), the driver re-reads it (`setup`, as after a restart),
-/// then `IPT_DRV_OPS` grants are added one per `grant()` call and revoked one per
-/// `revoke()` call. Stops early past `deadline` or once an operation is slower than
-/// `IPT_DRV_SLOW`.
+/// portcullis' `IptablesDriver` used directly: for each checkpoint N, the ipset is
+/// filled to N grants with one `grant()` call, the driver re-installs (`setup`, as
+/// after a restart: the set is rebuilt and swapped in), then `IPT_DRV_OPS` grants are
+/// added one per `grant()` call and revoked one per `revoke()` call. Stops early past
+/// `deadline` or once an operation is slower than `IPT_DRV_SLOW`.
 fn ipt_driver_part(
     env: &mut Env,
     variant: IptablesVariant,
     checkpoints: &[u64],
     deadline: Instant,
 ) -> anyhow::Result<DrvRun> {
-    let (label, restore) = match variant {
-        IptablesVariant::Legacy => ("iptables-legacy", "iptables-legacy-restore"),
-        _ => ("iptables-nft", "iptables-nft-restore"),
+    let label = match variant {
+        IptablesVariant::Legacy => "iptables-legacy",
+        _ => "iptables-nft",
     };
     if variant == IptablesVariant::Legacy {
         env.mark_legacy();
     }
     env.reset_firewall("")?;
     let drv = env.lab.in_ns(&env.lab.server, move || IptablesDriver::new(variant))??;
-    let plan = Plan { protected: vec![ssh()], max_grants: 262_144, never_gate: Vec::new() };
+    let plan = Plan { protected: vec![ssh()], max_grants: 262_144, ..Plan::default() };
     let long = Duration::from_secs(3600);
     let p2 = plan.clone();
     let (drv, r) = with_drv(env, drv, move |d| {
@@ -276,28 +271,28 @@ fn ipt_driver_part(
     let mut points = Vec::new();
     let mut stopped = None;
     let mut next_extra: u64 = 110_000; // timed grants: 198.19.173.240 onwards, not in the bulk range
+    let mut filled: u64 = 0;
     for &n in checkpoints {
         if Instant::now() > deadline {
             stopped = Some(format!("time budget spent before N = {}", thousands(n)));
             break;
         }
-        let expires = unix_now() + 3600;
-        let mut keep: Vec<rules::GrantRule> = (1..=n)
-            .map(|i| rules::GrantRule { addr: IpAddr::V4(grant_addr(i)), service: ssh(), expires })
+        let fill: Vec<Grant> = (filled + 1..=n)
+            .map(|i| Grant { addr: IpAddr::V4(grant_addr(i)), service: ssh(), timeout: long })
             .collect();
-        keep.push(rules::GrantRule { addr: client(), service: ssh(), expires });
-        let text = rules::setup_batch(&[ssh()], &keep, true);
-        drop(keep);
-        let load = timed(env, &[restore, "--noflush", "--wait"], Some(text))?;
+        filled = n;
         let p2 = plan.clone();
         let d = drv.take().context("driver")?;
-        let (d, r) = with_drv(env, d, move |d| -> anyhow::Result<(Duration, usize)> {
+        let (d, r) = with_drv(env, d, move |d| -> anyhow::Result<(Duration, Duration, usize)> {
+            let t = Instant::now();
+            d.grant(&fill)?;
+            let load = t.elapsed();
             let t = Instant::now();
             d.setup(&p2)?;
             let setup = t.elapsed();
-            Ok((setup, d.list()?.len()))
+            Ok((load, setup, d.list()?.len()))
         })?;
-        let (setup, live) = r?;
+        let (load, setup, live) = r?;
         if live as u64 != n + 1 {
             bail!("{label}: expected {} live grants after setup, the driver holds {live}", n + 1);
         }
@@ -427,7 +422,7 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
     for r in &drv_runs {
         let last_n = r.points.last().map_or(0, |p| p.n);
         c.row(vec![
-            format!("portcullis {} driver (granted rule behind N = {} others)", r.label, thousands(last_n)),
+            format!("portcullis {} driver (ipset, N = {} grants live)", r.label, thousands(last_n)),
             fmt_us(r.conn0 / 1e3),
             r.conn_n.map_or("–".into(), |v| fmt_us(v / 1e3)),
             fmt_ratio(r.conn_n, Some(r.conn0)),
@@ -473,17 +468,15 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
             .collect();
         d.note(format!(
             "`portcullis_daemon::firewall::iptables::IptablesDriver` used directly from a thread in the server \
-             namespace (its `iptables-<variant>-restore --noflush --wait` children inherit it), as portcullisd \
-             runs it with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: chain PORTCULLIS, one rule per \
-             grant, one restore batch (fork+exec) per `grant()`/`revoke()` call. At each N the chain is first \
-             bulk-loaded to N grant rules with the driver's own rule text (`rules::setup_batch`; \"bulk load\"), \
-             then the driver re-reads it (`setup`: iptables-save, parse, rewrite the chain keeping the live \
-             grants, i.e. what a daemon restart with N grants costs), then {IPT_DRV_OPS} grants are added one \
-             per call (`-I PORTCULLIS 2`) and revoked one per call (`-D` by full rule spec); p50 of {IPT_DRV_OPS}. \
-             Ratios divide by the nftables driver's figure at the same N (table 3). iptables has no sets: \
-             unlike the nftables set, the cost of a rule change grows with the rules already in the chain. \
-             Budget: {} s for iptables-nft, {} s for iptables-legacy; an add or revoke over {} s stops the \
-             series.{}",
+             namespace, as portcullisd runs it with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: \
+             grants in the `hash:ip,port` ipset `portcullis4` (kernel timeouts), matched by one rule per \
+             protected service in chain PORTCULLIS; a `grant()`/`revoke()` is one ipset netlink round trip, no \
+             fork. At each N the set is first filled to N with one `grant()` call (\"bulk load\"), then the \
+             driver re-installs (`setup`: iptables-save, dump the set, rebuild it into a twin set, swap, \
+             iptables-restore of the chain, i.e. what a daemon restart with N grants costs), then {IPT_DRV_OPS} \
+             grants are added one per call and revoked one per call; p50 of {IPT_DRV_OPS}. Ratios divide by the \
+             nftables driver's figure at the same N (table 3). Budget: {} s for iptables-nft, {} s for \
+             iptables-legacy; an add or revoke over {} s stops the series.{}",
             150,
             60,
             IPT_DRV_SLOW.as_secs(),
@@ -502,10 +495,7 @@ pub fn run(env: &mut Env, max_n: u64, report: &mut Report) -> anyhow::Result<()>
     for r in &drv_runs {
         if let (Some(f), Some(l)) = (r.points.first(), r.points.last()) {
             report.check(
-                &format!(
-                    "same target with portcullis' {} driver (informational: one rule per grant, expected to grow)",
-                    r.label
-                ),
+                &format!("same target with portcullis' {} driver (ipset)", r.label),
                 format!(
                     "{} grant: {} vs {} ({}); revoke {} vs {}",
                     thousands(l.n),

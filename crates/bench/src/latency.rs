@@ -21,6 +21,8 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
         (Daemon::Portcullisd, true),
         (Daemon::PortcullisdIptNft, false),
         (Daemon::PortcullisdIptLegacy, false),
+        (Daemon::KernelNft, false),
+        (Daemon::KernelIpt, false),
         (Daemon::PortcullisdSpaFwknop, false),
         (Daemon::PortcullisdSpaNative, false),
         (Daemon::KnockdIpt, false),
@@ -116,7 +118,9 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
          in the extra portcullisd row, where the daemon sits on one core and the client on the other: the \
          difference is the cost of waking an idle vCPU in this VM. portcullisd (iptables-nft / iptables-legacy): \
          the same daemon and door with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: each grant is one \
-         `iptables-<variant>-restore --noflush` batch (fork+exec, `-I PORTCULLIS 2 ...`), expiry by the daemon. seq_timeout {SEQ_TIMEOUT_S} s, \
+         `iptables-<variant>-restore --noflush` batch (fork+exec, `-I PORTCULLIS 2 ...`), expiry by the daemon. kernel-only (no daemon): the same door as `portcullisd generate --kernel \
+         nftables|iptables`, loaded with `nft -f` / `iptables-nft-restore --noflush`, no process running: \
+         netfilter itself walks the sequence (stage sets / recent lists). seq_timeout {SEQ_TIMEOUT_S} s, \
          cmd_timeout/open_for/FW_ACCESS_TIMEOUT {GRANT_S} s.",
         PROBE_EVERY.as_micros(),
         PROBE_EVERY.as_micros()

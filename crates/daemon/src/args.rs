@@ -24,10 +24,10 @@ pub struct Args {
 pub enum Command {
     /// Run the daemon in the foreground (use systemd or similar to supervise it).
     Run {
-        /// Config file (native TOML, or an unchanged knockd.conf).
+        /// Config file (native TOML, or an unchanged knockd.conf or fwknopd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
         /// Override the state directory (pending stop commands live there).
@@ -47,10 +47,10 @@ pub enum Command {
     /// Validate a config, refuse what `run` would refuse at start, and print the plan:
     /// doors, SPA, API, protected ports, the nft ruleset.
     Check {
-        /// Config file (native TOML, or a knockd.conf).
+        /// Config file (native TOML, or a knockd.conf or fwknopd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Config syntax: auto (detect), native or knockd.
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
         /// Print nothing unless the config is refused (for ExecStartPre=).
@@ -62,18 +62,40 @@ pub enum Command {
     /// Protected ports are closed from now on, even if the daemon never starts; run it
     /// before the network comes up. Grants already in the firewall are kept.
     Gate {
+        /// Config file (native TOML, or a knockd.conf or fwknopd.conf).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Config syntax: auto (detect), native, knockd or fwknopd.
+        #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+        format: FormatArg,
+    },
+    /// Print a kernel-only ruleset for a config's doors: nftables or iptables track the
+    /// knocks themselves and no daemon runs (see docs/kernel.md for what that cannot do).
+    Generate {
+        /// Which ruleset: nftables, iptables or ip6tables.
+        #[arg(long, value_enum)]
+        kernel: KernelArg,
         /// Config file (native TOML, or a knockd.conf).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Config syntax: auto (detect), native or knockd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
+        /// Write the ruleset to this file (atomically, mode 0600) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also write portcullis-kernel.service (and .timer for rotating doors) here.
+        #[arg(long)]
+        systemd_units: Option<PathBuf>,
+        /// Generate for this time (RFC 3339 UTC or @UNIX-SECONDS) instead of now.
+        #[arg(long)]
+        at: Option<String>,
     },
-    /// Print a config (typically /etc/knockd.conf) as equivalent native TOML.
+    /// Print a config (typically /etc/knockd.conf or /etc/fwknop/fwknopd.conf) as equivalent native TOML.
     Convert {
         /// The file to convert.
         file: PathBuf,
-        /// Its syntax: auto (detect), native or knockd.
+        /// Its syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
     },
@@ -101,6 +123,8 @@ pub enum FormatArg {
     Native,
     /// knockd.conf.
     Knockd,
+    /// fwknopd.conf (with the access.conf it names).
+    Fwknopd,
 }
 
 impl From<FormatArg> for config::Format {
@@ -109,6 +133,28 @@ impl From<FormatArg> for config::Format {
             FormatArg::Auto => config::Format::Auto,
             FormatArg::Native => config::Format::Native,
             FormatArg::Knockd => config::Format::Knockd,
+            FormatArg::Fwknopd => config::Format::Fwknopd,
+        }
+    }
+}
+
+/// `--kernel` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KernelArg {
+    /// `nft -f` text (IPv4 and IPv6, rotating doors too).
+    Nftables,
+    /// `iptables-restore --noflush` text with `recent` lists.
+    Iptables,
+    /// `ip6tables-restore --noflush` text with `recent` lists.
+    Ip6tables,
+}
+
+impl From<KernelArg> for crate::kernel::Kind {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Nftables => Self::Nftables,
+            KernelArg::Iptables => Self::Iptables,
+            KernelArg::Ip6tables => Self::Ip6tables,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod firewall;
 pub mod grants;
+pub mod kernel;
 pub mod lab;
 pub mod log;
 pub mod notify;

@@ -20,7 +20,28 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogTarget;
+use crate::config::{LogTarget, SyslogFacility, SyslogSettings};
+
+static SYSLOG: std::sync::OnceLock<SyslogSettings> = std::sync::OnceLock::new();
+
+/// Syslog identity and facility for [`init`] (before it; default `portcullisd`, daemon).
+pub fn set_syslog(s: SyslogSettings) {
+    let _ = SYSLOG.set(s);
+}
+
+fn facility(f: SyslogFacility) -> syslog_tracing::Facility {
+    use syslog_tracing::Facility as F;
+    match f {
+        SyslogFacility::Daemon => F::Daemon,
+        SyslogFacility::Auth => F::Auth,
+        SyslogFacility::Authpriv => F::AuthPriv,
+        SyslogFacility::User => F::User,
+        SyslogFacility::Local(n) => {
+            [F::Local0, F::Local1, F::Local2, F::Local3, F::Local4, F::Local5, F::Local6, F::Local7]
+                [usize::from(n.min(7))]
+        }
+    }
+}
 
 /// Install the global subscriber. `verbose` lowers the level to debug. `RUST_LOG`
 /// overrides both. Safe to call once; later calls are ignored.
@@ -52,10 +73,13 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
             )
             .try_init(),
         LogTarget::Syslog => {
+            let settings = SYSLOG.get().cloned().unwrap_or_default();
+            // Validated config text: no NUL byte.
+            let ident = std::ffi::CString::new(settings.identity).unwrap_or_else(|_| c"portcullisd".into());
             let writer = syslog_tracing::Syslog::new(
-                c"portcullisd",
+                ident,
                 syslog_tracing::Options::LOG_PID,
-                syslog_tracing::Facility::Daemon,
+                facility(settings.facility),
             )
             .ok_or_else(|| anyhow::anyhow!("syslog logger already initialised"))?;
             // syslog adds its own timestamp and host; keep the level for filters.
@@ -69,17 +93,22 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
                 )
                 .try_init()
         }
-        LogTarget::Journald => match tracing_journald::layer() {
-            Ok(j) => registry.with(j.with_syslog_identifier("portcullisd".into())).try_init(),
-            // No journal socket (a container without journald, say): stderr rather than nothing.
-            Err(e) => {
-                let r = registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
-                    .try_init();
-                tracing::warn!("journald unavailable ({e}); logging to stderr");
-                r
+        LogTarget::Journald => {
+            let ident = SYSLOG.get().map_or_else(|| "portcullisd".to_string(), |s| s.identity.clone());
+            match tracing_journald::layer() {
+                Ok(j) => registry.with(j.with_syslog_identifier(ident)).try_init(),
+                // No journal socket (a container without journald, say): stderr rather than nothing.
+                Err(e) => {
+                    let r = registry
+                        .with(
+                            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false),
+                        )
+                        .try_init();
+                    tracing::warn!("journald unavailable ({e}); logging to stderr");
+                    r
+                }
             }
-        },
+        }
     };
     // A subscriber already installed (tests, a second init) is not an error.
     let _ = result;

@@ -24,6 +24,16 @@ fn main() -> ExitCode {
         }
         Command::Check { config, format, quiet } => cmd::check::check(&config, format.into(), quiet),
         Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
+        Command::Generate { kernel, config, format, output, systemd_units, at } => {
+            cmd::generate::generate(&cmd::generate::GenerateArgs {
+                kind: kernel.into(),
+                config,
+                format: format.into(),
+                output,
+                systemd_units,
+                at,
+            })
+        }
         Command::Convert { file, format } => convert(&file, format),
         Command::Teardown { config } => cmd::teardown(config.as_deref()),
         Command::Demo { quiet } => cmd::demo::demo(!quiet),
@@ -83,12 +93,21 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         }
     };
     apply_overrides(&mut config, &args);
-    log::init_with_file(config.daemon.log, verbose, config.daemon.log_file.as_deref())?;
+    log::set_syslog(config.daemon.syslog.clone());
+    log::init_with_file(
+        config.daemon.log,
+        verbose || config.daemon.verbose,
+        config.daemon.log_file.as_deref(),
+    )?;
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }
     let pid_file = config.daemon.pid_file.clone();
     if let Some(p) = &pid_file {
+        // A run directory on tmpfs (fwknopd's /var/run/fwknop) is gone after a reboot.
+        if let Some(dir) = p.parent().filter(|d| !d.exists()) {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        }
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| anyhow::anyhow!("writing pid file {}: {e}", p.display()))?;
     }

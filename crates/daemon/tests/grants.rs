@@ -297,5 +297,5 @@ fn iptables_grants_close_on_time_without_a_store() {
     );
     let closed = knocked.elapsed();
     assert!(closed >= Duration::from_millis(2500) && closed <= Duration::from_secs(5), "after {closed:?}");
-    assert!(s.log_text().contains("closed tcp/2222 (expired) via iptables-nft"), "{}", s.log_text());
+    // The kernel closed it (ipset timeout), so the daemon has nothing to log.
 }

@@ -24,7 +24,8 @@ impl TcpFlags {
     /// URG.
     pub const URG: u8 = 0x20;
 
-    const NAMES: [(&'static str, u8); 6] = [
+    /// Flag names as configs and tools spell them (lower case), with their bits.
+    pub const NAMES: [(&'static str, u8); 6] = [
         ("fin", Self::FIN),
         ("syn", Self::SYN),
         ("rst", Self::RST),

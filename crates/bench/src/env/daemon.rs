@@ -22,6 +22,10 @@ pub enum Daemon {
     /// The same portcullisd SPA configuration, driven by native packets
     /// (`portcullis_proto::spa::native::seal`, in process).
     PortcullisdSpaNative,
+    /// No daemon: `portcullisd generate --kernel nftables` loaded with `nft -f`.
+    KernelNft,
+    /// No daemon: `portcullisd generate --kernel iptables` (recent lists).
+    KernelIpt,
 }
 
 /// Which SPA packet an attempt sends.
@@ -44,6 +48,7 @@ impl Daemon {
             Daemon::Fwknopd => "fwknopd",
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
             Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
+            Daemon::KernelNft | Daemon::KernelIpt => "kernel-only (no daemon)",
         }
     }
 
@@ -77,7 +82,9 @@ impl Daemon {
             | Daemon::PortcullisdIptNft
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
-            | Daemon::KnockdNft => None,
+            | Daemon::KnockdNft
+            | Daemon::KernelNft
+            | Daemon::KernelIpt => None,
         }
     }
 
@@ -92,6 +99,13 @@ impl Daemon {
             Daemon::KnockdIpt => "iptables",
             Daemon::KnockdNft => "nft set",
             Daemon::Fwknopd => "iptables",
+            Daemon::KernelNft => "nftables sets (generated)",
+            Daemon::KernelIpt => "iptables-nft recent (generated)",
         }
+    }
+
+    /// Kernel-only mode: no process runs, the ruleset does the knocking.
+    pub fn is_kernel(self) -> bool {
+        matches!(self, Daemon::KernelNft | Daemon::KernelIpt)
     }
 }

@@ -38,6 +38,7 @@ use crate::procmon;
 
 mod daemon;
 mod fwknopd;
+mod kernel;
 mod knockd;
 mod portcullisd;
 mod process;
@@ -76,7 +77,7 @@ pub struct Bins {
 pub struct Running {
     /// Which.
     pub daemon: Daemon,
-    /// Its main process.
+    /// Its main process (0 in kernel-only mode, which has none).
     pub pid: u32,
 }
 
@@ -319,14 +320,17 @@ impl Env {
             Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => self.start_portcullisd_spa(&at)?,
             Daemon::KnockdIpt | Daemon::KnockdNft => self.start_knockd(d, &at)?,
             Daemon::Fwknopd => self.start_fwknopd(&at)?,
+            Daemon::KernelNft | Daemon::KernelIpt => self.start_kernel(d, &at)?,
         };
-        self.started.push(pid);
+        if !d.is_kernel() {
+            self.started.push(pid);
+        }
         let running = Running { daemon: d, pid };
         // Warm-up: the door must open once (also proves the capture is live).
         let log = at.log;
         let end = Instant::now() + Duration::from_secs(15);
         loop {
-            if procmon::sample(pid).is_none() {
+            if !d.is_kernel() && procmon::sample(pid).is_none() {
                 bail!(
                     "{} exited at start; log: {}",
                     d.name(),
@@ -352,6 +356,9 @@ impl Env {
 
     /// Stop a daemon and whatever it forked (knockd's command children), by PID.
     pub fn stop(&mut self, r: Running) {
+        if r.daemon.is_kernel() {
+            return; // no process; the next reset_firewall removes the ruleset
+        }
         if self.verbose {
             self.say(format!("stopping {} (pid {})", r.daemon.name(), r.pid));
         }

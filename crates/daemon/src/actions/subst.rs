@@ -86,6 +86,67 @@ pub(crate) fn command_with_arg(cmd: &CommandLine, arg: &str) -> Command {
     c
 }
 
+/// The values fwknop's `CMD_CYCLE_OPEN`/`CLOSE` may refer to. Every one is formatted
+/// here from a parsed address or number: no text from the packet reaches a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FwknopVars {
+    /// `$IP` and `$SRC`: the address being let in (the SPA allow IP).
+    pub ip: IpAddr,
+    /// `$PKT_SRC`: the packet's source address.
+    pub pkt_src: IpAddr,
+    /// `$DST`: the packet's destination address (`0.0.0.0` when unknown).
+    pub dst: Option<IpAddr>,
+    /// `$PORT`.
+    pub port: u16,
+    /// `$PROTO`: `tcp` or `udp`.
+    pub proto: portcullis_proto::Proto,
+    /// `$TIMEOUT`: seconds.
+    pub timeout: u64,
+}
+
+impl FwknopVars {
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "IP" | "SRC" => self.ip.to_string(),
+            "PKT_SRC" => self.pkt_src.to_string(),
+            "DST" => self.dst.map_or_else(|| "0.0.0.0".to_string(), |d| d.to_string()),
+            "PORT" => self.port.to_string(),
+            "PROTO" => self.proto.to_string(),
+            "TIMEOUT" => self.timeout.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// An fwknop command template (already split into words, as fwknopd splits it) with
+/// `$IP $SRC $PKT_SRC $DST $PORT $PROTO $TIMEOUT` replaced inside each word. The result
+/// is an argv run without a shell, so a value can never become syntax; an unknown
+/// `$NAME` is left as written.
+pub fn fwknop_argv(template: &[String], vars: &FwknopVars) -> Vec<String> {
+    template
+        .iter()
+        .map(|word| {
+            let mut out = String::with_capacity(word.len());
+            let mut rest = word.as_str();
+            while let Some(i) = rest.find('$') {
+                out.push_str(&rest[..i]);
+                let after = &rest[i + 1..];
+                let end = after.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(after.len());
+                match vars.get(&after[..end]) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.push('$');
+                        out.push_str(&after[..end]);
+                    }
+                }
+                rest = &after[end..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Stdio;
@@ -151,6 +212,47 @@ mod tests {
             assert_eq!(output_of("printf '<%s>' \"$PORTCULLIS_IP\"", h), format!("<{h}>"));
         }
         assert!(!pwned.exists(), "a hostile value was interpreted by the shell");
+    }
+
+    #[test]
+    fn fwknop_variables_become_words_of_an_argv() {
+        let v = FwknopVars {
+            ip: "192.0.2.9".parse().unwrap(),
+            pkt_src: "192.0.2.2".parse().unwrap(),
+            dst: Some("192.0.2.1".parse().unwrap()),
+            port: 22,
+            proto: portcullis_proto::Proto::Tcp,
+            timeout: 30,
+        };
+        let t: Vec<String> = [
+            "/usr/sbin/nft",
+            "add",
+            "element",
+            "inet",
+            "f",
+            "allow",
+            "{",
+            "$SRC",
+            ".",
+            "$PORT",
+            "}",
+            "$PKT_SRC->$DST:$PROTO/$PORT,$TIMEOUT,$IP,$NOPE,$",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let a = fwknop_argv(&t, &v);
+        assert_eq!(a[7], "192.0.2.9");
+        assert_eq!(a[9], "22");
+        assert_eq!(a[11], "192.0.2.2->192.0.2.1:tcp/22,30,192.0.2.9,$NOPE,$");
+        // Run without a shell: a word with shell syntax stays one literal argument.
+        let dir = tempfile::tempdir().unwrap();
+        let pwned = dir.path().join("pwned");
+        let t =
+            vec!["/usr/bin/printf".to_string(), "<%s>".to_string(), format!("$IP;touch {}", pwned.display())];
+        let out = command(&CommandLine::Argv(fwknop_argv(&t, &v)), v.ip).output().unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("<192.0.2.9;touch {}>", pwned.display()));
+        assert!(!pwned.exists());
     }
 
     #[test]

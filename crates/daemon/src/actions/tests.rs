@@ -122,3 +122,36 @@ fn nothing_runs_for_a_family_without_a_command() {
     c.start6 = None;
     assert_eq!(a.handle().open("d", "2001:db8::1".parse().unwrap(), &c, SystemTime::now()), Queued::Nothing);
 }
+
+/// fwknop's `CMD_CYCLE_OPEN` that hangs: killed at the command time limit, the other
+/// commands still run, and its close command still runs on time (and survives a
+/// restart: it is recorded before the open command starts).
+#[test]
+fn a_hanging_cmd_cycle_open_is_bounded_and_its_close_still_runs() {
+    use crate::actions::subst::{fwknop_argv, FwknopVars};
+    let dir = tempfile::tempdir().unwrap();
+    let logf = dir.path().join("log").display().to_string();
+    let vars = FwknopVars {
+        ip: "192.0.2.2".parse().unwrap(),
+        pkt_src: "192.0.2.2".parse().unwrap(),
+        dst: None,
+        port: 22,
+        proto: portcullis_proto::Proto::Tcp,
+        timeout: 1,
+    };
+    let words = |s: &str| crate::config::stanza::split_command(s).unwrap();
+    let open = fwknop_argv(&words("/bin/sh -c 'sleep 30'"), &vars);
+    let close = fwknop_argv(&words(&format!("/bin/sh -c 'echo close \"$0\" >> {logf}' $SRC/$PORT")), &vars);
+    let c = Commands {
+        start4: Some(CommandLine::Argv(open)),
+        start6: None,
+        stop4: Some(CommandLine::Argv(close)),
+        stop6: None,
+        cmd_timeout: Duration::from_secs(1),
+    };
+    let a = Actions::start(&state(dir.path()), Duration::from_millis(400)).unwrap();
+    let t = Instant::now();
+    assert_eq!(a.handle().open("fwknop stanza #1 tcp/22", vars.ip, &c, SystemTime::now()), Queued::Yes);
+    assert!(wait_until(Duration::from_secs(4), || log(dir.path()).contains("close 192.0.2.2/22")));
+    assert!(t.elapsed() < Duration::from_secs(4), "the hung open command held up its close");
+}

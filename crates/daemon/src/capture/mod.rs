@@ -9,6 +9,7 @@
 
 pub mod addrs;
 mod drops;
+pub mod udp_server;
 
 use std::io;
 use std::os::fd::AsRawFd;

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::api::Tokens;
 use crate::config::{self, CommandLine, Config, Interfaces};
@@ -98,8 +99,13 @@ fn creatable_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The plan as text (pure, for tests).
+/// The plan as text, with rotating sequences for the current time.
 pub fn report(c: &Config, ready: &Ready) -> String {
+    report_at(c, ready, SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// The plan as text, rotating sequences as of Unix time `now` (pure, for tests).
+pub fn report_at(c: &Config, ready: &Ready, now: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "config {} is valid", c.path.display());
     let ifs = match &c.daemon.interfaces {
@@ -112,12 +118,15 @@ pub fn report(c: &Config, ready: &Ready) -> String {
         c.daemon.backend,
         c.daemon.state_dir.display()
     );
-    doors(&mut s, c);
+    doors(&mut s, c, now);
     spa(&mut s, c);
     api(&mut s, c, ready);
     let plan = plan_for(c);
     let prot: Vec<String> = plan.protected.iter().map(ToString::to_string).collect();
     let _ = writeln!(s, "\nprotected (dropped unless granted): {}", prot.join(", "));
+    for line in crate::firewall::describe(&c.daemon.backend.to_string(), &plan) {
+        let _ = writeln!(s, "{line}");
+    }
     let warnings = c.warnings();
     if !warnings.is_empty() {
         let _ = writeln!(s, "\nwarnings:");
@@ -135,13 +144,16 @@ fn list(items: impl IntoIterator<Item = impl ToString>) -> String {
     items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
-fn doors(s: &mut String, c: &Config) {
+fn doors(s: &mut String, c: &Config, now: u64) {
     if c.doors.is_empty() {
         return;
     }
     let _ = writeln!(s, "\ndoors:");
     for d in &c.doors {
-        let seq = list(d.sequence.iter().map(|k| format!("{}:{}", k.port, k.proto)));
+        let seq = match d.rotating {
+            Some(_) => "a rotating sequence".to_string(),
+            None => list(d.sequence.iter().map(|k| format!("{}:{}", k.port, k.proto))),
+        };
         let _ = writeln!(
             s,
             "  {}: knock {seq} within {}, tcp flags {} -> open {} for {}{}",
@@ -155,6 +167,9 @@ fn doors(s: &mut String, c: &Config) {
         if let Some(ot) = &d.one_time {
             let _ =
                 writeln!(s, "    one-time sequences: {} ({} unused)", ot.path.display(), ot.remaining.len());
+        }
+        if let Some(r) = &d.rotating {
+            rotating(s, r, now);
         }
         if let Some(cmds) = &d.commands {
             let show = |c: &Option<CommandLine>| match c {
@@ -172,6 +187,26 @@ fn doors(s: &mut String, c: &Config) {
                 show(&cmds.stop6)
             );
         }
+    }
+}
+
+/// A rotating door's definition and its sequences now and next (never its secret).
+fn rotating(s: &mut String, r: &config::RotatingDoor, now: u64) {
+    let rot = &r.rotation;
+    let _ = writeln!(
+        s,
+        "    rotating: {}, {} knocks in {}, step {} s, secret {}",
+        r.algorithm_name(),
+        rot.count(),
+        rot.range(),
+        rot.step_secs(),
+        r.secret_file.display()
+    );
+    let step = rot.step_at(now);
+    for (label, st) in [("previous", step.saturating_sub(1)), ("current", step), ("next", step + 1)] {
+        let from = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(rot.step_start(st)));
+        let seq = portcullis_proto::rotate::format_knocks(&rot.sequence(st));
+        let _ = writeln!(s, "    {label:>8} step {st} (from {from}): {seq}");
     }
 }
 

@@ -50,11 +50,8 @@ mod tests {
 
     #[test]
     fn summary_names_every_protected_port_and_the_kept_grants() {
-        let plan = Plan {
-            protected: vec![Service::tcp(22), Service::udp(53)],
-            max_grants: 10,
-            never_gate: Vec::new(),
-        };
+        let plan =
+            Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 10, ..Plan::default() };
         assert_eq!(
             summary("nftables", &plan, Some(1)),
             "nftables: gate installed, protecting tcp/22, udp/53; 1 live grant(s) kept"

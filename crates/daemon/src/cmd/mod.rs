@@ -3,6 +3,7 @@
 pub mod check;
 pub mod demo;
 pub mod gate;
+pub mod generate;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::model::{
-    Backend, CommandLine, Config, Interfaces, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS,
-    DEFAULT_MAX_TRACKED,
+    Backend, CommandLine, Config, FirewallSettings, Interfaces, SyslogSettings, DEFAULT_COMMAND_TIME_LIMIT,
+    DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED,
 };
 
 fn toml_str(s: &str) -> String {
@@ -38,7 +38,12 @@ pub fn to_toml(config: &Config) -> String {
     let mut s = String::new();
     let d = &config.daemon;
     let _ = writeln!(s, "# Converted from {} by `portcullisd convert`.", config.path.display());
-    let _ = writeln!(s, "# Format: docs/config.md; knockd mapping: docs/knockd.md.\n");
+    let _ =
+        writeln!(s, "# Format: docs/config.md; knockd mapping: docs/knockd.md; fwknopd: docs/fwknopd.md.");
+    for n in &config.notes {
+        let _ = writeln!(s, "# note: {n}");
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "[daemon]");
     match &d.interfaces {
         Interfaces::All => {
@@ -72,14 +77,20 @@ pub fn to_toml(config: &Config) -> String {
     if d.command_time_limit != DEFAULT_COMMAND_TIME_LIMIT {
         let _ = writeln!(s, "command_time_limit = {}", toml_duration(d.command_time_limit));
     }
+    daemon_extras(&mut s, config);
+    spa_section(&mut s, config);
     for door in &config.doors {
         let _ = writeln!(s, "\n[[door]]");
         let _ = writeln!(s, "name = {}", toml_str(&door.name));
-        match &door.one_time {
-            Some(ot) => {
+        match (&door.one_time, &door.rotating) {
+            (Some(ot), _) => {
                 let _ = writeln!(s, "one_time_sequences = {}", toml_str(&ot.path.display().to_string()));
             }
-            None => {
+            (None, Some(r)) => {
+                let _ =
+                    writeln!(s, "rotating = {}", r.to_toml(&toml_str(&r.secret_file.display().to_string())));
+            }
+            (None, None) => {
                 let seq: Vec<String> =
                     door.sequence.iter().map(|k| format!("\"{}:{}\"", k.port, k.proto)).collect();
                 let _ = writeln!(s, "sequence = [{}]", seq.join(", "));
@@ -116,4 +127,87 @@ pub fn to_toml(config: &Config) -> String {
         }
     }
     s
+}
+
+/// `[daemon]` keys beyond knockd's: firewall mode, flushing, syslog, verbosity.
+fn daemon_extras(s: &mut String, config: &Config) {
+    let d = &config.daemon;
+    let f = &d.firewall;
+    let def = FirewallSettings::default();
+    if f.accept {
+        let _ = writeln!(s, "mode = \"accept\"");
+    }
+    if f.nat {
+        let _ = writeln!(s, "nat = true");
+    }
+    if f.gate_forward != def.gate_forward {
+        let _ = writeln!(s, "gate_forward = {}", f.gate_forward);
+    }
+    if f.iptables_chain != def.iptables_chain {
+        let _ = writeln!(s, "iptables_chain = {}", toml_str(&f.iptables_chain));
+    }
+    if f.iptables_jump != def.iptables_jump {
+        let _ = writeln!(s, "iptables_jump = {}", f.iptables_jump);
+    }
+    if let Some((family, name)) = &f.accept_table {
+        let _ = writeln!(s, "accept_table = {}", toml_str(&format!("{family} {name}")));
+    }
+    if d.flush_at_start {
+        let _ = writeln!(s, "flush_at_start = true");
+    }
+    if d.flush_at_exit {
+        let _ = writeln!(s, "flush_at_exit = true");
+    }
+    if d.syslog != SyslogSettings::default() {
+        let _ = writeln!(s, "syslog_identity = {}", toml_str(&d.syslog.identity));
+        let _ = writeln!(s, "syslog_facility = \"{}\"", d.syslog.facility);
+    }
+    if d.verbose {
+        let _ = writeln!(s, "verbose = true");
+    }
+}
+
+/// `[spa]`, when the config has SPA. Keys are never printed: stanzas read from an
+/// access.conf stay there (`access_conf` points at it), and inline stanzas or native
+/// users, which hold or name secrets, are left for the admin to copy.
+fn spa_section(s: &mut String, config: &Config) {
+    let Some(spa) = &config.spa else { return };
+    let _ = writeln!(s, "\n[spa]");
+    let ports: Vec<String> = spa.ports.iter().map(u16::to_string).collect();
+    let _ = writeln!(s, "ports = [{}]", ports.join(", "));
+    let _ = writeln!(s, "max_age = {}", spa.max_age);
+    if !spa.aging {
+        let _ = writeln!(s, "aging = false");
+    }
+    if let Some(p) = spa.udp_server {
+        let _ = writeln!(s, "udp_server_port = {p}");
+    }
+    if !spa.persist_replay {
+        let _ = writeln!(s, "persist_replay = false");
+    }
+    if let Some(p) = &spa.import_digest_file {
+        let _ = writeln!(s, "import_digest_file = {}", toml_str(&p.display().to_string()));
+    }
+    if spa.forwarding {
+        let _ = writeln!(s, "forwarding = true");
+    }
+    if spa.local_nat {
+        let _ = writeln!(s, "local_nat = true");
+    }
+    if !spa.protect.is_empty() {
+        let p: Vec<String> = spa.protect.iter().map(|x| format!("\"{x}\"")).collect();
+        let _ = writeln!(s, "protect = [{}]", p.join(", "));
+    }
+    if let Some(p) = &spa.access_conf {
+        let _ = writeln!(s, "access_conf = {}", toml_str(&p.display().to_string()));
+    }
+    if spa.inline_stanzas > 0 || !spa.users.is_empty() {
+        let _ = writeln!(
+            s,
+            "# {} inline [[spa.fwknop]] stanza(s) and {} native user(s) are not printed: they hold or name \
+             secrets; copy them from the original file",
+            spa.inline_stanzas,
+            spa.users.len()
+        );
+    }
 }

@@ -93,7 +93,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         log_file: None,
         pid_file: None,
         command_time_limit: DEFAULT_COMMAND_TIME_LIMIT,
-        never_gate: Vec::new(),
+        ..DaemonSettings::default()
     };
     let mut in_options = false;
     let mut seen_options: Vec<&'static str> = Vec::new();
@@ -223,7 +223,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             message: "no doors configured: add at least one [doorname] section with a Sequence".into(),
         });
     }
-    Ok(Config { path: path.to_owned(), daemon, doors, spa: None, api: None })
+    Ok(Config { path: path.to_owned(), daemon, doors, spa: None, api: None, notes: Vec::new() })
 }
 
 fn absolute(v: &str, what: &str) -> Result<PathBuf, String> {
@@ -299,6 +299,7 @@ fn door(s: Section) -> Result<Door, (usize, String)> {
         target,
         commands: Some(Commands { start4, start6, stop4, stop6, cmd_timeout }),
         one_time,
+        rotating: None,
     })
 }
 

@@ -7,7 +7,8 @@
 //!   weaken it;
 //! - [`spa`], [`api`], [`stanza`], [`access_conf`]: the `[spa]` and `[api]` sections,
 //!   fwknop stanzas and fwknop's own `access.conf`;
-//! - [`knockd`]: an unchanged `knockd.conf`; [`convert`] prints any config as native TOML;
+//! - [`knockd`]: an unchanged `knockd.conf`; [`fwknopd`]: an unchanged `fwknopd.conf`;
+//!   [`convert`] prints any config as native TOML;
 //! - [`warnings`]: advice about weak doors that does not stop the daemon.
 //!
 //! The format is documented in `docs/config.md` and `examples/portcullis.toml`; [`load`]
@@ -18,10 +19,12 @@ pub mod api;
 pub mod convert;
 pub mod convert_hint;
 pub mod error;
+pub mod fwknopd;
 pub mod knockd;
 pub mod model;
 pub mod one_time;
 mod raw;
+pub mod rotating;
 pub mod source;
 pub mod spa;
 pub mod stanza;
@@ -33,6 +36,7 @@ use std::path::Path;
 pub use api::ApiConfig;
 pub use error::ConfigError;
 pub use model::*;
+pub use rotating::RotatingDoor;
 pub use source::read_bounded;
 pub use spa::SpaConfig;
 pub use validate::parse;
@@ -40,13 +44,15 @@ pub use validate::parse;
 /// Which syntax a config file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
-    /// Decide from the content ([`knockd::looks_like_knockd`]).
+    /// Decide from the content ([`fwknopd::looks_like_fwknopd`], [`knockd::looks_like_knockd`]).
     #[default]
     Auto,
     /// portcullis' TOML.
     Native,
     /// knockd's `knockd.conf`.
     Knockd,
+    /// fwknopd's `fwknopd.conf` (with the `access.conf` it names).
+    Fwknopd,
 }
 
 /// Read and validate a config file, detecting its format.
@@ -60,6 +66,8 @@ pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
     match format {
         Format::Native => parse(&text, path),
         Format::Knockd => knockd::parse(&text, path),
+        Format::Fwknopd => fwknopd::parse(&text, path),
+        Format::Auto if fwknopd::looks_like_fwknopd(&text, path) => fwknopd::parse(&text, path),
         Format::Auto if knockd::looks_like_knockd(&text) => knockd::parse(&text, path),
         Format::Auto => parse(&text, path).map_err(|mut e| {
             // Detection guessed native; say so if the file would have read as knockd.conf.

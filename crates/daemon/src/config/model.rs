@@ -33,6 +33,10 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// The local REST API, if configured (`[api]`).
     pub api: Option<ApiConfig>,
+    /// Things the reader could not honour and did not refuse (fwknopd.conf keys that are
+    /// moot here, unknown access.conf keys), each with its file and line: logged once at
+    /// start and shown by `check`.
+    pub notes: Vec<String>,
 }
 
 /// Daemon-wide settings (`[daemon]`).
@@ -58,6 +62,133 @@ pub struct DaemonSettings {
     pub command_time_limit: Duration,
     /// Source prefixes the firewall never gates (the management network).
     pub never_gate: Vec<crate::firewall::Prefix>,
+    /// How the firewall backend treats protected services.
+    pub firewall: FirewallSettings,
+    /// Remove what the firewall backend owns (every grant) when starting (fwknopd
+    /// `FLUSH_IPT_AT_INIT`); otherwise live grants are kept across a restart.
+    pub flush_at_start: bool,
+    /// Remove what the firewall backend owns when stopping (fwknopd `FLUSH_IPT_AT_EXIT`).
+    pub flush_at_exit: bool,
+    /// Syslog identity and facility (used with `log = "syslog"`).
+    pub syslog: SyslogSettings,
+    /// Debug logging (fwknopd `VERBOSE`), as `run --verbose`.
+    pub verbose: bool,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> DaemonSettings {
+        DaemonSettings {
+            interfaces: Interfaces::All,
+            state_dir: PathBuf::from("/var/lib/portcullis"),
+            log: LogTarget::Stderr,
+            max_tracked: DEFAULT_MAX_TRACKED,
+            backend: Backend::Nftables,
+            max_grants: DEFAULT_MAX_GRANTS,
+            log_file: None,
+            pid_file: None,
+            command_time_limit: DEFAULT_COMMAND_TIME_LIMIT,
+            firewall: FirewallSettings::default(),
+            flush_at_start: false,
+            flush_at_exit: false,
+            syslog: SyslogSettings::default(),
+            verbose: false,
+            never_gate: Vec::new(),
+        }
+    }
+}
+
+/// Syslog identity and facility.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogSettings {
+    /// The tag in front of every line (`portcullisd`; fwknopd `SYSLOG_IDENTITY`).
+    pub identity: String,
+    /// The facility (`daemon`; fwknopd `SYSLOG_FACILITY`).
+    pub facility: SyslogFacility,
+}
+
+impl Default for SyslogSettings {
+    fn default() -> SyslogSettings {
+        SyslogSettings { identity: "portcullisd".into(), facility: SyslogFacility::Daemon }
+    }
+}
+
+/// Syslog facilities a daemon may log to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogFacility {
+    /// `LOG_DAEMON`.
+    Daemon,
+    /// `LOG_AUTH`.
+    Auth,
+    /// `LOG_AUTHPRIV`.
+    Authpriv,
+    /// `LOG_USER`.
+    User,
+    /// `LOG_LOCAL0` .. `LOG_LOCAL7`.
+    Local(u8),
+}
+
+impl SyslogFacility {
+    /// Parse `daemon`, `LOG_DAEMON`, `local3`, `LOG_LOCAL3` (any case).
+    pub fn parse(s: &str) -> Option<SyslogFacility> {
+        let l = s.trim().to_ascii_lowercase();
+        let l = l.strip_prefix("log_").unwrap_or(&l);
+        Some(match l {
+            "daemon" => SyslogFacility::Daemon,
+            "auth" => SyslogFacility::Auth,
+            "authpriv" => SyslogFacility::Authpriv,
+            "user" => SyslogFacility::User,
+            _ => {
+                let n: u8 = l.strip_prefix("local")?.parse().ok()?;
+                if n > 7 {
+                    return None;
+                }
+                SyslogFacility::Local(n)
+            }
+        })
+    }
+}
+
+impl fmt::Display for SyslogFacility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyslogFacility::Daemon => f.write_str("daemon"),
+            SyslogFacility::Auth => f.write_str("auth"),
+            SyslogFacility::Authpriv => f.write_str("authpriv"),
+            SyslogFacility::User => f.write_str("user"),
+            SyslogFacility::Local(n) => write!(f, "local{n}"),
+        }
+    }
+}
+
+/// How the firewall backend treats protected services (`mode`, `gate_forward`,
+/// `iptables_chain`, `iptables_jump`, `accept_table` in `[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSettings {
+    /// `mode = "accept"`: a grant also accepts (default `"gate"`: only drops).
+    pub accept: bool,
+    /// Also gate forwarded connections DNAT'd from a protected service (default true).
+    pub gate_forward: bool,
+    /// iptables: our chain's name.
+    pub iptables_chain: String,
+    /// iptables: 1-based position of the jump in `INPUT`.
+    pub iptables_jump: u32,
+    /// nftables accept mode: the admin's table, as (family, name).
+    pub accept_table: Option<(String, String)>,
+    /// `nat = true`: NAT grants (DNAT of one source to an inside host) may be given.
+    pub nat: bool,
+}
+
+impl Default for FirewallSettings {
+    fn default() -> FirewallSettings {
+        FirewallSettings {
+            accept: false,
+            gate_forward: true,
+            iptables_chain: "PORTCULLIS".to_string(),
+            iptables_jump: 1,
+            accept_table: None,
+            nat: false,
+        }
+    }
 }
 
 /// Default for [`DaemonSettings::command_time_limit`].
@@ -79,6 +210,16 @@ pub fn valid_ifname(n: &str) -> bool {
         && n != "."
         && n != ".."
         && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// Our iptables chain names: 1-24 characters of letters, digits, `_` and `-`.
+pub fn valid_chain_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 24 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Syslog identities: 1-32 characters of letters, digits, `_`, `.` and `-`.
+pub fn valid_syslog_identity(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 32 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Log destination.
@@ -206,6 +347,9 @@ pub struct Door {
     /// knockd `One_Time_Sequences`: `sequence` is the first remaining line (empty
     /// when the file is exhausted: the door is disabled).
     pub one_time: Option<OneTimeSequences>,
+    /// A sequence derived from a secret and the time; `sequence` is then empty and the
+    /// knocks of a step come from [`super::RotatingDoor::accepted_at`].
+    pub rotating: Option<super::RotatingDoor>,
 }
 
 impl Door {
@@ -227,7 +371,14 @@ impl Config {
         if let Some(spa) = &self.spa {
             set.extend(spa.protect.iter().copied());
             set.extend(spa.users.values().flat_map(|u| u.open.iter().copied()));
-            set.extend(spa.stanzas.iter().flat_map(|s| s.open_ports.iter().copied()));
+            // A command-cycle stanza's commands open its ports (fwknopd leaves the firewall
+            // alone for them), so we must not drop them.
+            set.extend(
+                spa.stanzas
+                    .iter()
+                    .filter(|s| s.cmd_cycle.is_none())
+                    .flat_map(|s| s.open_ports.iter().copied()),
+            );
         }
         set.into_iter().collect()
     }

@@ -35,6 +35,17 @@ pub(super) struct RawDaemon {
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
     pub never_gate: Option<Spanned<Vec<Spanned<String>>>>,
+    pub flush_at_start: Option<bool>,
+    pub flush_at_exit: Option<bool>,
+    pub syslog_identity: Option<Spanned<String>>,
+    pub syslog_facility: Option<Spanned<String>>,
+    pub verbose: Option<bool>,
+    pub mode: Option<Spanned<String>>,
+    pub gate_forward: Option<Spanned<bool>>,
+    pub iptables_chain: Option<Spanned<String>>,
+    pub iptables_jump: Option<Spanned<i64>>,
+    pub accept_table: Option<Spanned<String>>,
+    pub nat: Option<Spanned<bool>>,
 }
 
 /// One `[[door]]`.
@@ -54,6 +65,7 @@ pub(super) struct RawDoor {
     pub stop_command_6: Option<Spanned<RawCommand>>,
     pub cmd_timeout: Option<Spanned<RawDuration>>,
     pub one_time_sequences: Option<Spanned<String>>,
+    pub rotating: Option<Spanned<super::rotating::RawRotating>>,
 }
 
 /// A command: a shell line or an argv.
@@ -92,6 +104,12 @@ pub(super) struct RawSpa {
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
     pub server_key_file: Option<Spanned<String>>,
     pub access_conf: Option<Spanned<String>>,
+    pub udp_server_port: Option<Spanned<i64>>,
+    pub aging: Option<bool>,
+    pub persist_replay: Option<bool>,
+    pub import_digest_file: Option<Spanned<String>>,
+    pub forwarding: Option<bool>,
+    pub local_nat: Option<bool>,
     #[serde(default)]
     pub user: Vec<Spanned<RawUser>>,
     #[serde(default)]
@@ -127,6 +145,14 @@ pub(super) struct RawStanza {
     pub require_username: Option<Spanned<String>>,
     pub require_source_address: Option<bool>,
     pub access_expire_epoch: Option<Spanned<i64>>,
+    pub destination: Option<Vec<Spanned<String>>>,
+    pub cmd_cycle_open: Option<Spanned<RawCommand>>,
+    pub cmd_cycle_close: Option<Spanned<RawCommand>>,
+    pub cmd_cycle_timer: Option<Spanned<i64>>,
+    pub force_nat: Option<Spanned<String>>,
+    pub force_snat: Option<Spanned<String>>,
+    pub forward_all: Option<bool>,
+    pub disable_dnat: Option<bool>,
 }
 
 /// `[api]`.

@@ -14,9 +14,9 @@ use portcullis_proto::Service;
 use toml::Spanned;
 
 use super::access_conf;
-use super::raw::{RawSpa, RawStanza};
-use super::stanza::{build_key, enc_mode, hash_type, KeyError, KeySyntax, KeyText};
-pub use super::stanza::{Cidr, FwknopStanza};
+use super::raw::{RawCommand, RawSpa, RawStanza};
+use super::stanza::{build_key, enc_mode, hash_type, split_command, KeyError, KeySyntax, KeyText};
+pub use super::stanza::{Cidr, CmdCycle, FwknopStanza, StanzaNat};
 
 /// Validated `[spa]` settings.
 #[derive(Debug, Clone)]
@@ -33,6 +33,26 @@ pub struct SpaConfig {
     pub users: HashMap<String, NativeUser>,
     /// fwknop stanzas, in file order (first match wins, as in fwknopd).
     pub stanzas: Vec<FwknopStanza>,
+    /// Also receive SPA on a bound UDP socket on this port (fwknopd `ENABLE_UDP_SERVER`):
+    /// datagrams are read and never answered, and the kernel sends no port-unreachable.
+    pub udp_server: Option<u16>,
+    /// Refuse requests older (or newer) than `max_age` (fwknopd `ENABLE_SPA_PACKET_AGING`).
+    /// Without it replay entries never expire.
+    pub aging: bool,
+    /// Keep the replay cache on disk across restarts (fwknopd `ENABLE_DIGEST_PERSISTENCE`).
+    pub persist_replay: bool,
+    /// An fwknopd digest cache (`DIGEST_FILE`) whose entries are imported into ours
+    /// when ours does not exist yet.
+    pub import_digest_file: Option<PathBuf>,
+    /// NAT access messages may be honoured (fwknopd `ENABLE_IPT_FORWARDING`).
+    pub forwarding: bool,
+    /// Local NAT access messages may be honoured (fwknopd `ENABLE_IPT_LOCAL_NAT`).
+    pub local_nat: bool,
+    /// The access.conf file (or `ACCESS_FOLDER` directory) the stanzas after the inline
+    /// ones were read from.
+    pub access_conf: Option<PathBuf>,
+    /// How many stanzas were written inline (`[[spa.fwknop]]`), before the file's.
+    pub inline_stanzas: usize,
 }
 
 /// A native-format user.
@@ -56,7 +76,8 @@ fn at<T>(span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, SpaE
 /// Default fwknop SPA port.
 pub const DEFAULT_PORT: u16 = 62201;
 
-pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaErr> {
+/// Validate `[spa]`; also returns notes about ignored access.conf lines.
+pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec<String>), SpaErr> {
     let ports = match raw.ports {
         None => vec![DEFAULT_PORT],
         Some(list) => {
@@ -137,12 +158,16 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
     for s in raw.fwknop {
         stanzas.push(stanza(s.into_inner())?);
     }
+    let mut notes = Vec::new();
+    let inline_stanzas = stanzas.len();
+    let mut access_path = None;
     if let Some(p) = raw.access_conf {
         let path = resolve(config_dir, p.get_ref());
-        let text = std::fs::read_to_string(&path)
-            .or_else(|e| at(p.span(), format!("cannot read {}: {e}", path.display())))?;
-        let parsed = access_conf::parse(&text, &path).or_else(|e| at(p.span(), e.to_string()))?;
-        stanzas.extend(parsed);
+        let parsed = if path.is_dir() { access_conf::load_folder(&path) } else { access_conf::load(&path) };
+        let parsed = parsed.or_else(|e| at(p.span(), e))?;
+        access_path = Some(path);
+        stanzas.extend(parsed.stanzas);
+        notes = parsed.notes;
     }
     if server_key.is_none() && stanzas.is_empty() {
         return Err((
@@ -150,7 +175,31 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<SpaConfig, SpaE
             "[spa] has neither native users (server_key_file + [[spa.user]]) nor fwknop stanzas".into(),
         ));
     }
-    Ok(SpaConfig { ports, max_age, protect, server_key, users, stanzas })
+    let udp_server = match raw.udp_server_port {
+        None => None,
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(v) if v != 0 => Some(v),
+            _ => return at(p.span(), "udp_server_port must be in 1..65535"),
+        },
+    };
+    let import_digest_file = raw.import_digest_file.map(|p| resolve(config_dir, p.get_ref()));
+    let spa = SpaConfig {
+        ports,
+        max_age,
+        protect,
+        server_key,
+        users,
+        stanzas,
+        udp_server,
+        aging: raw.aging.unwrap_or(true),
+        persist_replay: raw.persist_replay.unwrap_or(true),
+        import_digest_file,
+        forwarding: raw.forwarding.unwrap_or(false),
+        local_nat: raw.local_nat.unwrap_or(false),
+        access_conf: access_path,
+        inline_stanzas,
+    };
+    Ok((spa, notes))
 }
 
 fn resolve(dir: &Path, p: &str) -> PathBuf {
@@ -237,16 +286,7 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
             return at(place.unwrap_or(span), e.describe(KeySyntax::Toml));
         }
     };
-    let mut source = Vec::new();
-    for s in r.source.unwrap_or_default() {
-        if s.get_ref().eq_ignore_ascii_case("any") {
-            continue;
-        }
-        match Cidr::parse(s.get_ref()) {
-            Some(c) => source.push(c),
-            None => return at(s.span(), format!("source {:?} is not an address or CIDR", s.get_ref())),
-        }
-    }
+    let source = cidrs(r.source.unwrap_or_default(), "source")?;
     let secs = |v: Option<Spanned<i64>>, default: u64, what: &str| -> Result<Duration, SpaErr> {
         match v {
             None => Ok(Duration::from_secs(default)),
@@ -273,5 +313,72 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
                 Err(_) => return at(e.span(), "access_expire_epoch must be a Unix time"),
             },
         },
+        destination: cidrs(r.destination.unwrap_or_default(), "destination")?,
+        cmd_cycle: cmd_cycle(r.cmd_cycle_open, r.cmd_cycle_close, r.cmd_cycle_timer, &span)?,
+        nat: StanzaNat {
+            force_nat: match r.force_nat {
+                None => None,
+                Some(f) => match f.get_ref().parse::<std::net::SocketAddrV4>() {
+                    Ok(a) if a.port() != 0 => Some((*a.ip(), a.port())),
+                    _ => return at(f.span(), "force_nat must be \"IPv4:PORT\", e.g. \"192.168.1.2:22\""),
+                },
+            },
+            force_snat: match r.force_snat {
+                None => None,
+                Some(f) => match f.get_ref().parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => return at(f.span(), "force_snat must be an IPv4 address"),
+                },
+            },
+            forward_all: r.forward_all.unwrap_or(false),
+            disable_dnat: r.disable_dnat.unwrap_or(false),
+        },
     })
+}
+
+fn cidrs(list: Vec<Spanned<String>>, what: &str) -> Result<Vec<Cidr>, SpaErr> {
+    let mut out = Vec::new();
+    for s in list {
+        if s.get_ref().eq_ignore_ascii_case("any") {
+            return Ok(Vec::new());
+        }
+        match Cidr::parse(s.get_ref()) {
+            Some(c) => out.push(c),
+            None => return at(s.span(), format!("{what} {:?} is not an address or CIDR", s.get_ref())),
+        }
+    }
+    Ok(out)
+}
+
+/// A command as an argv: an array is taken as is, a string is split as fwknopd splits it.
+fn argv(c: Spanned<RawCommand>, what: &str) -> Result<Vec<String>, SpaErr> {
+    let span = c.span();
+    match c.into_inner() {
+        RawCommand::Argv(v) if !v.is_empty() => Ok(v),
+        RawCommand::Shell(s) => split_command(&s).or_else(|m| at(span, format!("{what}: {m}"))),
+        _ => at(span, format!("{what} must be a command line or an array of words")),
+    }
+}
+
+fn cmd_cycle(
+    open: Option<Spanned<RawCommand>>,
+    close: Option<Spanned<RawCommand>>,
+    timer: Option<Spanned<i64>>,
+    span: &std::ops::Range<usize>,
+) -> Result<Option<CmdCycle>, SpaErr> {
+    let (open, close, timer) = match (open, close, timer) {
+        (None, None, None) => return Ok(None),
+        (Some(o), Some(c), Some(t)) => (o, c, t),
+        _ => return at(span.clone(), "cmd_cycle_open, cmd_cycle_close and cmd_cycle_timer go together"),
+    };
+    let open = argv(open, "cmd_cycle_open")?;
+    let close = match close.get_ref() {
+        RawCommand::Shell(s) if s.eq_ignore_ascii_case("none") => None,
+        _ => Some(argv(close, "cmd_cycle_close")?),
+    };
+    let timer = match u64::try_from(*timer.get_ref()) {
+        Ok(v) if (1..=86_400).contains(&v) => Duration::from_secs(v),
+        _ => return at(timer.span(), "cmd_cycle_timer must be 1 to 86400 seconds"),
+    };
+    Ok(Some(CmdCycle { open, close, timer }))
 }

@@ -31,6 +31,95 @@ pub struct FwknopStanza {
     pub require_source_address: bool,
     /// `ACCESS_EXPIRE(_EPOCH)`: the stanza stops working after this Unix time.
     pub expires: Option<u64>,
+    /// `DESTINATION`: packet destinations this stanza answers for; empty = ANY.
+    pub destination: Vec<Cidr>,
+    /// `CMD_CYCLE_OPEN`/`CLOSE`/`TIMER`: run commands instead of a firewall grant.
+    pub cmd_cycle: Option<CmdCycle>,
+    /// `FORCE_NAT`, `FORCE_SNAT`, `FORWARD_ALL`, `DISABLE_DNAT`.
+    pub nat: StanzaNat,
+}
+
+/// fwknop's command cycle: an open command now, a close command `timer` later. Both
+/// are argv templates (fwknopd splits them into words and runs them without a shell);
+/// `$IP $SRC $PKT_SRC $DST $PORT $PROTO $TIMEOUT` inside a word become values we
+/// format ourselves ([`crate::actions::subst::fwknop_argv`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdCycle {
+    /// `CMD_CYCLE_OPEN`, split into words.
+    pub open: Vec<String>,
+    /// `CMD_CYCLE_CLOSE` split into words; `None` for `NONE`.
+    pub close: Option<Vec<String>>,
+    /// `CMD_CYCLE_TIMER`.
+    pub timer: Duration,
+}
+
+/// NAT settings of a stanza.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StanzaNat {
+    /// `FORCE_NAT IP PORT`: every grant of this stanza is forwarded there, whatever
+    /// the packet asks for.
+    pub force_nat: Option<(std::net::Ipv4Addr, u16)>,
+    /// `FORCE_SNAT IP`: forwarded connections leave with this source address.
+    pub force_snat: Option<std::net::Ipv4Addr>,
+    /// `FORWARD_ALL`: forward every port to the NAT host (FORCE_NAT only).
+    pub forward_all: bool,
+    /// `DISABLE_DNAT`: forward accept only, no DNAT (the client addresses the inside
+    /// host directly through us as its router).
+    pub disable_dnat: bool,
+}
+
+impl StanzaNat {
+    /// Whether this stanza asks for NAT at all.
+    pub fn any(&self) -> bool {
+        self.force_nat.is_some() || self.force_snat.is_some() || self.forward_all || self.disable_dnat
+    }
+}
+
+/// Split a command as fwknopd does before running it without a shell: words
+/// separated by blanks, `"..."` and `'...'` group words, a backslash escapes the next
+/// character. Refuses unbalanced quotes and empty commands.
+pub fn split_command(cmd: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut it = cmd.chars();
+    while let Some(c) = it.next() {
+        match (quote, c) {
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (None | Some('"'), '\\') => {
+                cur.push(it.next().ok_or("a trailing backslash escapes nothing")?);
+                in_word = true;
+            }
+            (_, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unbalanced quote".into());
+    }
+    if in_word {
+        out.push(cur);
+    }
+    if out.is_empty() {
+        return Err("empty command".into());
+    }
+    if out.len() > 256 || cmd.len() > 4096 {
+        return Err("command too long".into());
+    }
+    Ok(out)
 }
 
 /// An IPv4/IPv6 network in CIDR form.

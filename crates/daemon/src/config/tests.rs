@@ -86,6 +86,14 @@ fn refuses_bad_configs_with_line_and_reason() {
         ("[daemon]\ninterfaces = ['../x']\n", 2, "interface"),
         ("[daemon]\nstate_dir = 'rel'\n", 2, "absolute"),
         ("[[door]]\nname = 'a'\nsequence = [1]\nopen = ['tcp/1']\n[[door]]\nname = 'a'\nsequence = [2]\nopen = ['tcp/1']\n", 5, "twice"),
+        ("[daemon]\nmode = 'open'\n", 2, "gate or accept"),
+        ("[daemon]\nmode = 'accept'\n", 2, "accept_table"),
+        ("[daemon]\naccept_table = 'inet filter'\n", 2, "only used with mode"),
+        ("[daemon]\nmode = 'accept'\naccept_table = 'ip filter'\n", 3, "inet <table>"),
+        ("[daemon]\nmode = 'accept'\naccept_table = 'inet portcullis'\n", 3, "your own"),
+        ("[daemon]\nbackend = 'iptables'\niptables_chain = 'INPUT'\n", 3, "built-in"),
+        ("[daemon]\nbackend = 'iptables'\niptables_chain = 'a b'\n", 3, "1-24"),
+        ("[daemon]\nbackend = 'iptables'\niptables_jump = 0\n", 3, "iptables_jump"),
         ("this is not toml", 1, ""),
     ];
     for (text, line, needle) in cases {
@@ -97,6 +105,29 @@ fn refuses_bad_configs_with_line_and_reason() {
     let e = p("").unwrap_err();
     assert!(e.to_string().contains("nothing to do"), "{e}");
     assert!(e.to_string().starts_with("test.toml: "), "{e}");
+}
+
+#[test]
+fn firewall_knobs() {
+    let door = "[[door]]\nname='a'\nsequence=[1]\nopen=['tcp/1']\n";
+    let c = p(door).unwrap();
+    assert_eq!(c.daemon.firewall, FirewallSettings::default());
+    assert!(c.daemon.firewall.gate_forward && !c.daemon.firewall.accept);
+    let c = p(&format!(
+        "[daemon]\nmode = 'accept'\naccept_table = 'inet filter'\ngate_forward = false\nnat = true\n{door}"
+    ))
+    .unwrap();
+    let f = &c.daemon.firewall;
+    assert!(f.accept && !f.gate_forward && f.nat);
+    assert_eq!(f.accept_table, Some(("inet".to_string(), "filter".to_string())));
+    let c = p(&format!(
+        "[daemon]\nbackend = 'iptables'\nmode = 'accept'\niptables_chain = 'FWKNOP_INPUT'\niptables_jump = 3\n{door}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.daemon.firewall.iptables_chain.as_str(), c.daemon.firewall.iptables_jump),
+        ("FWKNOP_INPUT", 3)
+    );
 }
 
 #[test]

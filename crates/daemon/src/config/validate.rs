@@ -12,13 +12,14 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::model::{
-    valid_ifname, Backend, CommandLine, Commands, Config, DaemonSettings, Door, Interfaces, IptablesVariant,
-    LogTarget, DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
+    valid_ifname, valid_syslog_identity, Backend, CommandLine, Commands, Config, DaemonSettings, Door,
+    FirewallSettings, Interfaces, IptablesVariant, LogTarget, SyslogFacility, SyslogSettings,
+    DEFAULT_COMMAND_TIME_LIMIT, DEFAULT_MAX_GRANTS, DEFAULT_MAX_TRACKED, MAX_SEQUENCE,
 };
 use super::one_time::load_one_time;
 use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
 use super::source::line_of;
-use super::{api, spa};
+use super::{api, rotating, spa};
 
 /// Parse and validate native TOML text (`path` is only used in messages and to resolve
 /// relative paths).
@@ -85,13 +86,21 @@ impl Validator<'_> {
             }
             doors.push(door);
         }
+        let mut notes = Vec::new();
         let spa = match raw.spa {
             None => None,
             Some(s) => {
                 let span = s.span();
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 match spa::validate(s.into_inner(), dir) {
-                    Ok(v) => Some(v),
+                    Ok((v, _)) if (v.forwarding || v.local_nat) && !daemon.firewall.nat => {
+                        return self
+                            .err(span, "[spa] forwarding/local_nat need [daemon] nat = true (NAT grants)")
+                    }
+                    Ok((v, n)) => {
+                        notes = n;
+                        Some(v)
+                    }
                     Err((at, message)) => return self.err(at.unwrap_or(span), message),
                 }
             }
@@ -121,7 +130,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, notes })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {
@@ -226,8 +235,36 @@ impl Validator<'_> {
                 Err(e) => return self.err(s.span(), format!("never_gate: {e}")),
             }
         }
+        let mut syslog = SyslogSettings::default();
+        if let Some(i) = raw.syslog_identity {
+            if !valid_syslog_identity(i.get_ref()) {
+                return self.err(i.span(), "syslog_identity must be 1-32 characters of A-Z a-z 0-9 _ . -");
+            }
+            syslog.identity = i.into_inner();
+        }
+        if let Some(f) = raw.syslog_facility {
+            syslog.facility = match SyslogFacility::parse(f.get_ref()) {
+                Some(v) => v,
+                None => {
+                    return self.err(
+                        f.span(),
+                        "syslog_facility must be daemon, auth, authpriv, user or local0..local7",
+                    )
+                }
+            };
+        }
+        let mut firewall = self.firewall(
+            &raw.mode,
+            raw.gate_forward,
+            raw.iptables_chain,
+            raw.iptables_jump,
+            raw.accept_table,
+            backend,
+        )?;
+        firewall.nat = raw.nat.is_some_and(|n| *n.get_ref());
         Ok(DaemonSettings {
             never_gate,
+            firewall,
             interfaces,
             state_dir,
             log,
@@ -237,7 +274,89 @@ impl Validator<'_> {
             log_file,
             pid_file,
             command_time_limit,
+            flush_at_start: raw.flush_at_start.unwrap_or(false),
+            flush_at_exit: raw.flush_at_exit.unwrap_or(false),
+            syslog,
+            verbose: raw.verbose.unwrap_or(false),
         })
+    }
+
+    fn firewall(
+        &self,
+        mode: &Option<Spanned<String>>,
+        gate_forward: Option<Spanned<bool>>,
+        chain: Option<Spanned<String>>,
+        jump: Option<Spanned<i64>>,
+        accept_table: Option<Spanned<String>>,
+        backend: Backend,
+    ) -> Result<FirewallSettings, ConfigError> {
+        let mut f = FirewallSettings::default();
+        if let Some(m) = mode {
+            f.accept = match m.get_ref().as_str() {
+                "gate" => false,
+                "accept" => true,
+                other => return self.err(m.span(), format!("mode must be gate or accept, not {other:?}")),
+            };
+        }
+        if let Some(g) = gate_forward {
+            f.gate_forward = *g.get_ref();
+        }
+        if let Some(c) = chain {
+            let name = c.get_ref();
+            let builtin =
+                ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"].contains(&name.as_str());
+            let ok = (1..=24).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok || builtin {
+                return self.err(
+                    c.span(),
+                    format!("iptables_chain {name:?} must be 1-24 letters, digits, '_' or '-', and not a built-in chain"),
+                );
+            }
+            f.iptables_chain = c.into_inner();
+        }
+        if let Some(j) = jump {
+            f.iptables_jump = match u32::try_from(*j.get_ref()) {
+                Ok(v) if (1..=10_000).contains(&v) => v,
+                _ => {
+                    return self
+                        .err(j.span(), "iptables_jump must be between 1 and 10000 (1 = first rule of INPUT)")
+                }
+            };
+        }
+        if let Some(t) = accept_table {
+            let words: Vec<&str> = t.get_ref().split_whitespace().collect();
+            let ok = match words.as_slice() {
+                [family, name] => {
+                    *family == "inet"
+                        && (1..=64).contains(&name.len())
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                        && *name != "portcullis"
+                }
+                _ => false,
+            };
+            if !ok {
+                return self.err(
+                    t.span(),
+                    format!(
+                        "accept_table must be \"inet <table>\" naming your own inet table (like \"inet filter\"), not {:?}",
+                        t.get_ref()
+                    ),
+                );
+            }
+            if !f.accept {
+                return self.err(t.span(), "accept_table is only used with mode = \"accept\"");
+            }
+            f.accept_table = Some((words[0].to_string(), words[1].to_string()));
+        }
+        if let (Some(m), true, Backend::Nftables, None) = (mode, f.accept, backend, &f.accept_table) {
+            return self.err(
+                m.span(),
+                "mode = \"accept\" with nftables needs accept_table = \"inet <table>\": an accept is final only \
+                 in the admin's own table",
+            );
+        }
+        Ok(f)
     }
 
     fn door(&self, raw: RawDoor) -> Result<Door, ConfigError> {
@@ -259,14 +378,44 @@ impl Validator<'_> {
                 Err(e) => return self.err(p.span(), format!("one_time_sequences: {e}")),
             },
         };
+        let rotating = match raw.rotating {
+            None => None,
+            Some(r) => {
+                let span = r.span();
+                if raw.sequence.is_some() || one_time.is_some() {
+                    return self.err(
+                        span,
+                        format!("door {name:?}: rotating replaces sequence and one_time_sequences; keep one"),
+                    );
+                }
+                let mut r = r.into_inner();
+                let step = match r.step.take() {
+                    None => None,
+                    Some(s) => {
+                        let at = s.span();
+                        let max = Duration::from_secs(portcullis_proto::rotate::MAX_STEP_SECS);
+                        Some((self.duration(s, Duration::from_secs(1), max, "rotating.step")?, at))
+                    }
+                };
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match rotating::validate(r, step, dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at, format!("door {name:?}: {message}")),
+                }
+            }
+        };
         let (seq_span, knocks) = match (raw.sequence, &one_time) {
             (Some(s), _) => (s.span(), s.into_inner()),
             (None, Some(_)) => (name_span.clone(), Vec::new()),
+            (None, None) if rotating.is_some() => (name_span.clone(), Vec::new()),
             (None, None) => {
-                return self.err(name_span, format!("door {name:?} has no sequence (or one_time_sequences)"))
+                return self.err(
+                    name_span,
+                    format!("door {name:?} has no sequence (or one_time_sequences, or rotating)"),
+                )
             }
         };
-        let from_file = one_time.is_some() && knocks.is_empty();
+        let from_file = (one_time.is_some() || rotating.is_some()) && knocks.is_empty();
         if !from_file && (knocks.is_empty() || knocks.len() > MAX_SEQUENCE) {
             return self.err(seq_span, format!("sequence must have 1 to {MAX_SEQUENCE} knocks"));
         }
@@ -347,7 +496,7 @@ impl Validator<'_> {
                 }
             },
         };
-        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time })
+        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time, rotating })
     }
 
     fn commands(

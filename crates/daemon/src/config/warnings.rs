@@ -19,9 +19,13 @@ impl Config {
     /// Advice about weak doors; none of these stop the daemon.
     pub fn warnings(&self) -> Vec<String> {
         let protected = self.protected();
-        let mut out = Vec::new();
+        let mut out = self.notes.clone();
         out.extend(command_warnings(self));
         for d in &self.doors {
+            if let Some(r) = &d.rotating {
+                out.extend(rotating_warnings(&d.name, r, &protected));
+                continue;
+            }
             if d.sequence.is_empty() {
                 continue; // an exhausted one-time door: reported above
             }
@@ -120,4 +124,34 @@ fn program_of(c: &CommandLine) -> Option<String> {
         CommandLine::Argv(v) => v.first().cloned(),
         CommandLine::Shell(s) => s.split_whitespace().next().map(str::to_string),
     }
+}
+
+/// Advice about a rotating door: its sequences are only known at run time, so the
+/// checks are on the definition.
+fn rotating_warnings(
+    name: &str,
+    r: &super::RotatingDoor,
+    protected: &[portcullis_proto::Service],
+) -> Vec<String> {
+    let rot = &r.rotation;
+    let mut out = Vec::new();
+    if rot.count() < 3 {
+        out.push(format!(
+            "door {name}: only {} knock(s) per step; anyone probing a few ports can stumble on it (use 3 or more)",
+            rot.count()
+        ));
+    }
+    let range = rot.range();
+    if let Some(p) = protected.iter().find(|p| (range.bottom()..=range.top()).contains(&p.port)) {
+        out.push(format!(
+            "door {name}: the knock range {range} contains protected port {p}; connection attempts to it can count as knocks"
+        ));
+    }
+    if r.algorithm_name() == "md5-hourly" {
+        out.push(format!(
+            "door {name}: md5-hourly sequences can repeat a port and stay valid for up to two hours; \
+             prefer hmac-sha256 with a short step"
+        ));
+    }
+    out
 }

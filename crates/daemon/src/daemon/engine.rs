@@ -24,12 +24,17 @@ use portcullis_proto::addr::canonical as fold;
 
 mod door_actions;
 mod reload;
+// fwknop stanzas: command cycles, NAT grants, fwknopd's log lines.
+mod fwknop_grants;
+mod rotation;
 
 struct Group {
     target: Option<IpAddr>,
     tracker: Tracker,
-    /// Tracker door index → config door index.
+    /// Tracker door index → config door index (a rotating door has two tracker doors).
     doors: Vec<usize>,
+    /// Tracker door index → the rotating slot it is, `None` for a fixed door.
+    slots: Vec<Option<rotation::Slot>>,
 }
 
 /// Per-knock log lines per second, and their burst: a flood of spoofed first knocks
@@ -51,6 +56,13 @@ pub struct Engine {
     spa: Option<SpaGate>,
     /// Door commands and one-time sequences, see `engine/door_actions.rs`.
     ext: door_actions::Ext,
+    fwknop: fwknop_grants::FwknopExt,
+    /// Rotating doors: completed sequences per step, see `engine/rotation.rs`.
+    burnt: rotation::Burnt,
+    /// Unix time of the next step boundary of any rotating door (`None`: not armed yet).
+    rotation_due: Option<u64>,
+    /// Bumped whenever a rotating sequence changes (the capture filter follows).
+    rotation_generation: u64,
 }
 
 impl Engine {
@@ -72,8 +84,20 @@ impl Engine {
         let per_group = (config.daemon.max_tracked / targets.len().max(1)).max(2);
         let mut groups = Vec::with_capacity(targets.len());
         for target in targets {
-            let doors: Vec<usize> =
-                (0..config.doors.len()).filter(|&i| config.doors[i].target.map(fold) == target).collect();
+            let mut doors = Vec::new();
+            let mut slots = Vec::new();
+            for i in (0..config.doors.len()).filter(|&i| config.doors[i].target.map(fold) == target) {
+                if config.doors[i].rotating.is_some() {
+                    // Two slots, disabled below until `follow_rotation` arms them.
+                    for parity in [0, 1] {
+                        doors.push(i);
+                        slots.push(Some(rotation::Slot { parity, step: None }));
+                    }
+                } else {
+                    doors.push(i);
+                    slots.push(None);
+                }
+            }
             let specs = doors
                 .iter()
                 .map(|&i| {
@@ -88,7 +112,7 @@ impl Engine {
             let mut tracker = Tracker::new(specs, per_group)
                 .map_err(|e| anyhow::anyhow!("invalid door definition: {e:?}"))?;
             door_actions::disable_exhausted(&mut tracker, &doors, &config.doors);
-            groups.push(Group { target, tracker, doors });
+            groups.push(Group { target, tracker, doors, slots });
         }
         Ok(Engine {
             doors: config.doors.clone(),
@@ -100,6 +124,10 @@ impl Engine {
             stats: Stats::default(),
             spa: None,
             ext: door_actions::Ext::default(),
+            fwknop: fwknop_grants::FwknopExt::new(&config.daemon.firewall.iptables_chain),
+            burnt: rotation::Burnt::default(),
+            rotation_due: None,
+            rotation_generation: 0,
         })
     }
 
@@ -112,6 +140,11 @@ impl Engine {
     /// The shared grant path (driver and store).
     pub fn granter(&self) -> &Arc<Granter> {
         &self.granter
+    }
+
+    /// Changes whenever a rotating door's sequences change (rebuild the capture filter).
+    pub fn rotation_generation(&self) -> u64 {
+        self.rotation_generation
     }
 
     /// Counters so far.
@@ -135,6 +168,7 @@ impl Engine {
         wall: SystemTime,
     ) {
         self.stats.packets += 1;
+        self.follow_rotation(wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         if view.ifindexes.as_ref().is_some_and(|s| !s.contains(&ifindex)) {
             return;
         }
@@ -143,7 +177,7 @@ impl Engine {
         if d.proto == Proto::Udp && self.spa.as_ref().is_some_and(|g| g.is_spa_port(d.dst_port)) {
             if view.addrs.contains(&dst) {
                 self.stats.for_us += 1;
-                self.on_spa(src, d.payload, now, wall);
+                self.on_spa(src, Some(dst), d.dst_port, d.payload, now, wall);
             }
             return;
         }
@@ -173,7 +207,11 @@ impl Engine {
                 }
             });
             for e in events.into_iter().flatten().chain(overflow) {
-                let door = self.groups[gi].doors[event_door(&e)];
+                let ti = event_door(&e);
+                let door = self.groups[gi].doors[ti];
+                if matches!(e, Event::Open { .. }) && !self.burn_check(gi, ti, door, src) {
+                    continue;
+                }
                 self.on_event(src, door, e, now, wall);
             }
         }
@@ -212,7 +250,8 @@ impl Engine {
 
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
-        let (label, n, services, duration) = (d.name.clone(), d.sequence.len(), d.open.clone(), d.open_for);
+        let n = d.rotating.as_ref().map_or(d.sequence.len(), |r| r.rotation.count());
+        let (label, services, duration) = (d.name.clone(), d.open.clone(), d.open_for);
         self.stats.knock_completed += 1;
         let log = self.open_limiter.take(now);
         if log {
@@ -223,21 +262,58 @@ impl Engine {
         self.after_open(src, door, wall, log);
     }
 
-    fn on_spa(&mut self, src: IpAddr, payload: &[u8], now: Millis, wall: SystemTime) {
+    /// An SPA datagram read from the bound UDP socket (fwknopd `ENABLE_UDP_SERVER`).
+    pub fn on_spa_socket(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+        now: Millis,
+        wall: SystemTime,
+    ) {
+        self.stats.packets += 1;
+        self.stats.for_us += 1;
+        self.on_spa(fold(src), dst.map(fold), dport, payload, now, wall);
+    }
+
+    fn on_spa(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+        now: Millis,
+        wall: SystemTime,
+    ) {
         let now_unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let Some(gate) = self.spa.as_mut() else { return };
-        match gate.handle(src, payload, now_unix, now) {
+        // The same datagram seen by both the capture socket and the UDP server socket.
+        if !gate.first_delivery(src, payload, now) {
+            return;
+        }
+        match gate.handle_to(src, dst, payload, now_unix, now) {
             Verdict::Grant(dec) => {
                 self.stats.spa_accepted += 1;
+                if let Some(fg) = dec.fwknop.clone() {
+                    if self.fwknop_grant(src, &dec, &fg, wall) {
+                        return;
+                    }
+                }
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let log = self.open_limiter.take(now);
+                let before = self.stats.opened;
                 self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
+                if dec.fwknop.is_some() && self.stats.opened > before && log {
+                    self.fwknop_added(&dec, wall);
+                }
             }
             Verdict::Reject(reason) => {
                 self.stats.count_spa_reject(reason.class());
                 if self.limiter.take(now) {
                     tracing::info!("{src}: spa: rejected: {}", reason.to_string().escape_debug());
+                    self.fwknop_rejected(src, dport, &reason);
                 } else {
                     self.stats.suppressed_logs += 1;
                 }
@@ -309,6 +385,7 @@ impl Engine {
         if let Some(gate) = self.spa.as_mut() {
             gate.housekeeping(wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
+        self.fwknop_expired(wall, now);
     }
 }
 
@@ -424,5 +501,100 @@ target = "192.0.2.99"
             e.on_datagram(&v, 1, &dgram(src, [192, 0, 2, 99], Proto::Tcp, port), Millis(10 + i as u64), wall);
         }
         assert_eq!(granted(&mut e), vec![("192.0.2.3".parse().unwrap(), Service::tcp(443))]);
+    }
+}
+
+#[cfg(test)]
+mod rotating_tests {
+    use std::net::Ipv4Addr;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use portcullis_proto::TcpFlags;
+
+    use super::*;
+    use crate::config;
+    use crate::firewall::none::NoFirewall;
+
+    const STEP: u64 = 30;
+
+    fn engine(dir: &std::path::Path) -> (Engine, config::RotatingDoor) {
+        let secret = dir.join("door.secret");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&secret)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"engine test secret\n").unwrap();
+        let text = format!(
+            "[[door]]\nname = \"rot\"\nrotating = {{ algorithm = \"hmac-sha256\", secret_file = \"{}\", \
+             range = \"20000-20999\", count = 4, step = \"{STEP}s\", protocols = \"mixed\" }}\n\
+             seq_timeout = 5\nopen = [\"tcp/22\"]\n",
+            secret.display()
+        );
+        let c = config::parse(&text, &dir.join("p.toml")).unwrap();
+        let r = c.doors[0].rotating.clone().unwrap();
+        (Engine::new(&c, Box::new(NoFirewall::default())).unwrap(), r)
+    }
+
+    /// Knock `seq` from `src` at Unix time `unix`; whether `src` holds a grant after.
+    fn knock(e: &mut Engine, src: [u8; 4], seq: &[Service], unix: u64) -> bool {
+        let mut v = LocalView::default();
+        v.addrs.insert("192.0.2.1".parse().unwrap());
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(unix);
+        for (i, k) in seq.iter().enumerate() {
+            let d = Datagram {
+                src: IpAddr::V4(Ipv4Addr::from(src)),
+                dst: "192.0.2.1".parse().unwrap(),
+                proto: k.proto,
+                src_port: 40000,
+                dst_port: k.port,
+                flags: TcpFlags(if k.proto == Proto::Tcp { TcpFlags::SYN } else { 0 }),
+                payload: &[],
+            };
+            e.on_datagram(&v, 1, &d, Millis(unix * 1000 + i as u64), wall);
+        }
+        let me = IpAddr::V4(Ipv4Addr::from(src));
+        e.granter().live().unwrap().iter().any(|g| g.addr == me)
+    }
+
+    #[test]
+    fn current_and_previous_steps_open_older_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut e, r) = engine(dir.path());
+        let t = 1_800_000_000 + 7; // inside step 60_000_000
+        let step = t / STEP;
+        assert!(!knock(&mut e, [192, 0, 2, 10], &r.rotation.sequence(step - 2), t), "two steps old");
+        assert!(!knock(&mut e, [192, 0, 2, 11], &r.rotation.sequence(step + 1), t), "next step");
+        assert!(knock(&mut e, [192, 0, 2, 12], &r.rotation.sequence(step - 1), t), "previous step");
+        assert!(knock(&mut e, [192, 0, 2, 13], &r.rotation.sequence(step), t), "current step");
+    }
+
+    #[test]
+    fn a_completed_sequence_is_burnt_for_other_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut e, r) = engine(dir.path());
+        let t = 1_800_000_000;
+        let seq = r.rotation.sequence(t / STEP);
+        assert!(knock(&mut e, [192, 0, 2, 2], &seq, t));
+        assert!(!knock(&mut e, [198, 51, 100, 2], &seq, t + 1), "replayed from another source");
+        // Next step: the sequence is the previous step's now, still burnt.
+        assert!(!knock(&mut e, [198, 51, 100, 3], &seq, t + STEP), "replayed after the boundary");
+        assert!(knock(&mut e, [198, 51, 100, 3], &r.rotation.sequence(t / STEP + 1), t + STEP));
+    }
+
+    #[test]
+    fn knocks_in_progress_on_the_previous_step_survive_a_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut e, r) = engine(dir.path());
+        let step = 1_800_000_000 / STEP;
+        let end = (step + 1) * STEP - 1; // last second of `step`
+        let seq = r.rotation.sequence(step);
+        // Two knocks before the boundary, two after: still one attempt.
+        assert!(!knock(&mut e, [192, 0, 2, 5], &seq[..2], end));
+        assert!(e.follow_rotation(end + 1), "the boundary re-arms a slot");
+        assert!(knock(&mut e, [192, 0, 2, 5], &seq[2..], end + 1));
+        assert!(!e.follow_rotation(end + 2), "nothing changes within a step");
     }
 }

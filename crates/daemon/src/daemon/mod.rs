@@ -20,6 +20,7 @@ use anyhow::Context;
 use portcullis_proto::bpf::{self, Match};
 use portcullis_proto::{wire, Millis, Proto};
 
+use crate::capture::udp_server::UdpServer;
 use crate::capture::{is_timeout, Batch, Monitor, PacketSocket};
 use crate::config::{Backend, Config};
 use crate::firewall::nft::NftDriver;
@@ -38,31 +39,41 @@ const BATCH: usize = 64;
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
-    Ok(match config.daemon.backend {
+    let mut d: Box<dyn FirewallDriver> = match config.daemon.backend {
         Backend::Nftables => Box::new(NftDriver::new().context("opening the nftables netlink socket")?),
         Backend::None => Box::new(NoFirewall::default()),
         Backend::Iptables(v) => Box::new(
             crate::firewall::iptables::IptablesDriver::new(v).context("setting up the iptables backend")?,
         ),
-    })
+    };
+    d.adopt(&plan_for(config));
+    Ok(d)
 }
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    Plan {
-        protected: config.protected(),
-        max_grants: config.daemon.max_grants,
-        never_gate: config.daemon.never_gate.clone(),
-    }
+    let mut plan =
+        crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall);
+    plan.never_gate = config.daemon.never_gate.clone();
+    plan
 }
 
-/// The BPF matches for every knock of every door (de-duplicated).
-pub fn bpf_matches(config: &Config) -> Vec<Match> {
+/// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
+/// a rotating door's knocks of the previous, current and next step, so the filter can
+/// be swapped at leisure after a boundary without missing the new step's knocks.
+pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
     let set: BTreeSet<(u8, u16, u8, u8)> = config
         .doors
         .iter()
         .flat_map(|d| {
-            d.all_knocks().into_iter().map(move |k| {
+            let mut knocks = d.all_knocks();
+            if let Some(r) = &d.rotating {
+                let step = r.rotation.step_at(unix);
+                for s in [step.saturating_sub(1), step, step.saturating_add(1)] {
+                    knocks.extend(r.rotation.sequence(s));
+                }
+            }
+            knocks.into_iter().map(move |k| {
                 let (s, c) = if k.proto == Proto::Tcp { (d.flags.set, d.flags.clear) } else { (0, 0) };
                 (k.proto.number(), k.port, s, c)
             })
@@ -81,6 +92,32 @@ pub fn bpf_matches(config: &Config) -> Vec<Match> {
             })
         })
         .collect()
+}
+
+/// The SPA replay cache: on disk in the state dir (or in memory without
+/// persistence), seeded on its first creation from an fwknopd digest cache.
+fn open_replay(
+    config: &Config,
+    spa: &crate::config::SpaConfig,
+    now_unix: u64,
+) -> anyhow::Result<ReplayCache> {
+    if !spa.persist_replay {
+        return Ok(ReplayCache::in_memory(replay::DEFAULT_CAPACITY));
+    }
+    let path = config.daemon.state_dir.join("spa-replay");
+    let first = !path.exists();
+    let mut replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
+        .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+    if let (true, Some(digests)) = (first, &spa.import_digest_file) {
+        let keep = spa.aging.then_some(spa.max_age + 1);
+        match crate::spa::digest_import::import(&mut replay, digests, keep, now_unix) {
+            Ok(n) => {
+                tracing::info!("spa: imported {n} entries of fwknopd's digest cache {}", digests.display())
+            }
+            Err(e) => tracing::warn!("spa: cannot import fwknopd's digest cache {}: {e}", digests.display()),
+        }
+    }
+    Ok(replay)
 }
 
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
@@ -102,7 +139,12 @@ pub fn run_reloadable(
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver_for(config)?)?;
+    let mut driver = driver_for(config)?;
+    if config.daemon.flush_at_start {
+        // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
+        driver.teardown().context("flushing the firewall at start")?;
+    }
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver)?;
     let api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,
@@ -110,9 +152,7 @@ pub fn run_reloadable(
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let path = config.daemon.state_dir.join("spa-replay");
-        let replay = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now_unix)
-            .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+        let replay = open_replay(config, spa, now_unix)?;
         tracing::info!(
             "spa: udp port(s) {:?}, {} native user(s), {} fwknop stanza(s), {} replay entries restored",
             spa.ports,
@@ -122,7 +162,8 @@ pub fn run_reloadable(
         );
         engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
     }
-    let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
+    let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
+    let actions = if cycles || config.doors.iter().any(|d| d.commands.is_some()) {
         let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
             .context("starting the command runner")?;
         engine.set_actions(a.handle());
@@ -131,8 +172,20 @@ pub fn run_reloadable(
         None
     };
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
-    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config)), RECV_TIMEOUT)
+    let unix_now = || SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    engine.follow_rotation(unix_now());
+    let mut filter_generation = engine.rotation_generation();
+    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
+    let udp = match config.spa.as_ref().and_then(|s| s.udp_server) {
+        Some(port) => {
+            let (srv, rx) = UdpServer::start(port)
+                .with_context(|| format!("binding the SPA UDP server on port {port}"))?;
+            tracing::info!("spa: UDP server bound on {} (silent: never answers)", srv.local_addr());
+            Some((srv, rx))
+        }
+        None => None,
+    };
     let protected = plan.protected.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     tracing::info!(
         "ready: {} door(s), protecting {protected}, firewall {}, tracking up to {} attempts",
@@ -163,6 +216,8 @@ pub fn run_reloadable(
             r
         })
         .context("starting the reload thread")?;
+    // The config the capture loop runs on: the start one, then each reloaded one.
+    let mut current = config.clone();
     let mut svc = service::Service::from_env(&config.daemon.state_dir);
     svc.ready(&format!("protecting {protected}"));
 
@@ -179,7 +234,9 @@ pub fn run_reloadable(
             let mut next = u.engine;
             let kept = next.take_over(engine, u.spa);
             engine = next;
-            if let Err(e) = sock.set_filter(&u.filter) {
+            current = *u.config;
+            filter_generation = engine.rotation_generation();
+            if let Err(e) = sock.set_filter(&bpf::program(&bpf_matches(&current, unix_now()))) {
                 tracing::error!(
                     "reload: the new capture filter was refused ({e}); knocks on new ports are not seen"
                 );
@@ -213,6 +270,23 @@ pub fn run_reloadable(
             }
         }
         let (t, wall) = (now(), SystemTime::now());
+        if let Some((_, rx)) = &udp {
+            while let Ok(d) = rx.try_recv() {
+                engine.on_spa_socket(d.src, d.dst, d.dport, &d.payload, t, wall);
+            }
+        }
+        let unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        engine.follow_rotation(unix);
+        if engine.rotation_generation() != filter_generation {
+            // If the new filter is refused the old one stays: it was built with the next
+            // step in it, so it passes the new current step's knocks until the step after,
+            // when the swap is tried again.
+            match sock.set_filter(&bpf::program(&bpf_matches(&current, unix))) {
+                Ok(()) => tracing::debug!("rotating doors: capture filter follows step change"),
+                Err(e) => tracing::error!("rotating doors: replacing the capture filter failed: {e}"),
+            }
+            filter_generation = engine.rotation_generation();
+        }
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
             if let Ok(n) = sock.take_drops() {
@@ -227,11 +301,19 @@ pub fn run_reloadable(
     if let Ok(mut r) = reload_thread.join() {
         r.stop();
     }
+    drop(udp);
     monitor.stop();
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
     }
     granter.shutdown();
+    if config.daemon.flush_at_exit {
+        // fwknopd FLUSH_IPT_AT_EXIT: every grant closes with the daemon.
+        match granter.with_driver(|d| d.teardown()) {
+            Ok(()) => tracing::info!("firewall flushed at exit (FLUSH_IPT_AT_EXIT): every grant is closed"),
+            Err(e) => tracing::error!("flushing the firewall at exit: {e}"),
+        }
+    }
     let s = engine.stats();
     tracing::info!(
         "stopping: {} packets seen, {} opened, {} grant failures, SPA {} accepted / {} rejected; firewall rules left in place, {}",

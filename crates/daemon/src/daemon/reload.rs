@@ -11,15 +11,11 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::Context;
-use portcullis_proto::bpf::{self, Insn};
-
 use super::engine::Engine;
 use super::service::Service;
 use crate::api::{ApiServer, Tokens};
 use crate::config::Config;
 use crate::grants::Granter;
-use crate::spa::replay::{self, ReplayCache};
 use crate::spa::SpaGate;
 
 /// Reads the config file again (with the command line's overrides applied).
@@ -31,8 +27,8 @@ pub struct Update {
     pub engine: Engine,
     /// The running SPA gate's fate.
     pub spa: SpaUpdate,
-    /// The capture filter for the new doors and SPA ports.
-    pub filter: Vec<Insn>,
+    /// The new config (the capture filter follows its doors and SPA ports).
+    pub config: Box<Config>,
     /// For the log line and the service status.
     pub summary: String,
 }
@@ -55,9 +51,16 @@ pub fn restart_needed(old: &Config, new: &Config) -> Option<String> {
     if old.protected() != new.protected() {
         return Some("the set of protected services changed (the firewall table is built for it)".into());
     }
-    let commands = |c: &Config| c.doors.iter().any(|d| d.commands.is_some());
+    let commands = |c: &Config| {
+        c.doors.iter().any(|d| d.commands.is_some())
+            || c.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()))
+    };
     if commands(new) && !commands(old) {
         return Some("door commands appear and the command runner is not running".into());
+    }
+    let udp = |c: &Config| c.spa.as_ref().and_then(|s| s.udp_server);
+    if udp(old) != udp(new) {
+        return Some("the SPA UDP server port changed (its socket is opened at start)".into());
     }
     None
 }
@@ -108,9 +111,7 @@ impl Reloader {
             (Some(_), Some(s)) => SpaUpdate::Reconfigure(Box::new(s.clone())),
             (None, Some(s)) => {
                 let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let path = new.daemon.state_dir.join("spa-replay");
-                let cache = ReplayCache::open(&path, replay::DEFAULT_CAPACITY, now)
-                    .with_context(|| format!("opening the SPA replay cache {}", path.display()))?;
+                let cache = super::open_replay(&new, s, now)?;
                 SpaUpdate::Fresh(Box::new(SpaGate::new(s, plan.protected.clone(), cache)))
             }
         };
@@ -145,9 +146,8 @@ impl Reloader {
             if new.spa.is_some() { "on" } else { "off" },
             if new.api.is_some() { "on" } else { "off" }
         );
-        let filter = bpf::program(&super::bpf_matches(&new));
-        self.config = new;
-        Ok(Some(Update { engine, spa, filter, summary }))
+        self.config = new.clone();
+        Ok(Some(Update { engine, spa, config: Box::new(new), summary }))
     }
 
     /// Stop the API (daemon shutdown).

@@ -5,7 +5,7 @@
 //! inside the driver. `setup` installs or atomically replaces what the driver owns,
 //! `grant`/`revoke` change only grant state, `teardown` removes everything it owns.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use portcullis_proto::Service;
@@ -43,8 +43,53 @@ pub struct LiveGrant {
     pub timeout: Option<Duration>,
 }
 
+/// A NAT grant: connections from `addr` to this host's `service` are forwarded to
+/// `to` (DNAT, plus a forward accept for exactly that flow) for `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatGrant {
+    /// The only source that gets forwarded.
+    pub addr: IpAddr,
+    /// The port it connects to on this host.
+    pub service: Service,
+    /// The inside host and port (same address family as `addr`).
+    pub to: SocketAddr,
+    /// How long from now; the kernel closes it.
+    pub timeout: Duration,
+}
+
+/// What a grant does to a protected service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Only drop: ungranted sources are dropped, granted ones are left to the host's
+    /// own rules (which must accept the service).
+    #[default]
+    Gate,
+    /// Drop ungranted sources and accept granted ones, so a grant opens the port on
+    /// a default-drop host (fwknopd's `FWKNOP_INPUT` behaviour).
+    Accept,
+}
+
+impl Mode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Gate => "gate",
+            Mode::Accept => "accept",
+        }
+    }
+}
+
+/// An nftables table the admin owns, named as `family name` (`inet filter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTable {
+    /// `inet`, `ip` or `ip6`.
+    pub family: String,
+    /// The table's name.
+    pub name: String,
+}
+
 /// What the driver must enforce: the services that are closed unless granted.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Protected services; sorted and de-duplicated by the caller.
     pub protected: Vec<Service>,
@@ -52,6 +97,57 @@ pub struct Plan {
     pub max_grants: u32,
     /// Sources never gated (the management network): accepted before any drop.
     pub never_gate: Vec<Prefix>,
+    /// Gate only, or gate and accept.
+    pub mode: Mode,
+    /// Also gate forwarded connections whose original destination was a protected
+    /// service of this host (DNAT to containers, VMs, inside hosts).
+    pub forward: bool,
+    /// iptables: our chain in `filter` (and `mangle`, `nat`), and the 1-based position
+    /// of its jump in `INPUT`.
+    pub chain: String,
+    /// iptables: where the jump from `INPUT` goes (1 = first).
+    pub jump_position: u32,
+    /// nftables accept mode: the admin's table that gets our accepting chain.
+    pub accept_table: Option<AdminTable>,
+    /// Install what NAT grants need (nftables: maps and a nat chain).
+    pub nat: bool,
+}
+
+/// The plan for `protected` services under the config's firewall settings.
+pub fn plan(protected: Vec<Service>, max_grants: u32, f: &crate::config::FirewallSettings) -> Plan {
+    Plan {
+        protected,
+        max_grants,
+        mode: if f.accept { Mode::Accept } else { Mode::Gate },
+        forward: f.gate_forward,
+        chain: f.iptables_chain.clone(),
+        jump_position: f.iptables_jump,
+        accept_table: f
+            .accept_table
+            .as_ref()
+            .map(|(family, name)| AdminTable { family: family.clone(), name: name.clone() }),
+        nat: f.nat,
+        never_gate: Vec::new(),
+    }
+}
+
+/// Default iptables chain name.
+pub const DEFAULT_CHAIN: &str = "PORTCULLIS";
+
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            protected: Vec::new(),
+            max_grants: 0,
+            mode: Mode::Gate,
+            forward: false,
+            chain: DEFAULT_CHAIN.to_string(),
+            jump_position: 1,
+            accept_table: None,
+            nat: false,
+            never_gate: Vec::new(),
+        }
+    }
 }
 
 /// A driver failure. The message says what was attempted and what the backend said.
@@ -96,4 +192,99 @@ pub trait FirewallDriver: Send {
     /// Whether the firewall itself closes grants on time (true for nftables set
     /// timeouts), so that the daemon dying cannot leave a hole open.
     fn kernel_expiry(&self) -> bool;
+
+    /// Remember `plan` without touching the firewall, so that `teardown` from another
+    /// process (`portcullisd teardown`) knows what was installed under it.
+    fn adopt(&mut self, plan: &Plan) {
+        let _ = plan;
+    }
+
+    /// Add NAT grants (or refresh them). Backends without NAT refuse.
+    fn grant_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        let _ = grants;
+        Err(FirewallError::Protocol(format!("the {} backend cannot forward (NAT) grants", self.name())))
+    }
+
+    /// Remove NAT grants; missing ones are not an error.
+    fn revoke_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        let _ = grants;
+        Ok(())
+    }
+}
+
+/// What `check` prints about the firewall for `plan` on `backend`: the mode in force
+/// and what the host must still do itself. One line per item.
+pub fn describe(backend: &str, plan: &Plan) -> Vec<String> {
+    let services: Vec<String> = plan.protected.iter().map(|s| s.to_string()).collect();
+    let services = if services.is_empty() { "nothing".to_string() } else { services.join(", ") };
+    let mut out = Vec::new();
+    if backend == "none" {
+        out.push("firewall: none (dry run): nothing is dropped or opened".into());
+        return out;
+    }
+    match plan.mode {
+        Mode::Gate => {
+            out.push(format!(
+                "firewall mode: gate ({backend}): new connections to {services} are dropped unless granted"
+            ));
+            out.push(
+                "the host's own rules must still accept these services (a grant only stops the drop)".into(),
+            );
+        }
+        Mode::Accept if backend.starts_with("iptables") => {
+            out.push(format!(
+                "firewall mode: accept ({backend}): chain {} (jumped to from INPUT position {}) accepts granted \
+                 sources for {services} and drops the rest",
+                plan.chain, plan.jump_position
+            ));
+            out.push(
+                "the host must still accept established,related traffic (any default-drop host does)".into(),
+            );
+        }
+        Mode::Accept => match &plan.accept_table {
+            Some(t) => {
+                out.push(format!(
+                    "firewall mode: accept ({backend}): table inet {} drops {services} unless granted; chain {} in \
+                     table {} {} accepts granted sources",
+                    nft::TABLE,
+                    nft::ACCEPT_CHAIN,
+                    t.family,
+                    t.name
+                ));
+                out.push(format!(
+                    "the input chain of table {} {} must `jump {}` before its final drop, and accept established,related",
+                    t.family,
+                    t.name,
+                    nft::ACCEPT_CHAIN
+                ));
+            }
+            None => out.push("firewall mode: accept, but no accept_table is set for nftables".into()),
+        },
+    }
+    if plan.forward {
+        out.push(format!("forwarded connections DNAT'd from {services} on this host are gated too"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_says_which_mode_and_what_the_host_must_do() {
+        let mut plan = Plan { protected: vec![Service::tcp(22)], forward: true, ..Plan::default() };
+        let text = describe("nftables", &plan).join("\n");
+        assert!(text.contains("mode: gate") && text.contains("must still accept"), "{text}");
+        assert!(text.contains("DNAT"), "{text}");
+        plan.mode = Mode::Accept;
+        plan.chain = "FWKNOP_INPUT".into();
+        let text = describe("iptables-nft", &plan).join("\n");
+        assert!(text.contains("mode: accept") && text.contains("FWKNOP_INPUT"), "{text}");
+        assert!(text.contains("established,related"), "{text}");
+        plan.accept_table = Some(AdminTable { family: "inet".into(), name: "filter".into() });
+        let text = describe("nftables", &plan).join("\n");
+        assert!(text.contains("jump portcullis") && text.contains("inet filter"), "{text}");
+        assert!(describe("none", &plan).join("\n").contains("dry run"));
+    }
 }

@@ -147,6 +147,11 @@ impl Granter {
         &self.counters
     }
 
+    /// Run `f` on the driver under its lock (NAT grants, which the driver expires itself).
+    pub fn with_driver<T>(&self, f: impl FnOnce(&mut dyn FirewallDriver) -> T) -> T {
+        f(self.firewall.lock().as_mut())
+    }
+
     /// The grants the firewall holds now.
     pub fn live(&self) -> Result<Vec<LiveGrant>, FirewallError> {
         self.firewall.lock().list()

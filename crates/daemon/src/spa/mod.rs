@@ -13,6 +13,9 @@
 //! text (and what fail2ban matches); attacker-controlled text in it (user names) is
 //! only ever logged escaped and never steers the class.
 
+pub mod digest_import;
+mod fwknop;
+pub mod fwknopd_log;
 pub mod reject;
 mod reload;
 pub mod replay;
@@ -23,12 +26,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use portcullis_proto::ratelimit::TokenBucket;
-use portcullis_proto::spa::fwknop::{self, MsgType};
 use portcullis_proto::spa::native::{self, ServerKey, UserPublicKey};
 use portcullis_proto::spa::PacketError;
 use portcullis_proto::{Millis, Service};
 
-use crate::config::spa::{FwknopStanza, NativeUser, SpaConfig};
+use crate::config::spa::{CmdCycle, FwknopStanza, NativeUser, SpaConfig};
 pub use reject::{Denial, RejectClass, RejectReason};
 use replay::{Refusal, ReplayCache};
 
@@ -43,6 +45,40 @@ pub struct Decision {
     pub services: Vec<Service>,
     /// For how long.
     pub duration: Duration,
+    /// What an fwknop stanza adds to the grant (command cycle, NAT); `None` for native.
+    pub fwknop: Option<FwknopGrant>,
+}
+
+/// The fwknop side of a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwknopGrant {
+    /// 1-based stanza number (fwknopd's `stanza #N` in logs).
+    pub stanza_no: usize,
+    /// Run these commands instead of opening the firewall.
+    pub cycle: Option<CmdCycle>,
+    /// Forward instead of (or besides) opening a local port.
+    pub nat: Option<NatGrant>,
+    /// The packet's source (`$PKT_SRC`).
+    pub pkt_src: IpAddr,
+    /// The packet's destination (`$DST`), when known.
+    pub dst: Option<IpAddr>,
+}
+
+/// A NAT access grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatGrant {
+    /// Inside host (127.0.0.1 for local NAT).
+    pub to: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// Local NAT: the requested port is redirected to `port` on this host.
+    pub local: bool,
+    /// Forwarded connections leave with this source (FORCE_SNAT).
+    pub snat: Option<Ipv4Addr>,
+    /// Forward every port (FORWARD_ALL).
+    pub forward_all: bool,
+    /// Add the DNAT (not with DISABLE_DNAT).
+    pub dnat: bool,
 }
 
 /// The gate's answer for one payload.
@@ -112,6 +148,13 @@ pub struct SpaGate {
     replay: ReplayCache,
     budget: TokenBucket,
     seen_ephemeral: SeenEphemeral,
+    aging: bool,
+    forwarding: bool,
+    local_nat: bool,
+    last: fwknop::LastFwknop,
+    origins: HashMap<[u8; 32], (IpAddr, u64)>,
+    dual_delivery: bool,
+    recent: HashMap<(IpAddr, [u8; 32]), Millis>,
 }
 
 impl SpaGate {
@@ -129,6 +172,13 @@ impl SpaGate {
             replay,
             budget: TokenBucket::new(CRYPTO_PER_SEC, CRYPTO_BURST),
             seen_ephemeral: SeenEphemeral::new(),
+            aging: cfg.aging,
+            forwarding: cfg.forwarding,
+            local_nat: cfg.local_nat,
+            last: fwknop::LastFwknop::default(),
+            origins: HashMap::new(),
+            dual_delivery: cfg.udp_server.is_some(),
+            recent: HashMap::new(),
         }
     }
 
@@ -137,30 +187,67 @@ impl SpaGate {
         self.ports.contains(&port)
     }
 
+    /// Whether this is the first delivery of `payload` from `src` within a couple of
+    /// seconds: with `ENABLE_UDP_SERVER` the capture socket and the bound UDP socket
+    /// both see each datagram, and the second copy must not count as a replay.
+    pub fn first_delivery(&mut self, src: IpAddr, payload: &[u8], now: Millis) -> bool {
+        if !self.dual_delivery {
+            return true;
+        }
+        const WINDOW: Duration = Duration::from_secs(2);
+        if self.recent.len() >= 4096 {
+            self.recent.retain(|_, &mut t| now.since(t) < WINDOW);
+            if self.recent.len() >= 4096 {
+                self.recent.clear();
+            }
+        }
+        let key = (src, digest_import::wire_key(payload));
+        match self.recent.get(&key) {
+            Some(&t) if now.since(t) < WINDOW => false,
+            _ => {
+                self.recent.insert(key, now);
+                true
+            }
+        }
+    }
+
     /// Periodic work: drop expired replay entries, fsync appended ones.
     pub fn housekeeping(&mut self, now_unix: u64) {
         self.replay.purge(now_unix);
         self.replay.sync();
     }
 
-    /// Decide one payload sent by `src`.
+    /// Decide one payload sent by `src` to an unknown destination (stanzas with a
+    /// `DESTINATION` do not match).
     pub fn handle(&mut self, src: IpAddr, payload: &[u8], now_unix: u64, now: Millis) -> Verdict {
+        self.handle_to(src, None, payload, now_unix, now)
+    }
+
+    /// Decide one payload sent by `src` to `dst`.
+    pub fn handle_to(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        payload: &[u8],
+        now_unix: u64,
+        now: Millis,
+    ) -> Verdict {
         if payload.starts_with(&native::MAGIC) {
             self.native(src, payload, now_unix, now)
         } else if !self.stanzas.is_empty() {
-            self.fwknop(src, payload, now_unix)
+            self.fwknop(src, dst, payload, now_unix)
         } else {
             Verdict::Reject(RejectReason::NotNative)
         }
     }
 
-    fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), Verdict> {
+    fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), RejectReason> {
         match self.replay.admit(key, expires, now_unix) {
             Ok(()) => Ok(()),
-            Err(Refusal::Replayed) => Err(Verdict::Reject(RejectReason::Replayed)),
+            Err(Refusal::Replayed) => Err(RejectReason::Replayed),
             Err(Refusal::Full) => {
                 tracing::error!("spa: replay cache full of live entries; refusing SPA until entries expire");
-                Err(Verdict::Reject(RejectReason::ReplayCacheFull))
+                Err(RejectReason::ReplayCacheFull)
             }
         }
     }
@@ -188,15 +275,13 @@ impl SpaGate {
             Err(e) => return Verdict::Reject(RejectReason::Packet(e)),
         };
         let who = format!("user {}", req.user);
-        if native::check_time(&req, now_unix, self.max_age).is_err() {
+        if self.aging && native::check_time(&req, now_unix, self.max_age).is_err() {
             return Verdict::Reject(RejectReason::Stale { who });
         }
-        if let Err(v) = self.admit(
-            native::canonical_replay_key(&req),
-            native::replay_key_expiry(&req, self.max_age),
-            now_unix,
-        ) {
-            return v;
+        // Without aging a request stays replayable for ever, so its entry never expires.
+        let expires = if self.aging { native::replay_key_expiry(&req, self.max_age) } else { u64::MAX };
+        if let Err(r) = self.admit(native::canonical_replay_key(&req), expires, now_unix) {
+            return Verdict::Reject(r);
         }
         let Some(user) = self.users.get(&req.user) else {
             return Verdict::Reject(RejectReason::Packet(PacketError::UnknownUser));
@@ -214,99 +299,12 @@ impl SpaGate {
             allow: req.allow.resolve(src),
             services: req.services.clone(),
             duration,
+            fwknop: None,
         })
-    }
-
-    fn fwknop(&mut self, src: IpAddr, payload: &[u8], now_unix: u64) -> Verdict {
-        if let Err(e) = fwknop::precheck(payload) {
-            return Verdict::Reject(RejectReason::Packet(e));
-        }
-        // First stanza whose source matches and whose keys authenticate wins (fwknopd).
-        // For the log: a MAC failure on an HMAC stanza is the meaningful reason; what a
-        // no-HMAC stanza made of the same bytes is secondary.
-        let mut bad_mac = false;
-        let mut other: Option<PacketError> = None;
-        let mut found = None;
-        for (i, st) in self.stanzas.iter().enumerate() {
-            if !st.source.is_empty() && !st.source.iter().any(|c| c.contains(src)) {
-                continue;
-            }
-            if st.expires.is_some_and(|e| now_unix > e) {
-                continue;
-            }
-            match fwknop::decode(payload, &st.key) {
-                Ok(m) => {
-                    found = Some((i, m));
-                    break;
-                }
-                Err(PacketError::BadMac) => bad_mac = true,
-                Err(e) => {
-                    other.get_or_insert(e);
-                }
-            }
-        }
-        let Some((i, msg)) = found else {
-            return Verdict::Reject(match (bad_mac, other) {
-                (true, Some(e)) => RejectReason::NoStanzaKey(e),
-                (_, Some(e)) => RejectReason::Packet(e),
-                // No stanza for this source (or only HMAC stanzas): nobody's keys match.
-                (_, None) => RejectReason::Packet(PacketError::BadMac),
-            });
-        };
-        let st = &self.stanzas[i];
-        let who = format!("fwknop stanza {} user {}", st.name, msg.user.escape_debug());
-        if fwknop::check_age(&msg, now_unix, self.max_age).is_err() {
-            return Verdict::Reject(RejectReason::Stale { who });
-        }
-        let expires = msg.timestamp.saturating_add(self.max_age).saturating_add(1);
-        if let Err(v) = self.admit(fwknop::canonical_replay_key(&msg), expires, now_unix) {
-            return v;
-        }
-        let st = &self.stanzas[i];
-        let deny = |denial| Verdict::Reject(RejectReason::Denied { who: who.clone(), denial });
-        match msg.msg_type {
-            MsgType::Access | MsgType::ClientTimeoutAccess => {}
-            MsgType::Command => return deny(Denial::Command),
-            _ => return deny(Denial::Nat),
-        }
-        if let Some(u) = &st.require_username {
-            if *u != msg.user {
-                return deny(Denial::Username);
-            }
-        }
-        let allow = if msg.allow_ip == Ipv4Addr::UNSPECIFIED {
-            if st.require_source_address {
-                return deny(Denial::SourceAddressRequired);
-            }
-            src
-        } else {
-            IpAddr::V4(msg.allow_ip)
-        };
-        let mut services = Vec::with_capacity(msg.access.len());
-        for a in &msg.access {
-            let Some(s) = a.service() else {
-                return deny(Denial::NotTcpUdp(*a));
-            };
-            let permitted = if st.open_ports.is_empty() {
-                self.protected.contains(&s)
-            } else {
-                st.open_ports.contains(&s)
-            };
-            if !permitted || st.restrict_ports.contains(&s) {
-                return deny(Denial::Service(s));
-            }
-            services.push(s);
-        }
-        if services.is_empty() {
-            return deny(Denial::NothingToOpen);
-        }
-        let duration = match msg.client_timeout {
-            Some(t) if t > 0 => Duration::from_secs(u64::from(t)).min(st.max_fw_timeout),
-            _ => st.fw_access_timeout,
-        };
-        Verdict::Grant(Decision { who, allow, services, duration })
     }
 }
 
+#[cfg(test)]
+mod fwknop_tests;
 #[cfg(test)]
 mod tests;

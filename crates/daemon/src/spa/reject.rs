@@ -81,6 +81,11 @@ pub enum Denial {
     Command,
     /// A fwknop NAT access message: forwarding is not configured.
     Nat,
+    /// A fwknop NAT access message to a destination this stanza may not reach.
+    NatTarget(String),
+    /// A fwknop grant that needs something this daemon cannot do here (NAT without a
+    /// NAT-capable firewall backend, a command cycle without the command runner).
+    Unsupported(&'static str),
     /// The user name is not the stanza's `REQUIRE_USERNAME`.
     Username,
     /// "Use the source address" while the stanza has `REQUIRE_SOURCE_ADDRESS`.
@@ -96,6 +101,8 @@ impl fmt::Display for Denial {
             Denial::NothingToOpen => f.write_str("nothing to open"),
             Denial::Command => f.write_str("command message refused: never executed"),
             Denial::Nat => f.write_str("NAT access refused: forwarding is not configured"),
+            Denial::NatTarget(why) => write!(f, "NAT access refused: {}", why.escape_debug()),
+            Denial::Unsupported(what) => write!(f, "refused: {what}"),
             Denial::Username => f.write_str("username mismatch"),
             Denial::SourceAddressRequired => f.write_str("\"use source\" refused by REQUIRE_SOURCE_ADDRESS"),
         }

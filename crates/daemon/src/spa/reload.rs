@@ -13,5 +13,8 @@ impl SpaGate {
         self.user_keys = cfg.users.iter().map(|(n, u)| (n.clone(), u.key)).collect();
         self.users = cfg.users.clone();
         self.stanzas = cfg.stanzas.clone();
+        self.aging = cfg.aging;
+        self.forwarding = cfg.forwarding;
+        self.local_nat = cfg.local_nat;
     }
 }

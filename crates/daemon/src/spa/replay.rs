@@ -88,6 +88,11 @@ impl ReplayCache {
         self.seen.is_empty()
     }
 
+    /// Whether `key` is held and still valid at `now`.
+    pub fn contains(&self, key: &[u8; 32], now: u64) -> bool {
+        self.seen.get(key).is_some_and(|&exp| exp > now)
+    }
+
     /// Admit `key` (valid until `expires`) unless it was seen. Persists it first.
     pub fn admit(&mut self, key: [u8; 32], expires: u64, now: u64) -> Result<(), Refusal> {
         if let Some(&exp) = self.seen.get(&key) {

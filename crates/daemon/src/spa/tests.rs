@@ -56,6 +56,9 @@ fn stanza() -> FwknopStanza {
         require_username: None,
         require_source_address: false,
         expires: None,
+        destination: Vec::new(),
+        cmd_cycle: None,
+        nat: Default::default(),
     }
 }
 
@@ -85,6 +88,14 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
         server_key: Some(server.clone()),
         users,
         stanzas,
+        udp_server: None,
+        aging: true,
+        persist_replay: false,
+        import_digest_file: None,
+        forwarding: false,
+        local_nat: false,
+        access_conf: None,
+        inline_stanzas: 0,
     };
     let gate = SpaGate::new(&cfg, vec![Service::tcp(22), Service::tcp(443)], ReplayCache::in_memory(1000));
     Fixture { gate, server, alice }

@@ -73,7 +73,12 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for &p in listen {
-            listeners.push(lab.in_ns(&lab.server, move || TcpListener::bind(("::", p)).unwrap()).unwrap());
+            let l = lab.in_ns(&lab.server, move || TcpListener::bind(("::", p)).unwrap()).unwrap();
+            // Accept and close every connection, so that many probes never fill the listen
+            // queue (a full queue drops SYNs: it would look like a firewall drop).
+            let drain = l.try_clone().unwrap();
+            std::thread::spawn(move || drain.incoming().for_each(drop));
+            listeners.push(l);
         }
         let mut s = Server { lab, log: dir.join("daemon.log"), dir, pid: 0, _listeners: listeners };
         s.spawn(config);

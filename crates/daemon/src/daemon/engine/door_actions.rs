@@ -39,6 +39,13 @@ pub(super) fn disable_exhausted(tracker: &mut Tracker, doors: &[usize], config: 
     }
 }
 
+impl Ext {
+    /// The command runner, if one was started.
+    pub(super) fn actions(&self) -> Option<&ActionsHandle> {
+        self.actions.as_ref()
+    }
+}
+
 impl Engine {
     /// Hand start/stop commands to this command driver (without one, doors with
     /// commands only log that they would run them).

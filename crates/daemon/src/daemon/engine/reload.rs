@@ -18,9 +18,16 @@ impl Engine {
             });
             if let Some(i) = same {
                 std::mem::swap(&mut g.tracker, &mut old.groups[i].tracker);
+                std::mem::swap(&mut g.slots, &mut old.groups[i].slots);
                 kept += 1;
             }
         }
+        // Rotating sequences already used stay used (keyed by door index: only when the
+        // doors are the same). A restart forgets them too, so this is never worse.
+        if old.doors == self.doors {
+            self.burnt = std::mem::take(&mut old.burnt);
+        }
+        self.fwknop = old.fwknop;
         self.limiter = old.limiter;
         self.open_limiter = old.open_limiter;
         self.reported_suppressed = old.reported_suppressed;

@@ -1,22 +1,26 @@
-//! iptables driver: a `PORTCULLIS` chain per family in table `filter`, updated with
-//! atomic `iptables-restore --noflush` batches (see [`rules`] for the exact rules).
+//! iptables driver: grants live in ipsets (`hash:ip,port` per family, one entry per
+//! grant, with a kernel timeout); a `PORTCULLIS` chain per family matches them with
+//! one rule per protected service (see [`rules`] for the exact rules).
 //!
-//! - Works with `iptables-legacy` and `iptables-nft`: the variant's own binaries
-//!   (`iptables-legacy-restore`, `ip6tables-nft-save`, ...) are called by name, so the
-//!   system's `update-alternatives` choice is never needed or changed. `Auto` follows
-//!   what `iptables -V` reports.
-//! - iptables has no element timeouts: [`FirewallDriver::kernel_expiry`] is false and
-//!   the daemon closes grants (the [`crate::grants::scheduler`]). Each grant
-//!   rule carries its expiry epoch in a comment; `setup` drops grants that expired
-//!   while the daemon was down and reports the others' remaining time via `list`.
+//! - A grant or revoke is one ipset netlink round trip ([`ipset`]): O(1) whatever the
+//!   number of live grants, no process forked, and the kernel closes grants on time
+//!   even if the daemon dies ([`FirewallDriver::kernel_expiry`] is true).
+//! - Rules change only at `setup`, `teardown` and the first NAT grant to a new
+//!   destination, with atomic `iptables-restore --noflush` batches. Works with
+//!   `iptables-legacy` and `iptables-nft` (the variant's own binaries are called by
+//!   name, so `update-alternatives` is never needed or changed; `Auto` follows
+//!   `iptables -V`); ipsets are the same for both.
+//! - `setup` keeps live grants: the sets survive restarts; when they exist they are
+//!   rebuilt into a fresh set (only services still protected, at most `max_grants`)
+//!   and swapped in atomically. Grant rules left by older versions are moved in.
 //! - No shell is involved: binaries get fixed argv, batches go to stdin.
 
+pub mod ipset;
 pub mod rules;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -25,9 +29,10 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_proto::Service;
 
-use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use super::{FirewallDriver, FirewallError, Grant, LiveGrant, NatGrant, Plan};
 use crate::config::IptablesVariant;
-use rules::GrantRule;
+use ipset::{Entry, Ipset, Kind};
+use rules::{NatRoute, SET4, SET6};
 
 /// A resolved variant: which binaries to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,24 +78,24 @@ pub fn resolve(v: IptablesVariant) -> Result<Flavor, FirewallError> {
     }
 }
 
-fn family(addr: &IpAddr) -> usize {
-    usize::from(addr.is_ipv6())
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The iptables backend. Grants are remembered with their expiry epoch (the same
-/// value as in the rule's comment, needed to delete the rule by its exact spec).
+/// The grant set and its rebuild twin, per family.
+const SETS: [(&str, &str); 2] = [(SET4, "portcullis4-new"), (SET6, "portcullis6-new")];
+
+/// The iptables backend: ipsets for grants, chains for matching them.
 #[derive(Debug)]
 pub struct IptablesDriver {
     flavor: Flavor,
     /// `[iptables, ip6tables]` restore and save binaries.
     restore: [PathBuf; 2],
     save: [PathBuf; 2],
-    grants: HashMap<(IpAddr, Service), u64>,
-    max_grants: u32,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    ipset: Ipset,
+    plan: Plan,
+    /// NAT destinations with rules installed.
+    routes: Vec<NatRoute>,
 }
 
 impl IptablesDriver {
@@ -107,8 +112,9 @@ impl IptablesDriver {
             flavor,
             restore: [bin("iptables", "restore")?, bin("ip6tables", "restore")?],
             save: [bin("iptables", "save")?, bin("ip6tables", "save")?],
-            grants: HashMap::new(),
-            max_grants: 0,
+            ipset: Ipset::open()?,
+            plan: Plan::default(),
+            routes: Vec::new(),
         })
     }
 
@@ -117,9 +123,8 @@ impl IptablesDriver {
         self.flavor
     }
 
-    fn read(&self, fam: usize) -> Result<rules::Saved, FirewallError> {
+    fn read(&self, fam: usize, chain: &str) -> Result<rules::Saved, FirewallError> {
         let out = Command::new(&self.save[fam])
-            .args(["-t", "filter"])
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .output()
@@ -131,7 +136,7 @@ impl IptablesDriver {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        Ok(rules::parse_save(&String::from_utf8_lossy(&out.stdout)))
+        Ok(rules::parse_save(&String::from_utf8_lossy(&out.stdout), chain))
     }
 
     fn apply(&self, fam: usize, batch: &str) -> Result<(), FirewallError> {
@@ -161,51 +166,72 @@ impl IptablesDriver {
         }
     }
 
-    fn rule(&self, addr: IpAddr, service: Service) -> Option<GrantRule> {
-        self.grants.get(&(addr, service)).map(|&expires| GrantRule { addr, service, expires })
+    /// The grants that survive a re-install under `plan`: live entries and older
+    /// versions' grant rules for services still protected, with time left, at most
+    /// `max_grants` (longest remaining first).
+    fn restorable(plan: &Plan, live: Vec<Entry>, legacy: &[rules::LegacyGrant]) -> Vec<Entry> {
+        let now = unix_now();
+        let mut keep: Vec<Entry> = live
+            .into_iter()
+            .chain(legacy.iter().map(|g| Entry {
+                addr: g.addr,
+                service: Some(g.service),
+                timeout_s: u32::try_from(g.expires.saturating_sub(now)).unwrap_or(ipset::MAX_TIMEOUT_S),
+            }))
+            .filter(|e| e.timeout_s > 0 && e.service.is_some_and(|s| plan.protected.contains(&s)))
+            .collect();
+        keep.sort_by_key(|e| std::cmp::Reverse(e.timeout_s));
+        if plan.max_grants > 0 {
+            keep.truncate(plan.max_grants as usize);
+        }
+        keep
     }
 
-    /// Re-read our grants from the kernel (after a batch failed: someone edited the chain).
-    fn resync(&mut self) -> Result<(), FirewallError> {
-        self.grants.clear();
-        for fam in 0..2 {
-            for g in self.read(fam)?.grants {
-                self.grants.insert((g.addr, g.service), g.expires);
+    /// Make the grant set of family `fam` match `plan`, keeping `extra` grants too.
+    fn rebuild_set(
+        &mut self,
+        plan: &Plan,
+        fam: usize,
+        legacy: &[rules::LegacyGrant],
+    ) -> Result<usize, FirewallError> {
+        let (set, twin) = SETS[fam];
+        let v6 = fam == 1;
+        match self.ipset.list(set)? {
+            None => {
+                self.ipset.create(set, Kind::IpPort, v6, plan.max_grants)?;
+                let keep = Self::restorable(plan, Vec::new(), legacy);
+                self.ipset.add(set, &keep)?;
+                Ok(keep.len())
             }
+            Some(live) => {
+                let keep = Self::restorable(plan, live, legacy);
+                self.ipset.destroy(twin)?;
+                self.ipset.create(twin, Kind::IpPort, v6, plan.max_grants)?;
+                self.ipset.add(twin, &keep)?;
+                // Rules keep pointing at `set`, which now holds the new contents.
+                self.ipset.swap(set, twin)?;
+                self.ipset.destroy(twin)?;
+                Ok(keep.len())
+            }
+        }
+    }
+
+    fn ensure_route_set(&mut self, r: &NatRoute) -> Result<(), FirewallError> {
+        if self.ipset.list(&r.set())?.is_none() {
+            self.ipset.create(&r.set(), Kind::Ip, r.to.is_ipv6(), self.plan.max_grants)?;
         }
         Ok(())
     }
 
-    fn update(&mut self, add: &[GrantRule], del: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
-        for fam in 0..2 {
-            let a: Vec<GrantRule> = add.iter().filter(|g| family(&g.addr) == fam).copied().collect();
-            let d: Vec<GrantRule> = del
-                .iter()
-                .filter(|(ip, _)| family(ip) == fam)
-                .filter_map(|&(ip, s)| self.rule(ip, s))
-                .collect();
-            if a.is_empty() && d.is_empty() {
-                continue;
-            }
-            if let Err(first) = self.apply(fam, &rules::update_batch(&a, &d)) {
-                // A rule we meant to delete may be gone: re-read and retry once.
-                self.resync()?;
-                let d: Vec<GrantRule> = del
-                    .iter()
-                    .filter(|(ip, _)| family(ip) == fam)
-                    .filter_map(|&(ip, s)| self.rule(ip, s))
-                    .collect();
-                self.apply(fam, &rules::update_batch(&a, &d)).map_err(|_| first)?;
-            }
-        }
-        for &(ip, s) in del {
-            self.grants.remove(&(ip, s));
-        }
-        for g in add {
-            self.grants.insert((g.addr, g.service), g.expires);
-        }
-        Ok(())
+    /// (Re)install the rules of family `fam` for the current plan and routes.
+    fn install_rules(&mut self, fam: usize) -> Result<(), FirewallError> {
+        let saved = self.read(fam, &self.plan.chain)?;
+        self.apply(fam, &rules::setup_batch(&self.plan, fam == 1, &self.routes, &saved))
     }
+}
+
+fn entry(addr: IpAddr, service: Option<Service>, timeout: Duration) -> Entry {
+    Entry { addr, service, timeout_s: ipset::timeout_s(timeout) }
 }
 
 impl FirewallDriver for IptablesDriver {
@@ -217,79 +243,135 @@ impl FirewallDriver for IptablesDriver {
     }
 
     fn setup(&mut self, plan: &Plan) -> Result<(), FirewallError> {
-        self.max_grants = plan.max_grants;
-        let now = unix_now();
-        let mut kept = HashMap::new();
-        for fam in 0..2 {
-            let saved = self.read(fam)?;
-            let keep: Vec<GrantRule> = saved
-                .grants
-                .into_iter()
-                .filter(|g| g.expires > now && plan.protected.contains(&g.service) && family(&g.addr) == fam)
-                .collect();
-            let mgmt: Vec<_> = plan.never_gate.iter().copied().filter(|p| family(&p.addr) == fam).collect();
-            self.apply(fam, &rules::setup_batch_with(&plan.protected, &mgmt, &keep, saved.jump))?;
-            for g in keep {
-                kept.insert((g.addr, g.service), g.expires);
-            }
+        if plan.chain.is_empty() || plan.chain.len() > 24 {
+            return Err(FirewallError::Protocol(format!(
+                "iptables chain name {:?} must be 1-24 characters",
+                plan.chain
+            )));
         }
-        self.grants = kept;
+        self.plan = plan.clone();
+        self.routes.clear();
+        for (fam, (set, _)) in SETS.iter().enumerate() {
+            let saved = self.read(fam, &plan.chain)?;
+            let kept = self.rebuild_set(plan, fam, &saved.legacy)?;
+            if kept > 0 {
+                tracing::info!(kept, set, "setup: kept live grants");
+            }
+            for r in saved.routes.iter().filter(|r| r.to.is_ipv6() == (fam == 1)) {
+                self.ensure_route_set(r)?;
+                self.routes.push(r.clone());
+            }
+            self.apply(fam, &rules::setup_batch(plan, fam == 1, &self.routes, &saved))?;
+        }
         Ok(())
     }
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
-        let now = unix_now();
-        let fresh = grants.iter().filter(|g| !self.grants.contains_key(&(g.addr, g.service))).count();
-        if self.max_grants > 0 && self.grants.len() + fresh > self.max_grants as usize {
-            return Err(FirewallError::Protocol(format!("more than {} grants open", self.max_grants)));
+        for (fam, (set, _)) in SETS.iter().enumerate() {
+            let add: Vec<Entry> = grants
+                .iter()
+                .filter(|g| usize::from(g.addr.is_ipv6()) == fam)
+                .map(|g| entry(g.addr, Some(g.service), g.timeout))
+                .collect();
+            self.ipset.add(set, &add)?;
         }
-        let add: Vec<GrantRule> = grants
-            .iter()
-            .map(|g| GrantRule {
-                addr: g.addr,
-                service: g.service,
-                expires: now + g.timeout.as_secs().max(1),
-            })
-            .collect();
-        // Refreshing = delete the old rule and insert the new one, in the same commit.
-        let del: Vec<(IpAddr, Service)> =
-            grants.iter().map(|g| (g.addr, g.service)).filter(|k| self.grants.contains_key(k)).collect();
-        self.update(&add, &del)
+        Ok(())
     }
 
     fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
-        let del: Vec<(IpAddr, Service)> =
-            grants.iter().copied().filter(|k| self.grants.contains_key(k)).collect();
-        self.update(&[], &del)
+        for (fam, (set, _)) in SETS.iter().enumerate() {
+            let del: Vec<Entry> = grants
+                .iter()
+                .filter(|(a, _)| usize::from(a.is_ipv6()) == fam)
+                .map(|&(a, s)| entry(a, Some(s), Duration::ZERO))
+                .collect();
+            self.ipset.del(set, &del)?;
+        }
+        Ok(())
     }
 
     fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
-        let now = unix_now();
-        Ok(self
-            .grants
-            .iter()
-            .map(|(&(addr, service), &exp)| LiveGrant {
-                addr,
-                service,
-                remaining: Some(Duration::from_secs(exp.saturating_sub(now))),
-                // Rules carry only their expiry epoch, not the full timeout.
-                timeout: None,
-            })
-            .collect())
+        let mut out = Vec::new();
+        for (set, _) in SETS {
+            for e in self.ipset.list(set)?.unwrap_or_default() {
+                if let Some(service) = e.service {
+                    out.push(LiveGrant {
+                        addr: e.addr,
+                        service,
+                        remaining: Some(Duration::from_secs(e.timeout_s.into())),
+                        // ipset reports only the time left.
+                        timeout: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn teardown(&mut self) -> Result<(), FirewallError> {
+        let chain = self.plan.chain.clone();
+        let mut route_sets = Vec::new();
         for fam in 0..2 {
-            let saved = self.read(fam)?;
-            if saved.chain {
-                self.apply(fam, &rules::teardown_batch(saved.jump))?;
+            let saved = self.read(fam, &chain)?;
+            let b = rules::teardown_batch(&chain, &saved);
+            if b != "*filter\nCOMMIT\n" {
+                self.apply(fam, &b)?;
             }
+            route_sets.extend(saved.routes.iter().map(NatRoute::set));
         }
-        self.grants.clear();
+        route_sets.extend(self.routes.iter().map(NatRoute::set));
+        for (set, twin) in SETS {
+            self.ipset.destroy(set)?;
+            self.ipset.destroy(twin)?;
+        }
+        for set in route_sets {
+            self.ipset.destroy(&set)?;
+        }
+        self.routes.clear();
         Ok(())
     }
 
     fn kernel_expiry(&self) -> bool {
-        false
+        true
+    }
+
+    fn adopt(&mut self, plan: &Plan) {
+        self.plan = plan.clone();
+    }
+
+    fn grant_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        if !self.plan.nat {
+            return Err(FirewallError::Protocol("NAT grants need nat = true in the config".into()));
+        }
+        for g in grants {
+            if g.addr.is_ipv6() != g.to.is_ipv6() {
+                return Err(FirewallError::Protocol(format!(
+                    "NAT grant for {} to {}: address families differ",
+                    g.addr, g.to
+                )));
+            }
+            let route = NatRoute { service: g.service, to: g.to };
+            if !self.routes.contains(&route) {
+                // A new destination: one set and two rules, once.
+                self.ensure_route_set(&route)?;
+                self.routes.push(route.clone());
+                if let Err(e) = self.install_rules(usize::from(g.to.is_ipv6())) {
+                    self.routes.retain(|r| r != &route);
+                    return Err(e);
+                }
+            }
+            self.ipset.add(&route.set(), &[entry(g.addr, None, g.timeout)])?;
+        }
+        Ok(())
+    }
+
+    fn revoke_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        for g in grants {
+            let route = NatRoute { service: g.service, to: g.to };
+            if self.routes.contains(&route) {
+                self.ipset.del(&route.set(), &[entry(g.addr, None, Duration::ZERO)])?;
+            }
+        }
+        Ok(())
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use nix::sched::{unshare, CloneFlags};
 use portcullis_proto::Service;
 
-use super::{rules, IptablesDriver};
+use super::IptablesDriver;
 use crate::config::IptablesVariant;
-use crate::firewall::{FirewallDriver, Grant, Plan};
+use crate::firewall::{FirewallDriver, Grant, Mode, Plan};
 
 fn in_netns(test: &str, f: impl FnOnce() + Send + 'static) {
     if !crate::lab::preflight::root_or_skip(test) {
@@ -33,7 +33,7 @@ fn in_netns(test: &str, f: impl FnOnce() + Send + 'static) {
 }
 
 fn save(tool: &str) -> String {
-    let out = Command::new(tool).args(["-t", "filter"]).output().expect(tool);
+    let out = Command::new(tool).output().expect(tool);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -41,66 +41,113 @@ fn g(addr: &str, service: Service, secs: u64) -> Grant {
     Grant { addr: addr.parse().unwrap(), service, timeout: Duration::from_secs(secs) }
 }
 
+fn ipset_list(set: &str) -> String {
+    let out = Command::new("ipset").args(["list", set]).output().expect("ipset");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn exercise(variant: IptablesVariant, suffix: &'static str) {
     let save4 = format!("iptables-{suffix}-save");
     let save6 = format!("ip6tables-{suffix}-save");
-    let plan =
-        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 16, never_gate: Vec::new() };
-    let mut d = IptablesDriver::new(variant).expect("driver");
-    d.setup(&plan).unwrap();
-    d.setup(&plan).unwrap(); // idempotent: one jump, one chain
-    for tool in [&save4, &save6] {
-        let text = save(tool);
-        assert_eq!(text.matches("-A INPUT -j PORTCULLIS").count(), 1, "{tool}:\n{text}");
-        assert!(text.contains("-A PORTCULLIS -p tcp -m tcp --dport 22 -j DROP"), "{text}");
-        assert!(text.contains("-A PORTCULLIS -p udp -m udp --dport 53 -j DROP"), "{text}");
-    }
-    d.grant(&[g("192.0.2.2", Service::tcp(22), 60), g("2001:db8::2", Service::udp(53), 60)]).unwrap();
-    d.grant(&[g("192.0.2.2", Service::tcp(22), 120)]).unwrap(); // refresh: replaced, not stacked
-    let v4 = rules::parse_save(&save(&save4));
-    assert_eq!(v4.grants.len(), 1, "{v4:?}");
-    assert!(v4.grants[0].expires >= super::unix_now() + 100);
-    let v6 = rules::parse_save(&save(&save6));
-    assert_eq!(v6.grants.len(), 1);
-    assert_eq!(v6.grants[0].addr, "2001:db8::2".parse::<IpAddr>().unwrap());
-    assert_eq!(d.list().unwrap().len(), 2);
-
-    // A restarted daemon (new driver) keeps live grants with their time; an expired
-    // one (written as if left by a daemon that died) is dropped at setup.
-    let stale = rules::update_batch(
-        &[rules::GrantRule { addr: "192.0.2.7".parse().unwrap(), service: Service::tcp(22), expires: 1000 }],
-        &[],
+    let plan = Plan {
+        protected: vec![Service::tcp(22), Service::udp(53)],
+        max_grants: 16,
+        forward: true,
+        ..Plan::default()
+    };
+    // An older version's per-grant rule, live and expired: setup moves the live one into the set.
+    let old = format!(
+        "*filter\n:PORTCULLIS - [0:0]\n-A INPUT -j PORTCULLIS\n\
+         -A PORTCULLIS -s 192.0.2.9/32 -p tcp -m tcp --dport 22 -m comment --comment portcullis:expires={} -j RETURN\n\
+         -A PORTCULLIS -s 192.0.2.7/32 -p tcp -m tcp --dport 22 -m comment --comment portcullis:expires=1000 -j RETURN\n\
+         COMMIT\n",
+        super::unix_now() + 90
     );
     let mut child = Command::new(format!("iptables-{suffix}-restore"))
         .arg("--noflush")
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), stale.as_bytes()).unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), old.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
+
+    let mut d = IptablesDriver::new(variant).expect("driver");
+    assert!(d.kernel_expiry());
+    d.setup(&plan).unwrap();
+    d.setup(&plan).unwrap(); // idempotent: one jump, one chain
+    for tool in [&save4, &save6] {
+        let text = save(tool);
+        assert_eq!(text.matches("-A INPUT -j PORTCULLIS").count(), 1, "{tool}:\n{text}");
+        assert_eq!(text.matches("-A PREROUTING -j PORTCULLIS").count(), 1, "{tool}:\n{text}");
+        assert!(text.contains("-p tcp -m tcp --dport 22 -m set ! --match-set portcullis"), "{text}");
+        assert!(text.contains("-p udp -m udp --dport 53 -m set ! --match-set portcullis"), "{text}");
+        assert!(!text.contains("portcullis:expires"), "{text}");
+    }
+    let live = d.list().unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].addr, "192.0.2.9".parse::<IpAddr>().unwrap());
+    assert!(live[0].remaining.unwrap() > Duration::from_secs(80));
+
+    d.grant(&[g("192.0.2.2", Service::tcp(22), 60), g("2001:db8::2", Service::udp(53), 60)]).unwrap();
+    d.grant(&[g("192.0.2.2", Service::tcp(22), 120)]).unwrap(); // refresh: replaced, not stacked
+    assert_eq!(ipset_list("portcullis4").matches("192.0.2.2,tcp:22").count(), 1);
+    assert!(ipset_list("portcullis6").contains("2001:db8::2,udp:53"));
+    let live = d.list().unwrap();
+    assert_eq!(live.len(), 3, "{live:?}");
+    let two = live.iter().find(|l| l.addr == "192.0.2.2".parse::<IpAddr>().unwrap()).unwrap();
+    assert!(two.remaining.unwrap() > Duration::from_secs(100));
+
+    // A restarted daemon (new driver) with a different plan: grants for services no
+    // longer protected go, the others stay with their time, in the same set (swapped).
     let mut d2 = IptablesDriver::new(variant).unwrap();
-    d2.setup(&plan).unwrap();
+    let smaller = Plan { protected: vec![Service::tcp(22)], ..plan.clone() };
+    d2.setup(&smaller).unwrap();
     let live = d2.list().unwrap();
     assert_eq!(live.len(), 2, "{live:?}");
-    assert!(live.iter().all(|l| l.remaining.unwrap() > Duration::from_secs(50)));
-    assert!(!save(&save4).contains("192.0.2.7"));
+    assert!(live.iter().all(|l| l.service == Service::tcp(22)));
+    assert!(!save(&save4).contains("--dport 53"));
 
-    // Revoke one; someone deleting a rule behind our back does not wedge us.
-    d2.revoke(&[("2001:db8::2".parse().unwrap(), Service::udp(53))]).unwrap();
-    assert!(rules::parse_save(&save(&save6)).grants.is_empty());
-    let spec = rules::grant_spec(&rules::parse_save(&save(&save4)).grants[0]);
-    let mut args = vec!["-D".to_string(), "PORTCULLIS".to_string()];
-    args.extend(spec.split_whitespace().map(str::to_string));
-    assert!(Command::new(format!("iptables-{suffix}")).args(&args).status().unwrap().success());
+    // Revoke; revoking again or something missing is fine; someone deleting an entry
+    // behind our back does not wedge us.
     d2.revoke(&[("192.0.2.2".parse().unwrap(), Service::tcp(22))]).unwrap();
+    d2.revoke(&[
+        ("192.0.2.2".parse().unwrap(), Service::tcp(22)),
+        ("2001:db8::5".parse().unwrap(), Service::tcp(22)),
+    ])
+    .unwrap();
+    assert!(Command::new("ipset")
+        .args(["del", "portcullis4", "192.0.2.9,tcp:22"])
+        .status()
+        .unwrap()
+        .success());
+    d2.revoke(&[("192.0.2.9".parse().unwrap(), Service::tcp(22))]).unwrap();
     d2.grant(&[g("192.0.2.3", Service::tcp(22), 60)]).unwrap();
     assert_eq!(d2.list().unwrap().len(), 1);
+
+    // Accept mode with a named chain at a position.
+    let accept =
+        Plan { mode: Mode::Accept, chain: "FWKNOP_INPUT".into(), jump_position: 1, ..smaller.clone() };
+    d2.teardown().unwrap();
+    d2.setup(&accept).unwrap();
+    let text = save(&save4);
+    assert!(text.contains("-A INPUT -j FWKNOP_INPUT"), "{text}");
+    assert!(
+        text.contains(
+            "-A FWKNOP_INPUT -p tcp -m tcp --dport 22 -m set --match-set portcullis4 src,dst -j ACCEPT"
+        ),
+        "{text}"
+    );
 
     d2.teardown().unwrap();
     d2.teardown().unwrap(); // nothing left: still fine
     for tool in [&save4, &save6] {
-        assert!(!save(tool).contains("PORTCULLIS"), "{tool} after teardown");
+        let text = save(tool);
+        assert!(
+            !text.contains("PORTCULLIS") && !text.contains("FWKNOP_INPUT"),
+            "{tool} after teardown:\n{text}"
+        );
     }
+    assert!(ipset_list("portcullis4").is_empty() && ipset_list("portcullis6").is_empty());
 }
 
 #[test]

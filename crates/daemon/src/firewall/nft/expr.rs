@@ -35,10 +35,24 @@ pub(crate) const NFPROTO_IPV6: u8 = 10;
 const PAYLOAD_NETWORK_HEADER: u32 = 1;
 const PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 
-/// `NFTA_CT_DREG` / `NFTA_CT_KEY` and `NFT_CT_STATE`: the crate has no `ct` expression.
+/// `NFTA_CT_*` and `NFT_CT_*` keys: the crate has no `ct` expression.
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_DIRECTION: u16 = 3;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_STATUS: u32 = 2;
+const NFT_CT_PROTO_DST: u32 = 12;
+/// `IP_CT_DIR_ORIGINAL`.
+const CT_DIR_ORIGINAL: u8 = 0;
+/// `IPS_DST_NAT`: the connection was DNAT'd.
+const CT_STATUS_DST_NAT: u32 = 1 << 5;
+
+/// `NFTA_NAT_*`: the crate has no `nat` expression either.
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFT_NAT_DNAT: u32 = 1;
 /// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.
 const CT_STATE_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
 
@@ -90,6 +104,56 @@ fn ct_state(dreg: Register) -> Expr {
         attributes: vec![
             DefaultNla::new(NFTA_CT_KEY, NFT_CT_STATE.to_be_bytes().to_vec()),
             DefaultNla::new(NFTA_CT_DREG, u32::from(dreg).to_be_bytes().to_vec()),
+        ],
+    }
+    .into()
+}
+
+/// `[ ct load <key> => reg <dreg> , dir original ]`
+fn ct_original(key: u32, dreg: Register) -> Expr {
+    Expressions::Other {
+        expression_type: "ct".to_string(),
+        attributes: vec![
+            DefaultNla::new(NFTA_CT_KEY, key.to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_CT_DREG, u32::from(dreg).to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_CT_DIRECTION, vec![CT_DIR_ORIGINAL]),
+        ],
+    }
+    .into()
+}
+
+/// `[ ct load status => reg <dreg> ]`
+fn ct_status(dreg: Register) -> Expr {
+    Expressions::Other {
+        expression_type: "ct".to_string(),
+        attributes: vec![
+            DefaultNla::new(NFTA_CT_KEY, NFT_CT_STATUS.to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_CT_DREG, u32::from(dreg).to_be_bytes().to_vec()),
+        ],
+    }
+    .into()
+}
+
+/// `[ lookup reg <sreg> set <map> dreg <dreg> ]`
+fn map_lookup(set: &str, set_id: u32, sreg: Register, dreg: Register) -> Expr {
+    Expressions::Lookup(vec![
+        Lookup::Set(set.to_string()),
+        Lookup::SourceRegister(sreg),
+        Lookup::DestinationRegister(dreg),
+        Lookup::SetId(set_id),
+    ])
+    .into()
+}
+
+/// `[ nat dnat <family> addr_min reg <addr> proto_min reg <port> ]`
+fn dnat(family: u8, addr: Register, port: Register) -> Expr {
+    Expressions::Other {
+        expression_type: "nat".to_string(),
+        attributes: vec![
+            DefaultNla::new(NFTA_NAT_TYPE, NFT_NAT_DNAT.to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_NAT_FAMILY, u32::from(family).to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_NAT_REG_ADDR_MIN, u32::from(addr).to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_NAT_REG_PROTO_MIN, u32::from(port).to_be_bytes().to_vec()),
         ],
     }
     .into()
@@ -188,4 +252,70 @@ pub(crate) fn rule_protected(set: &str, set_id: u32) -> Vec<Expr> {
         lookup(set, set_id, Register::Reg1),
         verdict(NF_DROP),
     ]
+}
+
+/// `ip saddr . meta l4proto . ct original proto-dst @<set> accept` (IPv4) or the
+/// `ip6` version: the destination port before any DNAT.
+///
+/// ```text
+/// [ meta load nfproto => reg 1 ]
+/// [ cmp eq reg 1 0x00000002 ]
+/// [ payload load 4b @ network header + 12 => reg 1 ]
+/// [ meta load l4proto => reg 9 ]
+/// [ ct load proto_dst => reg 10 , dir original ]
+/// [ lookup reg 1 set <set> ]
+/// [ immediate reg 0 accept ]
+/// ```
+pub(crate) fn rule_allow_original(v6: bool, set: &str, set_id: u32) -> Vec<Expr> {
+    let mut r = if v6 { rule_allow6(set, set_id) } else { rule_allow4(set, set_id) };
+    // The port load is the fifth expression in both.
+    r[4] = ct_original(NFT_CT_PROTO_DST, if v6 { Register::Reg32_05 } else { Register::Reg32_02 });
+    r
+}
+
+/// `ct status dnat meta l4proto . ct original proto-dst @protected drop`
+///
+/// ```text
+/// [ ct load status => reg 1 ]
+/// [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ]
+/// [ cmp neq reg 1 0x00000000 ]
+/// [ meta load l4proto => reg 1 ]
+/// [ ct load proto_dst => reg 9 , dir original ]
+/// [ lookup reg 1 set protected ]
+/// [ immediate reg 0 drop ]
+/// ```
+pub(crate) fn rule_protected_dnat(set: &str, set_id: u32) -> Vec<Expr> {
+    vec![
+        ct_status(Register::Reg1),
+        and_mask_u32(Register::Reg1, CT_STATUS_DST_NAT),
+        cmp(Operator::NotEqual, Register::Reg1, 0u32.to_ne_bytes().to_vec()),
+        meta(MetaKey::L4Proto, Register::Reg1),
+        ct_original(NFT_CT_PROTO_DST, Register::Reg32_01),
+        lookup(set, set_id, Register::Reg1),
+        verdict(NF_DROP),
+    ]
+}
+
+/// `dnat ip to ip saddr . meta l4proto . th dport map @nat4` (or the `ip6` version):
+/// the map's data is `addr . port`, loaded into the registers after the address.
+///
+/// ```text
+/// [ meta load nfproto => reg 1 ]
+/// [ cmp eq reg 1 0x00000002 ]
+/// [ payload load 4b @ network header + 12 => reg 1 ]
+/// [ meta load l4proto => reg 9 ]
+/// [ payload load 2b @ transport header + 2 => reg 10 ]
+/// [ lookup reg 1 set nat4 dreg 1 ]
+/// [ nat dnat ip addr_min reg 1 proto_min reg 9 ]
+/// ```
+pub(crate) fn rule_dnat(v6: bool, map: &str, map_id: u32) -> Vec<Expr> {
+    let mut r = if v6 { rule_allow6(map, map_id) } else { rule_allow4(map, map_id) };
+    r.truncate(5);
+    r.push(map_lookup(map, map_id, Register::Reg1, Register::Reg1));
+    if v6 {
+        r.push(dnat(NFPROTO_IPV6, Register::Reg1, Register::Reg2));
+    } else {
+        r.push(dnat(NFPROTO_IPV4, Register::Reg1, Register::Reg32_01));
+    }
+    r
 }

@@ -61,15 +61,17 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
-use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use super::{AdminTable, FirewallDriver, FirewallError, Grant, LiveGrant, Mode, NatGrant, Plan};
 
+mod compose;
 mod expr;
 mod netlink;
 mod ruleset;
 #[cfg(test)]
 mod tests;
 
-pub use ruleset::{render, CHAIN, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
+pub use compose::{ACCEPT_CHAIN, ADMIN_SET4, ADMIN_SET6, CHAIN_FORWARD, CHAIN_NAT};
+pub use ruleset::{render, CHAIN, CHAIN_PRIORITY, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
 
 use netlink::Netlink;
 use ruleset::Elem;
@@ -77,10 +79,12 @@ use ruleset::Elem;
 /// How often `revoke` retries when an element expired between dump and delete.
 const REVOKE_ATTEMPTS: usize = 3;
 
-/// The nftables firewall driver: owns `table inet portcullis`.
+/// The nftables firewall driver: owns `table inet portcullis` (and, in accept mode,
+/// one chain and two sets in the admin's table).
 #[derive(Debug)]
 pub struct NftDriver {
     nl: Netlink,
+    plan: Plan,
 }
 
 impl NftDriver {
@@ -88,7 +92,7 @@ impl NftDriver {
     pub fn new() -> Result<Self, FirewallError> {
         let nl = Netlink::open()
             .map_err(|source| FirewallError::Kernel { op: "nft: open netlink socket", source })?;
-        Ok(NftDriver { nl })
+        Ok(NftDriver { nl, plan: Plan::default() })
     }
 
     /// The grants in both sets, with their timeouts. Missing table or sets: none.
@@ -113,6 +117,11 @@ impl NftDriver {
     }
 }
 
+/// The admin's table when `plan` is in accept mode.
+fn admin(plan: &Plan) -> Option<&AdminTable> {
+    (plan.mode == Mode::Accept).then_some(plan.accept_table.as_ref()).flatten()
+}
+
 fn is_errno(err: &FirewallError, errno: i32) -> bool {
     matches!(err, FirewallError::Kernel { source, .. } if source.raw_os_error() == Some(errno))
 }
@@ -133,11 +142,28 @@ impl FirewallDriver for NftDriver {
                 "setup: not restoring grants for unprotected services or beyond max_grants"
             );
         }
-        self.nl.batch("nft setup", &ruleset::setup_requests(plan, &restore))
+        if plan.mode == Mode::Accept && plan.accept_table.is_none() {
+            return Err(FirewallError::Protocol(
+                "accept mode with nftables needs accept_table (an accept is final only in the admin's table)"
+                    .into(),
+            ));
+        }
+        let mut reqs = ruleset::setup_requests(plan, &restore);
+        reqs.extend(compose::optional_requests(plan));
+        if let Some(t) = admin(plan) {
+            reqs.extend(compose::admin_setup_requests(t, plan, &restore));
+        }
+        self.nl.batch("nft setup", &reqs)?;
+        self.plan = plan.clone();
+        Ok(())
     }
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
-        match self.nl.batch("nft grant", &ruleset::grant_requests(grants)) {
+        let mut reqs = ruleset::grant_requests(grants);
+        if let Some(t) = admin(&self.plan) {
+            reqs.extend(compose::admin_grant_requests(t, grants));
+        }
+        match self.nl.batch("nft grant", &reqs) {
             // The kernel's word for a full set; its strerror ("Too many open files
             // in system") would send the reader the wrong way.
             Err(FirewallError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENFILE) => {
@@ -151,7 +177,11 @@ impl FirewallDriver for NftDriver {
         if grants.is_empty() {
             return Ok(());
         }
-        match self.nl.batch("nft revoke", &ruleset::revoke_blind_requests(grants)) {
+        let mut blind = ruleset::revoke_blind_requests(grants);
+        if let Some(t) = admin(&self.plan) {
+            blind.extend(compose::admin_revoke_requests(t, grants));
+        }
+        match self.nl.batch("nft revoke", &blind) {
             // Full set (ENFILE) or no table at all (ENOENT): look up what is present.
             Err(e) if is_errno(&e, libc::ENFILE) || is_errno(&e, libc::ENOENT) => {}
             r => return r,
@@ -188,12 +218,51 @@ impl FirewallDriver for NftDriver {
 
     fn teardown(&mut self) -> Result<(), FirewallError> {
         match self.nl.batch("nft teardown", &ruleset::teardown_requests()) {
-            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
-            r => r,
+            Err(e) if is_errno(&e, libc::ENOENT) => {}
+            r => r?,
         }
+        if let Some(t) = admin(&self.plan).cloned() {
+            match self.nl.batch("nft teardown", &compose::admin_teardown_requests(&t, false)) {
+                // The admin's rules still jump to our chain: leave it, empty.
+                Err(e) if is_errno(&e, libc::EBUSY) => {
+                    tracing::warn!(table = %t.name, "chain portcullis is still jumped to; left in place, empty");
+                    match self.nl.batch("nft teardown", &compose::admin_teardown_requests(&t, true)) {
+                        Err(e) if is_errno(&e, libc::ENOENT) => {}
+                        r => r?,
+                    }
+                }
+                Err(e) if is_errno(&e, libc::ENOENT) => {}
+                r => r?,
+            }
+        }
+        Ok(())
     }
 
     fn kernel_expiry(&self) -> bool {
         true
+    }
+
+    fn adopt(&mut self, plan: &Plan) {
+        self.plan = plan.clone();
+    }
+
+    fn grant_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        if !self.plan.nat {
+            return Err(FirewallError::Protocol("NAT grants need nat = true in the config".into()));
+        }
+        if let Some(g) = grants.iter().find(|g| g.addr.is_ipv6() != g.to.is_ipv6()) {
+            return Err(FirewallError::Protocol(format!(
+                "NAT grant for {} to {}: address families differ",
+                g.addr, g.to
+            )));
+        }
+        self.nl.batch("nft nat grant", &compose::nat_requests(grants, admin(&self.plan), false))
+    }
+
+    fn revoke_nat(&mut self, grants: &[NatGrant]) -> Result<(), FirewallError> {
+        if !self.plan.nat {
+            return Ok(());
+        }
+        self.nl.batch("nft nat revoke", &compose::nat_requests(grants, admin(&self.plan), true))
     }
 }

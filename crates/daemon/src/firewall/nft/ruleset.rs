@@ -38,23 +38,23 @@ pub const SET_ALLOW6: &str = "allow6";
 pub const CHAIN_PRIORITY: i32 = -5;
 
 /// `NF_ACCEPT` as a chain policy.
-const POLICY_ACCEPT: u32 = 1;
+pub(super) const POLICY_ACCEPT: u32 = 1;
 
 /// Transaction-local set ids, so rules and elements in the setup batch can name
 /// sets that do not exist yet.
-const ID_PROTECTED: u32 = 1;
-const ID_ALLOW4: u32 = 2;
-const ID_ALLOW6: u32 = 3;
+pub(super) const ID_PROTECTED: u32 = 1;
+pub(super) const ID_ALLOW4: u32 = 2;
+pub(super) const ID_ALLOW6: u32 = 3;
 
 /// nft datatype ids (`enum datatypes` in nftables' `datatype.h`); a concatenation's
 /// type is the field types shifted together 6 bits at a time.
-const TYPE_IPADDR: u32 = 7;
-const TYPE_IP6ADDR: u32 = 8;
-const TYPE_INET_PROTOCOL: u32 = 12;
-const TYPE_INET_SERVICE: u32 = 13;
+pub(super) const TYPE_IPADDR: u32 = 7;
+pub(super) const TYPE_IP6ADDR: u32 = 8;
+pub(super) const TYPE_INET_PROTOCOL: u32 = 12;
+pub(super) const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_BITS: u32 = 6;
 
-const fn concat_type(types: &[u32]) -> u32 {
+pub(super) const fn concat_type(types: &[u32]) -> u32 {
     let mut t = 0;
     let mut i = 0;
     while i < types.len() {
@@ -181,14 +181,37 @@ fn set_msg(
     size: u32,
     timeout: bool,
 ) -> Request {
+    set_in(TABLE, what, name, id, (key_type, key_len), None, size, timeout)
+}
+
+/// `add set <table> <name> { type <key> [: <data>]; [flags timeout;] [size <size>;] }`
+#[allow(clippy::too_many_arguments)]
+pub(super) fn set_in(
+    table: &str,
+    what: &'static str,
+    name: &str,
+    id: u32,
+    key: (u32, usize),
+    data: Option<(u32, usize)>,
+    size: u32,
+    timeout: bool,
+) -> Request {
+    let mut flags = if timeout { SetFlags::Timeout } else { SetFlags::empty() };
+    if data.is_some() {
+        flags |= SetFlags::Map;
+    }
     let mut attributes = vec![
-        SetAttribute::Table(TABLE.into()),
+        SetAttribute::Table(table.into()),
         SetAttribute::Name(name.into()),
-        SetAttribute::Flags(if timeout { SetFlags::Timeout } else { SetFlags::empty() }),
-        SetAttribute::KeyType(key_type),
-        SetAttribute::KeyLen(key_len as u32),
+        SetAttribute::Flags(flags),
+        SetAttribute::KeyType(key.0),
+        SetAttribute::KeyLen(key.1 as u32),
         SetAttribute::Id(id),
     ];
+    if let Some((ty, len)) = data {
+        attributes.push(SetAttribute::DataType(ty));
+        attributes.push(SetAttribute::DataLen(len as u32));
+    }
     if size > 0 {
         attributes.push(SetAttribute::Description(vec![SetDescription::Size(size)]));
     }
@@ -196,13 +219,18 @@ fn set_msg(
 }
 
 fn rule_msg(what: &'static str, exprs: Vec<expr::Expr>) -> Request {
+    rule_in(TABLE, CHAIN, what, exprs)
+}
+
+/// `add rule <table> <chain> <exprs>`
+pub(super) fn rule_in(table: &str, chain: &str, what: &'static str, exprs: Vec<expr::Expr>) -> Request {
     Request {
         what,
         flags: NLM_F_CREATE | NLM_F_APPEND,
         msg: NfTablesMessage::NewRule(RuleMessage {
             attributes: vec![
-                RuleAttribute::Table(TABLE.into()),
-                RuleAttribute::Chain(CHAIN.into()),
+                RuleAttribute::Table(table.into()),
+                RuleAttribute::Chain(chain.into()),
                 RuleAttribute::Expressions(exprs),
             ],
         }),
@@ -210,7 +238,7 @@ fn rule_msg(what: &'static str, exprs: Vec<expr::Expr>) -> Request {
 }
 
 /// One element: key, plus timeout and remaining time when given.
-fn element(
+pub(super) fn element(
     key: Vec<u8>,
     timeout_ms: Option<u64>,
     expires_ms: Option<u64>,
@@ -235,10 +263,23 @@ fn element_msgs(
     elems: Vec<ListAttribute<SetElementAttribute>>,
     out: &mut Vec<Request>,
 ) {
+    elements_in(TABLE, what, add, set, set_id, elems, out)
+}
+
+/// [`element_msgs`] for a set in any table.
+pub(super) fn elements_in(
+    table: &str,
+    what: &'static str,
+    add: bool,
+    set: &str,
+    set_id: Option<u32>,
+    elems: Vec<ListAttribute<SetElementAttribute>>,
+    out: &mut Vec<Request>,
+) {
     let mut elems = elems.into_iter().peekable();
     while elems.peek().is_some() {
         let chunk: Vec<_> = elems.by_ref().take(ELEMS_PER_MESSAGE).collect();
-        let mut attributes = vec![SetElementList::Table(TABLE.into()), SetElementList::Set(set.into())];
+        let mut attributes = vec![SetElementList::Table(table.into()), SetElementList::Set(set.into())];
         if let Some(id) = set_id {
             attributes.push(SetElementList::SetId(id));
         }
@@ -464,7 +505,9 @@ pub fn teardown_requests() -> Vec<Request> {
 }
 
 /// The `nft -f` text equivalent to what [`setup_requests`] installs (grants aside),
-/// laid out the way `nft list table inet portcullis` prints it.
+/// laid out the way `nft list table inet portcullis` prints it, plus the optional
+/// forward/NAT chains and the admin table's part. (nft 1.0 cannot parse `ct original
+/// proto-dst` inside a concatenation, so those parts are for reading, not `nft -f`.)
 pub fn render(plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{");
@@ -489,12 +532,27 @@ pub fn render(plan: &Plan) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "\tchain {CHAIN} {{");
     let _ = writeln!(s, "\t\ttype filter hook input priority filter - {}; policy accept;", -CHAIN_PRIORITY);
-    for rule in RULES {
+    for (i, rule) in RULES.iter().enumerate() {
         let _ = writeln!(s, "\t\t{rule}");
+        if i == 0 {
+            s.push_str(&render_never_gate(plan));
+        }
     }
     let _ = writeln!(s, "\t}}");
+    s.push_str(&super::compose::render_optional(plan));
     let _ = writeln!(s, "}}");
+    if let Some(t) = plan.accept_table.as_ref().filter(|_| plan.mode == crate::firewall::Mode::Accept) {
+        s.push_str(&super::compose::render_admin(t));
+    }
     s
+}
+
+/// `ip saddr <prefix> accept` lines for the plan's never-gated sources.
+pub fn render_never_gate(plan: &Plan) -> String {
+    plan.never_gate
+        .iter()
+        .map(|p| format!("\t\t{} saddr {p} accept\n", if p.addr.is_ipv4() { "ip" } else { "ip6" }))
+        .collect()
 }
 
 /// The chain's rules in `nft` syntax, in order; the same text `nft list` prints for
@@ -511,7 +569,7 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024, never_gate: Vec::new() }
+        Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024, ..Plan::default() }
     }
 
     #[test]
@@ -545,6 +603,22 @@ table inet portcullis {
 }
 ";
         assert_eq!(render(&plan()), want);
+    }
+
+    #[test]
+    fn render_puts_never_gate_right_after_established() {
+        let p = Plan {
+            never_gate: vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/48".parse().unwrap()],
+            ..plan()
+        };
+        let text = render(&p);
+        assert!(
+            text.contains(
+                "\t\tct state established,related accept\n\t\tip saddr 192.0.2.0/24 accept\n\
+                 \t\tip6 saddr 2001:db8::/48 accept\n\t\tip saddr . meta l4proto"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

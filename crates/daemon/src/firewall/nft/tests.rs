@@ -20,7 +20,7 @@ use crate::firewall::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
 use crate::lab::preflight::{cannot_run, root_or_skip};
 
 fn plan() -> Plan {
-    Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024, never_gate: Vec::new() }
+    Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 1024, ..Plan::default() }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -316,7 +316,7 @@ fn setup_without_a_service_drops_its_grants() {
         let t = Duration::from_secs(30);
         drv.grant(&[grant("192.0.2.7", Service::tcp(22), t), grant("192.0.2.7", Service::udp(53), t)])
             .expect("grant");
-        let smaller = Plan { protected: vec![Service::tcp(22)], max_grants: 1024, never_gate: Vec::new() };
+        let smaller = Plan { protected: vec![Service::tcp(22)], max_grants: 1024, ..Plan::default() };
         drv.setup(&smaller).expect("setup smaller");
         let live = drv.list().expect("list");
         assert_eq!(live.len(), 1, "{live:?}");
@@ -404,7 +404,7 @@ fn thousand_grants_in_one_batch() {
 #[test]
 fn full_set_refreshes_but_refuses_new_grants() {
     in_netns("full_set_refreshes_but_refuses_new_grants", |mut drv| {
-        drv.setup(&Plan { protected: vec![Service::tcp(22)], max_grants: 2, never_gate: Vec::new() })
+        drv.setup(&Plan { protected: vec![Service::tcp(22)], max_grants: 2, ..Plan::default() })
             .expect("setup");
         let t = Duration::from_secs(30);
         let two = [grant("192.0.2.1", Service::tcp(22), t), grant("192.0.2.2", Service::tcp(22), t)];
@@ -438,7 +438,7 @@ fn packets_follow_grants() {
         let connects = || TcpStream::connect_timeout(&target, Duration::from_millis(300)).is_ok();
 
         assert!(connects(), "open before setup");
-        drv.setup(&Plan { protected: vec![svc], max_grants: 16, never_gate: Vec::new() }).expect("setup");
+        drv.setup(&Plan { protected: vec![svc], max_grants: 16, ..Plan::default() }).expect("setup");
         assert!(!connects(), "protected port must drop SYNs");
         drv.grant(&[grant("127.0.0.1", svc, Duration::from_secs(30))]).expect("grant");
         let mut conn =
