@@ -1,6 +1,8 @@
 //! Changing a running gate's users, stanzas and ports (SIGHUP) while keeping its replay
-//! cache and budgets: a packet accepted before the reload stays a replay after it.
+//! cache: a packet accepted before the reload stays a replay after it. The crypto
+//! budgets are rebuilt for the new `source_prefix` (a restart resets them too).
 
+use super::budget::{self, PrefixBudget};
 use super::SpaGate;
 use crate::config::SpaConfig;
 
@@ -16,5 +18,7 @@ impl SpaGate {
         self.aging = cfg.aging;
         self.forwarding = cfg.forwarding;
         self.local_nat = cfg.local_nat;
+        self.budget = PrefixBudget::new(budget::with_prefix(budget::NATIVE, cfg.source_prefix));
+        self.fwknop_budget = PrefixBudget::new(budget::with_prefix(budget::FWKNOP, cfg.source_prefix));
     }
 }
