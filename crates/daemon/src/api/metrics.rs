@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub store_counters: Option<(u64, u64)>,
     /// Grants the daemon closed at expiry.
     pub daemon_expired: u64,
+    /// Firewall watch: (rulesets restored, repair failures, firewall matches the records).
+    pub firewall: (u64, u64, bool),
 }
 
 /// Render every metric.
@@ -63,6 +65,14 @@ pub async fn render(state: &AppState) -> String {
         stats: g.stats(),
         store_counters,
         daemon_expired: g.counters().daemon_expired.load(Ordering::Relaxed),
+        firewall: {
+            let fw = g.firewall_state();
+            (
+                fw.restores.load(Ordering::Relaxed),
+                fw.repair_failures.load(Ordering::Relaxed),
+                fw.problem().is_none(),
+            )
+        },
     })
 }
 
@@ -151,6 +161,13 @@ pub fn exposition(snap: &Snapshot) -> String {
     let _ = writeln!(out, "portcullis_grant_failures_total {}", s.grant_failures);
     head(
         &mut out,
+        "portcullis_opens_refused_total",
+        "counter",
+        "Door opens refused by a bound (opens_per_second, opens_per_prefix, max_live_grants).",
+    );
+    let _ = writeln!(out, "portcullis_opens_refused_total {}", s.opens_refused);
+    head(
+        &mut out,
         "portcullis_log_lines_suppressed_total",
         "counter",
         "Per-knock log lines dropped by the rate limit.",
@@ -169,6 +186,23 @@ pub fn exposition(snap: &Snapshot) -> String {
     }
     head(&mut out, "portcullis_daemon_expired_total", "counter", "Grants closed by the daemon at expiry.");
     let _ = writeln!(out, "portcullis_daemon_expired_total {}", snap.daemon_expired);
+    let (restores, repair_failures, ok) = snap.firewall;
+    head(
+        &mut out,
+        "portcullis_firewall_restores_total",
+        "counter",
+        "Rulesets reinstalled after someone else removed or changed them.",
+    );
+    let _ = writeln!(out, "portcullis_firewall_restores_total {restores}");
+    head(
+        &mut out,
+        "portcullis_firewall_repair_failures_total",
+        "counter",
+        "Repairs of the ruleset that failed.",
+    );
+    let _ = writeln!(out, "portcullis_firewall_repair_failures_total {repair_failures}");
+    head(&mut out, "portcullis_firewall_ok", "gauge", "1 if the firewall matches the grant records.");
+    let _ = writeln!(out, "portcullis_firewall_ok {}", u8::from(ok));
     out
 }
 
@@ -211,6 +245,7 @@ mod tests {
             stats: Stats { capture_drops: 4, ..Stats::default() },
             store_counters: Some((0, 0)),
             daemon_expired: 0,
+            firewall: (0, 0, true),
         };
         let text = exposition(&snap);
         let l = lines(&text);

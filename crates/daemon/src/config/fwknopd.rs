@@ -338,7 +338,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         source_prefix: (24, 56),
         warnings: Vec::new(),
     };
-    Ok(Config { path: path.to_owned(), daemon, doors: Vec::new(), spa: Some(spa), api: None, notes })
+    let (limits, store) = (super::Limits::for_max_grants(daemon.max_grants), Default::default());
+    Ok(Config {
+        path: path.to_owned(),
+        daemon,
+        doors: Vec::new(),
+        spa: Some(spa),
+        api: None,
+        notes,
+        limits,
+        store,
+    })
 }
 
 /// `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1` → (our chain, jump position in INPUT).

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub doors: Vec<Spanned<RawDoor>>,
     pub spa: Option<Spanned<RawSpa>>,
     pub api: Option<Spanned<RawApi>>,
+    pub store: Option<Spanned<super::limits::RawStore>>,
 }
 
 /// `[daemon]`.
@@ -35,6 +36,9 @@ pub(super) struct RawDaemon {
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
     pub never_gate: Option<Spanned<Vec<Spanned<String>>>>,
+    pub opens_per_prefix: Option<Spanned<super::limits::RawRate>>,
+    pub prefix_v4: Option<Spanned<i64>>,
+    pub prefix_v6: Option<Spanned<i64>>,
     pub flush_at_start: Option<bool>,
     pub flush_at_exit: Option<bool>,
     pub syslog_identity: Option<Spanned<String>>,
@@ -65,6 +69,8 @@ pub(super) struct RawDoor {
     pub stop_command_6: Option<Spanned<RawCommand>>,
     pub cmd_timeout: Option<Spanned<RawDuration>>,
     pub one_time_sequences: Option<Spanned<String>>,
+    pub opens_per_second: Option<Spanned<i64>>,
+    pub max_live_grants: Option<Spanned<i64>>,
     pub rotating: Option<Spanned<super::rotating::RawRotating>>,
 }
 

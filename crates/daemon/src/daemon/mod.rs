@@ -135,8 +135,8 @@ pub fn run_reloadable(
     // Claimed before anything else: SIGHUP's default action would kill us mid-start.
     let mut hup = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .context("installing the SIGHUP handler")?;
-    std::fs::create_dir_all(&config.daemon.state_dir)
-        .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
+    let _state =
+        crate::statedir::StateDir::open(&config.daemon.state_dir, config.daemon.pid_file.as_deref())?;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let mut driver = driver_for(config)?;
@@ -144,7 +144,7 @@ pub fn run_reloadable(
         // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
         driver.teardown().context("flushing the firewall at start")?;
     }
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver)?;
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store)?;
     let api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,
