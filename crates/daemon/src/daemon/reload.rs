@@ -48,6 +48,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Option<String> {
     if old.daemon != new.daemon {
         return Some("[daemon] settings changed (backend, state_dir, interfaces, logging, limits)".into());
     }
+    if old.store != new.store {
+        return Some("[store] settings changed (the store is opened at start)".into());
+    }
     if old.protected() != new.protected() {
         return Some("the set of protected services changed (the firewall table is built for it)".into());
     }
