@@ -104,6 +104,9 @@ const UNPRIVILEGED: &[i64] = &[
     libc::SYS_dup3,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
+    // Store and replay files are forced to 0600 whatever the umask (fsperm::make_private).
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
     libc::SYS_unlinkat,
     libc::SYS_renameat,
     libc::SYS_renameat2,
@@ -116,7 +119,7 @@ const UNPRIVILEGED: &[i64] = &[
 ];
 
 #[cfg(target_arch = "x86_64")]
-const UNPRIVILEGED_LEGACY: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_mkdir, libc::SYS_readlink];
+const UNPRIVILEGED_LEGACY: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_mkdir, libc::SYS_readlink, libc::SYS_chmod];
 #[cfg(not(target_arch = "x86_64"))]
 const UNPRIVILEGED_LEGACY: &[i64] = &[];
 
