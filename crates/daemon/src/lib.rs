@@ -25,6 +25,7 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod firewall;
+pub mod fleet;
 pub mod grants;
 pub mod kernel;
 pub mod lab;
