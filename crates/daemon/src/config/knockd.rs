@@ -223,7 +223,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             message: "no doors configured: add at least one [doorname] section with a Sequence".into(),
         });
     }
-    Ok(Config { path: path.to_owned(), daemon, doors, spa: None, api: None, notes: Vec::new() })
+    Ok(Config { path: path.to_owned(), daemon, doors, spa: None, api: None, fleet: None, notes: Vec::new() })
 }
 
 fn absolute(v: &str, what: &str) -> Result<PathBuf, String> {

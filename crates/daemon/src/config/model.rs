@@ -33,6 +33,8 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// The local REST API, if configured (`[api]`).
     pub api: Option<ApiConfig>,
+    /// Fleet mode (`[fleet]`), if configured.
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// Things the reader could not honour and did not refuse (fwknopd.conf keys that are
     /// moot here, unknown access.conf keys), each with its file and line: logged once at
     /// start and shown by `check`.

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub doors: Vec<Spanned<RawDoor>>,
     pub spa: Option<Spanned<RawSpa>>,
     pub api: Option<Spanned<RawApi>>,
+    pub fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
 }
 
 /// `[daemon]`.
@@ -123,6 +124,7 @@ pub(super) struct RawUser {
     pub key: Spanned<String>,
     pub open: Spanned<Vec<Spanned<String>>>,
     pub max_open_for: Option<Spanned<i64>>,
+    pub scope: Option<Spanned<String>>,
 }
 
 /// `[[spa.fwknop]]`: an inline fwknop stanza (access.conf keys, lower case).

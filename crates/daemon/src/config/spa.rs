@@ -64,6 +64,8 @@ pub struct NativeUser {
     pub open: Vec<Service>,
     /// Longest grant the user may ask for.
     pub max_open_for: Duration,
+    /// `scope = "fleet"`: replay-checked fleet-wide and shared with every node.
+    pub fleet: bool,
 }
 
 /// A located refusal: byte offset into the config text, message.
@@ -144,7 +146,15 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec
                 _ => return at(s.span(), "max_open_for must be 1 to 86400 seconds"),
             },
         };
-        if users.insert(name.clone(), NativeUser { key, open, max_open_for }).is_some() {
+        let fleet = match u.scope {
+            None => false,
+            Some(s) => match s.get_ref().as_str() {
+                "local" => false,
+                "fleet" => true,
+                _ => return at(s.span(), "scope must be \"local\" or \"fleet\""),
+            },
+        };
+        if users.insert(name.clone(), NativeUser { key, open, max_open_for, fleet }).is_some() {
             return at(span, format!("user {name:?} is defined twice"));
         }
     }

@@ -62,6 +62,8 @@ pub struct Engine {
     rotation_due: Option<u64>,
     /// Bumped whenever a rotating sequence changes (the capture filter follows).
     rotation_generation: u64,
+    /// Fleet membership: fleet-scoped SPA grants are shared through it.
+    fleet: Option<Arc<crate::fleet::node::Fleet>>,
 }
 
 impl Engine {
@@ -127,10 +129,17 @@ impl Engine {
             burnt: rotation::Burnt::default(),
             rotation_due: None,
             rotation_generation: 0,
+            fleet: None,
         })
     }
 
     /// Add single-packet authorization on the gate's UDP ports.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::node::Fleet>) -> Engine {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Add the SPA gate.
     pub fn with_spa(mut self, gate: SpaGate) -> Engine {
         self.spa = Some(gate);
         self
@@ -288,6 +297,7 @@ impl Engine {
         }
         match gate.handle_to(src, dst, payload, now_unix, now) {
             Verdict::Grant(dec) => {
+                let share = gate.take_fleet_share();
                 self.stats.spa_accepted += 1;
                 if let Some(fg) = dec.fwknop.clone() {
                     if self.fwknop_grant(src, &dec, &fg, wall) {
@@ -298,7 +308,12 @@ impl Engine {
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let log = self.open_limiter.take(now);
                 let before = self.stats.opened;
-                self.apply_grant(src, &label, origin, dec.allow, &dec.services, dec.duration, log, wall);
+                self.apply_grant(src, &label, origin.clone(), dec.allow, &dec.services, dec.duration, log, wall);
+                if share && self.stats.opened > before {
+                    if let Some(f) = &self.fleet {
+                        f.share(crate::fleet::node::Outgoing::new(dec.allow, &dec.services, dec.duration, &origin));
+                    }
+                }
                 if dec.fwknop.is_some() && self.stats.opened > before && log {
                     self.fwknop_added(&dec, wall);
                 }

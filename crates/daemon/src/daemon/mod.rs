@@ -133,6 +133,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         None => None,
     };
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
+    let fleet = crate::fleet::node::start_for(config, &granter)?;
+    if let Some(f) = &fleet {
+        engine = engine.with_fleet(Arc::clone(f));
+    }
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let replay = open_replay(config, spa, now_unix)?;
@@ -143,7 +147,11 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             spa.stanzas.len(),
             replay.len()
         );
-        engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
+        let gate = SpaGate::new(spa, plan.protected.clone(), replay);
+        engine = engine.with_spa(match crate::fleet::node::gate_for(fleet.as_deref(), spa)? {
+            Some(fg) => gate.with_fleet(fg),
+            None => gate,
+        });
     }
     let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
     let actions = if cycles || config.doors.iter().any(|d| d.commands.is_some()) {

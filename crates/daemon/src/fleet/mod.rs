@@ -7,11 +7,13 @@
 //!
 //! * [`config`]: the `[fleet]` section and the root-only URL file.
 //! * [`schema`]: versioned migrations (refuses a newer schema).
+//! * [`gate`]: the SPA gate's fleet claim and `on_db_down`.
 //! * [`replay`]: the atomic fleet replay claim, with a bounded wait off the caller.
 //! * [`shared`]: fleet grants and revocations, their notifications, the listener.
 //! * [`node`]: this node's listener and publisher threads, status for health/metrics.
 
 pub mod config;
+pub mod gate;
 pub mod node;
 pub mod replay;
 pub mod schema;

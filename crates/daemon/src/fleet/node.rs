@@ -51,6 +51,19 @@ pub struct Outgoing {
     pub origin: String,
 }
 
+impl Outgoing {
+    /// A grant made now for `duration`.
+    pub fn new(addr: IpAddr, services: &[Service], duration: Duration, origin: &Origin) -> Outgoing {
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Outgoing {
+            addr: portcullis_proto::addr::canonical(addr),
+            services: services.to_vec(),
+            expires_at: unix_ms().saturating_add(ms),
+            origin: origin.to_string(),
+        }
+    }
+}
+
 /// A running fleet membership.
 pub struct Fleet {
     cfg: FleetConfig,
@@ -123,6 +136,27 @@ impl Fleet {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Start the fleet side of `config`, if it has `[fleet]`.
+pub fn start_for(config: &crate::config::Config, granter: &Arc<Granter>) -> anyhow::Result<Option<Arc<Fleet>>> {
+    match &config.fleet {
+        None => Ok(None),
+        Some(f) => Ok(Some(Arc::new(Fleet::start(f.clone(), granter)?))),
+    }
+}
+
+/// The SPA gate's fleet side, when some native user is fleet-scoped.
+pub fn gate_for(
+    fleet: Option<&Fleet>,
+    spa: &crate::config::spa::SpaConfig,
+) -> anyhow::Result<Option<super::gate::FleetGate>> {
+    let Some(f) = fleet else { return Ok(None) };
+    if !spa.users.values().any(|u| u.fleet) {
+        return Ok(None);
+    }
+    let replay = super::replay::FleetReplay::spawn(f.url.clone(), f.cfg.node.clone(), super::replay::DEFAULT_WAIT)?;
+    Ok(Some(super::gate::FleetGate::new(replay, f.cfg.on_db_down)))
 }
 
 impl Drop for Fleet {

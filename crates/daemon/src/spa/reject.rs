@@ -138,6 +138,8 @@ pub enum RejectReason {
     ReplayCacheFull,
     /// The native crypto budget is exhausted.
     CryptoBudget,
+    /// A fleet-scoped request while the fleet database is unreachable (`on_db_down = "refuse"`).
+    FleetUnavailable,
     /// Authenticated and fresh, but refused by policy.
     Denied {
         /// Who asked.
@@ -157,7 +159,9 @@ impl RejectReason {
             RejectReason::NoStanzaKey(_) => RejectClass::Auth,
             RejectReason::Stale { .. } => RejectClass::Window,
             RejectReason::Replayed | RejectReason::EphemeralSeen => RejectClass::Replay,
-            RejectReason::ReplayCacheFull | RejectReason::CryptoBudget => RejectClass::Overload,
+            RejectReason::ReplayCacheFull | RejectReason::CryptoBudget | RejectReason::FleetUnavailable => {
+                RejectClass::Overload
+            }
             RejectReason::Denied { .. } => RejectClass::Policy,
         }
     }
@@ -202,6 +206,7 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::ReplayCacheFull => f.write_str("replay cache full"),
             RejectReason::CryptoBudget => f.write_str("native SPA crypto budget exhausted (flood?)"),
+            RejectReason::FleetUnavailable => f.write_str("fleet database unavailable (on_db_down = refuse)"),
             RejectReason::Denied { who, denial } => write!(f, "{denial} ({who})"),
         }
     }

@@ -79,6 +79,7 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
             key: alice.public(),
             open: vec![Service::tcp(22)],
             max_open_for: Duration::from_secs(60),
+            fleet: false,
         },
     );
     let cfg = SpaConfig {
