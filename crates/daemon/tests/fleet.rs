@@ -274,3 +274,103 @@ fn database_down_local_grants_hold_and_expire_then_queue_drains() {
     assert_eq!(f1.status().queued.load(Ordering::Relaxed), 0);
     assert!(f2.status().lag_ms.load(Ordering::Relaxed) >= 0);
 }
+
+mod gate {
+    use super::*;
+    use portcullis_daemon::config::spa::{NativeUser, SpaConfig};
+    use portcullis_daemon::fleet::gate::FleetGate;
+    use portcullis_daemon::spa::replay::ReplayCache;
+    use portcullis_daemon::spa::{RejectReason, SpaGate, Verdict};
+    use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerKey, UserKey};
+    use portcullis_proto::Millis;
+    use std::collections::HashMap;
+
+    fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
+        let mut x = seed;
+        move |b: &mut [u8]| {
+            for chunk in b.chunks_mut(8) {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes()[..chunk.len()]);
+            }
+        }
+    }
+
+    fn gate(server: &ServerKey, alice: &UserKey, fleet: bool, fg: Option<FleetGate>) -> SpaGate {
+        let mut users = HashMap::new();
+        users.insert(
+            "alice".to_string(),
+            NativeUser { key: alice.public(), open: vec![ssh()], max_open_for: Duration::from_secs(60), fleet },
+        );
+        let cfg = SpaConfig {
+            ports: vec![62201],
+            max_age: 120,
+            protect: Vec::new(),
+            server_key: Some(server.clone()),
+            users,
+            stanzas: Vec::new(),
+            udp_server: None,
+            aging: true,
+            persist_replay: false,
+            import_digest_file: None,
+            forwarding: false,
+            local_nat: false,
+            access_conf: None,
+            inline_stanzas: 0,
+        };
+        let g = SpaGate::new(&cfg, vec![ssh()], ReplayCache::in_memory(1000));
+        match fg {
+            Some(fg) => g.with_fleet(fg),
+            None => g,
+        }
+    }
+
+    fn fleet_gate(url: String, node: &str, on_db_down: OnDbDown) -> FleetGate {
+        FleetGate::new(FleetReplay::spawn(url, node.into(), replay::DEFAULT_WAIT).unwrap(), on_db_down)
+    }
+
+    #[test]
+    fn packet_accepted_on_one_gateway_is_refused_on_another() {
+        let Some(pg) = Pg::start() else { return };
+        schema::migrate(&mut pg.client()).unwrap();
+        let (server, alice) = (ServerKey::generate(&mut rng(1)), UserKey::generate(&mut rng(2)));
+        let mut gw1 = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw1", OnDbDown::Refuse)));
+        let mut gw2 = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw2", OnDbDown::Refuse)));
+        let now = u64::try_from(unix_ms() / 1000).unwrap();
+        let packet = |seed| {
+            let mut r = rng(seed);
+            let req = Request::new("alice", now, AllowAddr::Source, [ssh()], 30, &mut r).unwrap();
+            native::seal(&req, server.public(), &alice, &mut r).unwrap()
+        };
+        let src: IpAddr = "192.0.2.10".parse().unwrap();
+        let p = packet(10);
+        let t = Instant::now();
+        assert!(matches!(gw1.handle(src, &p, now, Millis(0)), Verdict::Grant(_)));
+        eprintln!("fleet-scoped SPA accept (incl. claim): {:?}", t.elapsed());
+        assert!(gw1.take_fleet_share(), "a fleet grant is shared");
+        assert!(!gw1.take_fleet_share(), "once");
+        assert_eq!(gw2.handle(src, &p, now, Millis(0)), Verdict::Reject(RejectReason::Replayed));
+        // A local-scope user on the same gateway never waits for the database.
+        let mut local = gate(&server, &alice, false, Some(fleet_gate(pg.url("postgres"), "gw2", OnDbDown::Refuse)));
+        let t = Instant::now();
+        assert!(matches!(local.handle(src, &packet(11), now, Millis(0)), Verdict::Grant(_)));
+        eprintln!("local-scope SPA accept: {:?}", t.elapsed());
+        assert!(!local.take_fleet_share());
+        // Database down: refuse, or accept locally, as on_db_down says.
+        pg.down();
+        let mut refuse = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw3", OnDbDown::Refuse)));
+        let mut lenient = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw3", OnDbDown::Local)));
+        let t = Instant::now();
+        assert_eq!(refuse.handle(src, &packet(12), now, Millis(0)), Verdict::Reject(RejectReason::FleetUnavailable));
+        assert!(t.elapsed() < Duration::from_millis(400), "bounded wait: {:?}", t.elapsed());
+        let p = packet(13);
+        assert!(matches!(lenient.handle(src, &p, now, Millis(0)), Verdict::Grant(_)));
+        assert!(!lenient.take_fleet_share(), "not shared when accepted locally");
+        assert!(matches!(
+            lenient.handle(src, &p, now, Millis(1)),
+            Verdict::Reject(RejectReason::Replayed | RejectReason::EphemeralSeen)
+        ));
+        let mut local = gate(&server, &alice, false, None);
+        assert!(matches!(local.handle(src, &packet(14), now, Millis(0)), Verdict::Grant(_)), "local users unaffected");
+    }
+}
