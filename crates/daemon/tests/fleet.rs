@@ -38,9 +38,11 @@ impl Pg {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let pg = Pg { dir };
         run(Command::new("chown").arg("postgres:postgres").arg(pg.dir.path()));
-        run(Command::new("runuser").args(["-u", "postgres", "--"]).arg(Path::new(BIN).join("initdb")).args([
-            "--no-sync", "-A", "trust", "-U", "postgres", "-D",
-        ]).arg(pg.data()));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("initdb"))
+            .args(["--no-sync", "-A", "trust", "-U", "postgres", "-D"])
+            .arg(pg.data()));
         pg.up();
         Some(pg)
     }
@@ -51,15 +53,23 @@ impl Pg {
 
     fn up(&self) {
         let opts = format!("-k {} -h '' -c fsync=off", self.dir.path().display());
-        run(Command::new("runuser").args(["-u", "postgres", "--"]).arg(Path::new(BIN).join("pg_ctl")).args([
-            "-w", "-s", "-l",
-        ]).arg(self.dir.path().join("log")).arg("-D").arg(self.data()).args(["-o", &opts, "start"]));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-w", "-s", "-l"])
+            .arg(self.dir.path().join("log"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &opts, "start"]));
     }
 
     fn down(&self) {
-        run(Command::new("runuser").args(["-u", "postgres", "--"]).arg(Path::new(BIN).join("pg_ctl")).args([
-            "-w", "-s", "-m", "fast", "-D",
-        ]).arg(self.data()).arg("stop"));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-w", "-s", "-m", "fast", "-D"])
+            .arg(self.data())
+            .arg("stop"));
     }
 
     fn url(&self, db: &str) -> String {
@@ -131,7 +141,9 @@ fn schema_migrates_once_and_refuses_newer() {
     let f = pg.dir.path().join("bad.url");
     std::fs::write(&f, "host=/nonexistent user=nobody dbname=x").unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let r = FleetReplay::spawn("host=/nonexistent user=x dbname=x".into(), "gw1".into(), replay::DEFAULT_WAIT).unwrap();
+    let r =
+        FleetReplay::spawn("host=/nonexistent user=x dbname=x".into(), "gw1".into(), replay::DEFAULT_WAIT)
+            .unwrap();
     assert_eq!(r.claim([1; 32], u64::MAX / 2), Claim::Down);
 }
 
@@ -202,11 +214,27 @@ fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
     let client: IpAddr = "192.0.2.10".parse().unwrap();
     let other: IpAddr = "192.0.2.11".parse().unwrap();
     // gw1 grants locally (as its SPA path does) and shares it.
-    gws[0].grant(portcullis_daemon::grants::Origin { kind: portcullis_api::OriginKind::Spa, detail: "user alice".into() },
-        client, &[ssh()], Duration::from_secs(30)).unwrap();
+    gws[0]
+        .grant(
+            portcullis_daemon::grants::Origin {
+                kind: portcullis_api::OriginKind::Spa,
+                detail: "user alice".into(),
+            },
+            client,
+            &[ssh()],
+            Duration::from_secs(30),
+        )
+        .unwrap();
     let t = Instant::now();
-    fleets[0].share(Outgoing { addr: client, services: vec![ssh()], expires_at: unix_ms() + 30_000, origin: "spa:user alice".into() });
-    wait_for("gw2 and gw3 open", Duration::from_secs(5), || holds(&gws[1], client).is_some() && holds(&gws[2], client).is_some());
+    fleets[0].share(Outgoing {
+        addr: client,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "spa:user alice".into(),
+    });
+    wait_for("gw2 and gw3 open", Duration::from_secs(5), || {
+        holds(&gws[1], client).is_some() && holds(&gws[2], client).is_some()
+    });
     eprintln!("grant -> applied on all nodes: {:?}", t.elapsed());
     for g in &gws {
         let left = holds(g, client).unwrap();
@@ -221,10 +249,14 @@ fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
     // Forged notifications and rows from unknown nodes are never acted on.
     c.execute("SELECT pg_notify('portcullis_fleet', 'g 1; DROP TABLE x')", &[]).unwrap();
     c.execute("SELECT pg_notify('portcullis_fleet', $1)", &[&"g ".repeat(1000)]).unwrap();
-    let id: i64 = c.query_one(
-        "INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
          VALUES ('evil', '192.0.2.66', 'tcp/22', $1, 'spa:x', $2) RETURNING id",
-        &[&(unix_ms() + 30_000), &unix_ms()]).unwrap().get(0);
+            &[&(unix_ms() + 30_000), &unix_ms()],
+        )
+        .unwrap()
+        .get(0);
     c.execute("SELECT pg_notify('portcullis_fleet', $1)", &[&format!("g {id}")]).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     for g in &gws {
@@ -232,7 +264,12 @@ fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
     }
 
     // gw2 restarts (a fresh kernel, nothing held) and reconciles the live fleet grants.
-    fleets[0].share(Outgoing { addr: other, services: vec![ssh()], expires_at: unix_ms() + 20_000, origin: "api:ops".into() });
+    fleets[0].share(Outgoing {
+        addr: other,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 20_000,
+        origin: "api:ops".into(),
+    });
     wait_for("gw2 open", Duration::from_secs(5), || holds(&gws[1], other).is_some());
     std::thread::sleep(Duration::from_millis(1100));
     drop(fleets.into_iter().nth(1));
@@ -240,7 +277,10 @@ fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
     let f2 = Fleet::start(pg.node("gw2"), &gw2).unwrap();
     wait_for("gw2 reconciled", Duration::from_secs(10), || holds(&gw2, other).is_some());
     let left = holds(&gw2, other).unwrap();
-    assert!(left < Duration::from_millis(19_000) && left > Duration::from_secs(15), "remaining time: {left:?}");
+    assert!(
+        left < Duration::from_millis(19_000) && left > Duration::from_secs(15),
+        "remaining time: {left:?}"
+    );
     assert!(holds(&gw2, client).is_none(), "revoked grant not reapplied");
     assert!(holds(&gw2, "192.0.2.66".parse().unwrap()).is_none(), "unknown node not applied");
     drop(f2);
@@ -258,7 +298,8 @@ fn database_down_local_grants_hold_and_expire_then_queue_drains() {
     pg.down();
     wait_for("disconnect seen", Duration::from_secs(10), || !f2.status().connected.load(Ordering::Relaxed));
     let a: IpAddr = "192.0.2.20".parse().unwrap();
-    let origin = portcullis_daemon::grants::Origin { kind: portcullis_api::OriginKind::Door, detail: "ssh".into() };
+    let origin =
+        portcullis_daemon::grants::Origin { kind: portcullis_api::OriginKind::Door, detail: "ssh".into() };
     // A local door still opens, and closes on time, with the database down.
     gw1.grant(origin.clone(), a, &[ssh()], Duration::from_secs(1)).unwrap();
     assert!(holds(&gw1, a).is_some());
@@ -266,7 +307,12 @@ fn database_down_local_grants_hold_and_expire_then_queue_drains() {
     // A fleet grant made now is queued, then shared when the database returns.
     let b: IpAddr = "192.0.2.21".parse().unwrap();
     gw1.grant(origin, b, &[ssh()], Duration::from_secs(30)).unwrap();
-    f1.share(Outgoing { addr: b, services: vec![ssh()], expires_at: unix_ms() + 30_000, origin: "door:ssh".into() });
+    f1.share(Outgoing {
+        addr: b,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "door:ssh".into(),
+    });
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(f1.status().queued.load(Ordering::Relaxed), 1);
     pg.up();
@@ -300,7 +346,12 @@ mod gate {
         let mut users = HashMap::new();
         users.insert(
             "alice".to_string(),
-            NativeUser { key: alice.public(), open: vec![ssh()], max_open_for: Duration::from_secs(60), fleet },
+            NativeUser {
+                key: alice.public(),
+                open: vec![ssh()],
+                max_open_for: Duration::from_secs(60),
+                fleet,
+            },
         );
         let cfg = SpaConfig {
             ports: vec![62201],
@@ -334,8 +385,10 @@ mod gate {
         let Some(pg) = Pg::start() else { return };
         schema::migrate(&mut pg.client()).unwrap();
         let (server, alice) = (ServerKey::generate(&mut rng(1)), UserKey::generate(&mut rng(2)));
-        let mut gw1 = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw1", OnDbDown::Refuse)));
-        let mut gw2 = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw2", OnDbDown::Refuse)));
+        let mut gw1 =
+            gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw1", OnDbDown::Refuse)));
+        let mut gw2 =
+            gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw2", OnDbDown::Refuse)));
         let now = u64::try_from(unix_ms() / 1000).unwrap();
         let packet = |seed| {
             let mut r = rng(seed);
@@ -351,17 +404,23 @@ mod gate {
         assert!(!gw1.take_fleet_share(), "once");
         assert_eq!(gw2.handle(src, &p, now, Millis(0)), Verdict::Reject(RejectReason::Replayed));
         // A local-scope user on the same gateway never waits for the database.
-        let mut local = gate(&server, &alice, false, Some(fleet_gate(pg.url("postgres"), "gw2", OnDbDown::Refuse)));
+        let mut local =
+            gate(&server, &alice, false, Some(fleet_gate(pg.url("postgres"), "gw2", OnDbDown::Refuse)));
         let t = Instant::now();
         assert!(matches!(local.handle(src, &packet(11), now, Millis(0)), Verdict::Grant(_)));
         eprintln!("local-scope SPA accept: {:?}", t.elapsed());
         assert!(!local.take_fleet_share());
         // Database down: refuse, or accept locally, as on_db_down says.
         pg.down();
-        let mut refuse = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw3", OnDbDown::Refuse)));
-        let mut lenient = gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw3", OnDbDown::Local)));
+        let mut refuse =
+            gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw3", OnDbDown::Refuse)));
+        let mut lenient =
+            gate(&server, &alice, true, Some(fleet_gate(pg.url("postgres"), "gw3", OnDbDown::Local)));
         let t = Instant::now();
-        assert_eq!(refuse.handle(src, &packet(12), now, Millis(0)), Verdict::Reject(RejectReason::FleetUnavailable));
+        assert_eq!(
+            refuse.handle(src, &packet(12), now, Millis(0)),
+            Verdict::Reject(RejectReason::FleetUnavailable)
+        );
         assert!(t.elapsed() < Duration::from_millis(400), "bounded wait: {:?}", t.elapsed());
         let p = packet(13);
         assert!(matches!(lenient.handle(src, &p, now, Millis(0)), Verdict::Grant(_)));
@@ -371,6 +430,9 @@ mod gate {
             Verdict::Reject(RejectReason::Replayed | RejectReason::EphemeralSeen)
         ));
         let mut local = gate(&server, &alice, false, None);
-        assert!(matches!(local.handle(src, &packet(14), now, Millis(0)), Verdict::Grant(_)), "local users unaffected");
+        assert!(
+            matches!(local.handle(src, &packet(14), now, Millis(0)), Verdict::Grant(_)),
+            "local users unaffected"
+        );
     }
 }

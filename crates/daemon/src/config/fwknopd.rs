@@ -336,7 +336,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         access_conf: Some(access_path),
         inline_stanzas: 0,
     };
-    Ok(Config { path: path.to_owned(), daemon, doors: Vec::new(), spa: Some(spa), api: None, fleet: None, notes })
+    Ok(Config {
+        path: path.to_owned(),
+        daemon,
+        doors: Vec::new(),
+        spa: Some(spa),
+        api: None,
+        fleet: None,
+        notes,
+    })
 }
 
 /// `ACCEPT, filter, INPUT, 1, FWKNOP_INPUT, 1` → (our chain, jump position in INPUT).

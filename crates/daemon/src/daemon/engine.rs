@@ -308,10 +308,24 @@ impl Engine {
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let log = self.open_limiter.take(now);
                 let before = self.stats.opened;
-                self.apply_grant(src, &label, origin.clone(), dec.allow, &dec.services, dec.duration, log, wall);
+                self.apply_grant(
+                    src,
+                    &label,
+                    origin.clone(),
+                    dec.allow,
+                    &dec.services,
+                    dec.duration,
+                    log,
+                    wall,
+                );
                 if share && self.stats.opened > before {
                     if let Some(f) = &self.fleet {
-                        f.share(crate::fleet::node::Outgoing::new(dec.allow, &dec.services, dec.duration, &origin));
+                        f.share(crate::fleet::node::Outgoing::new(
+                            dec.allow,
+                            &dec.services,
+                            dec.duration,
+                            &origin,
+                        ));
                     }
                 }
                 if dec.fwknop.is_some() && self.stats.opened > before && log {

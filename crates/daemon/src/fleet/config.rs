@@ -77,7 +77,10 @@ pub fn validate(raw: RawFleet, dir: &Path) -> Result<FleetConfig, Refusal> {
     let node = match raw.node {
         None => return Err((None, "[fleet] needs node (this gateway's name)".into())),
         Some(n) if !valid_node(n.get_ref()) => {
-            return Err((Some(n.span()), format!("fleet node {:?}: use 1-64 of A-Z a-z 0-9 . _ -", n.get_ref())))
+            return Err((
+                Some(n.span()),
+                format!("fleet node {:?}: use 1-64 of A-Z a-z 0-9 . _ -", n.get_ref()),
+            ))
         }
         Some(n) => n.into_inner(),
     };
@@ -99,7 +102,10 @@ pub fn validate(raw: RawFleet, dir: &Path) -> Result<FleetConfig, Refusal> {
             "refuse" => OnDbDown::Refuse,
             "local" => OnDbDown::Local,
             other => {
-                return Err((Some(p.span()), format!("fleet on_db_down {other:?}: use \"refuse\" or \"local\"")))
+                return Err((
+                    Some(p.span()),
+                    format!("fleet on_db_down {other:?}: use \"refuse\" or \"local\""),
+                ))
             }
         },
     };
@@ -118,7 +124,10 @@ pub fn read_url(path: &Path) -> Result<String, FleetError> {
         return Err(bad("not a regular file".into()));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(bad(format!("mode {:o} lets others read the password; chmod 600 it", meta.mode() & 0o777)));
+        return Err(bad(format!(
+            "mode {:o} lets others read the password; chmod 600 it",
+            meta.mode() & 0o777
+        )));
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != 0 && meta.uid() != me {

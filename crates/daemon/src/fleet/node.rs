@@ -95,7 +95,8 @@ impl Fleet {
                 .map_err(|_| super::FleetError::Timeout)?;
         }
         {
-            let (node, url, status, stop) = (cfg.node.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
+            let (node, url, status, stop) =
+                (cfg.node.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("fleet-publish".into())
                 .spawn(move || publisher(&node, &url, &rx, &status, &stop))
@@ -139,7 +140,10 @@ impl Fleet {
 }
 
 /// Start the fleet side of `config`, if it has `[fleet]`.
-pub fn start_for(config: &crate::config::Config, granter: &Arc<Granter>) -> anyhow::Result<Option<Arc<Fleet>>> {
+pub fn start_for(
+    config: &crate::config::Config,
+    granter: &Arc<Granter>,
+) -> anyhow::Result<Option<Arc<Fleet>>> {
     match &config.fleet {
         None => Ok(None),
         Some(f) => Ok(Some(Arc::new(Fleet::start(f.clone(), granter)?))),
@@ -155,7 +159,8 @@ pub fn gate_for(
     if !spa.users.values().any(|u| u.fleet) {
         return Ok(None);
     }
-    let replay = super::replay::FleetReplay::spawn(f.url.clone(), f.cfg.node.clone(), super::replay::DEFAULT_WAIT)?;
+    let replay =
+        super::replay::FleetReplay::spawn(f.url.clone(), f.cfg.node.clone(), super::replay::DEFAULT_WAIT)?;
     Ok(Some(super::gate::FleetGate::new(replay, f.cfg.on_db_down)))
 }
 
@@ -181,7 +186,13 @@ impl Apply for GranterApply {
         match self.granter.grant(origin_of(g), g.addr, &[g.service], remaining) {
             Ok(()) => {
                 self.status.applied.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("{}: {} opened for {}s by fleet node {}", g.addr, g.service, remaining.as_secs(), g.node);
+                tracing::info!(
+                    "{}: {} opened for {}s by fleet node {}",
+                    g.addr,
+                    g.service,
+                    remaining.as_secs(),
+                    g.node
+                );
             }
             Err(e) => tracing::error!("{}: fleet grant {} from {} failed: {e}", g.addr, g.id, g.node),
         }

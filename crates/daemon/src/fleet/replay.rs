@@ -30,7 +30,13 @@ pub enum Claim {
 }
 
 /// Claim `digest` until `expires_at` (unix seconds) for `node`, atomically.
-pub fn claim(client: &mut Client, node: &str, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<Claim, FleetError> {
+pub fn claim(
+    client: &mut Client,
+    node: &str,
+    digest: &[u8; 32],
+    expires_at: i64,
+    now: i64,
+) -> Result<Claim, FleetError> {
     // An expired claim of the same digest (request replayed after its window, which the
     // gate refuses as stale anyway) is taken over rather than blocking forever.
     let n = client.execute(

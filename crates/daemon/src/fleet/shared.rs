@@ -112,7 +112,15 @@ pub fn check_row(
     if origin.len() > 256 {
         return Err(RowRefusal::Malformed(id));
     }
-    Ok(FleetGrant { id, node, addr: portcullis_proto::addr::canonical(addr), service, expires_at, origin, created_at })
+    Ok(FleetGrant {
+        id,
+        node,
+        addr: portcullis_proto::addr::canonical(addr),
+        service,
+        expires_at,
+        origin,
+        created_at,
+    })
 }
 
 fn from_row(cfg: &FleetConfig, r: &Row) -> Result<FleetGrant, RowRefusal> {
@@ -175,7 +183,8 @@ pub fn revoke(
     Ok(ids)
 }
 
-const SELECT: &str = "SELECT g.id, g.node, g.addr, g.service, g.expires_at, g.origin, g.created_at FROM fleet_grants g";
+const SELECT: &str =
+    "SELECT g.id, g.node, g.addr, g.service, g.expires_at, g.origin, g.created_at FROM fleet_grants g";
 
 /// Every live, unrevoked fleet grant at `now` (checked; refused rows are logged).
 pub fn live(client: &mut Client, cfg: &FleetConfig, now: i64) -> Result<Vec<FleetGrant>, FleetError> {
@@ -193,7 +202,11 @@ pub fn live(client: &mut Client, cfg: &FleetConfig, now: i64) -> Result<Vec<Flee
 }
 
 /// One grant row by id, if it exists and is not revoked.
-pub fn get(client: &mut Client, cfg: &FleetConfig, id: i64) -> Result<Option<Result<FleetGrant, RowRefusal>>, FleetError> {
+pub fn get(
+    client: &mut Client,
+    cfg: &FleetConfig,
+    id: i64,
+) -> Result<Option<Result<FleetGrant, RowRefusal>>, FleetError> {
     let row = client.query_opt(
         &format!(
             "{SELECT} WHERE g.id = $1
@@ -205,7 +218,11 @@ pub fn get(client: &mut Client, cfg: &FleetConfig, id: i64) -> Result<Option<Res
 }
 
 /// The row a revocation names (revoked or not).
-fn get_any(client: &mut Client, cfg: &FleetConfig, id: i64) -> Result<Option<Result<FleetGrant, RowRefusal>>, FleetError> {
+fn get_any(
+    client: &mut Client,
+    cfg: &FleetConfig,
+    id: i64,
+) -> Result<Option<Result<FleetGrant, RowRefusal>>, FleetError> {
     let row = client.query_opt(&format!("{SELECT} WHERE g.id = $1"), &[&id])?;
     Ok(row.map(|r| from_row(cfg, &r)))
 }
@@ -234,7 +251,12 @@ pub fn reconcile(client: &mut Client, cfg: &FleetConfig, apply: &mut dyn Apply) 
 
 /// Act on one notification: read its row and apply it. Own grants are skipped (applied
 /// locally when made).
-pub fn handle(client: &mut Client, cfg: &FleetConfig, payload: &str, apply: &mut dyn Apply) -> Result<(), FleetError> {
+pub fn handle(
+    client: &mut Client,
+    cfg: &FleetConfig,
+    payload: &str,
+    apply: &mut dyn Apply,
+) -> Result<(), FleetError> {
     let Some(notice) = parse_notice(payload) else {
         tracing::warn!("fleet: refused malformed notification ({} bytes)", payload.len());
         return Ok(());

@@ -15,14 +15,20 @@ fn fleet_section_is_validated() {
     assert_eq!(c.database_url_file, Path::new("/etc/portcullis/fleet.url"));
     assert_eq!(c.on_db_down, OnDbDown::Refuse);
     assert!(c.knows("anything-valid"));
-    let c = cfg("database_url_file = \"/u\"\nnode = \"gw1\"\nnodes = [\"gw1\", \"gw2\"]\non_db_down = \"local\"").unwrap();
+    let c =
+        cfg("database_url_file = \"/u\"\nnode = \"gw1\"\nnodes = [\"gw1\", \"gw2\"]\non_db_down = \"local\"")
+            .unwrap();
     assert_eq!(c.on_db_down, OnDbDown::Local);
     assert!(c.knows("gw2") && !c.knows("gw9"));
     assert!(cfg("node = \"gw1\"").unwrap_err().contains("database_url_file"));
     assert!(cfg("database_url_file = \"/u\"").unwrap_err().contains("node"));
     assert!(cfg("database_url_file = \"/u\"\nnode = \"g w\"").unwrap_err().contains("node"));
-    assert!(cfg("database_url_file = \"/u\"\nnode = \"gw1\"\nnodes = [\"gw2\"]").unwrap_err().contains("this node"));
-    assert!(cfg("database_url_file = \"/u\"\nnode = \"gw1\"\non_db_down = \"open\"").unwrap_err().contains("on_db_down"));
+    assert!(cfg("database_url_file = \"/u\"\nnode = \"gw1\"\nnodes = [\"gw2\"]")
+        .unwrap_err()
+        .contains("this node"));
+    assert!(cfg("database_url_file = \"/u\"\nnode = \"gw1\"\non_db_down = \"open\"")
+        .unwrap_err()
+        .contains("on_db_down"));
     assert!(cfg("database_url_file = \"/u\"\nnode = \"gw1\"\nbogus = 1").is_err());
 }
 
@@ -47,7 +53,8 @@ fn url_file_must_be_private() {
 fn notifications_are_parsed_strictly() {
     assert_eq!(parse_notice("g 12"), Some(Notice::Grant(12)));
     assert_eq!(parse_notice("r 7"), Some(Notice::Revoke(7)));
-    for bad in ["", "g", "g ", "g 0", "g -1", "g +1", "g 1 ", "x 1", "g 1a", "G 1", "g 99999999999999999999"] {
+    for bad in ["", "g", "g ", "g 0", "g -1", "g +1", "g 1 ", "x 1", "g 1a", "G 1", "g 99999999999999999999"]
+    {
         assert_eq!(parse_notice(bad), None, "{bad:?}");
     }
     assert_eq!(parse_notice(&format!("g {}", "1".repeat(40))), None);
