@@ -93,40 +93,60 @@ pub enum RowRefusal {
     Malformed(i64),
 }
 
+/// A row as stored, before it is checked.
+#[derive(Debug, Clone)]
+pub struct RawRow {
+    /// Row id.
+    pub id: i64,
+    /// The node that made it.
+    pub node: String,
+    /// Address text.
+    pub addr: String,
+    /// Service text (`tcp/22`).
+    pub service: String,
+    /// Absolute expiry, unix ms.
+    pub expires_at: i64,
+    /// What made it on that node.
+    pub origin: String,
+    /// When it was recorded, unix ms.
+    pub created_at: i64,
+}
+
 /// Check a raw row against the fleet's members.
-pub fn check_row(
-    cfg: &FleetConfig,
-    id: i64,
-    node: String,
-    addr: &str,
-    service: &str,
-    expires_at: i64,
-    origin: String,
-    created_at: i64,
-) -> Result<FleetGrant, RowRefusal> {
-    if !cfg.knows(&node) {
-        return Err(RowRefusal::UnknownNode(id, node.chars().take(64).collect()));
+pub fn check_row(cfg: &FleetConfig, r: RawRow) -> Result<FleetGrant, RowRefusal> {
+    let id = r.id;
+    if !cfg.knows(&r.node) {
+        return Err(RowRefusal::UnknownNode(id, r.node.chars().take(64).collect()));
     }
-    let addr: IpAddr = addr.parse().map_err(|_| RowRefusal::Malformed(id))?;
-    let service = Service::parse_grant(service).map_err(|_| RowRefusal::Malformed(id))?;
-    if origin.len() > 256 {
+    let addr: IpAddr = r.addr.parse().map_err(|_| RowRefusal::Malformed(id))?;
+    let service = Service::parse_grant(&r.service).map_err(|_| RowRefusal::Malformed(id))?;
+    if r.origin.len() > 256 {
         return Err(RowRefusal::Malformed(id));
     }
     Ok(FleetGrant {
         id,
-        node,
+        node: r.node,
         addr: portcullis_proto::addr::canonical(addr),
         service,
-        expires_at,
-        origin,
-        created_at,
+        expires_at: r.expires_at,
+        origin: r.origin,
+        created_at: r.created_at,
     })
 }
 
 fn from_row(cfg: &FleetConfig, r: &Row) -> Result<FleetGrant, RowRefusal> {
-    let addr: String = r.get(2);
-    let service: String = r.get(3);
-    check_row(cfg, r.get(0), r.get(1), &addr, &service, r.get(4), r.get(5), r.get(6))
+    check_row(
+        cfg,
+        RawRow {
+            id: r.get(0),
+            node: r.get(1),
+            addr: r.get(2),
+            service: r.get(3),
+            expires_at: r.get(4),
+            origin: r.get(5),
+            created_at: r.get(6),
+        },
+    )
 }
 
 /// Record a fleet grant made on this node and announce it. Returns the row ids.

@@ -2,7 +2,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::config::{read_url, validate, FleetConfig, OnDbDown, RawFleet};
-use super::shared::{check_row, parse_notice, Notice, RowRefusal};
+use super::shared::{check_row, parse_notice, Notice, RawRow, RowRefusal};
 
 fn cfg(text: &str) -> Result<FleetConfig, String> {
     let raw: RawFleet = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -64,7 +64,16 @@ fn notifications_are_parsed_strictly() {
 fn rows_from_strangers_or_malformed_are_refused() {
     let c = cfg("database_url_file = \"/u\"\nnode = \"gw1\"\nnodes = [\"gw1\", \"gw2\"]").unwrap();
     let row = |node: &str, addr: &str, svc: &str| {
-        check_row(&c, 1, node.into(), addr, svc, 10, "spa:user a".into(), 0)
+        let raw = RawRow {
+            id: 1,
+            node: node.into(),
+            addr: addr.into(),
+            service: svc.into(),
+            expires_at: 10,
+            origin: "spa:user a".into(),
+            created_at: 0,
+        };
+        check_row(&c, raw)
     };
     let ok = row("gw2", "192.0.2.7", "tcp/22").unwrap();
     assert_eq!(ok.service.to_string(), "tcp/22");
@@ -73,4 +82,32 @@ fn rows_from_strangers_or_malformed_are_refused() {
     assert!(matches!(row("evil", "192.0.2.7", "tcp/22"), Err(RowRefusal::UnknownNode(..))));
     assert_eq!(row("gw2", "nope", "tcp/22"), Err(RowRefusal::Malformed(1)));
     assert_eq!(row("gw2", "192.0.2.7", "tcp/0"), Err(RowRefusal::Malformed(1)));
+}
+
+fn native(tail: &str) -> Result<crate::config::Config, String> {
+    use portcullis_proto::spa::native::{ServerKey, UserKey};
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("server.key");
+    std::fs::write(&server, ServerKey::generate(&mut |b: &mut [u8]| b.fill(3)).to_text().as_str()).unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = UserKey::generate(&mut |b: &mut [u8]| b.fill(7)).public();
+    let text = format!(
+        "[spa]\nserver_key_file = \"{}\"\n[[spa.user]]\nname = \"alice\"\nkey = \"{key}\"\nopen = [\"tcp/22\"]\n{tail}",
+        server.display()
+    );
+    crate::config::parse(&text, Path::new("/etc/portcullis/p.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn native_config_reads_fleet_and_scope() {
+    let c = native("").unwrap();
+    assert!(c.fleet.is_none() && !c.spa.unwrap().users["alice"].fleet, "no [fleet]: local, as before");
+    let c =
+        native("scope = \"fleet\"\n[fleet]\ndatabase_url_file = \"fleet.url\"\nnode = \"gw1\"\n").unwrap();
+    assert_eq!(c.fleet.unwrap().node, "gw1");
+    assert!(c.spa.unwrap().users["alice"].fleet);
+    assert!(native("scope = \"fleet\"\n").unwrap_err().contains("no [fleet]"));
+    assert!(native("scope = \"world\"\n").unwrap_err().contains("scope"));
+    let e = native("[fleet]\nnode = \"gw1\"\n").unwrap_err();
+    assert!(e.contains("p.toml") && e.contains("database_url_file"), "{e}");
 }
