@@ -20,6 +20,8 @@ use portcullis_daemon::fleet::{schema, shared, unix_ms, FleetError, OnDbDown};
 use portcullis_daemon::grants::Granter;
 use portcullis_proto::Service;
 
+mod support;
+
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A PostgreSQL cluster in a temp dir; stopped and removed on drop.
@@ -434,5 +436,143 @@ mod gate {
             matches!(local.handle(src, &packet(14), now, Millis(0)), Verdict::Grant(_)),
             "local users unaffected"
         );
+    }
+}
+
+/// Three gateway daemons (each in its own lab, all with the same addresses, so the
+/// client is 192.0.2.2 behind every gateway) sharing one database.
+mod daemons {
+    use super::*;
+    use crate::support::{self, lab, root_or_skip, Probe, Server};
+    use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerKey, UserKey};
+
+    fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
+        let mut x = seed;
+        move |b: &mut [u8]| {
+            for chunk in b.chunks_mut(8) {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes()[..chunk.len()]);
+            }
+        }
+    }
+
+    fn config(node: &str, alice: &UserKey, bob: &UserKey) -> String {
+        format!(
+            r#"
+[fleet]
+database_url_file = "fleet.url"
+node = "{node}"
+nodes = ["gw1", "gw2", "gw3"]
+
+[spa]
+server_key_file = "server.key"
+
+[[spa.user]]
+name = "alice"
+key = "{}"
+open = ["tcp/2222"]
+max_open_for = 20
+scope = "fleet"
+
+[[spa.user]]
+name = "bob"
+key = "{}"
+open = ["tcp/2223"]
+"#,
+            alice.public(),
+            bob.public()
+        )
+    }
+
+    fn send(s: &Server, p: Vec<u8>) {
+        s.lab
+            .in_ns(&s.lab.client, move || {
+                let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                u.send_to(&p, (lab::SERVER4, 62201)).unwrap();
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn three_gateways_share_grants_replays_and_revocations() {
+        if !root_or_skip("three_gateways_share_grants_replays_and_revocations") {
+            return;
+        }
+        let Some(pg) = Pg::start() else { return };
+        let server = ServerKey::generate(&mut rng(11));
+        let (alice, bob) = (UserKey::generate(&mut rng(12)), UserKey::generate(&mut rng(13)));
+        let url = pg.url("postgres");
+        let key_text = server.to_text();
+        let files = [("fleet.url", url.as_str()), ("server.key", key_text.as_str())];
+        let mut gws: Vec<Server> = ["gw1", "gw2", "gw3"]
+            .iter()
+            .map(|n| Server::start_with(&format!("fl{n}"), &config(n, &alice, &bob), &[2222, 2223], &files))
+            .collect();
+        let mut seed = 100;
+        let mut packet = |user: &UserKey, name: &str, port: u16, secs: u32| {
+            seed += 1;
+            let mut r = rng(seed);
+            let now = u64::try_from(unix_ms() / 1000).unwrap();
+            let svc = Service::parse_grant(&format!("tcp/{port}")).unwrap();
+            let req = Request::new(name, now, AllowAddr::Source, [svc], secs, &mut r).unwrap();
+            native::seal(&req, server.public(), user, &mut r).unwrap()
+        };
+        let rows = |pg: &Pg| -> i64 {
+            pg.client().query_one("SELECT COUNT(*) FROM fleet_grants", &[]).unwrap().get(0)
+        };
+
+        // An SPA to gateway 1 opens the port on all three, for that client only.
+        let p = packet(&alice, "alice", 2222, 20);
+        send(&gws[0], p.clone());
+        for g in &gws {
+            g.wait_probe(&g.lab.client, lab::SERVER4, 2222, Probe::Open);
+            assert_eq!(g.probe(&g.lab.other, lab::SERVER4_OTHER, 2222), Probe::Filtered);
+        }
+        // The same packet replayed to gateway 2 is refused there.
+        send(&gws[1], p);
+        gws[1].wait_log("replayed packet", 1);
+        assert_eq!(rows(&pg), 1);
+        // The same packet to all three at once: one grant record.
+        let p = packet(&alice, "alice", 2222, 20);
+        std::thread::scope(|sc| {
+            for g in &gws {
+                let p = p.clone();
+                sc.spawn(move || send(g, p));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(rows(&pg), 2, "exactly one more grant record");
+        // Revoke on gateway 3 closes it on 1 and 2.
+        let client: IpAddr = lab::CLIENT4.parse().unwrap();
+        assert!(!shared::revoke(&mut pg.client(), "gw3", client, None, unix_ms()).unwrap().is_empty());
+        for g in &gws[..2] {
+            g.wait_probe(&g.lab.client, lab::SERVER4, 2222, Probe::Filtered);
+        }
+
+        // Gateway 2 killed; a grant made meanwhile is applied when it restarts.
+        gws[1].kill9();
+        send(&gws[0], packet(&alice, "alice", 2222, 20));
+        gws[0].wait_probe(&gws[0].lab.client, lab::SERVER4, 2222, Probe::Open);
+        let conf = config("gw2", &alice, &bob);
+        gws[1].spawn(&conf);
+        gws[1].wait_probe(&gws[1].lab.client, lab::SERVER4, 2222, Probe::Open);
+        gws[1].wait_log("opened for", 1);
+
+        // Database stopped: local users still open, and close on time; fleet users refused.
+        pg.down();
+        send(&gws[2], packet(&bob, "bob", 2223, 3));
+        gws[2].wait_probe(&gws[2].lab.client, lab::SERVER4, 2223, Probe::Open);
+        send(&gws[2], packet(&alice, "alice", 2222, 20));
+        gws[2].wait_log("fleet database unavailable", 1);
+        let t = Instant::now();
+        let closed = support::wait_until(Duration::from_secs(6), || {
+            gws[2].probe(&gws[2].lab.client, lab::SERVER4, 2223) == Probe::Filtered
+        });
+        assert!(closed, "local grant did not expire on time");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        for g in &mut gws {
+            g.kill9();
+        }
     }
 }
