@@ -107,6 +107,7 @@ pub async fn render(state: &AppState) -> String {
     head(&mut out, "portcullis_daemon_expired_total", "counter", "Grants closed by the daemon at expiry.");
     let expired = g.counters().daemon_expired.load(Ordering::Relaxed);
     let _ = writeln!(out, "portcullis_daemon_expired_total {expired}");
+    crate::fleet::metrics::render(&mut out);
     out
 }
 

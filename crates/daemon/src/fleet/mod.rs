@@ -10,10 +10,12 @@
 //! * [`gate`]: the SPA gate's fleet claim and `on_db_down`.
 //! * [`replay`]: the atomic fleet replay claim, with a bounded wait off the caller.
 //! * [`shared`]: fleet grants and revocations, their notifications, the listener.
+//! * [`metrics`]: fleet connectivity and lag for the API's `/metrics`.
 //! * [`node`]: this node's listener and publisher threads, status for health/metrics.
 
 pub mod config;
 pub mod gate;
+pub mod metrics;
 pub mod node;
 pub mod replay;
 pub mod schema;

@@ -84,6 +84,7 @@ impl Fleet {
             tracing::info!("fleet: node {} joined (schema {found} -> {})", cfg.node, schema::VERSION);
         }
         let status = Arc::new(FleetStatus::default());
+        super::metrics::register(Arc::clone(&status));
         let stop = Arc::new(AtomicBool::new(false));
         let (out, rx) = mpsc::sync_channel(QUEUE);
         {
