@@ -6,7 +6,7 @@
 #
 #   bash scripts/bench.sh            # full suite, about 7 minutes on 2 cores
 #   bash scripts/bench.sh --quick    # fewer trials, shorter floods, about 3 minutes
-#   bash scripts/bench.sh latency    # one scenario: latency|flood|grants|spa|memory
+#   bash scripts/bench.sh latency    # one scenario: latency|flood|spa-flood|grants|spa|memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -18,7 +18,7 @@ cmd=all
 args=()
 for a in "$@"; do
   case "$a" in
-    all|latency|flood|grants|spa|memory) cmd="$a" ;;
+    all|latency|flood|spa-flood|grants|spa|memory) cmd="$a" ;;
     *) args+=("$a") ;;
   esac
 done

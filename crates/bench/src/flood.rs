@@ -44,6 +44,10 @@ pub enum Kind {
     UdpPrefixed(&'static [u8], usize),
     /// UDP datagrams with these payloads, used in turn (pre-built packets).
     UdpPayloads(Arc<Vec<Vec<u8>>>),
+    /// Native SPA junk for the server public key given as bytes: a fresh random
+    /// ephemeral key per packet with its valid server tag, then a random body. Each
+    /// passes `precheck`, is new to the daemon's ephemeral-key set and costs X25519.
+    NativeFreshTag([u8; 32]),
 }
 
 /// The spoofed source addresses, used in order and cycled: `count` distinct ones.
@@ -190,6 +194,13 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let mut syn4 = [0u8; 40];
     let mut syn6 = [0u8; 60];
     let mut bucket = spec.rate.map(|r| Bucket::new(r.max(1), Instant::now()));
+    let native_pub = match &spec.kind {
+        Kind::NativeFreshTag(b) => Some(
+            portcullis_proto::spa::native::ServerPublicKey::from_bytes(*b)
+                .map_err(|e| anyhow::anyhow!("server public key: {e}"))?,
+        ),
+        _ => None,
+    };
     let mut out = Outcome::default();
     let start = Instant::now();
     out.started = Some(start);
@@ -237,6 +248,19 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
                         junk.resize((*len).max(prefix.len()), 0);
                         rng.fill(&mut junk);
                         junk[..prefix.len()].copy_from_slice(prefix);
+                        packet::udp_v4(&mut udp, src, dst, sport, port, &junk);
+                        &udp
+                    }
+                    Kind::NativeFreshTag(_) => {
+                        let Some(server) = native_pub.as_ref() else {
+                            bail!("NativeFreshTag flood without a server key");
+                        };
+                        junk.resize(portcullis_proto::spa::native::PACKET_LEN, 0);
+                        rng.fill(&mut junk);
+                        let mut eph = [0u8; 32];
+                        eph.copy_from_slice(&junk[8..40]);
+                        let header = portcullis_proto::spa::native::header_for(server, &eph);
+                        junk[..header.len()].copy_from_slice(&header);
                         packet::udp_v4(&mut udp, src, dst, sport, port, &junk);
                         &udp
                     }

@@ -11,7 +11,7 @@
 //! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), [`packet`]
 //!   (headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
 //! - lab and daemons: [`env`]; client side of a trial: [`probe`];
-//! - scenarios: [`latency`], [`floods`], [`grants`], [`spa`], [`memory`].
+//! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`], [`memory`].
 
 mod env;
 mod flood;
@@ -24,6 +24,7 @@ mod probe;
 mod procmon;
 mod report;
 mod spa;
+mod spa_flood;
 mod stats;
 mod table;
 
@@ -71,6 +72,8 @@ enum Cmd {
     Latency,
     /// 2. flood resilience.
     Flood,
+    /// 2b. SPA under attack: crypto-costly junk floods against legitimate SPA.
+    SpaFlood,
     /// 3. grant scale (nftables driver, iptables driver, raw iptables rules).
     Grants,
     /// 4. SPA rejection throughput (in process; no root needed).
@@ -144,6 +147,9 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
         }
         if all || cli.cmd == Cmd::Flood {
             floods::run(env, p.attempts, cli.only.as_deref(), &mut report)?;
+        }
+        if all || cli.cmd == Cmd::SpaFlood {
+            spa_flood::run(env, p.attempts, cli.only.as_deref(), &mut report)?;
         }
         if all || cli.cmd == Cmd::Grants {
             grants::run(env, p.grants, &mut report)?;

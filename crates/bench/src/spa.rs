@@ -240,8 +240,8 @@ pub fn run(budget: Duration, report: &mut Report) -> anyhow::Result<()> {
          256 distinct inputs per row, each checked beforehand to fail at the stage named, round-robin, ~{:.1} s per \
          row. The ratio column compares with fwknopd's intake ceiling by design (PCAP_DISPATCH_COUNT 100 per \
          PCAP_LOOP_SLEEP 100 ms), not with an in-process fwknopd measurement. portcullisd itself runs `precheck` \
-         (magic, version, length, server tag) before a global budget of 4,000 native packets/s (burst 400) that \
-         may reach X25519; the two X25519 rows are what that budget protects.",
+         (magic, version, length, server tag) before a budget per source /24 (50/s) under a global ceiling of \
+         2,000 native packets/s that may reach X25519; the two X25519 rows are what that budget protects.",
         native::PACKET_LEN,
         budget.as_secs_f64()
     ));

@@ -352,6 +352,7 @@ mod gate {
                 key: alice.public(),
                 open: vec![ssh()],
                 max_open_for: Duration::from_secs(60),
+                allow_addresses: Vec::new(),
                 fleet,
             },
         );
@@ -370,6 +371,8 @@ mod gate {
             local_nat: false,
             access_conf: None,
             inline_stanzas: 0,
+            source_prefix: (24, 56),
+            warnings: Vec::new(),
         };
         let g = SpaGate::new(&cfg, vec![ssh()], ReplayCache::in_memory(1000));
         match fg {

@@ -201,7 +201,7 @@ fn knock_and_spa_made_grants_appear_in_the_list() {
     let (user_secret, user_public) = keygen("--user");
     let tag = "apilist";
     let conf = format!(
-        "{}\n[spa]\nserver_key_file = \"server.key\"\n\n[[spa.user]]\nname = \"alice\"\nkey = \"{user_public}\"\nopen = [\"tcp/2223\"]\n",
+        "{}\n[spa]\nserver_key_file = \"server.key\"\n\n[[spa.user]]\nname = \"alice\"\nkey = \"{user_public}\"\nopen = [\"tcp/2223\"]\nallow_addresses = [\"198.51.100.2\"]\n",
         config(tag)
     );
     let s = start_with(tag, &conf, &[("server.key", &server_secret), ("alice.key", &user_secret)]);

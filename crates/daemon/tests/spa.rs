@@ -57,6 +57,7 @@ name = "alice"
 key = "{}"
 open = ["tcp/2222", "tcp/2223"]
 max_open_for = 20
+allow_addresses = ["198.51.100.0/24", "2001:db8:2::/64"]
 
 [[spa.fwknop]]
 name = "legacy"
@@ -159,6 +160,11 @@ fn debian_fwknop_legacy_stanza_without_hmac_opens_its_port() {
     }
     let k = native_keys();
     let s = start("fwkleg", &k);
+    // The weak stanza is named, with its line, at start.
+    let log = s.log_text();
+    let place = format!("fwknop stanza \"legacy\" ({}:", s.dir.join("portcullis.toml").display());
+    assert!(log.contains(&place) && log.contains("no HMAC key"), "{log}");
+    assert!(log.contains("legacy encryption mode"), "{log}");
     assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2224), Probe::Filtered);
     fwknop(&s, &["-A", "tcp/2224", "-s", "-D", lab::SERVER4, "-M", "legacy", "--key-rijndael", "legacykey"]);
     s.wait_probe(&s.lab.client, lab::SERVER4, 2224, Probe::Open);
@@ -208,6 +214,10 @@ fn native_spa_opens_for_an_allow_address_other_than_the_source_over_ipv4_and_ipv
     native(lab::OTHER6, lab::SERVER6, "tcp/2223", &key);
     s.wait_probe(&s.lab.other, lab::SERVER6_OTHER, 2223, Probe::Open);
     assert_eq!(s.probe(&s.lab.client, lab::SERVER6, 2223), Probe::Filtered);
+
+    // An address neither the source nor in alice's allow_addresses: refused.
+    native(lab::BRIDGED_OTHER4, lab::SERVER4, "tcp/2222", &key);
+    s.wait_log("neither the packet source nor listed in allow_addresses", 1);
 
     // Someone else's user key, claiming to be alice: refused.
     let (mallory_secret, _) = keygen("--user");
@@ -283,4 +293,63 @@ fn portcullis_spa_opens_a_real_fwknopd() {
     assert!(opened, "fwknopd did not open the port; its log:\n{text}");
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The eavesdropper's replay at the edge of the window: a genuine native packet is
+/// captured, the daemon restarts (its ephemeral-key set is empty again), and the
+/// captured bytes are sent from the eavesdropper's own address in the last second in
+/// which the time window still accepts them. Only the persisted replay cache stands
+/// in the way, and it must still hold the entry in that second.
+#[test]
+fn native_replay_in_the_last_second_of_the_window_after_a_restart_is_refused() {
+    use portcullis_proto::spa::native::{self, AllowAddr, Request, ServerPublicKey, UserKey};
+    use portcullis_proto::Service;
+    use std::time::SystemTime;
+
+    if !root_or_skip("native_replay_in_the_last_second_of_the_window_after_a_restart_is_refused") {
+        return;
+    }
+    const MAX_AGE: u64 = 8;
+    let k = native_keys();
+    let cfg = format!(
+        "[spa]\nserver_key_file = \"server.key\"\nmax_age = {MAX_AGE}\n\n[[spa.user]]\nname = \"alice\"\nkey = \"{}\"\nopen = [\"tcp/2222\"]\n",
+        k.user_public
+    );
+    let mut s = Server::start_with("replayedge", &cfg, &[2222], &[("server.key", &k.server_secret)]);
+    let unix = || SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+
+    // The genuine client opens for its own address; the eavesdropper keeps the bytes.
+    let server: ServerPublicKey = k.server_public.parse().unwrap();
+    let user = UserKey::from_text(&k.user_secret).unwrap();
+    let mut rng = |b: &mut [u8]| {
+        let f = std::fs::File::open("/dev/urandom").unwrap();
+        std::io::Read::read_exact(&mut &f, b).unwrap();
+    };
+    let ts = unix().as_secs();
+    let req = Request::new("alice", ts, AllowAddr::Source, [Service::tcp(2222)], 5, &mut rng).unwrap();
+    let packet = native::seal(&req, &server, &user, &mut rng).unwrap();
+    let send = |s: &Server, ns: &str, dst: &'static str, pkt: Vec<u8>| {
+        s.lab
+            .in_ns(ns, move || {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.send_to(&pkt, (dst, 62201)).unwrap();
+            })
+            .unwrap();
+    };
+    send(&s, &s.lab.client, lab::SERVER4, packet.clone());
+    s.wait_log("OPEN SESAME", 1);
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
+
+    s.kill9();
+    s.spawn(&cfg);
+    // Wait for the last second of the window: unix time ts + MAX_AGE (plus 200 ms so
+    // the send lands inside that second, not at its start).
+    let edge = Duration::from_secs(ts + MAX_AGE) + Duration::from_millis(200);
+    let now = unix();
+    assert!(now < edge, "the restart took longer than the window ({now:?} vs {edge:?}); raise MAX_AGE");
+    std::thread::sleep(edge - now);
+    send(&s, &s.lab.other, lab::SERVER4_OTHER, packet);
+    s.wait_log("rejected: replayed packet", 1);
+    assert_eq!(s.log_text().matches("OPEN SESAME").count(), 1, "{}", s.log_text());
+    assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Filtered);
 }

@@ -22,6 +22,9 @@ pub enum Daemon {
     /// The same portcullisd SPA configuration, driven by native packets
     /// (`portcullis_proto::spa::native::seal`, in process).
     PortcullisdSpaNative,
+    /// The same portcullisd SPA configuration plus the knock door, driven by knocks
+    /// (knock handling while SPA junk costs crypto).
+    PortcullisdSpaKnock,
     /// No daemon: `portcullisd generate --kernel nftables` loaded with `nft -f`.
     KernelNft,
     /// No daemon: `portcullisd generate --kernel iptables` (recent lists).
@@ -48,6 +51,7 @@ impl Daemon {
             Daemon::Fwknopd => "fwknopd",
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
             Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
+            Daemon::PortcullisdSpaKnock => "portcullisd SPA + door, knocks",
             Daemon::KernelNft | Daemon::KernelIpt => "kernel-only (no daemon)",
         }
     }
@@ -61,6 +65,7 @@ impl Daemon {
                 | Daemon::PortcullisdIptLegacy
                 | Daemon::PortcullisdSpaFwknop
                 | Daemon::PortcullisdSpaNative
+                | Daemon::PortcullisdSpaKnock
         )
     }
 
@@ -83,6 +88,7 @@ impl Daemon {
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
             | Daemon::KnockdNft
+            | Daemon::PortcullisdSpaKnock
             | Daemon::KernelNft
             | Daemon::KernelIpt => None,
         }
@@ -91,9 +97,10 @@ impl Daemon {
     /// Firewall column.
     pub fn fw(self) -> &'static str {
         match self {
-            Daemon::Portcullisd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => {
-                "nftables (netlink)"
-            }
+            Daemon::Portcullisd
+            | Daemon::PortcullisdSpaFwknop
+            | Daemon::PortcullisdSpaNative
+            | Daemon::PortcullisdSpaKnock => "nftables (netlink)",
             Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
             Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
             Daemon::KnockdIpt => "iptables",

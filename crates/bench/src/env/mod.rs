@@ -114,6 +114,9 @@ pub struct Env {
     pub pin_client: bool,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Extra fwknop stanzas (random keys, SOURCE ANY) placed before the real one in
+    /// portcullisd's SPA configuration: what a large access.conf costs per junk packet.
+    pub spa_decoy_stanzas: usize,
 }
 
 /// One start of a daemon: its own scratch directory, the file its stdout and stderr
@@ -172,6 +175,7 @@ impl Env {
             pin_daemon: false,
             pin_client: false,
             verbose,
+            spa_decoy_stanzas: 0,
         };
         env.setup()?;
         Ok(env)
@@ -317,7 +321,9 @@ impl Env {
             Daemon::Portcullisd | Daemon::PortcullisdIptNft | Daemon::PortcullisdIptLegacy => {
                 self.start_portcullisd_knock(d, &at)?
             }
-            Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative => self.start_portcullisd_spa(&at)?,
+            Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative | Daemon::PortcullisdSpaKnock => {
+                self.start_portcullisd_spa(&at)?
+            }
             Daemon::KnockdIpt | Daemon::KnockdNft => self.start_knockd(d, &at)?,
             Daemon::Fwknopd => self.start_fwknopd(&at)?,
             Daemon::KernelNft | Daemon::KernelIpt => self.start_kernel(d, &at)?,

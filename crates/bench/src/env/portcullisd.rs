@@ -38,23 +38,35 @@ impl Env {
     }
 
     /// portcullisd with `[spa]`: an fwknop stanza with fwknopd's keys and the native
-    /// bench user, both allowed tcp/[`PROTECTED`].
+    /// bench user, both allowed tcp/[`PROTECTED`]; and the knock door on [`SEQUENCE`].
     pub(super) fn start_portcullisd_spa(&mut self, at: &Instance) -> anyhow::Result<u32> {
         self.reset_firewall("")?;
         let key = at.dir.join("server.key");
         write_private(&key, self.native.0.to_text().as_bytes())?;
         let conf = at.dir.join("portcullis.toml");
+        let mut decoys = String::new();
+        for i in 0..self.spa_decoy_stanzas {
+            let (k, h) = portcullis_proto::spa::fwknop::fwknop_keygen(&mut urandom);
+            decoys.push_str(&format!(
+                "[[spa.fwknop]]\nname = \"decoy{i}\"\nkey_base64 = \"{}\"\nhmac_key_base64 = \"{}\"\n\
+                 open_ports = [\"tcp/{PROTECTED}\"]\n\n",
+                k.as_str(),
+                h.as_str()
+            ));
+        }
         std::fs::write(
             &conf,
             format!(
                 "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n\
                  [spa]\nports = [{SPA_PORT}]\nserver_key_file = \"{}\"\n\n\
                  [[spa.user]]\nname = \"{NATIVE_USER}\"\nkey = \"{}\"\nopen = [\"tcp/{PROTECTED}\"]\nmax_open_for = {GRANT_S}\n\n\
-                 [[spa.fwknop]]\nname = \"bench\"\nkey_base64 = \"{}\"\nhmac_key_base64 = \"{}\"\n\
+                 {decoys}[[door]]\nname = \"bench\"\nsequence = [{}]\nseq_timeout = {SEQ_TIMEOUT_S}\n\
+                 open = [\"tcp/{PROTECTED}\"]\nopen_for = {GRANT_S}\n\n[[spa.fwknop]]\nname = \"bench\"\nkey_base64 = \"{}\"\nhmac_key_base64 = \"{}\"\n\
                  hmac_digest_type = \"sha256\"\nopen_ports = [\"tcp/{PROTECTED}\"]\nfw_access_timeout = {GRANT_S}\n",
                 at.dir.join("state").display(),
                 key.display(),
                 self.native.1.public(),
+                SEQUENCE.map(|p| p.to_string()).join(","),
                 self.keys.key,
                 self.keys.hmac
             ),

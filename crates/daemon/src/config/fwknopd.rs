@@ -335,6 +335,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         local_nat: forwarding && flag("ENABLE_IPT_LOCAL_NAT", true),
         access_conf: Some(access_path),
         inline_stanzas: 0,
+        source_prefix: (24, 56),
+        warnings: Vec::new(),
     };
     Ok(Config {
         path: path.to_owned(),

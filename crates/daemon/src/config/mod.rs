@@ -79,4 +79,6 @@ pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
 }
 
 #[cfg(test)]
+mod spa_tests;
+#[cfg(test)]
 mod tests;

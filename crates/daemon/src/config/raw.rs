@@ -104,6 +104,8 @@ pub(super) struct RawSpa {
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
     pub server_key_file: Option<Spanned<String>>,
     pub access_conf: Option<Spanned<String>>,
+    pub source_prefix_v4: Option<Spanned<i64>>,
+    pub source_prefix_v6: Option<Spanned<i64>>,
     pub udp_server_port: Option<Spanned<i64>>,
     pub aging: Option<bool>,
     pub persist_replay: Option<bool>,
@@ -125,6 +127,7 @@ pub(super) struct RawUser {
     pub open: Spanned<Vec<Spanned<String>>>,
     pub max_open_for: Option<Spanned<i64>>,
     pub scope: Option<Spanned<String>>,
+    pub allow_addresses: Option<Vec<Spanned<String>>>,
 }
 
 /// `[[spa.fwknop]]`: an inline fwknop stanza (access.conf keys, lower case).

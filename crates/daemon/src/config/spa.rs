@@ -17,6 +17,7 @@ use super::access_conf;
 use super::raw::{RawCommand, RawSpa, RawStanza};
 use super::stanza::{build_key, enc_mode, hash_type, split_command, KeyError, KeySyntax, KeyText};
 pub use super::stanza::{Cidr, CmdCycle, FwknopStanza, StanzaNat};
+use super::warnings::stanza_warnings;
 
 /// Validated `[spa]` settings.
 #[derive(Debug, Clone)]
@@ -53,6 +54,11 @@ pub struct SpaConfig {
     pub access_conf: Option<PathBuf>,
     /// How many stanzas were written inline (`[[spa.fwknop]]`), before the file's.
     pub inline_stanzas: usize,
+    /// Prefix lengths (IPv4, IPv6) by which sources share a crypto budget.
+    pub source_prefix: (u8, u8),
+    /// Advice about weak stanzas (no HMAC, legacy mode), each naming the stanza and
+    /// where it is defined; shown by `check` and logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// A native-format user.
@@ -66,6 +72,9 @@ pub struct NativeUser {
     pub max_open_for: Duration,
     /// `scope = "fleet"`: replay-checked fleet-wide and shared with every node.
     pub fleet: bool,
+    /// Addresses or prefixes the user may open for besides the packet's own source
+    /// (`allow_addresses`); empty = the source only.
+    pub allow_addresses: Vec<Cidr>,
 }
 
 /// A located refusal: byte offset into the config text, message.
@@ -78,8 +87,13 @@ fn at<T>(span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, SpaE
 /// Default fwknop SPA port.
 pub const DEFAULT_PORT: u16 = 62201;
 
-/// Validate `[spa]`; also returns notes about ignored access.conf lines.
-pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec<String>), SpaErr> {
+/// Validate `[spa]`; also returns notes about ignored access.conf lines. `at_line(offset)`
+/// names a place in the config text (`FILE:LINE`), for warnings.
+pub(super) fn validate(
+    raw: RawSpa,
+    config_dir: &Path,
+    at_line: &dyn Fn(usize) -> String,
+) -> Result<(SpaConfig, Vec<String>), SpaErr> {
     let ports = match raw.ports {
         None => vec![DEFAULT_PORT],
         Some(list) => {
@@ -154,7 +168,20 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec
                 _ => return at(s.span(), "scope must be \"local\" or \"fleet\""),
             },
         };
-        if users.insert(name.clone(), NativeUser { key, open, max_open_for, fleet }).is_some() {
+        let mut allow_addresses = Vec::new();
+        for a in u.allow_addresses.unwrap_or_default() {
+            match Cidr::parse(a.get_ref()) {
+                Some(c) => allow_addresses.push(c),
+                None => {
+                    return at(
+                        a.span(),
+                        format!("allow_addresses: {:?} is not an address or CIDR", a.get_ref()),
+                    )
+                }
+            }
+        }
+        let user = NativeUser { key, open, max_open_for, allow_addresses, fleet };
+        if users.insert(name.clone(), user).is_some() {
             return at(span, format!("user {name:?} is defined twice"));
         }
     }
@@ -165,8 +192,12 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec
         ));
     }
     let mut stanzas = Vec::new();
+    let mut warnings = Vec::new();
     for s in raw.fwknop {
-        stanzas.push(stanza(s.into_inner())?);
+        let place = at_line(s.span().start);
+        let st = stanza(s.into_inner())?;
+        warnings.extend(stanza_warnings(&st, &format!("fwknop stanza {:?} ({place})", st.name)));
+        stanzas.push(st);
     }
     let mut notes = Vec::new();
     let inline_stanzas = stanzas.len();
@@ -208,8 +239,23 @@ pub(super) fn validate(raw: RawSpa, config_dir: &Path) -> Result<(SpaConfig, Vec
         local_nat: raw.local_nat.unwrap_or(false),
         access_conf: access_path,
         inline_stanzas,
+        source_prefix: (
+            prefix_len(raw.source_prefix_v4, 24, 32, "source_prefix_v4")?,
+            prefix_len(raw.source_prefix_v6, 56, 128, "source_prefix_v6")?,
+        ),
+        warnings,
     };
     Ok((spa, notes))
+}
+
+fn prefix_len(v: Option<Spanned<i64>>, default: u8, max: u8, what: &str) -> Result<u8, SpaErr> {
+    match v {
+        None => Ok(default),
+        Some(s) => match u8::try_from(*s.get_ref()) {
+            Ok(p) if p <= max => Ok(p),
+            _ => at(s.span(), format!("{what} must be 0 to {max}")),
+        },
+    }
 }
 
 fn resolve(dir: &Path, p: &str) -> PathBuf {

@@ -92,7 +92,8 @@ impl Validator<'_> {
             Some(s) => {
                 let span = s.span();
                 let dir = self.path.parent().unwrap_or(Path::new("."));
-                match spa::validate(s.into_inner(), dir) {
+                let at_line = |offset| format!("{}:{}", self.path.display(), line_of(self.text, offset));
+                match spa::validate(s.into_inner(), dir, &at_line) {
                     Ok((v, _)) if (v.forwarding || v.local_nat) && !daemon.firewall.nat => {
                         return self
                             .err(span, "[spa] forwarding/local_nat need [daemon] nat = true (NAT grants)")

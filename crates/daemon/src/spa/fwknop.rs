@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use portcullis_proto::spa::fwknop::{self, MsgType, SpaMessage};
 use portcullis_proto::spa::PacketError;
+use portcullis_proto::Millis;
 
 use super::digest_import::wire_key;
-use super::reject::{Denial, RejectReason};
+use super::reject::{Denial, Format, RejectReason};
 use super::{Decision, FwknopGrant, NatGrant, SpaGate, Verdict};
 use crate::config::spa::FwknopStanza;
 
@@ -31,6 +32,7 @@ impl SpaGate {
         dst: Option<IpAddr>,
         payload: &[u8],
         now_unix: u64,
+        now: Millis,
     ) -> Verdict {
         self.last = LastFwknop::default();
         if let Err(e) = fwknop::precheck(payload) {
@@ -59,6 +61,10 @@ impl SpaGate {
             if st.expires.is_some_and(|e| now_unix > e) {
                 continue;
             }
+            // Only the cheap filters above run unbudgeted; each HMAC (or AES) costs.
+            if let Err(exhausted) = self.fwknop_budget.take(src, now) {
+                return Verdict::Reject(RejectReason::CryptoBudget { format: Format::Fwknop, exhausted });
+            }
             match fwknop::decode(payload, &st.key) {
                 Ok(m) => {
                     found = Some((i, m));
@@ -84,17 +90,14 @@ impl SpaGate {
         self.last.stanza_no = i + 1;
         let st = &self.stanzas[i];
         let who = format!("fwknop stanza {} user {}", st.name, msg.user.escape_debug());
-        if self.aging && fwknop::check_age(&msg, now_unix, self.max_age).is_err() {
-            self.last.time_diff = i64::try_from(msg.timestamp).unwrap_or(i64::MAX)
-                - i64::try_from(now_unix).unwrap_or(i64::MAX);
-            return Verdict::Reject(RejectReason::Stale { who });
-        }
-        // Without aging a request stays replayable for ever, so its entry never expires.
-        let expires =
-            if self.aging { msg.timestamp.saturating_add(self.max_age).saturating_add(1) } else { u64::MAX };
         let key = fwknop::canonical_replay_key(&msg);
-        if let Err(r) = self.admit(key, expires, now_unix) {
-            self.last.original = self.origins.get(&key).copied();
+        if let Err(r) = self.fresh_and_first(msg.timestamp, key, now_unix, &who) {
+            if let RejectReason::Stale { .. } = r {
+                self.last.time_diff = i64::try_from(msg.timestamp).unwrap_or(i64::MAX)
+                    - i64::try_from(now_unix).unwrap_or(i64::MAX);
+            } else {
+                self.last.original = self.origins.get(&key).copied();
+            }
             return Verdict::Reject(r);
         }
         self.remember_origin(key, src, now_unix);

@@ -62,6 +62,8 @@ fn gate(stanzas: Vec<FwknopStanza>, tweak: impl FnOnce(&mut SpaConfig)) -> SpaGa
         local_nat: false,
         access_conf: None,
         inline_stanzas: 0,
+        source_prefix: (24, 56),
+        warnings: Vec::new(),
     };
     tweak(&mut cfg);
     SpaGate::new(&cfg, vec![Service::tcp(22)], ReplayCache::in_memory(1000))

@@ -13,6 +13,7 @@
 //! text (and what fail2ban matches); attacker-controlled text in it (user names) is
 //! only ever logged escaped and never steers the class.
 
+pub mod budget;
 pub mod digest_import;
 mod fwknop;
 pub mod fwknopd_log;
@@ -24,13 +25,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use portcullis_proto::ratelimit::TokenBucket;
 use portcullis_proto::spa::native::{self, ServerKey, UserPublicKey};
+use portcullis_proto::spa::window::Window;
 use portcullis_proto::spa::PacketError;
 use portcullis_proto::{Millis, Service};
 
 use crate::config::spa::{CmdCycle, FwknopStanza, NativeUser, SpaConfig};
-pub use reject::{Denial, RejectClass, RejectReason};
+use budget::PrefixBudget;
+pub use reject::{Denial, Format, RejectClass, RejectReason};
 use replay::{Refusal, ReplayCache};
 
 /// What an accepted request grants.
@@ -89,13 +91,9 @@ pub enum Verdict {
     Reject(RejectReason),
 }
 
-/// Native packets that pass the cheap checks cost ~60-130 µs of crypto each; this
-/// budget (per second, burst) bounds what someone holding the (public) server key can
-/// make us spend.
-const CRYPTO_PER_SEC: u32 = 4000;
-const CRYPTO_BURST: u32 = 400;
-
-/// Ephemeral public keys that already cost an X25519 operation. A genuine native
+/// Ephemeral public keys that already cost an X25519 operation. A cost optimisation
+/// only: replay protection is the replay cache, and nothing security-relevant depends
+/// on this set (it starts empty after a restart and junk can rotate it). A genuine native
 /// packet uses a fresh ephemeral key, so a second packet with the same one is a replay
 /// or a copied header with a forged body (which needs no key at all: the server tag
 /// covers only the server and ephemeral public keys); either way it is dropped before
@@ -145,7 +143,8 @@ pub struct SpaGate {
     stanzas: Vec<FwknopStanza>,
     protected: Vec<Service>,
     replay: ReplayCache,
-    budget: TokenBucket,
+    budget: PrefixBudget,
+    fwknop_budget: PrefixBudget,
     seen_ephemeral: SeenEphemeral,
     aging: bool,
     forwarding: bool,
@@ -170,7 +169,8 @@ impl SpaGate {
             stanzas: cfg.stanzas.clone(),
             protected,
             replay,
-            budget: TokenBucket::new(CRYPTO_PER_SEC, CRYPTO_BURST),
+            budget: PrefixBudget::new(budget::with_prefix(budget::NATIVE, cfg.source_prefix)),
+            fwknop_budget: PrefixBudget::new(budget::with_prefix(budget::FWKNOP, cfg.source_prefix)),
             seen_ephemeral: SeenEphemeral::new(),
             aging: cfg.aging,
             forwarding: cfg.forwarding,
@@ -247,10 +247,28 @@ impl SpaGate {
         if payload.starts_with(&native::MAGIC) {
             self.native(src, payload, now_unix, now)
         } else if !self.stanzas.is_empty() {
-            self.fwknop(src, dst, payload, now_unix)
+            self.fwknop(src, dst, payload, now_unix, now)
         } else {
             Verdict::Reject(RejectReason::NotNative)
         }
+    }
+
+    /// The time window, then the replay cache, for both formats: one [`Window`] decides
+    /// both whether the packet is fresh and how long its replay entry lives (for ever
+    /// without aging, since the request then stays acceptable for ever).
+    fn fresh_and_first(
+        &mut self,
+        timestamp: u64,
+        key: [u8; 32],
+        now_unix: u64,
+        who: &str,
+    ) -> Result<(), RejectReason> {
+        let window = Window::new(self.max_age);
+        if self.aging && !window.accepts(timestamp, now_unix) {
+            return Err(RejectReason::Stale { who: who.to_owned() });
+        }
+        let last = if self.aging { window.last_accepted(timestamp) } else { u64::MAX };
+        self.admit(key, last, now_unix)
     }
 
     fn admit(&mut self, key: [u8; 32], expires: u64, now_unix: u64) -> Result<(), RejectReason> {
@@ -279,20 +297,17 @@ impl SpaGate {
         if !self.seen_ephemeral.first_sight(eph, now, Duration::from_secs(self.max_age)) {
             return Verdict::Reject(RejectReason::EphemeralSeen);
         }
-        if !self.budget.take(now) {
-            return Verdict::Reject(RejectReason::CryptoBudget);
+        if let Err(exhausted) = self.budget.take(src, now) {
+            return Verdict::Reject(RejectReason::CryptoBudget { format: Format::Native, exhausted });
         }
         let req = match native::open(payload, server, &self.user_keys) {
             Ok(r) => r,
             Err(e) => return Verdict::Reject(RejectReason::Packet(e)),
         };
         let who = format!("user {}", req.user);
-        if self.aging && native::check_time(&req, now_unix, self.max_age).is_err() {
-            return Verdict::Reject(RejectReason::Stale { who });
-        }
-        // Without aging a request stays replayable for ever, so its entry never expires.
-        let expires = if self.aging { native::replay_key_expiry(&req, self.max_age) } else { u64::MAX };
-        if let Err(r) = self.admit(native::canonical_replay_key(&req), expires, now_unix) {
+        if let Err(r) =
+            self.fresh_and_first(req.timestamp, native::canonical_replay_key(&req), now_unix, &who)
+        {
             return Verdict::Reject(r);
         }
         let Some(user) = self.users.get(&req.user) else {
@@ -305,6 +320,10 @@ impl SpaGate {
         if req.duration_secs == 0 {
             return deny(Denial::ZeroDuration);
         }
+        let allow = req.allow.resolve(src);
+        if allow != src && !user.allow_addresses.iter().any(|c| c.contains(allow)) {
+            return deny(Denial::Address(allow));
+        }
         let duration = Duration::from_secs(u64::from(req.duration_secs)).min(user.max_open_for);
         if user.fleet {
             // Last, so only requests this node would grant reach the database.
@@ -312,22 +331,20 @@ impl SpaGate {
             let Some(fleet) = self.fleet.as_mut() else {
                 return Verdict::Reject(RejectReason::FleetUnavailable);
             };
+            let expires =
+                if self.aging { Window::new(self.max_age).last_accepted(req.timestamp) } else { u64::MAX };
             match fleet.admit(native::canonical_replay_key(&req), expires) {
                 Outcome::Share | Outcome::LocalOnly => {}
                 Outcome::Replayed => return Verdict::Reject(RejectReason::Replayed),
                 Outcome::Unavailable => return Verdict::Reject(RejectReason::FleetUnavailable),
             }
         }
-        Verdict::Grant(Decision {
-            who,
-            allow: req.allow.resolve(src),
-            services: req.services.clone(),
-            duration,
-            fwknop: None,
-        })
+        Verdict::Grant(Decision { who, allow, services: req.services.clone(), duration, fwknop: None })
     }
 }
 
+#[cfg(test)]
+mod edge_tests;
 #[cfg(test)]
 mod fwknop_tests;
 #[cfg(test)]

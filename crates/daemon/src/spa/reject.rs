@@ -4,10 +4,13 @@
 //! field) can move a rejection from one class to another.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use portcullis_proto::spa::fwknop::Access;
 use portcullis_proto::spa::PacketError;
 use portcullis_proto::Service;
+
+pub use super::budget::Exhausted;
 
 /// Metric class of a rejection (the `reason` label of `portcullis_spa_rejected_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +93,18 @@ pub enum Denial {
     Username,
     /// "Use the source address" while the stanza has `REQUIRE_SOURCE_ADDRESS`.
     SourceAddressRequired,
+    /// A native request to open for an address other than the packet's source that
+    /// the user's `allow_addresses` does not list.
+    Address(IpAddr),
+}
+
+/// Which SPA format a budget belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// portcullis' native format (X25519 per packet).
+    Native,
+    /// fwknop (one HMAC or AES per stanza tried).
+    Fwknop,
 }
 
 impl fmt::Display for Denial {
@@ -105,6 +120,9 @@ impl fmt::Display for Denial {
             Denial::Unsupported(what) => write!(f, "refused: {what}"),
             Denial::Username => f.write_str("username mismatch"),
             Denial::SourceAddressRequired => f.write_str("\"use source\" refused by REQUIRE_SOURCE_ADDRESS"),
+            Denial::Address(a) => {
+                write!(f, "opening for {a} refused: neither the packet source nor listed in allow_addresses")
+            }
         }
     }
 }
@@ -136,8 +154,13 @@ pub enum RejectReason {
     EphemeralSeen,
     /// The replay cache is full of live entries: SPA is refused until entries expire.
     ReplayCacheFull,
-    /// The native crypto budget is exhausted.
-    CryptoBudget,
+    /// A crypto budget is exhausted: this source's prefix, or all sources together.
+    CryptoBudget {
+        /// Whose budget.
+        format: Format,
+        /// Which bucket.
+        exhausted: Exhausted,
+    },
     /// A fleet-scoped request while the fleet database is unreachable (`on_db_down = "refuse"`).
     FleetUnavailable,
     /// Authenticated and fresh, but refused by policy.
@@ -159,9 +182,9 @@ impl RejectReason {
             RejectReason::NoStanzaKey(_) => RejectClass::Auth,
             RejectReason::Stale { .. } => RejectClass::Window,
             RejectReason::Replayed | RejectReason::EphemeralSeen => RejectClass::Replay,
-            RejectReason::ReplayCacheFull | RejectReason::CryptoBudget | RejectReason::FleetUnavailable => {
-                RejectClass::Overload
-            }
+            RejectReason::ReplayCacheFull
+            | RejectReason::CryptoBudget { .. }
+            | RejectReason::FleetUnavailable => RejectClass::Overload,
             RejectReason::Denied { .. } => RejectClass::Policy,
         }
     }
@@ -205,7 +228,20 @@ impl fmt::Display for RejectReason {
                 f.write_str("native SPA ephemeral key seen before (replayed or copied header)")
             }
             RejectReason::ReplayCacheFull => f.write_str("replay cache full"),
-            RejectReason::CryptoBudget => f.write_str("native SPA crypto budget exhausted (flood?)"),
+            RejectReason::CryptoBudget { format, exhausted } => {
+                let format = match format {
+                    Format::Native => "native SPA",
+                    Format::Fwknop => "fwknop SPA",
+                };
+                match exhausted {
+                    Exhausted::Prefix => {
+                        write!(f, "{format} crypto budget of this source's prefix exhausted (flood from it?)")
+                    }
+                    Exhausted::Global => {
+                        write!(f, "{format} crypto budget exhausted for all sources (flood?)")
+                    }
+                }
+            }
             RejectReason::FleetUnavailable => f.write_str("fleet database unavailable (on_db_down = refuse)"),
             RejectReason::Denied { who, denial } => write!(f, "{denial} ({who})"),
         }

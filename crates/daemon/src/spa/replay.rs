@@ -2,12 +2,15 @@
 //! the window.
 //!
 //! Keys are the canonical value of the *decrypted* request (not the wire text, which
-//! is malleable), each kept until the request would be stale anyway. Only packets
+//! is malleable), each stored with the last Unix second in which its packet can still
+//! be accepted ([`Window::last_accepted`]) and live through that second
+//! ([`replay_entry_live`]): the time check and the cache share one rule, so there is
+//! no second at the edge of the window in which a replay passes both. Only packets
 //! that passed authentication reach the cache, so its growth is bounded by what key
 //! holders send; it is capped all the same, and when full of live entries it refuses
 //! (fails closed) rather than forgetting one that could then be replayed.
 //!
-//! Persistence: one line per entry, `<hex key> <expiry unix>`, appended with `write`
+//! Persistence: one line per entry, `<hex key> <last accepted unix second>`, appended with `write`
 //! before the grant is made, so a daemon crash cannot lose an entry. The file is
 //! fsynced by [`ReplayCache::sync`] (called from housekeeping, about once a second)
 //! rather than per packet, which would cost milliseconds on the grant path; the gap
@@ -18,6 +21,10 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
+use portcullis_proto::spa::window::replay_entry_live;
+#[cfg(doc)]
+use portcullis_proto::spa::window::Window;
 
 /// Most live entries kept. Each is ~100 bytes in memory and ~75 on disk.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -48,7 +55,7 @@ impl ReplayCache {
         ReplayCache { seen: HashMap::new(), capacity, path: None, file: None, dirty: false, lines_on_disk: 0 }
     }
 
-    /// Load `path` (keeping entries that expire after `now`), compact it, and open it
+    /// Load `path` (keeping entries still live at `now`), compact it, and open it
     /// for appending. A missing file is an empty cache; malformed lines are skipped.
     pub fn open(path: &Path, capacity: usize, now: u64) -> io::Result<ReplayCache> {
         let mut seen = HashMap::new();
@@ -57,7 +64,7 @@ impl ReplayCache {
                 for line in BufReader::new(f).lines().take(capacity.saturating_mul(4)) {
                     let line = line?;
                     if let Some((k, exp)) = parse_line(&line) {
-                        if exp > now && seen.len() < capacity {
+                        if replay_entry_live(exp, now) && seen.len() < capacity {
                             seen.insert(k, exp);
                         }
                     }
@@ -88,15 +95,16 @@ impl ReplayCache {
         self.seen.is_empty()
     }
 
-    /// Whether `key` is held and still valid at `now`.
+    /// Whether `key` is held and still live at `now`.
     pub fn contains(&self, key: &[u8; 32], now: u64) -> bool {
-        self.seen.get(key).is_some_and(|&exp| exp > now)
+        self.seen.get(key).is_some_and(|&exp| replay_entry_live(exp, now))
     }
 
-    /// Admit `key` (valid until `expires`) unless it was seen. Persists it first.
-    pub fn admit(&mut self, key: [u8; 32], expires: u64, now: u64) -> Result<(), Refusal> {
+    /// Admit `key` (whose packet is accepted up to and including the Unix second
+    /// `last_accepted`) unless it is held and live. Persists it first.
+    pub fn admit(&mut self, key: [u8; 32], last_accepted: u64, now: u64) -> Result<(), Refusal> {
         if let Some(&exp) = self.seen.get(&key) {
-            if exp > now {
+            if replay_entry_live(exp, now) {
                 return Err(Refusal::Replayed);
             }
         }
@@ -106,9 +114,9 @@ impl ReplayCache {
                 return Err(Refusal::Full);
             }
         }
-        self.seen.insert(key, expires);
+        self.seen.insert(key, last_accepted);
         if let Some(f) = self.file.as_mut() {
-            let line = format!("{} {expires}\n", hex(&key));
+            let line = format!("{} {last_accepted}\n", hex(&key));
             if let Err(e) = f.write_all(line.as_bytes()) {
                 tracing::error!("replay cache: cannot append to {}: {e}", self.display());
             }
@@ -118,9 +126,9 @@ impl ReplayCache {
         Ok(())
     }
 
-    /// Drop expired entries; rewrite the file when it has grown well past the live set.
+    /// Drop entries no longer live; rewrite the file when it has grown well past the live set.
     pub fn purge(&mut self, now: u64) {
-        self.seen.retain(|_, &mut exp| exp > now);
+        self.seen.retain(|_, &mut exp| replay_entry_live(exp, now));
         if self.path.is_some() && self.lines_on_disk > 1024 && self.lines_on_disk > 2 * self.seen.len() {
             if let Err(e) = self.compact() {
                 tracing::error!("replay cache: cannot compact {}: {e}", self.display());
@@ -193,11 +201,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_replays_until_expiry() {
+    fn refuses_replays_through_the_last_accepted_second() {
         let mut c = ReplayCache::in_memory(10);
         assert_eq!(c.admit([1; 32], 100, 50), Ok(()));
         assert_eq!(c.admit([1; 32], 100, 99), Err(Refusal::Replayed));
-        assert_eq!(c.admit([1; 32], 200, 100), Ok(()), "expired entries may be reused");
+        assert_eq!(c.admit([1; 32], 100, 100), Err(Refusal::Replayed), "the last second is covered");
+        assert_eq!(c.admit([1; 32], 200, 101), Ok(()), "dead entries may be reused");
+    }
+
+    #[test]
+    fn purge_keeps_entries_through_their_last_second() {
+        let mut c = ReplayCache::in_memory(10);
+        c.admit([1; 32], 100, 0).unwrap();
+        c.purge(100);
+        assert_eq!(c.len(), 1);
+        c.purge(101);
+        assert!(c.is_empty());
     }
 
     #[test]
@@ -206,7 +225,20 @@ mod tests {
         c.admit([1; 32], 100, 0).unwrap();
         c.admit([2; 32], 100, 0).unwrap();
         assert_eq!(c.admit([3; 32], 100, 0), Err(Refusal::Full));
-        assert_eq!(c.admit([3; 32], 200, 100), Ok(()), "expired entries make room");
+        assert_eq!(c.admit([3; 32], 200, 100), Err(Refusal::Full), "still live in their last second");
+        assert_eq!(c.admit([3; 32], 200, 101), Ok(()), "dead entries make room");
+    }
+
+    #[test]
+    fn an_entry_restored_in_its_last_second_still_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("replay");
+        ReplayCache::open(&p, 100, 0).unwrap().admit([9; 32], 500, 0).unwrap();
+        let mut c = ReplayCache::open(&p, 100, 500).unwrap();
+        assert_eq!(c.admit([9; 32], 500, 500), Err(Refusal::Replayed));
+        let mut c = ReplayCache::open(&p, 100, 501).unwrap();
+        assert!(c.is_empty(), "dropped once the window refuses by itself");
+        assert_eq!(c.admit([9; 32], 500, 501), Ok(()));
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
             key: alice.public(),
             open: vec![Service::tcp(22)],
             max_open_for: Duration::from_secs(60),
+            allow_addresses: vec![Cidr::parse("2001:db8:9::/64").unwrap()],
             fleet: false,
         },
     );
@@ -89,6 +90,8 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
         server_key: Some(server.clone()),
         users,
         stanzas,
+        source_prefix: (24, 56),
+        warnings: Vec::new(),
         udp_server: None,
         aging: true,
         persist_replay: false,
@@ -302,16 +305,35 @@ fn native_refuses_wrong_user_key_unknown_user_and_forbidden_services() {
 fn native_crypto_budget_bounds_work_per_second() {
     let mut f = fixture(Vec::new());
     let alice = f.alice.clone();
-    let mut spent = 0;
-    for _ in 0..600 {
+    let forged = || {
         let mut p = native_packet(&f, &alice, "alice", AllowAddr::Source, &[Service::tcp(22)], 30);
         let last = p.len() - 1;
         p[last] ^= 1; // passes the cheap checks, fails the AEAD
-        if *rejected(&f.gate.handle(src(), &p, NOW, Millis(0))) != RejectReason::CryptoBudget {
+        p
+    };
+    let packets: Vec<Vec<u8>> = (0..600).map(|_| forged()).collect();
+    let budget = |exhausted| RejectReason::CryptoBudget { format: super::Format::Native, exhausted };
+    let mut spent = 0;
+    for p in &packets[..100] {
+        if *rejected(&f.gate.handle(src(), p, NOW, Millis(0))) != budget(super::budget::Exhausted::Prefix) {
             spent += 1;
         }
     }
-    assert_eq!(spent, 400, "burst, then budget");
+    assert_eq!(spent, 20, "one prefix: its burst, then its budget");
+    // From many prefixes, the global ceiling holds.
+    let mut spent = 0;
+    for (i, p) in packets[100..].iter().enumerate() {
+        let from = IpAddr::from([10, (i / 256) as u8, (i % 256) as u8, 1]);
+        if *rejected(&f.gate.handle(from, p, NOW, Millis(0))) != budget(super::budget::Exhausted::Global) {
+            spent += 1;
+        }
+    }
+    let reserve = super::budget::NATIVE.reserve.burst;
+    assert_eq!(
+        spent,
+        super::budget::NATIVE.global.burst - 20 + reserve,
+        "global burst shared by every prefix, plus the reserve for new ones"
+    );
 }
 
 #[test]
@@ -388,7 +410,11 @@ fn overload_is_its_own_class() {
     let full = f.gate.handle(src(), &fwknop_from("alice", &[Service::tcp(22)], NOW, 5), NOW, Millis(0));
     assert_eq!(*rejected(&full), RejectReason::ReplayCacheFull);
     assert_eq!(class_of(&full), RejectClass::Overload);
-    assert_eq!(RejectReason::CryptoBudget.class(), RejectClass::Overload);
+    let budget = RejectReason::CryptoBudget {
+        format: super::Format::Fwknop,
+        exhausted: super::budget::Exhausted::Prefix,
+    };
+    assert_eq!(budget.class(), RejectClass::Overload);
 }
 
 /// Both texts contain "nat" (of "native"); substring matching counted them as NAT

@@ -5,6 +5,8 @@
 //!   stock fwknopd.
 //! - [`native`]: portcullis' own format (X25519 + HKDF-SHA256 + ChaCha20-Poly1305,
 //!   per-user Ed25519 signatures bound to the server key; spec in `docs/spa-native.md`).
+//! - [`window`]: the time window and the replay-entry lifetime, one rule for both
+//!   formats.
 //! - [`error`]: who is at fault when something fails: the peer ([`PacketError`]), the
 //!   local configuration ([`KeyError`]) or the caller ([`EncodeError`]).
 //!
@@ -17,5 +19,6 @@
 pub mod error;
 pub mod fwknop;
 pub mod native;
+pub mod window;
 
 pub use error::{EncodeError, KeyError, PacketError};

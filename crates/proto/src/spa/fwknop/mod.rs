@@ -541,12 +541,13 @@ pub fn canonical_replay_key(msg: &SpaMessage) -> [u8; 32] {
 }
 
 /// fwknopd's packet-age rule: `|now − timestamp| ≤ max_age` (future timestamps are
-/// judged like past ones). `now` is Unix seconds supplied by the caller.
+/// judged like past ones). `now` is Unix seconds supplied by the caller. The rule is
+/// [`Window::accepts`](crate::spa::window::Window::accepts), shared with the native format.
 ///
 /// # Errors
 /// [`PacketError::Stale`] outside the window.
 pub fn check_age(msg: &SpaMessage, now: u64, max_age: u64) -> Result<(), PacketError> {
-    if msg.timestamp.abs_diff(now) <= max_age {
+    if crate::spa::window::Window::new(max_age).accepts(msg.timestamp, now) {
         Ok(())
     } else {
         Err(PacketError::Stale)

@@ -48,9 +48,10 @@ pub use keys::{
     ServerKey, ServerPublicKey, UserKey, UserLookup, UserPublicKey, SERVER_PUBLIC_PREFIX,
     SERVER_SECRET_PREFIX, USER_PUBLIC_PREFIX, USER_SECRET_PREFIX,
 };
-pub use packet::{open, precheck, seal};
+pub use packet::{header_for, open, precheck, seal};
 
 use crate::service::Service;
+use crate::spa::window::Window;
 use crate::spa::{EncodeError, PacketError};
 
 /// Magic bytes at offset 0.
@@ -208,22 +209,24 @@ pub fn canonical_replay_key(req: &Request) -> [u8; 32] {
 }
 
 /// Symmetric clock-skew window: accept iff `|now_unix − req.timestamp| ≤ skew`
-/// (seconds; both bounds inclusive; no overflow at the ends of `u64`).
+/// (seconds; both bounds inclusive; no overflow at the ends of `u64`). The rule is
+/// [`Window::accepts`](crate::spa::window::Window::accepts), shared with fwknop.
 ///
 /// # Errors
 /// [`PacketError::Stale`] outside the window.
 pub fn check_time(req: &Request, now_unix: u64, skew: u64) -> Result<(), PacketError> {
-    if req.timestamp.abs_diff(now_unix) <= skew {
+    if Window::new(skew).accepts(req.timestamp, now_unix) {
         Ok(())
     } else {
         Err(PacketError::Stale)
     }
 }
 
-/// Unix time until which the daemon must remember a request's replay key: after it,
-/// [`check_time`] with the same `skew` rejects the request anyway.
+/// The last Unix second at which [`check_time`] with the same `skew` accepts `req`:
+/// the daemon must keep the request's replay key live *through* this second
+/// (inclusive; see [`crate::spa::window`]).
 pub fn replay_key_expiry(req: &Request, skew: u64) -> u64 {
-    req.timestamp.saturating_add(skew)
+    Window::new(skew).last_accepted(req.timestamp)
 }
 
 /// Fuzz entry point. Never panics, except when the parse/re-encode oracle finds a bug.

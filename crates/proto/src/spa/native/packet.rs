@@ -99,7 +99,11 @@ fn signed_message(
     Ok(m)
 }
 
-fn header_for(server_pub: &ServerPublicKey, eph_pub: &[u8; 32]) -> [u8; HEADER_LEN] {
+/// The cleartext header (magic, version, server tag, `eph_pub`) for one ephemeral
+/// public key. Anyone holding the server public key can build it, so it authenticates
+/// nothing (spec §11); public so tests and benchmarks can make valid-tag junk at the
+/// cost of one SHA-256, as an attacker would.
+pub fn header_for(server_pub: &ServerPublicKey, eph_pub: &[u8; 32]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..MAGIC.len()].copy_from_slice(&MAGIC);
     h[MAGIC.len()] = VERSION;
