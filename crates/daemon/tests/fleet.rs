@@ -204,15 +204,21 @@ fn replay_claim_cost_and_bounded_wait() {
     wait_for("reconnect", Duration::from_secs(10), || r.claim([10; 32], exp) == Claim::First);
 }
 
-#[test]
-fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
-    let Some(pg) = Pg::start() else { return };
+/// Three in-process nodes gw1..gw3, their listeners connected.
+fn three_nodes(pg: &Pg) -> ([Arc<Granter>; 3], Vec<Fleet>) {
     let gws = [gateway(), gateway(), gateway()];
     let fleets: Vec<Fleet> =
         ["gw1", "gw2", "gw3"].iter().zip(&gws).map(|(n, g)| Fleet::start(pg.node(n), g).unwrap()).collect();
     for f in &fleets {
         wait_for("listener", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
     }
+    (gws, fleets)
+}
+
+#[test]
+fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
+    let Some(pg) = Pg::start() else { return };
+    let (gws, fleets) = three_nodes(&pg);
     let client: IpAddr = "192.0.2.10".parse().unwrap();
     let other: IpAddr = "192.0.2.11".parse().unwrap();
     // gw1 grants locally (as its SPA path does) and shares it.
@@ -585,12 +591,7 @@ open = ["tcp/2223"]
 #[test]
 fn grant_to_all_nodes_latency() {
     let Some(pg) = Pg::start() else { return };
-    let gws = [gateway(), gateway(), gateway()];
-    let fleets: Vec<Fleet> =
-        ["gw1", "gw2", "gw3"].iter().zip(&gws).map(|(n, g)| Fleet::start(pg.node(n), g).unwrap()).collect();
-    for f in &fleets {
-        wait_for("listener", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
-    }
+    let (gws, fleets) = three_nodes(&pg);
     let mut times = Vec::new();
     for i in 0..200u32 {
         let addr = IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
