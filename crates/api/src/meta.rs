@@ -17,7 +17,8 @@ pub struct ErrorBody {
 /// Health of the daemon's parts.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `degraded` when the store is unavailable.
+    /// `ok`, or `degraded` when the store is unavailable or the firewall does not
+    /// match the grant records (see `firewall_status`).
     pub status: String,
     /// Firewall driver.
     pub firewall: String,
@@ -25,6 +26,17 @@ pub struct Health {
     pub kernel_expiry: bool,
     /// `ok` or the store's error.
     pub store: String,
+    /// `ok`, or why the firewall does not match the grant records (someone removed or
+    /// changed the ruleset; it stays so until a check after the repair passes).
+    #[serde(default = "ok")]
+    pub firewall_status: String,
+    /// How often the daemon reinstalled a ruleset removed or changed by someone else.
+    #[serde(default)]
+    pub firewall_restores: u64,
+}
+
+fn ok() -> String {
+    "ok".into()
 }
 
 /// Version information.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::packet;
 use crate::stats::Rng;
+use portcullis_daemon::lab::packet;
 
 /// Which destination port each packet goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub enum Ports {
     Fixed(u16),
     /// Uniformly random in 1024..=65535, skipping `avoid` (the knock/SPA ports).
     Random,
+    /// These ports in turn from each source: a knock sequence completed by every
+    /// spoofed source (the next source starts once the previous one is through).
+    Sequence(&'static [u16]),
 }
 
 /// What each packet is.
@@ -219,8 +222,14 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             }
         }
         let r = rng.next_u64();
+        // Which source sends this packet (sources take turns, or finish a sequence each).
+        let n = match spec.ports {
+            Ports::Sequence(seq) => i / seq.len().max(1) as u64,
+            _ => i,
+        };
         let port = match spec.ports {
             Ports::Fixed(p) => p,
+            Ports::Sequence(seq) => seq.get((i % seq.len().max(1) as u64) as usize).copied().unwrap_or(1),
             Ports::Random => loop {
                 let p = 1024 + (rng.next_u64() % (65536 - 1024)) as u16;
                 if !spec.avoid.contains(&p) {
@@ -232,7 +241,7 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         let seq = (r >> 32) as u32;
         let pkt: &[u8] = match (spec.sources, spec.dst, &spec.kind) {
             (Sources::V4 { base, count }, IpAddr::V4(dst), kind) => {
-                let src = Ipv4Addr::from(u32::from(base) + (i % u64::from(count)) as u32);
+                let src = Ipv4Addr::from(u32::from(base) + (n % u64::from(count)) as u32);
                 match kind {
                     Kind::Syn => {
                         packet::tcp_syn_v4(&mut syn4, src, dst, sport, port, seq);
@@ -274,7 +283,7 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> anyhow::Result<Outcome> {
                 }
             }
             (Sources::V6 { base, count }, IpAddr::V6(dst), Kind::Syn) => {
-                let src = Ipv6Addr::from(u128::from(base) + u128::from(i % count));
+                let src = Ipv6Addr::from(u128::from(base) + u128::from(n % count));
                 packet::tcp_syn_v6(&mut syn6, src, dst, sport, port, seq);
                 &syn6
             }

@@ -17,6 +17,10 @@ use crate::stats::{ms, summarize};
 use crate::table::{fmt_ms, thousands, Table};
 use portcullis_proto::spa::native;
 
+/// The grant flood: every spoofed source completes the door's (known) sequence.
+pub const GRANT_FLOOD: &str =
+    "grant flood: the known sequence 7000,8000,9000 completed by each of 32,768 spoofed sources (128 /24s)";
+
 /// Time a legitimate attempt has to succeed.
 pub const LEGIT_LIMIT: Duration = Duration::from_millis(2500);
 /// Hard cap on packets of a full-speed flood.
@@ -247,6 +251,12 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
             true,
         ),
         (
+            Daemon::Portcullisd,
+            format!("{GRANT_FLOOD}, full speed"),
+            spec(Kind::Syn, Ports::Sequence(&SEQUENCE), None),
+            true,
+        ),
+        (
             Daemon::PortcullisdIptNft,
             format!("{syn7000}, full speed"),
             spec(Kind::Syn, Ports::Fixed(7000), None),
@@ -368,6 +378,13 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
             &format!("portcullisd: {attempts}/{attempts} legit in every flood scenario"),
             measured,
             all_ok,
+        );
+    }
+    if let Some(r) = pc_results.iter().find(|r| r.1.starts_with(GRANT_FLOOD)) {
+        report.check(
+            &format!("portcullisd: {attempts}/{attempts} legit knocks during a grant flood (default bounds)"),
+            format!("{}/{attempts}", r.3.legit_ok()),
+            r.3.legit_ok() == attempts,
         );
     }
     let ipt: Vec<&(Daemon, String, bool, Outcome)> =

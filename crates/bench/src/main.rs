@@ -8,10 +8,11 @@
 //! and 2001:db8::/32, and target only the lab's server. Processes are stopped by PID.
 //!
 //! # Layout
-//! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), [`packet`]
-//!   (headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
+//! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), packets
+//!   ([`portcullis_daemon::lab::packet`]: headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
 //! - lab and daemons: [`env`]; client side of a trial: [`probe`];
-//! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`], [`memory`].
+//! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`], [`memory`],
+//!   [`watch`].
 
 mod env;
 mod flood;
@@ -19,7 +20,6 @@ mod floods;
 mod grants;
 mod latency;
 mod memory;
-mod packet;
 mod probe;
 mod procmon;
 mod report;
@@ -27,6 +27,7 @@ mod spa;
 mod spa_flood;
 mod stats;
 mod table;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,8 @@ enum Cmd {
     Spa,
     /// 5. memory under 1,000,000 spoofed sources.
     Memory,
+    /// 6. self-repair: ruleset removed under a running daemon → port filtered again.
+    Watch,
 }
 
 /// Sizes for full and quick runs.
@@ -162,6 +165,9 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     if let Some(env) = env.as_mut() {
         if all || cli.cmd == Cmd::Memory {
             memory::run(env, p.attempts, p.mem_rate, &mut report)?;
+        }
+        if all || cli.cmd == Cmd::Watch {
+            watch::run(env, p.trials.max(20), &mut report)?;
         }
     }
     Ok(report)

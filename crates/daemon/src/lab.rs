@@ -8,7 +8,8 @@
 //! RFC 3849), which are never routed anywhere.
 //!
 //! Also here, for everything that uses a lab: the server's [`baseline`] host firewall,
-//! the [`preflight`] checks of privileged tests, and [`wait_until`].
+//! the [`preflight`] checks of privileged tests, [`packet`] (crafted packets for
+//! spoofed floods), and [`wait_until`].
 
 use std::fs::File;
 use std::io;
@@ -21,6 +22,7 @@ use anyhow::{bail, Context};
 use nix::sched::{setns, CloneFlags};
 
 pub mod baseline;
+pub mod packet;
 pub mod preflight;
 
 pub use baseline::Baseline;

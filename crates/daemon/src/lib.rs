@@ -16,6 +16,8 @@
 //! - [`grants`]: the grant lifecycle for every origin (grant, refresh, revoke, the one
 //!   expiry scheduler, reconciliation); [`store`]: SQLite grant records and queries
 //!   only; [`api`]: the local REST API.
+//! - [`statedir`]: the state directory, private and locked; [`fsperm`]: checks and
+//!   creation of secret, trusted and private files.
 
 pub mod actions;
 pub mod api;
@@ -26,11 +28,13 @@ pub mod config;
 pub mod daemon;
 pub mod firewall;
 pub mod fleet;
+pub mod fsperm;
 pub mod grants;
 pub mod kernel;
 pub mod lab;
 pub mod log;
 pub mod notify;
 pub mod spa;
+pub mod statedir;
 pub mod stats;
 pub mod store;

@@ -93,23 +93,11 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }
-    let pid_file = config.daemon.pid_file.clone();
-    if let Some(p) = &pid_file {
-        // A run directory on tmpfs (fwknopd's /var/run/fwknop) is gone after a reboot.
-        if let Some(dir) = p.parent().filter(|d| !d.exists()) {
-            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        }
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|e| anyhow::anyhow!("writing pid file {}: {e}", p.display()))?;
-    }
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
-    let result = daemon::run(&config, shutdown);
-    if let Some(p) = &pid_file {
-        let _ = std::fs::remove_file(p);
-    }
-    result?;
+    // The state dir lock is taken, and the PID file written, inside.
+    daemon::run(&config, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }

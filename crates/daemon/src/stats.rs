@@ -14,6 +14,8 @@ pub struct Stats {
     pub opened: u64,
     /// Grants the firewall refused.
     pub grant_failures: u64,
+    /// Door opens refused by a bound (rate per door or prefix, live grants per door).
+    pub opens_refused: u64,
     /// SPA packets accepted.
     pub spa_accepted: u64,
     /// SPA packets rejected.

@@ -414,7 +414,10 @@ async fn concurrent_revokes_exactly_one_succeeds() {
 async fn health_version_openapi_and_metrics() {
     let a = api();
     let v = a.get("/v1/health").await.json();
-    assert_eq!(v, json!({"status": "ok", "firewall": "none", "kernel_expiry": false, "store": "ok"}));
+    assert_eq!(
+        v,
+        json!({"status": "ok", "firewall": "none", "kernel_expiry": false, "store": "ok", "firewall_status": "ok", "firewall_restores": 0})
+    );
     let v = a.get("/v1/version").await.json();
     assert_eq!((v["name"].as_str(), v["api"].as_str()), (Some("portcullisd"), Some("v1")));
     let r = a.get("/v1/openapi.json").await;

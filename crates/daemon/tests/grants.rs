@@ -154,15 +154,18 @@ fn flushed_ruleset_is_restored_at_restart_and_unknown_grants_are_revoked() {
     let tag = "apiflush";
     let mut s = start(tag);
     allow(&s, lab::CLIENT4, "tcp/2222", 120);
+    // With the daemon down (a running one repairs at once: tests/watch.rs).
+    s.kill9();
     run_ok(&s.lab, &s.lab.server, &["nft", "flush", "ruleset"]);
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Open, "flushed: nothing protects");
-    s.kill9();
     s.spawn(&config(tag));
     assert!(open_from_client(&s, 2222), "grant restored; log:\n{}", s.log_text());
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Filtered, "protection back");
 
     // A grant the store does not know about (added behind our back 30 s ago: older than
-    // the adoption window) does not survive a restart.
+    // the adoption window) does not survive a restart. Added with the daemon down: a
+    // running one revokes it at once.
+    s.kill9();
     run_ok(
         &s.lab,
         &s.lab.server,
@@ -177,7 +180,6 @@ fn flushed_ruleset_is_restored_at_restart_and_unknown_grants_are_revoked() {
         ],
     );
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Open);
-    s.kill9();
     s.spawn(&config(tag));
     assert_eq!(s.probe(&s.lab.other, lab::SERVER4_OTHER, 2222), Probe::Filtered, "unknown grant revoked");
     assert!(open_from_client(&s, 2222), "known grant kept");

@@ -4,16 +4,18 @@
 
 use crate::Millis;
 
-/// A token bucket: `burst` tokens at most, refilled at `per_sec` tokens a second.
-/// It starts full at `Millis(0)`.
+/// A token bucket: `burst` tokens at most, refilled at `per_sec` tokens a second (or
+/// `count` tokens per period). It starts full at `Millis(0)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenBucket {
-    /// Available tokens, in thousandths.
+    /// Available, in units of `1 / cost` token.
     milli_tokens: u64,
-    /// Capacity, in thousandths.
+    /// Capacity, in the same units.
     milli_burst: u64,
-    /// Refill in thousandths of a token per millisecond (= tokens per second).
+    /// Refill in units per millisecond.
     per_sec: u64,
+    /// Units in one token: 1000 for rates per second, the period in ms otherwise.
+    cost: u64,
     last: Millis,
 }
 
@@ -21,7 +23,21 @@ impl TokenBucket {
     /// A full bucket holding `burst` tokens, refilled at `per_sec` tokens a second.
     pub const fn new(per_sec: u32, burst: u32) -> TokenBucket {
         let milli_burst = burst as u64 * 1000;
-        TokenBucket { milli_tokens: milli_burst, milli_burst, per_sec: per_sec as u64, last: Millis(0) }
+        TokenBucket {
+            milli_tokens: milli_burst,
+            milli_burst,
+            per_sec: per_sec as u64,
+            cost: 1000,
+            last: Millis(0),
+        }
+    }
+
+    /// A full bucket holding `count` tokens, refilled at `count` tokens per `period_ms`
+    /// milliseconds, exactly (e.g. 3 per minute: one token every 20 000 ms).
+    pub const fn per_period(count: u32, period_ms: u32) -> TokenBucket {
+        let cost = if period_ms == 0 { 1 } else { period_ms as u64 };
+        let cap = count as u64 * cost;
+        TokenBucket { milli_tokens: cap, milli_burst: cap, per_sec: count as u64, cost, last: Millis(0) }
     }
 
     /// Take one token at `now` if there is one. Time that runs backwards refills
@@ -32,8 +48,8 @@ impl TokenBucket {
             self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.milli_burst);
             self.last = now;
         }
-        if self.milli_tokens >= 1000 {
-            self.milli_tokens -= 1000;
+        if self.milli_tokens >= self.cost {
+            self.milli_tokens -= self.cost;
             true
         } else {
             false
@@ -85,6 +101,16 @@ mod tests {
         assert!(!b.take(Millis(0)));
         assert!(!b.take(Millis(1009)), "the step back is not counted as elapsed time");
         assert!(b.take(Millis(1010)));
+    }
+
+    #[test]
+    fn per_period_rates_are_exact() {
+        let mut b = TokenBucket::per_period(3, 60_000);
+        assert_eq!(drain(&mut b, Millis(0)), 3);
+        assert!(!b.take(Millis(19_999)));
+        assert!(b.take(Millis(20_000)), "3 per minute: one every 20 s");
+        assert!(!b.take(Millis(39_999)));
+        assert_eq!(drain(&mut b, Millis(u64::MAX)), 3);
     }
 
     #[test]

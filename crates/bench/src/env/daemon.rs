@@ -19,6 +19,9 @@ pub enum Daemon {
     /// portcullisd with `[spa]` (an fwknop stanza with fwknopd's keys and a native
     /// user), driven by packets from the real `fwknop` client.
     PortcullisdSpaFwknop,
+    /// portcullisd run on fwknopd's own fwknopd.conf + access.conf (iptables, ipset
+    /// grants, ACCEPT chain on an INPUT-policy-DROP host), driven by the real `fwknop` client.
+    PortcullisdFwknopdConf,
     /// The same portcullisd SPA configuration, driven by native packets
     /// (`portcullis_proto::spa::native::seal`, in process).
     PortcullisdSpaNative,
@@ -52,6 +55,7 @@ impl Daemon {
             Daemon::PortcullisdSpaFwknop => "portcullisd SPA, fwknop format",
             Daemon::PortcullisdSpaNative => "portcullisd SPA, native format",
             Daemon::PortcullisdSpaKnock => "portcullisd SPA + door, knocks",
+            Daemon::PortcullisdFwknopdConf => "portcullisd (run --config fwknopd.conf)",
             Daemon::KernelNft | Daemon::KernelIpt => "kernel-only (no daemon)",
         }
     }
@@ -66,6 +70,7 @@ impl Daemon {
                 | Daemon::PortcullisdSpaFwknop
                 | Daemon::PortcullisdSpaNative
                 | Daemon::PortcullisdSpaKnock
+                | Daemon::PortcullisdFwknopdConf
         )
     }
 
@@ -81,7 +86,9 @@ impl Daemon {
     /// The SPA packet an attempt sends, or `None` for knocks.
     pub fn spa(self) -> Option<SpaFormat> {
         match self {
-            Daemon::Fwknopd | Daemon::PortcullisdSpaFwknop => Some(SpaFormat::Fwknop),
+            Daemon::Fwknopd | Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdFwknopdConf => {
+                Some(SpaFormat::Fwknop)
+            }
             Daemon::PortcullisdSpaNative => Some(SpaFormat::Native),
             Daemon::Portcullisd
             | Daemon::PortcullisdIptNft
@@ -105,7 +112,8 @@ impl Daemon {
             Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
             Daemon::KnockdIpt => "iptables",
             Daemon::KnockdNft => "nft set",
-            Daemon::Fwknopd => "iptables",
+            Daemon::Fwknopd => "iptables (INPUT policy DROP, FWKNOP_INPUT rules)",
+            Daemon::PortcullisdFwknopdConf => "iptables (INPUT policy DROP, FWKNOP_INPUT + ipset)",
             Daemon::KernelNft => "nftables sets (generated)",
             Daemon::KernelIpt => "iptables-nft recent (generated)",
         }

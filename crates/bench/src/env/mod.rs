@@ -14,8 +14,9 @@
 //! SPA datagrams are captured before netfilter, so every daemon still sees them, and
 //! the server answers no knock with a RST. Each daemon then adds its own gate on
 //! tcp/22: portcullis' own table; the lab's iptables [`Baseline`] (established
-//! accepted, tcp/22 dropped) with knockd's or fwknopd's ACCEPT rules in front of it;
-//! or an nft set for knockd-nft.
+//! accepted, tcp/22 dropped) with knockd's ACCEPT rules in front of it; iptables INPUT
+//! policy DROP with fwknopd's (or portcullisd-as-fwknopd's) ACCEPT chain in front of
+//! it; or an nft set for knockd-nft.
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -324,6 +325,7 @@ impl Env {
             Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative | Daemon::PortcullisdSpaKnock => {
                 self.start_portcullisd_spa(&at)?
             }
+            Daemon::PortcullisdFwknopdConf => self.start_portcullisd_fwknopd_conf(&at)?,
             Daemon::KnockdIpt | Daemon::KnockdNft => self.start_knockd(d, &at)?,
             Daemon::Fwknopd => self.start_fwknopd(&at)?,
             Daemon::KernelNft | Daemon::KernelIpt => self.start_kernel(d, &at)?,
@@ -462,4 +464,20 @@ impl Drop for Env {
         let _ = std::fs::remove_dir_all(&self.dir);
         // The Lab's own drop kills started processes by PID and deletes the namespaces.
     }
+}
+
+/// Write a file readable by its owner only (portcullisd refuses a group/world-readable
+/// server key, or an access.conf holding keys).
+pub(super) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
 }

@@ -1,19 +1,19 @@
 //! portcullisd in the bench: as a knock daemon (nftables or either iptables driver)
-//! and as an SPA daemon (one configuration for fwknop-format and native packets), plus
-//! the native SPA packets it is sent.
+//! and as an SPA daemon (one configuration for fwknop-format and native packets), as an
+//! fwknopd drop-in on fwknopd's own files, plus the native SPA packets it is sent.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context;
 use portcullis_proto::spa::native::{self, AllowAddr, Request};
 use portcullis_proto::{Proto, Service};
 
 use super::process::{pinned, wait_for_log};
 use super::{
-    urandom, Daemon, Env, Instance, GRANT_S, NATIVE_USER, PROTECTED, SEQUENCE, SEQ_TIMEOUT_S, SPA_PORT,
+    urandom, write_private, Daemon, Env, Instance, GRANT_S, NATIVE_USER, PROTECTED, SEQUENCE, SEQ_TIMEOUT_S,
+    SPA_PORT,
 };
 
 impl Env {
@@ -34,7 +34,7 @@ impl Env {
                 d.backend()
             ),
         )?;
-        self.spawn_portcullisd(at, &conf)
+        self.spawn_portcullisd(at, &conf, &[])
     }
 
     /// portcullisd with `[spa]`: an fwknop stanza with fwknopd's keys and the native
@@ -54,7 +54,7 @@ impl Env {
                 h.as_str()
             ));
         }
-        std::fs::write(
+        write_private(
             &conf,
             format!(
                 "[daemon]\nstate_dir = \"{}\"\ninterfaces = [\"eth0\"]\n\n\
@@ -69,21 +69,31 @@ impl Env {
                 SEQUENCE.map(|p| p.to_string()).join(","),
                 self.keys.key,
                 self.keys.hmac
-            ),
+            )
+            .as_bytes(),
         )?;
-        self.spawn_portcullisd(at, &conf)
+        self.spawn_portcullisd(at, &conf, &[])
     }
 
-    /// Start portcullisd with `conf` in the server namespace and wait for its `ready:` line.
-    fn spawn_portcullisd(&mut self, at: &Instance, conf: &Path) -> anyhow::Result<u32> {
+    /// portcullisd as an fwknopd drop-in: `run --config fwknopd.conf` on fwknopd's own
+    /// files and host firewall ([`Env::fwknopd_files`], [`Env::fwknopd_host`]). Only the
+    /// state directory (default `/var/lib/portcullis`) and the log (default syslog, as
+    /// fwknopd) are moved, into this start's scratch directory and its stderr.
+    pub(super) fn start_portcullisd_fwknopd_conf(&mut self, at: &Instance) -> anyhow::Result<u32> {
+        self.fwknopd_host()?;
+        let conf = self.fwknopd_files()?.conf;
+        let state = at.dir.join("state").display().to_string();
+        self.spawn_portcullisd(at, &conf, &["--state-dir", &state, "--log", "stderr"])
+    }
+
+    /// Start portcullisd with `conf` (and `extra` arguments to `run`) in the server
+    /// namespace and wait for its `ready:` line.
+    fn spawn_portcullisd(&mut self, at: &Instance, conf: &Path, extra: &[&str]) -> anyhow::Result<u32> {
         let (bin, conf) = (self.bins.portcullisd.display().to_string(), conf.display().to_string());
+        let mut argv = vec![bin.as_str(), "run", "--config", &conf];
+        argv.extend_from_slice(extra);
         let srv = self.lab.server.clone();
-        let c = self.lab.spawn(
-            &srv,
-            &pinned(at.pin, &[&bin, "run", "--config", &conf]),
-            Stdio::null(),
-            Stdio::from(at.log_file()?),
-        )?;
+        let c = self.lab.spawn(&srv, &pinned(at.pin, &argv), Stdio::null(), Stdio::from(at.log_file()?))?;
         let pid = c.id();
         wait_for_log(&at.log, "ready:", Duration::from_secs(10))?;
         Ok(pid)
@@ -106,20 +116,4 @@ impl Env {
         native::seal(&req, self.native.0.public(), &self.native.1, &mut urandom)
             .map_err(|e| anyhow::anyhow!("native seal: {e}"))
     }
-}
-
-/// Write a file readable by its owner only (portcullisd refuses a group/world-readable
-/// server key).
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(data)?;
-    Ok(())
 }

@@ -3,14 +3,13 @@
 //! The file `pending-stops.toml` in the state directory holds every stop command not
 //! yet run to completion, with its due time as Unix milliseconds and the exact command
 //! text it was scheduled with (a config change does not alter a scheduled stop). It is
-//! replaced atomically: write `*.tmp`, fsync it, rename over the old file, fsync the
-//! directory. It is bounded: at most [`MAX_ENTRIES`] entries; a start whose stop cannot
+//! replaced atomically and is private ([`crate::fsperm::replace`]); one that others
+//! could write is refused (here, and by [`crate::statedir`] before the daemon starts). It is bounded: at most [`MAX_ENTRIES`] entries; a start whose stop cannot
 //! be recorded is not run. Stops are at-least-once: a crash right after a stop ran but
 //! before the file was updated runs it again at start (an `iptables -D` that finds no
 //! rule just fails, logged).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -91,11 +90,15 @@ impl Store {
     /// Read the entries. A missing file is empty. An unreadable one is moved aside to
     /// `*.corrupt` (so it can be inspected) and reported as an error.
     pub fn load(&self) -> Result<Vec<Entry>, String> {
-        let meta = match fs::metadata(&self.path) {
+        let meta = match fs::symlink_metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(format!("{}: {e}", self.path.display())),
         };
+        if !meta.file_type().is_file() {
+            return Err(format!("{} is not a regular file; ignored", self.path.display()));
+        }
+        crate::fsperm::check_trusted(&self.path, &meta).map_err(|e| format!("{e}; ignored"))?;
         let parsed = if meta.len() > MAX_FILE {
             Err(format!("larger than {MAX_FILE} bytes"))
         } else {
@@ -117,17 +120,7 @@ impl Store {
     pub fn save(&self, entries: &[Entry]) -> std::io::Result<()> {
         let text = toml::to_string(&FileFormat { version: 1, stop: entries.to_vec() })
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let tmp = self.path.with_extension("toml.tmp");
-        {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::fsperm::replace(&self.path, text.as_bytes())
     }
 }
 
@@ -159,6 +152,11 @@ mod tests {
         s.save(&e).unwrap();
         assert_eq!(s.load().unwrap(), e);
         assert!(!dir.path().join("pending-stops.toml.tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(s.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::set_permissions(s.path(), fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(s.load().unwrap_err().contains("group/others may write it"));
+        fs::set_permissions(s.path(), fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(s.path(), "version = 1\n[[stop]]\nid = 1\naddr = '1.2.3.4; rm -rf /'\n").unwrap();
         let err = s.load().unwrap_err();
         assert!(err.contains("moved to"), "{err}");

@@ -258,11 +258,16 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
+    let fw = state.granter.firewall_state();
+    let firewall_status = fw.problem().unwrap_or_else(|| "ok".into());
+    let healthy = store == "ok" && firewall_status == "ok";
     Json(Health {
-        status: if store == "ok" { "ok".into() } else { "degraded".into() },
+        status: if healthy { "ok".into() } else { "degraded".into() },
         firewall: state.granter.driver_name().into(),
         kernel_expiry: state.granter.kernel_expiry(),
         store,
+        firewall_status,
+        firewall_restores: fw.restores.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 

@@ -87,6 +87,13 @@ pub async fn render(state: &AppState) -> String {
     let _ = writeln!(out, "portcullis_grant_failures_total {}", s.grant_failures);
     head(
         &mut out,
+        "portcullis_opens_refused_total",
+        "counter",
+        "Door opens refused by a bound (opens_per_second, opens_per_prefix, max_live_grants).",
+    );
+    let _ = writeln!(out, "portcullis_opens_refused_total {}", s.opens_refused);
+    head(
+        &mut out,
         "portcullis_log_lines_suppressed_total",
         "counter",
         "Per-knock log lines dropped by the rate limit.",
@@ -107,6 +114,27 @@ pub async fn render(state: &AppState) -> String {
     head(&mut out, "portcullis_daemon_expired_total", "counter", "Grants closed by the daemon at expiry.");
     let expired = g.counters().daemon_expired.load(Ordering::Relaxed);
     let _ = writeln!(out, "portcullis_daemon_expired_total {expired}");
+    let fw = g.firewall_state();
+    head(
+        &mut out,
+        "portcullis_firewall_restores_total",
+        "counter",
+        "Rulesets reinstalled after someone else removed or changed them.",
+    );
+    let _ = writeln!(out, "portcullis_firewall_restores_total {}", fw.restores.load(Ordering::Relaxed));
+    head(
+        &mut out,
+        "portcullis_firewall_repair_failures_total",
+        "counter",
+        "Repairs of the ruleset that failed.",
+    );
+    let _ = writeln!(
+        out,
+        "portcullis_firewall_repair_failures_total {}",
+        fw.repair_failures.load(Ordering::Relaxed)
+    );
+    head(&mut out, "portcullis_firewall_ok", "gauge", "1 if the firewall matches the grant records.");
+    let _ = writeln!(out, "portcullis_firewall_ok {}", u8::from(fw.problem().is_none()));
     crate::fleet::metrics::render(&mut out);
     out
 }

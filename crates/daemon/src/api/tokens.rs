@@ -1,6 +1,5 @@
 //! API tokens: a root-only file of `name token` lines, compared in constant time.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -68,24 +67,9 @@ impl Tokens {
     }
 
     /// Read `path`, refusing a file that group or others may read or write, or that
-    /// someone other than us owns.
+    /// someone else owns ([`crate::fsperm::read_secret`]).
     pub fn load(path: &Path) -> Result<Tokens, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(format!(
-                "{}: mode {:o} lets group/others read it; chmod 600 it (it holds API passwords)",
-                path.display(),
-                meta.mode() & 0o777
-            ));
-        }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(format!("{}: owned by uid {}, not by us ({me})", path.display(), meta.uid()));
-        }
-        if meta.len() > 1 << 20 {
-            return Err(format!("{}: larger than 1 MiB", path.display()));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = crate::fsperm::read_secret(path, 1 << 20)?;
         Tokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 

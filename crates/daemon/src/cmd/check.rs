@@ -65,6 +65,11 @@ pub fn preflight(c: &Config) -> Result<Ready, Vec<String>> {
     let d = &c.daemon;
     if let Err(e) = creatable_dir(&d.state_dir) {
         problems.push(format!("state_dir {}: {e}", d.state_dir.display()));
+    } else if let Ok(md) = std::fs::metadata(&d.state_dir) {
+        // What `run` refuses (it also tightens the mode to 0700 and takes the lock).
+        if let Err(e) = crate::fsperm::check_trusted(&d.state_dir, &md) {
+            problems.push(format!("state_dir {e}"));
+        }
     }
     for (what, file) in [("log_file", &d.log_file), ("pid_file", &d.pid_file)] {
         let Some(file) = file else { continue };
@@ -339,6 +344,19 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_state_dir_others_may_write() {
+        let d = Dir::new("statedir");
+        let state = d.0.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let c = load(&d, &format!("[daemon]\nbackend = 'none'\nstate_dir = '{}'\n{DOOR}", state.display()));
+        let e = preflight(&c).unwrap_err();
+        assert!(e.len() == 1 && e[0].contains("group/others may write it"), "{e:?}");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(preflight(&c).is_ok());
+    }
+
+    #[test]
     fn refuses_what_run_refuses_for_the_api_tokens_file() {
         let d = Dir::new("tokens");
         let text = format!("[daemon]\nbackend = 'none'\n[api]\nsocket = ''\nlisten = '127.0.0.1:9\'\ntokens_file = 'tokens'\n{DOOR}");
@@ -346,14 +364,20 @@ mod tests {
         let missing = d.0.join("tokens");
         assert_eq!(
             preflight(&c).unwrap_err(),
-            vec![format!("api tokens_file: {}: No such file or directory (os error 2)", missing.display())]
+            vec![format!(
+                "api tokens_file: cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            )]
         );
         d.write("tokens", "admin s3cret-token-that-is-long-enough\n", 0o644);
         let e = preflight(&c).unwrap_err();
         assert_eq!(
             e,
             vec![format!(
-                "api tokens_file: {}: mode 644 lets group/others read it; chmod 600 it (it holds API passwords)",
+                "api tokens_file: {} (owner uid {}, mode 0644): holds secrets but group/others may read or write \
+                 it; chmod 600 {}",
+                missing.display(),
+                nix::unistd::geteuid(),
                 missing.display()
             )]
         );

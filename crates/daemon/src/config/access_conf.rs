@@ -107,26 +107,10 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 /// A file holding keys: owned by the daemon's user (root), not accessible by group or
-/// others.
+/// others ([`crate::fsperm::check_secret`], as for every secret).
 pub fn check_key_file(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid {
-        return Err(format!(
-            "{} holds keys but is owned by uid {}, not {euid}: chown it to the daemon's user (root)",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} holds keys but group or others can access it (mode {:o}): chmod 600 it",
-            path.display(),
-            meta.mode() & 0o777
-        ));
-    }
-    Ok(())
+    crate::fsperm::check_secret(path, &meta)
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {

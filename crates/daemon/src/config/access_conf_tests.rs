@@ -162,7 +162,7 @@ fn files_holding_keys_must_be_private() {
     write(&d.join("b.conf"), "SOURCE ANY\nKEY k\n");
     std::fs::set_permissions(d.join("b.conf"), std::fs::Permissions::from_mode(0o640)).unwrap();
     let e = load(&d.join("b.conf")).unwrap_err();
-    assert!(e.contains("b.conf:2:") && e.contains("mode 640"), "{e}");
+    assert!(e.contains("b.conf:2:") && e.contains("mode 0640"), "{e}");
     // A world-readable file without keys is fine.
     write(&d.join("c.conf"), "SOURCE ANY\n%include_keys private.keys\n");
     write(&d.join("private.keys"), "KEY k\n");

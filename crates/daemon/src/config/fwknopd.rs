@@ -338,6 +338,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         source_prefix: (24, 56),
         warnings: Vec::new(),
     };
+    let (limits, store) = (super::Limits::for_max_grants(daemon.max_grants), Default::default());
     Ok(Config {
         path: path.to_owned(),
         daemon,
@@ -346,6 +347,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         api: None,
         fleet: None,
         notes,
+        limits,
+        store,
     })
 }
 

@@ -223,7 +223,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             message: "no doors configured: add at least one [doorname] section with a Sequence".into(),
         });
     }
-    Ok(Config { path: path.to_owned(), daemon, doors, spa: None, api: None, fleet: None, notes: Vec::new() })
+    let limits = super::Limits::for_max_grants(daemon.max_grants);
+    Ok(Config {
+        path: path.to_owned(),
+        daemon,
+        doors,
+        spa: None,
+        api: None,
+        fleet: None,
+        notes: Vec::new(),
+        limits,
+        store: Default::default(),
+    })
 }
 
 fn absolute(v: &str, what: &str) -> Result<PathBuf, String> {

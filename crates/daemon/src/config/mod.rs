@@ -20,10 +20,12 @@ pub mod convert;
 pub mod error;
 pub mod fwknopd;
 pub mod knockd;
+pub mod limits;
 pub mod model;
 pub mod one_time;
 mod raw;
 pub mod rotating;
+pub mod secret_file;
 pub mod source;
 pub mod spa;
 pub mod stanza;
@@ -34,6 +36,7 @@ use std::path::Path;
 
 pub use api::ApiConfig;
 pub use error::ConfigError;
+pub use limits::{DoorLimits, Limits, Rate, StoreSettings};
 pub use model::*;
 pub use rotating::RotatingDoor;
 pub use source::read_bounded;
@@ -62,6 +65,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Read and validate a config file in the given format.
 pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
     let text = read_bounded(path)?;
+    if format != Format::Knockd {
+        secret_file::check(path, &text).map_err(|message| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            message,
+        })?;
+    }
     match format {
         Format::Native => parse(&text, path),
         Format::Knockd => knockd::parse(&text, path),

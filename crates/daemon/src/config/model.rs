@@ -35,6 +35,10 @@ pub struct Config {
     pub api: Option<ApiConfig>,
     /// Fleet mode (`[fleet]`), if configured.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// Bounds on knock opens (`[daemon]` and `[[door]]` keys).
+    pub limits: super::Limits,
+    /// The grant records (`[store]`).
+    pub store: super::StoreSettings,
     /// Things the reader could not honour and did not refuse (fwknopd.conf keys that are
     /// moot here, unknown access.conf keys), each with its file and line: logged once at
     /// start and shown by `check`.

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub spa: Option<Spanned<RawSpa>>,
     pub api: Option<Spanned<RawApi>>,
     pub fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
+    pub store: Option<Spanned<super::limits::RawStore>>,
 }
 
 /// `[daemon]`.
@@ -35,6 +36,9 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
+    pub opens_per_prefix: Option<Spanned<super::limits::RawRate>>,
+    pub prefix_v4: Option<Spanned<i64>>,
+    pub prefix_v6: Option<Spanned<i64>>,
     pub flush_at_start: Option<bool>,
     pub flush_at_exit: Option<bool>,
     pub syslog_identity: Option<Spanned<String>>,
@@ -65,6 +69,8 @@ pub(super) struct RawDoor {
     pub stop_command_6: Option<Spanned<RawCommand>>,
     pub cmd_timeout: Option<Spanned<RawDuration>>,
     pub one_time_sequences: Option<Spanned<String>>,
+    pub opens_per_second: Option<Spanned<i64>>,
+    pub max_live_grants: Option<Spanned<i64>>,
     pub rotating: Option<Spanned<super::rotating::RawRotating>>,
 }
 

@@ -267,17 +267,10 @@ fn resolve(dir: &Path, p: &str) -> PathBuf {
     }
 }
 
-/// Read a server secret key file (`pcs1-sec-...`), refusing group/world-readable files.
+/// Read a server secret key file (`pcs1-sec-...`), refusing one that someone else owns
+/// or group/others may read ([`crate::fsperm::read_secret`]).
 pub fn read_server_key(path: &Path) -> Result<ServerKey, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!("{} is readable by others: chmod 600 it", path.display()));
-    }
-    if meta.len() > 4096 {
-        return Err(format!("{} is not a key file", path.display()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = crate::fsperm::read_secret(path, 4096)?;
     ServerKey::from_text(text.trim())
         .map_err(|_| format!("{} does not hold a server secret key (pcs1-sec-...)", path.display()))
 }

@@ -19,7 +19,7 @@ use super::model::{
 use super::one_time::load_one_time;
 use super::raw::{RawCommand, RawConfig, RawDaemon, RawDoor, RawDuration, RawKnock};
 use super::source::line_of;
-use super::{api, rotating, spa};
+use super::{api, limits, rotating, spa};
 
 /// Parse and validate native TOML text (`path` is only used in messages and to resolve
 /// relative paths).
@@ -74,8 +74,20 @@ impl Validator<'_> {
         })
     }
 
-    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    fn config(&self, mut raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut bounds = limits::RawBounds::take(&mut raw.daemon);
+        for d in &mut raw.doors {
+            let d = d.get_mut();
+            bounds.doors.push((
+                d.name.get_ref().clone(),
+                d.opens_per_second.take(),
+                d.max_live_grants.take(),
+            ));
+        }
+        let store = limits::store(raw.store.take());
         let daemon = self.daemon(raw.daemon)?;
+        let limits = bounds.build(daemon.max_grants).or_else(|(at, m)| self.err(at, m))?;
+        let store = store.or_else(|(at, m)| self.err(at, m))?;
         let mut doors = Vec::with_capacity(raw.doors.len());
         let mut names = BTreeSet::new();
         for d in raw.doors {
@@ -145,7 +157,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, fleet, notes })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, fleet, notes, limits, store })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {

@@ -17,12 +17,15 @@ use portcullis_proto::{Millis, Proto, Service};
 use crate::capture::LocalView;
 use crate::config::{Config, Door};
 use crate::firewall::FirewallDriver;
-use crate::grants::{Granter, Origin, OriginKind};
+use crate::grants::{Granter, OpenError, Origin, OriginKind};
 use crate::spa::{SpaGate, Verdict};
 use crate::stats::Stats;
 use portcullis_proto::addr::canonical as fold;
 
 mod door_actions;
+mod refusals;
+
+use refusals::{Failure, RefusalLog};
 // fwknop stanzas: command cycles, NAT grants, fwknopd's log lines.
 mod fwknop_grants;
 mod rotation;
@@ -55,6 +58,8 @@ pub struct Engine {
     spa: Option<SpaGate>,
     /// Door commands and one-time sequences, see `engine/door_actions.rs`.
     ext: door_actions::Ext,
+    /// Opens refused or failed: budgeted lines and summaries.
+    refusals: RefusalLog,
     fwknop: fwknop_grants::FwknopExt,
     /// Rotating doors: completed sequences per step, see `engine/rotation.rs`.
     burnt: rotation::Burnt,
@@ -75,6 +80,7 @@ impl Engine {
 
     /// Like [`Engine::new`], granting through the shared (recording) grant path.
     pub fn with_granter(config: &Config, granter: Arc<Granter>) -> anyhow::Result<Engine> {
+        granter.set_limits(config.limits.clone());
         let mut targets: Vec<Option<IpAddr>> = Vec::new();
         for d in &config.doors {
             let t = d.target.map(fold);
@@ -125,6 +131,7 @@ impl Engine {
             stats: Stats::default(),
             spa: None,
             ext: door_actions::Ext::default(),
+            refusals: RefusalLog::default(),
             fwknop: fwknop_grants::FwknopExt::new(&config.daemon.firewall.iptables_chain),
             burnt: rotation::Burnt::default(),
             rotation_due: None,
@@ -256,13 +263,13 @@ impl Engine {
         let n = d.rotating.as_ref().map_or(d.sequence.len(), |r| r.rotation.count());
         let (label, services, duration) = (d.name.clone(), d.open.clone(), d.open_for);
         self.stats.knock_completed += 1;
-        let log = self.open_limiter.take(now);
-        if log {
-            tracing::info!("{src}: {label}: Stage {n} (of {n})");
-        }
         let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
-        self.apply_grant(src, &label, origin, src, &services, duration, log, wall);
-        self.after_open(src, door, wall, log);
+        let stage = format!("{src}: {label}: Stage {n} (of {n})");
+        if let Some(log) =
+            self.apply_grant(src, &label, Some(stage), origin, src, &services, duration, now, wall)
+        {
+            self.after_open(src, door, wall, log);
+        }
     }
 
     /// An SPA datagram read from the bound UDP socket (fwknopd `ENABLE_UDP_SERVER`).
@@ -306,18 +313,20 @@ impl Engine {
                 }
                 let label = format!("spa: {}", dec.who);
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
-                let log = self.open_limiter.take(now);
                 let before = self.stats.opened;
-                self.apply_grant(
-                    src,
-                    &label,
-                    origin.clone(),
-                    dec.allow,
-                    &dec.services,
-                    dec.duration,
-                    log,
-                    wall,
-                );
+                let log = self
+                    .apply_grant(
+                        src,
+                        &label,
+                        None,
+                        origin.clone(),
+                        dec.allow,
+                        &dec.services,
+                        dec.duration,
+                        now,
+                        wall,
+                    )
+                    .unwrap_or(false);
                 if share && self.stats.opened > before {
                     if let Some(f) = &self.fleet {
                         f.share(crate::fleet::node::Outgoing::new(
@@ -345,48 +354,72 @@ impl Engine {
     }
 
     /// The capture thread's grant path, for doors and SPA: log, open through
-    /// [`Granter::grant`] (which arms expiry and records), log the result. `log` says
-    /// whether the grant-line budget allows logging this one.
+    /// [`Granter::grant`] (which arms expiry and records), log the result. The grant
+    /// lines (`stage`, OPEN SESAME, opened) are written once the open is admitted, within
+    /// their own budget, so refused floods never spend it. Returns `None` if a bound
+    /// refused the open (then nothing else may happen for it: no door commands), else
+    /// whether its lines were logged.
     #[allow(clippy::too_many_arguments)]
     fn apply_grant(
         &mut self,
         src: IpAddr,
         label: &str,
+        stage: Option<String>,
         origin: Origin,
         allow: IpAddr,
         services: &[Service],
         duration: Duration,
-        log: bool,
+        now: Millis,
         wall: SystemTime,
-    ) {
+    ) -> Option<bool> {
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
-        let until = humantime::format_rfc3339_seconds(wall + duration);
-        let secs = duration.as_secs();
+        let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
+        // A knockd door may open nothing itself and only run commands.
+        let result = if services.is_empty() {
+            Ok(())
+        } else if origin.kind == OriginKind::Door {
+            self.granter.open_door(origin, src, allow, services, duration)
+        } else {
+            self.granter.grant(origin, allow, services, duration).map_err(OpenError::from)
+        };
+        if let Err(OpenError::Refused(why)) = result {
+            self.stats.opens_refused += 1;
+            if self.refusals.count(Failure::Refused(why), now) {
+                tracing::warn!("{src}: {label}: NOT opened {what}{for_whom}: {why}");
+            }
+            return None;
+        }
+        let log = self.open_limiter.take(now);
         if log {
+            if let Some(stage) = stage {
+                tracing::info!("{stage}");
+            }
             tracing::info!("{src}: {label}: OPEN SESAME");
         } else {
             self.stats.suppressed_logs += 1;
         }
-        let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
-        // A knockd door may open nothing itself and only run commands.
-        if services.is_empty() {
-            return;
-        }
-        match self.granter.grant(origin, allow, services, duration) {
+        match result {
+            Ok(()) if services.is_empty() => {}
             Ok(()) => {
                 self.stats.opened += 1;
                 if log {
+                    let until = humantime::format_rfc3339_seconds(wall + duration);
                     tracing::info!(
-                        "{src}: {label}: opened {what}{for_whom} until {until} ({secs}s) via {}",
+                        "{src}: {label}: opened {what}{for_whom} until {until} ({}s) via {}",
+                        duration.as_secs(),
                         self.granter.driver_name()
                     );
                 }
             }
-            Err(err) => {
+            Err(OpenError::Firewall(err)) => {
                 self.stats.grant_failures += 1;
-                tracing::error!("{src}: {label}: FAILED to open {what}{for_whom}: {err}");
+                if self.refusals.count(Failure::Firewall, now) {
+                    tracing::error!("{src}: {label}: FAILED to open {what}{for_whom}: {err}");
+                }
             }
+            Err(OpenError::Refused(_)) => {}
         }
+        Some(log)
     }
 
     fn report_suppressed(&mut self) {
@@ -402,6 +435,9 @@ impl Engine {
 
     /// Periodic work: lets trackers drop expired generations so memory returns after a flood.
     pub fn housekeeping(&mut self, now: Millis, wall: SystemTime) {
+        if let Some(line) = self.refusals.summary(now) {
+            tracing::warn!("{line}");
+        }
         for g in &mut self.groups {
             g.tracker.housekeeping(now);
         }

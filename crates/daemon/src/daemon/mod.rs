@@ -118,8 +118,8 @@ fn open_replay(
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.daemon.state_dir)
-        .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
+    let _state =
+        crate::statedir::StateDir::open(&config.daemon.state_dir, config.daemon.pid_file.as_deref())?;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let mut driver = driver_for(config)?;
@@ -127,7 +127,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
         driver.teardown().context("flushing the firewall at start")?;
     }
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver)?;
+    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store)?;
     let mut api = match &config.api {
         Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
         None => None,

@@ -187,6 +187,21 @@ pub trait FirewallDriver: Send {
     /// timeouts), so that the daemon dying cannot leave a hole open.
     fn kernel_expiry(&self) -> bool;
 
+    /// Check that what `setup(plan)` installed is still in place (someone may have
+    /// flushed or edited it). `Ok(None)`: intact; `Ok(Some(what))`: what is missing or
+    /// changed. Grants are not checked here (the grant lifecycle compares them with
+    /// its schedule). The default knows nothing and says intact.
+    fn verify(&mut self, _plan: &Plan) -> Result<Option<String>, FirewallError> {
+        Ok(None)
+    }
+
+    /// A source of change notifications for what this driver owns, if the backend
+    /// has one (nftables: netlink events). Without one, the daemon relies on periodic
+    /// [`FirewallDriver::verify`].
+    fn watch(&self) -> Result<Option<Box<dyn Watch>>, FirewallError> {
+        Ok(None)
+    }
+
     /// Remember `plan` without touching the firewall, so that `teardown` from another
     /// process (`portcullisd teardown`) knows what was installed under it.
     fn adopt(&mut self, plan: &Plan) {
@@ -204,6 +219,14 @@ pub trait FirewallDriver: Send {
         let _ = grants;
         Ok(())
     }
+}
+
+/// Notifications of changes made by others to what a driver owns.
+pub trait Watch: Send {
+    /// Wait up to `timeout`. `Ok(Some(what))`: someone else changed our firewall state
+    /// (the driver's own changes are never reported); `Ok(None)`: nothing happened;
+    /// `Err`: notifications may have been lost (verify instead).
+    fn wait(&mut self, timeout: Duration) -> Result<Option<String>, FirewallError>;
 }
 
 /// What `check` prints about the firewall for `plan` on `backend`: the mode in force

@@ -5,7 +5,6 @@
 //! must be owned by root (or the daemon's user) and not readable by group or others.
 //! It is read when the fleet starts, not when the config is checked.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -115,28 +114,11 @@ pub fn validate(raw: RawFleet, dir: &Path) -> Result<FleetConfig, Refusal> {
 /// Longest URL file accepted.
 const MAX_URL: u64 = 4096;
 
-/// Read the URL file: a regular file owned by root or by us, mode without group/other
-/// bits, holding one `postgres://` or `postgresql://` URL (or key=value settings).
+/// Read the URL file: a regular file owned by root or by us, no group/other access,
+/// holding one `postgres://` / `postgresql://` URL or `key=value` settings.
 pub fn read_url(path: &Path) -> Result<String, FleetError> {
     let bad = |reason: String| FleetError::UrlFile { path: path.to_owned(), reason };
-    let meta = std::fs::symlink_metadata(path).map_err(|e| bad(e.to_string()))?;
-    if !meta.file_type().is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(bad(format!(
-            "mode {:o} lets others read the password; chmod 600 it",
-            meta.mode() & 0o777
-        )));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(bad(format!("owned by uid {}, not root", meta.uid())));
-    }
-    if meta.len() > MAX_URL {
-        return Err(bad(format!("longer than {MAX_URL} bytes")));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let text = crate::fsperm::read_secret(path, MAX_URL).map_err(bad)?;
     let url = text.trim();
     if url.is_empty() {
         return Err(bad("empty".into()));

@@ -36,12 +36,12 @@ fn fleet_section_is_validated() {
 fn url_file_must_be_private() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("url");
-    std::fs::write(&p, "postgresql://u:secret@db/fleet\n").unwrap();
+    std::fs::write(&p, "postgresql://u:hunter2@db/fleet\n").unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    assert_eq!(read_url(&p).unwrap(), "postgresql://u:secret@db/fleet");
+    assert_eq!(read_url(&p).unwrap(), "postgresql://u:hunter2@db/fleet");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
     let e = read_url(&p).unwrap_err().to_string();
-    assert!(e.contains("chmod 600") && !e.contains("secret"), "{e}");
+    assert!(e.contains("chmod 600") && !e.contains("hunter2"), "{e}");
     std::fs::write(dir.path().join("empty"), "  \n").unwrap();
     std::fs::set_permissions(dir.path().join("empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(read_url(&dir.path().join("empty")).unwrap_err().to_string().contains("empty"));

@@ -24,25 +24,30 @@
 //! daemon still enforces, grants and expires; records are missing and every API call
 //! that needs them answers 503 with the reason.
 
+pub mod admission;
 pub mod clock;
 pub mod origin;
 mod reconcile;
 mod revoke;
 pub mod scheduler;
+pub mod watch;
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
 use tokio::sync::oneshot;
 
+use crate::config::Limits;
 use crate::firewall::{self, FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
 use crate::stats::Stats;
 use crate::store::{self, GrantRecord, NewGrants, Store, StoreError};
+use admission::Admission;
+pub use admission::Refusal;
 use clock::{ms, Clock};
 pub use origin::{Origin, OriginKind};
 pub use reconcile::{ReconcileReport, ADOPT_WINDOW};
@@ -58,6 +63,17 @@ pub enum GrantError {
     /// The store could not record it (the firewall grant was undone).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a capture-path open did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A bound on opens refused it (nothing was asked of the firewall).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The firewall refused.
+    #[error("firewall: {0}")]
+    Firewall(#[from] FirewallError),
 }
 
 /// Counters for metrics.
@@ -78,6 +94,12 @@ pub struct Granter {
     counters: Counters,
     /// The capture thread's latest [`Stats`], published about once a second for metrics.
     stats: Mutex<Stats>,
+    /// What the firewall must enforce, once it is watched ([`watch`]).
+    plan: OnceLock<Plan>,
+    /// The firewall's health and its watcher.
+    watch: watch::State,
+    /// Bounds on door opens. Lock order: driver, scheduler table, then this.
+    admission: Mutex<Admission>,
 }
 
 impl Granter {
@@ -98,6 +120,9 @@ impl Granter {
             thread: Mutex::new(None),
             counters: Counters::default(),
             stats: Mutex::new(Stats::default()),
+            plan: OnceLock::new(),
+            watch: watch::State::default(),
+            admission: Mutex::new(Admission::default()),
         });
         let t = scheduler::spawn(Arc::downgrade(&g), Arc::clone(&g.sched), Arc::clone(&g.clock))?;
         *g.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -112,6 +137,28 @@ impl Granter {
             Err(StoreError::Unavailable("no store configured".into())),
             clock::system(),
         )
+    }
+
+    /// Bound door opens by `limits` (budgets start afresh; live grants stay counted).
+    pub fn set_limits(&self, limits: Limits) {
+        self.admission().set_limits(limits);
+    }
+
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admission_opened(&self, door: &str, key: Key, expires_at: i64, now: i64) {
+        self.admission().opened(door, key, expires_at, now);
+    }
+
+    fn admission_closed(&self, key: Key) {
+        self.admission().closed(key);
+    }
+
+    /// Live grants door `door` holds now, as its bounds count them.
+    pub fn door_live(&self, door: &str) -> usize {
+        self.admission().live(door, self.clock.now_ms())
     }
 
     /// The driver's name.
@@ -181,7 +228,13 @@ impl Granter {
     ) -> (Result<(), FirewallError>, NewGrants) {
         let grants: Vec<Grant> =
             services.iter().map(|&service| Grant { addr, service, timeout: duration }).collect();
-        let r = d.grant(&grants);
+        let mut r = d.grant(&grants);
+        // Refused because our ruleset is gone (ENOENT after a flush)? Repair, retry once.
+        if let Err(e) = &r {
+            if self.repair_if_broken(d, e) {
+                r = d.grant(&grants);
+            }
+        }
         let now = self.clock.now_ms();
         if r.is_ok() {
             let mut t = self.sched.lock();
@@ -204,6 +257,32 @@ impl Granter {
             result: r.as_ref().map(|_| ()).map_err(ToString::to_string),
         };
         (r, rec)
+    }
+
+    /// The capture thread's path for a door: admit (an open from `src` within the
+    /// door's bounds, see [`admission`]), then [`Granter::grant`]. A refused open asks
+    /// nothing of the firewall and writes no record.
+    pub fn open_door(
+        &self,
+        origin: Origin,
+        src: IpAddr,
+        addr: IpAddr,
+        services: &[Service],
+        duration: Duration,
+    ) -> Result<(), OpenError> {
+        let addr = canonical(addr);
+        let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
+        self.admission()
+            .check(&origin.detail, src, &keys, self.clock.now_ms())
+            .map_err(OpenError::Refused)?;
+        let door = origin.detail.clone();
+        self.grant(origin, addr, services, duration)?;
+        let now = self.clock.now_ms();
+        let mut a = self.admission();
+        for k in keys {
+            a.opened(&door, k, now.saturating_add(ms(duration)), now);
+        }
+        Ok(())
     }
 
     /// The capture thread's path: open, arm expiry, and enqueue the record without
@@ -292,6 +371,7 @@ impl Granter {
     /// Stop the scheduler thread, then the store after what is queued. Grants stay in
     /// the firewall (kernel timeouts close them, or the next start does).
     pub fn shutdown(&self) {
+        self.watch.stop();
         self.sched.stop();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
@@ -316,12 +396,18 @@ pub fn start(
     state_dir: &Path,
     plan: &Plan,
     mut driver: Box<dyn FirewallDriver>,
+    settings: &crate::config::StoreSettings,
 ) -> anyhow::Result<Arc<Granter>> {
     use anyhow::Context;
     driver.setup(plan).context("installing the firewall ruleset")?;
     let clock = clock::system();
     let path = state_dir.join("grants.db");
-    let store = Store::open(&path, store::Options { clock: Arc::clone(&clock), ..store::Options::default() });
+    let opts = store::Options {
+        clock: Arc::clone(&clock),
+        retention: Some(settings.retention),
+        ..store::Options::default()
+    };
+    let store = Store::open(&path, opts);
     if let Err(e) = &store {
         tracing::error!(
             "store: {e}. RUNNING WITHOUT GRANT RECORDS: the firewall is enforced, knocks/SPA still \
@@ -331,6 +417,7 @@ pub fn start(
     }
     let granter = Granter::new(firewall::Shared::new(driver), plan.protected.clone(), store, clock)
         .context("starting the expiry scheduler")?;
+    granter.watch_firewall(plan.clone()).context("starting the firewall watcher")?;
     if granter.store().is_ok() {
         match granter.reconcile() {
             Ok(r) => tracing::info!(

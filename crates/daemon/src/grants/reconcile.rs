@@ -92,6 +92,9 @@ impl Granter {
             known.push((r.address, r.service));
             let opened_at = r.effective_at.unwrap_or(r.requested_at);
             t.insert((r.address, r.service), Entry { expires_at: r.expires_at, opened_at });
+            if r.origin.kind == OriginKind::Door {
+                self.admission_opened(&r.origin.detail, (r.address, r.service), r.expires_at, now);
+            }
             if is_live(r.address, r.service) {
                 report.kept += 1;
             } else {

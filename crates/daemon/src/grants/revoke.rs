@@ -85,6 +85,7 @@ impl Granter {
             // Only once the close is on its way: otherwise expiry still closes the record.
             if live {
                 t.remove(key);
+                self.admission_closed(key);
             }
             rx
         };

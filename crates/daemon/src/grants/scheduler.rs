@@ -67,6 +67,11 @@ impl Table {
         self.by_key.get(&key).copied()
     }
 
+    /// Every live grant, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.by_key.iter()
+    }
+
     /// The earliest deadline.
     pub fn next(&self) -> Option<i64> {
         self.queue.first().map(|&(t, _)| t)

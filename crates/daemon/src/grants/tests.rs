@@ -424,3 +424,63 @@ fn a_grant_whose_first_record_was_lost_is_still_revoked_in_the_firewall() {
     assert!(live(&f).is_empty(), "closed in the firewall, not only in the record");
     assert_eq!(f.granter.scheduled(), 0);
 }
+
+#[test]
+fn door_opens_beyond_their_bounds_touch_neither_firewall_nor_store() {
+    use crate::config::{DoorLimits, Limits};
+    let f = fixture();
+    let mut limits = Limits::unbounded();
+    limits.default_door = DoorLimits { opens_per_second: None, max_live_grants: Some(2) };
+    f.granter.set_limits(limits);
+    let open = |src: &str| {
+        f.granter.open_door(door("ssh"), ip(src), ip(src), &[Service::tcp(22)], Duration::from_secs(30))
+    };
+    open("192.0.2.1").unwrap();
+    open("192.0.2.2").unwrap();
+    assert!(matches!(open("192.0.2.3"), Err(OpenError::Refused(Refusal::DoorFull))));
+    assert_eq!(live(&f).len(), 2, "nothing asked of the firewall");
+    assert_eq!(all(&f).len(), 2, "no record for a refused open");
+    // API grants and the unbounded path (SPA) are not door opens: no bound applies.
+    rt().block_on(f.granter.grant_recorded(
+        api("t"),
+        ip("192.0.2.9"),
+        &[Service::tcp(22)],
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    f.granter.grant(door("ssh"), ip("192.0.2.8"), &[Service::tcp(22)], Duration::from_secs(30)).unwrap();
+    assert_eq!(f.granter.door_live("ssh"), 2);
+    // A revoke frees a place at once; expiry frees the rest.
+    rt().block_on(f.granter.revoke(RevokeTarget::Key(ip("192.0.2.1"), Service::tcp(22)), "t")).unwrap();
+    assert_eq!(f.granter.door_live("ssh"), 1);
+    open("192.0.2.3").unwrap();
+    f.clock.advance(Duration::from_secs(30));
+    f.granter.expire_due();
+    assert_eq!(f.granter.door_live("ssh"), 0);
+    open("192.0.2.4").unwrap();
+}
+
+#[test]
+fn restarts_count_the_live_door_grants_they_reconcile() {
+    use crate::config::{DoorLimits, Limits};
+    let f = fixture();
+    grant(&f, "192.0.2.1", Duration::from_secs(60));
+    grant(&f, "192.0.2.2", Duration::from_secs(60));
+    f.granter.store().unwrap().sync_blocking();
+    f.granter.shutdown();
+    let dir = f.dir;
+    let g = fixture_full(Options::default(), Box::new(NoFirewall::default()), Some(dir));
+    g.granter.reconcile().unwrap();
+    let mut limits = Limits::unbounded();
+    limits.default_door = DoorLimits { opens_per_second: None, max_live_grants: Some(2) };
+    g.granter.set_limits(limits);
+    assert_eq!(g.granter.door_live("d"), 2, "restored grants count against the cap");
+    let r = g.granter.open_door(
+        door("d"),
+        ip("192.0.2.3"),
+        ip("192.0.2.3"),
+        &[Service::tcp(22)],
+        Duration::from_secs(9),
+    );
+    assert!(matches!(r, Err(OpenError::Refused(Refusal::DoorFull))), "{r:?}");
+}

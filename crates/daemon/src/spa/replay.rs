@@ -154,7 +154,7 @@ impl ReplayCache {
         let Some(path) = self.path.clone() else { return Ok(()) };
         let tmp = path.with_extension("tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::fsperm::create_new(&tmp)?;
             let mut buf = String::with_capacity(self.seen.len() * 76);
             for (k, exp) in &self.seen {
                 buf.push_str(&hex(k));

@@ -46,6 +46,10 @@ CREATE INDEX grants_state_id ON grants (state, id);
 CREATE INDEX grants_address ON grants (address, id);
 CREATE INDEX grants_origin ON grants (origin_kind, state);
 "#,
+    // 2: closed rows by age, for retention.
+    r#"
+CREATE INDEX grants_closed ON grants (closed_at) WHERE state != 'active';
+"#,
 ];
 
 /// Schema version this build writes.
@@ -295,6 +299,16 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<(Vec<GrantRecord>
     Ok((items, u64::try_from(total).unwrap_or(0)))
 }
 
+/// Delete at most `batch` closed rows (expired, revoked, failed) that closed before
+/// `before` (Unix ms), oldest first. Returns how many went.
+pub fn prune(conn: &Connection, before: i64, batch: usize) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM grants WHERE id IN (SELECT id FROM grants WHERE state != 'active' \
+         AND closed_at < ?1 ORDER BY closed_at LIMIT ?2)",
+        params![before, i64::try_from(batch).unwrap_or(i64::MAX)],
+    )
+}
+
 /// Record counts by (origin kind, state), for metrics.
 pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>> {
     let mut st = conn.prepare(
@@ -394,6 +408,34 @@ mod tests {
         let r = get(&c, a).unwrap().unwrap();
         assert_eq!((r.state, r.closed_at), (GrantState::Expired, Some(1000)));
         assert_eq!(get(&c, b).unwrap().unwrap().state, GrantState::Active);
+    }
+
+    #[test]
+    fn prune_deletes_closed_rows_older_than_the_cutoff_in_bounded_batches() {
+        let mut c = db();
+        let active = record(&mut c, &new("192.0.2.1", 22, 0, 10)).unwrap()[0].id;
+        for i in 0..5u16 {
+            let id = record(&mut c, &new("192.0.2.2", 100 + i, 0, 10)).unwrap()[0].id;
+            let at = 1000 + i64::from(i);
+            close(
+                &mut c,
+                &[Closing { target: CloseTarget::Id(id), state: GrantState::Expired, by: None, at }],
+            )
+            .unwrap();
+        }
+        let mut f = new("192.0.2.3", 22, 1003, 10);
+        f.result = Err("set full".into());
+        record(&mut c, &f).unwrap();
+        // Closed at 1000..=1004, failed at 1003; the cutoff is exclusive.
+        assert_eq!(prune(&c, 1000, 100).unwrap(), 0);
+        assert_eq!(prune(&c, 1003, 2).unwrap(), 2, "a batch at most");
+        assert_eq!(prune(&c, 1003, 100).unwrap(), 1);
+        assert_eq!(prune(&c, 1005, 100).unwrap(), 3, "two expired and the failed one");
+        assert_eq!(prune(&c, i64::MAX, 100).unwrap(), 0, "the active row is never pruned");
+        assert_eq!(
+            list(&c, &Filter::default()).unwrap().0.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![active]
+        );
     }
 
     #[test]

@@ -50,13 +50,21 @@ pub struct Options {
     /// Start no writer thread (tests): writes wait in the channel, which refuses them
     /// once full (with capacity 0: always).
     pub paused: bool,
-    /// Time for log rate limits.
+    /// Time for log rate limits and retention.
     pub clock: Arc<dyn Clock>,
+    /// Delete closed records this long after they closed (`None`: keep them).
+    pub retention: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_pages: None, capacity: CHANNEL_CAPACITY, paused: false, clock: clock::system() }
+        Options {
+            max_pages: None,
+            capacity: CHANNEL_CAPACITY,
+            paused: false,
+            clock: clock::system(),
+            retention: None,
+        }
     }
 }
 
@@ -83,6 +91,16 @@ impl Store {
         let unavailable = |what: &str, e: &dyn fmt::Display| {
             StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
         };
+        // Private whatever the umask: SQLite gives the -wal and -shm files the mode of
+        // the database file.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if suffix.is_empty() || p.exists() {
+                crate::fsperm::make_private(&p).map_err(|e| unavailable("securing", &e))?;
+            }
+        }
         let mut conn = Connection::open(path).map_err(|e| unavailable("opening", &e))?;
         db::configure(&conn).map_err(|e| unavailable("configuring", &e))?;
         db::migrate(&mut conn).map_err(|e| unavailable("migrating", &e))?;
@@ -102,7 +120,8 @@ impl Store {
         let (thread, paused) = if opts.paused {
             (None, Some(rx))
         } else {
-            let worker = Worker::new(conn, rx, Arc::clone(&counters), Arc::clone(&opts.clock));
+            let worker =
+                Worker::new(conn, rx, Arc::clone(&counters), Arc::clone(&opts.clock), opts.retention);
             let t = std::thread::Builder::new()
                 .name("store".into())
                 .spawn(move || worker.run())
@@ -183,6 +202,15 @@ impl Store {
         if self.tx.send(Cmd::Sync(reply)).is_ok() {
             let _ = rx.blocking_recv();
         }
+    }
+
+    /// Apply retention now, to the end (blocking; tests): returns the rows deleted.
+    pub fn prune_blocking(&self) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Prune(reply)).is_ok() {
+            return rx.blocking_recv().unwrap_or(0);
+        }
+        0
     }
 
     /// Like [`Store::sync_blocking`], for async callers.

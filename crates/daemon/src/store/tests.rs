@@ -112,3 +112,74 @@ fn a_full_disk_rolls_back_and_counts() {
         "nothing half-written"
     );
 }
+
+#[test]
+fn retention_deletes_closed_records_once_they_are_older_than_it() {
+    let keep = Duration::from_secs(30 * 86_400);
+    let (_d, clock, s) = open(Options { retention: Some(keep), ..Options::default() });
+    // 2,500 closed grants (more than one batch) and one active.
+    for i in 0..2500u32 {
+        let mut g = new("192.0.2.2", T0, 1);
+        g.addr = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+        s.record_nowait(g.clone());
+        s.close_nowait(vec![Closing {
+            target: CloseTarget::Key(g.addr, Service::tcp(22)),
+            state: GrantState::Expired,
+            by: None,
+            at: T0 + 1000,
+        }]);
+        if i % 500 == 0 {
+            s.sync_blocking();
+        }
+    }
+    s.record_nowait(new("192.0.2.9", T0, 86_400 * 365));
+    s.sync_blocking();
+    let total = |s: &Store| s.list(&Filter::default()).unwrap().1;
+    assert_eq!(total(&s), 2501);
+    // One millisecond short of the retention: nothing goes.
+    clock.advance(keep);
+    s.sync_blocking();
+    s.sync_blocking();
+    assert_eq!(total(&s), 2501);
+    assert_eq!(s.prune_blocking(), 0);
+    // Past it, at its next run (every keep / 4, at most 10 min): the store thread deletes
+    // them by itself, a batch at a time between commands.
+    clock.advance(Duration::from_millis(1001));
+    s.sync_blocking();
+    s.sync_blocking();
+    assert_eq!(total(&s), 2501, "not due yet");
+    clock.advance(Duration::from_secs(600));
+    for _ in 0..5 {
+        s.sync_blocking();
+    }
+    assert_eq!(total(&s), 1, "only the active record is left");
+    assert_eq!(s.counters().pruned.load(Ordering::Relaxed), 2500);
+    assert_eq!(s.all_active().unwrap().len(), 1);
+}
+
+#[test]
+fn without_retention_nothing_is_deleted() {
+    let (_d, clock, s) = open(Options::default());
+    s.record_nowait(new("192.0.2.2", T0, 1));
+    s.close_nowait(vec![Closing { target: key("192.0.2.2"), state: GrantState::Expired, by: None, at: T0 }]);
+    clock.advance(Duration::from_secs(100 * 365 * 86_400));
+    assert_eq!(s.prune_blocking(), 0);
+    assert_eq!(s.list(&Filter::default()).unwrap().1, 1);
+}
+
+#[test]
+fn the_database_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grants.db");
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = Store::open(&path, Options::default()).unwrap();
+    s.record_nowait(new("192.0.2.2", T0, 1));
+    s.sync_blocking();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = dir.path().join(format!("grants.db{suffix}"));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+}

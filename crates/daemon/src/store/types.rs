@@ -144,4 +144,6 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// SQLite errors (each rolled back).
     pub errors: AtomicU64,
+    /// Closed records deleted by retention.
+    pub pruned: AtomicU64,
 }

@@ -95,6 +95,9 @@ impl Server {
         };
         let conf = self.dir.join("portcullis.toml");
         std::fs::write(&conf, text).unwrap();
+        // It may hold fwknop keys inline: private, as the daemon requires.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let before = std::fs::read_to_string(&self.log).unwrap_or_default().matches("ready:").count();
         let server = self.lab.server.clone();

@@ -17,6 +17,7 @@
 
 pub mod ipset;
 pub mod rules;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -124,6 +125,10 @@ impl IptablesDriver {
     }
 
     fn read(&self, fam: usize, chain: &str) -> Result<rules::Saved, FirewallError> {
+        Ok(rules::parse_save(&self.save_text(fam)?, chain))
+    }
+
+    fn save_text(&self, fam: usize) -> Result<String, FirewallError> {
         let out = Command::new(&self.save[fam])
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -136,7 +141,7 @@ impl IptablesDriver {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        Ok(rules::parse_save(&String::from_utf8_lossy(&out.stdout), chain))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn apply(&self, fam: usize, batch: &str) -> Result<(), FirewallError> {
@@ -373,5 +378,9 @@ impl FirewallDriver for IptablesDriver {
             }
         }
         Ok(())
+    }
+
+    fn verify(&mut self, plan: &Plan) -> Result<Option<String>, FirewallError> {
+        self.verify_state(plan)
     }
 }

@@ -159,3 +159,28 @@ fn iptables_legacy_driver_in_a_private_namespace() {
 fn iptables_nft_driver_in_a_private_namespace() {
     in_netns("iptables_nft_driver_in_a_private_namespace", || exercise(IptablesVariant::Nft, "nft"));
 }
+
+#[test]
+fn verify_passes_after_setup_in_every_mode_and_names_a_flush() {
+    in_netns("verify_passes_after_setup_in_every_mode_and_names_a_flush", || {
+        let mut d = IptablesDriver::new(IptablesVariant::Nft).expect("iptables-nft driver");
+        let base =
+            Plan { protected: vec![Service::tcp(22), Service::udp(53)], max_grants: 16, ..Plan::default() };
+        let plans = [
+            base.clone(),
+            Plan { forward: true, ..base.clone() },
+            Plan { mode: Mode::Accept, ..base.clone() },
+        ];
+        for p in &plans {
+            d.setup(p).expect("setup");
+            assert_eq!(d.verify(p).expect("verify"), None, "{p:?}\n{}", save("iptables-nft-save"));
+        }
+        let st = Command::new("iptables-nft").arg("-F").status().expect("iptables-nft -F");
+        assert!(st.success());
+        let v = d.verify(&plans[2]).expect("verify").expect("a flush is noticed");
+        assert!(v.contains("jump from INPUT"), "{v}");
+        d.setup(&plans[2]).expect("setup again");
+        assert_eq!(d.verify(&plans[2]).expect("verify"), None);
+        d.teardown().expect("teardown");
+    });
+}

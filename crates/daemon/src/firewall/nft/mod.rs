@@ -61,10 +61,11 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
-use super::{AdminTable, FirewallDriver, FirewallError, Grant, LiveGrant, Mode, NatGrant, Plan};
+use super::{AdminTable, FirewallDriver, FirewallError, Grant, LiveGrant, Mode, NatGrant, Plan, Watch};
 
 mod compose;
 mod expr;
+mod monitor;
 mod netlink;
 mod ruleset;
 #[cfg(test)]
@@ -240,6 +241,14 @@ impl FirewallDriver for NftDriver {
 
     fn kernel_expiry(&self) -> bool {
         true
+    }
+
+    fn verify(&mut self, plan: &Plan) -> Result<Option<String>, FirewallError> {
+        self.verify_state(plan)
+    }
+
+    fn watch(&self) -> Result<Option<Box<dyn Watch>>, FirewallError> {
+        monitor::watch(&self.nl)
     }
 
     fn adopt(&mut self, plan: &Plan) {

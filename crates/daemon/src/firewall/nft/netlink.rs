@@ -105,6 +105,13 @@ impl Netlink {
         })
     }
 
+    /// The socket's netlink port: nf_tables notifications of our changes carry it.
+    pub(crate) fn portid(&self) -> io::Result<u32> {
+        let mut addr = SocketAddr::new(0, 0);
+        self.sock.get_address(&mut addr)?;
+        Ok(addr.port_number())
+    }
+
     /// Reserve `n` consecutive sequence numbers; returns the first.
     fn next_seq(&mut self, n: u32) -> u32 {
         let first = self.seq;

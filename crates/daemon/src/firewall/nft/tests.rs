@@ -507,3 +507,53 @@ fn grant_latency() {
         );
     });
 }
+
+#[test]
+fn verify_names_what_is_missing_and_the_monitor_reports_only_others() {
+    in_netns("verify_names_what_is_missing_and_the_monitor_reports_only_others", |mut drv| {
+        drv.setup(&plan()).expect("setup");
+        assert_eq!(drv.verify(&plan()).expect("verify"), None);
+        let mut w = drv.watch().expect("watch").expect("nftables has notifications");
+        // The driver's own changes are not news.
+        drv.grant(&[grant("192.0.2.7", Service::tcp(22), Duration::from_secs(30))]).expect("grant");
+        drv.setup(&plan()).expect("setup again");
+        assert_eq!(w.wait(Duration::from_millis(200)).expect("wait"), None);
+        // Someone else's are, with who did it.
+        if nft(&["flush", "chain", "inet", "portcullis", "input"]).is_none() {
+            return;
+        }
+        let seen = w.wait(Duration::from_secs(2)).expect("wait").expect("a foreign change");
+        assert!(seen.contains("rule deleted (input)") && seen.contains("by nft (pid"), "{seen}");
+        let v = drv.verify(&plan()).expect("verify").expect("rules missing");
+        assert!(v.contains(&format!("holds 0 rule(s), {} expected", RULES.len())), "{v}");
+        nft(&["delete", "set", "inet", "portcullis", "allow6"]);
+        let v = drv.verify(&plan()).expect("verify").expect("set missing");
+        assert!(v.contains("set allow6"), "{v}");
+        nft(&["delete", "table", "inet", "portcullis"]);
+        let v = drv.verify(&plan()).expect("verify").expect("table missing");
+        assert!(v.contains("chain input is missing"), "{v}");
+        let seen = w.wait(Duration::from_secs(2)).expect("wait").expect("a foreign change");
+        assert!(seen.contains("set deleted (allow6)") || seen.contains("table deleted"), "{seen}");
+        drv.setup(&plan()).expect("setup");
+        assert_eq!(drv.verify(&plan()).expect("verify"), None);
+    });
+}
+
+#[test]
+fn verify_passes_right_after_setup_in_every_mode() {
+    in_netns("verify_passes_right_after_setup_in_every_mode", |mut drv| {
+        if nft(&["add", "table", "inet", "filter"]).is_none() {
+            return;
+        }
+        let admin = crate::firewall::AdminTable { family: "inet".into(), name: "filter".into() };
+        let plans = [
+            plan(),
+            Plan { forward: true, nat: true, ..plan() },
+            Plan { mode: crate::firewall::Mode::Accept, accept_table: Some(admin), forward: true, ..plan() },
+        ];
+        for p in plans {
+            drv.setup(&p).expect("setup");
+            assert_eq!(drv.verify(&p).expect("verify"), None, "{p:?}");
+        }
+    });
+}
