@@ -250,10 +250,13 @@ fn fleet_grants_apply_everywhere_and_revoke_everywhere() {
         assert!(holds(g, other).is_none(), "only that client");
     }
     // Revoke on gw3 closes it on gw1 and gw2.
-    let mut c = pg.client();
-    assert_eq!(shared::revoke(&mut c, "gw3", client, None, unix_ms()).unwrap().len(), 1);
+    fleets[2].revoke(client, ssh());
     wait_for("closed everywhere", Duration::from_secs(5), || gws.iter().all(|g| holds(g, client).is_none()));
 
+    let mut c = pg.client();
+    let revoked: i64 =
+        c.query_one("SELECT COUNT(*) FROM fleet_revocations WHERE node = 'gw3'", &[]).unwrap().get(0);
+    assert_eq!(revoked, 1);
     // Forged notifications and rows from unknown nodes are never acted on.
     c.execute("SELECT pg_notify('portcullis_fleet', 'g 1; DROP TABLE x')", &[]).unwrap();
     c.execute("SELECT pg_notify('portcullis_fleet', $1)", &[&"g ".repeat(1000)]).unwrap();

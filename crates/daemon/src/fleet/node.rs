@@ -64,10 +64,30 @@ impl Outgoing {
     }
 }
 
+/// What the publisher sends to the database.
+#[derive(Debug, Clone)]
+enum Job {
+    Grant(Outgoing),
+    Revoke(IpAddr, Service),
+}
+
+/// The daemon's publisher queue, for revokes made through the API (first fleet wins).
+static QUEUE_TX: std::sync::OnceLock<SyncSender<Job>> = std::sync::OnceLock::new();
+
+/// Revoke `(addr, service)` on every node (an API/CLI revoke here); without a fleet,
+/// nothing. Never blocks: a full queue drops it (logged; kernel expiry still holds).
+pub fn revoke_everywhere(addr: IpAddr, service: Service) {
+    if let Some(tx) = QUEUE_TX.get() {
+        if tx.try_send(Job::Revoke(portcullis_proto::addr::canonical(addr), service)).is_err() {
+            tracing::error!("fleet: share queue full; revoke of {addr} {service} stays local to this node");
+        }
+    }
+}
+
 /// A running fleet membership.
 pub struct Fleet {
     cfg: FleetConfig,
-    out: SyncSender<Outgoing>,
+    out: SyncSender<Job>,
     status: Arc<FleetStatus>,
     stop: Arc<AtomicBool>,
     url: String,
@@ -87,6 +107,7 @@ impl Fleet {
         super::metrics::register(Arc::clone(&status));
         let stop = Arc::new(AtomicBool::new(false));
         let (out, rx) = mpsc::sync_channel(QUEUE);
+        let _ = QUEUE_TX.set(out.clone());
         {
             let (cfg, url, status, stop) = (cfg.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
             let mut apply = GranterApply { granter: Arc::clone(granter), status: Arc::clone(&status) };
@@ -123,7 +144,7 @@ impl Fleet {
 
     /// Share a grant this node made (never blocks: a full queue drops it, logged).
     pub fn share(&self, g: Outgoing) {
-        match self.out.try_send(g) {
+        match self.out.try_send(Job::Grant(g)) {
             Ok(()) => {
                 self.status.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -131,6 +152,15 @@ impl Fleet {
                 self.status.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("fleet: share queue full; a grant stays local to this node");
             }
+        }
+    }
+
+    /// Revoke `(addr, service)` on every node, this one included (queued like grants).
+    pub fn revoke(&self, addr: IpAddr, service: Service) {
+        let job = Job::Revoke(portcullis_proto::addr::canonical(addr), service);
+        if self.out.try_send(job).is_err() {
+            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("fleet: share queue full; revoke of {addr} {service} stays local to this node");
         }
     }
 
@@ -254,8 +284,8 @@ impl Apply for LagApply<'_> {
     }
 }
 
-fn publisher(node: &str, url: &str, rx: &Receiver<Outgoing>, status: &FleetStatus, stop: &AtomicBool) {
-    let mut pending: VecDeque<Outgoing> = VecDeque::new();
+fn publisher(node: &str, url: &str, rx: &Receiver<Job>, status: &FleetStatus, stop: &AtomicBool) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
     let mut client = None;
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(250)) {
@@ -267,7 +297,9 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Outgoing>, status: &FleetStatu
             pending.push_back(g);
         }
         while pending.len() > QUEUE {
-            pending.pop_front();
+            if matches!(pending.pop_front(), Some(Job::Grant(_))) {
+                status.queued.fetch_sub(1, Ordering::Relaxed);
+            }
             status.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if pending.is_empty() {
@@ -277,18 +309,21 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Outgoing>, status: &FleetStatu
             client = connect(url);
         }
         let Some(c) = client.as_mut() else { continue };
-        while let Some(g) = pending.front() {
+        while let Some(job) = pending.front() {
             let now = unix_ms();
-            if g.expires_at <= now {
+            let done = match job {
                 // Expired while queued: nothing left to share.
-                pending.pop_front();
-                status.queued.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            }
-            match shared::publish(c, node, g.addr, &g.services, g.expires_at, &g.origin, now) {
-                Ok(_) => {
-                    pending.pop_front();
-                    status.queued.fetch_sub(1, Ordering::Relaxed);
+                Job::Grant(g) if g.expires_at <= now => Ok(()),
+                Job::Grant(g) => {
+                    shared::publish(c, node, g.addr, &g.services, g.expires_at, &g.origin, now).map(drop)
+                }
+                Job::Revoke(addr, service) => shared::revoke(c, node, *addr, Some(*service), now).map(drop),
+            };
+            match done {
+                Ok(()) => {
+                    if matches!(pending.pop_front(), Some(Job::Grant(_))) {
+                        status.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("fleet: publish deferred: {e}");
