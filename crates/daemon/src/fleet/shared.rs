@@ -300,6 +300,28 @@ pub fn handle(
     Ok(())
 }
 
+/// Clock difference beyond which a warning is logged: every node applies absolute
+/// expiries by its own clock, so a node off by this much keeps grants open that much
+/// longer (or shorter) than the node that made them.
+pub const CLOCK_WARN_MS: i64 = 2_000;
+
+/// Compare this node's clock with the database's; warn when they differ. Returns the
+/// difference (database minus here, ms).
+pub fn check_clock(client: &mut Client) -> Result<i64, FleetError> {
+    let before = super::unix_ms();
+    let db: i64 =
+        client.query_one("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT", &[])?.get(0);
+    let here = before + (super::unix_ms() - before) / 2;
+    let skew = db - here;
+    if skew.abs() > CLOCK_WARN_MS {
+        tracing::warn!(
+            "fleet: this node's clock differs from the database's by {skew} ms: fleet grants here \
+             close that much off their absolute expiry; run NTP on every node"
+        );
+    }
+    Ok(skew)
+}
+
 /// LISTEN on `client` and apply notifications until `stop` says so. Reconciles first,
 /// so nothing announced while this node was not listening is missed.
 pub fn listen(
@@ -309,6 +331,7 @@ pub fn listen(
     stop: &dyn Fn() -> bool,
 ) -> Result<(), FleetError> {
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    check_clock(client)?;
     let n = reconcile(client, cfg, apply)?;
     tracing::info!("fleet: {n} live fleet grant(s) applied with their remaining time");
     while !stop() {
