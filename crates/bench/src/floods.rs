@@ -76,7 +76,7 @@ pub fn run_case(
     let r = env.start(d)?;
     let sampler = Sampler::start(r.pid);
     std::thread::sleep(Duration::from_millis(500));
-    let before = procmon::rss_kib(r.pid).unwrap_or(0);
+    let before = procmon::sample(r.pid).map_or(0, |s| s.rss_kib);
     let rx0 = env.server_rx();
     let drops0 = procmon::softnet_dropped();
     let stop = Arc::new(AtomicBool::new(false));
@@ -120,7 +120,7 @@ pub fn run_case(
     let after = if d.is_portcullisd() {
         let limit = t_end + Duration::from_secs(SEQ_TIMEOUT_S * 2 + 2);
         loop {
-            let now = procmon::rss_kib(r.pid).unwrap_or(0);
+            let now = procmon::sample(r.pid).map_or(0, |s| s.rss_kib);
             if now <= before + before / 20 + 512 || Instant::now() >= limit {
                 break now;
             }
@@ -128,7 +128,7 @@ pub fn run_case(
         }
     } else {
         std::thread::sleep((t_end + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
-        procmon::rss_kib(r.pid).unwrap_or(0)
+        procmon::sample(r.pid).map_or(0, |s| s.rss_kib)
     };
     let after_s = t_end.elapsed().as_secs_f64();
     if env.verbose && !failed.is_empty() {
@@ -234,6 +234,12 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
     let cases: Vec<(Daemon, String, Spec, bool)> = vec![
         (
             Daemon::Portcullisd,
+            format!("{syn7000}, full speed"),
+            spec(Kind::Syn, Ports::Fixed(7000), None),
+            true,
+        ),
+        (
+            Daemon::PortcullisdOneProcess,
             format!("{syn7000}, full speed"),
             spec(Kind::Syn, Ports::Fixed(7000), None),
             true,
@@ -359,10 +365,10 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
         "Attacker: Rust raw socket (IP_HDRINCL) in the attacker namespace, same L2 segment as client and server; \
          spoofed sources 198.18.0.0/17 in order (each seen every 32,768 packets); {} s per flood, hard caps on \
          time and packets. Legit: {attempts} attempts, one per second from a fresh source, each with {:.1} s to \
-         get tcp/22 answered; \"after\" = 2 attempts right after the flood. CPU% = the daemon's main process \
+         get tcp/22 answered; \"after\" = 2 attempts right after the flood. CPU% = the daemon's main process and its children \
          (utime+stime from /proc/PID/stat, all threads), 100 = one core. Server rx = the server's eth0 \
          rx_packets; backlog drops = packets the kernel dropped from full per-CPU input queues during the \
-         case (/proc/net/softnet_stat, machine-wide): the lab's own limit, before any daemon sees the packet. RSS = VmRSS, sampled every 100 ms; \
+         case (/proc/net/softnet_stat, machine-wide): the lab's own limit, before any daemon sees the packet. RSS = VmRSS (main process + children), sampled every 100 ms; \
          \"after\" is taken 3 s after the flood for knockd/fwknopd, and for portcullisd once RSS is back within \
          5 % of \"before\" (at most seq_timeout × 2 + 2 s); the +s figure says when.",
         secs.as_secs(),

@@ -18,6 +18,7 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
     // idle vCPU (a VM artefact that the sub-millisecond figure is sensitive to).
     let runs = [
         (Daemon::Portcullisd, false),
+        (Daemon::PortcullisdOneProcess, false),
         (Daemon::Portcullisd, true),
         (Daemon::PortcullisdIptNft, false),
         (Daemon::PortcullisdIptLegacy, false),

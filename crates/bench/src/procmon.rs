@@ -24,15 +24,27 @@ pub struct Sample {
     pub rss_kib: u64,
 }
 
-/// Read one sample of `pid`, or `None` if it is gone.
+/// Read one sample of `pid` plus its live children (a privilege-separated daemon does
+/// its work in a child), or `None` if `pid` is gone.
 pub fn sample(pid: u32) -> Option<Sample> {
+    let mut s = Sample { t: Instant::now(), ticks: ticks(pid)?, rss_kib: rss_kib(pid)? };
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        s.ticks += ticks(c).unwrap_or(0);
+        s.rss_kib += rss_kib(c).unwrap_or(0);
+    }
+    Some(s)
+}
+
+/// utime + stime of `pid`, all threads.
+fn ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at state (field 3).
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(Sample { t: Instant::now(), ticks: utime + stime, rss_kib: rss_kib(pid)? })
+    Some(utime + stime)
 }
 
 /// `VmRSS` of `pid` in KiB.

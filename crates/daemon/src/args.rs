@@ -43,6 +43,10 @@ pub enum Command {
         /// Debug logging.
         #[arg(short, long)]
         verbose: bool,
+        /// Run as one process with full privileges instead of splitting into a
+        /// privileged and an unprivileged part (debugging only; see docs/privsep.md).
+        #[arg(long)]
+        no_privsep: bool,
     },
     /// Validate a config, refuse what `run` would refuse at start, and print the plan:
     /// doors, SPA, API, protected ports, the nft ruleset.

@@ -14,14 +14,17 @@ struct RunArgs {
     format: FormatArg,
     state_dir: Option<PathBuf>,
     interfaces: Vec<String>,
+    privsep: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { config, format, state_dir, interface, log, verbose } => {
-            run(&config, RunArgs { log, format, state_dir, interfaces: interface }, verbose)
-        }
+        Command::Run { config, format, state_dir, interface, log, verbose, no_privsep } => run(
+            &config,
+            RunArgs { log, format, state_dir, interfaces: interface, privsep: !no_privsep },
+            verbose,
+        ),
         Command::Check { config, format } => cmd::check::check(&config, format.into()),
         Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
         Command::Generate { kernel, config, format, output, systemd_units, at } => {
@@ -98,6 +101,6 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
     // The state dir lock is taken, and the PID file written, inside.
-    daemon::run(&config, shutdown)?;
+    daemon::run(&config, shutdown, args.privsep)?;
     Ok(ExitCode::SUCCESS)
 }

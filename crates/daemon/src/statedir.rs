@@ -55,8 +55,14 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Prepare and lock `dir`, then write our PID to `pid_file` if given.
-    pub fn open(dir: &Path, pid_file: Option<&Path>) -> Result<StateDir, StateDirError> {
+    /// Prepare and lock `dir`, then write our PID to `pid_file` if given. The directory
+    /// may be owned by root, by us, or by `unprivileged` (the account the unprivileged
+    /// part of a split daemon runs as, which owns the store's files).
+    pub fn open(
+        dir: &Path,
+        pid_file: Option<&Path>,
+        unprivileged: Option<u32>,
+    ) -> Result<StateDir, StateDirError> {
         let io = |what: &'static str| move |err| StateDirError::Io { dir: dir.to_owned(), what, err };
         match std::fs::symlink_metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -69,7 +75,14 @@ impl StateDir {
         if !md.is_dir() {
             return Err(StateDirError::Unsafe(format!("state dir {} is not a directory", dir.display())));
         }
-        fsperm::check_trusted(dir, &md).map_err(|e| StateDirError::Unsafe(format!("state dir {e}")))?;
+        if unprivileged != Some(md.uid()) {
+            fsperm::check_trusted(dir, &md).map_err(|e| StateDirError::Unsafe(format!("state dir {e}")))?;
+        } else if md.mode() & 0o022 != 0 {
+            return Err(StateDirError::Unsafe(format!(
+                "state dir {}: group/others may write it; refusing to start",
+                dir.display()
+            )));
+        }
         if md.mode() & 0o7777 != DIR_MODE {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
                 .map_err(io("chmod 700"))?;
@@ -169,53 +182,53 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("a/state");
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o000));
-        let s = StateDir::open(&dir, None);
+        let s = StateDir::open(&dir, None, None);
         nix::sys::stat::umask(old);
         let s = s.unwrap();
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(LOCK_FILE)), 0o600);
         drop(s);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        drop(StateDir::open(&dir, None).unwrap());
+        drop(StateDir::open(&dir, None, None).unwrap());
         assert_eq!(mode(&dir), 0o700, "tightened");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = StateDir::open(&dir, None).unwrap_err().to_string();
+        let e = StateDir::open(&dir, None, None).unwrap_err().to_string();
         assert!(e.contains("group/others may write it"), "{e}");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let pending = dir.join(pending::FILE_NAME);
         std::fs::write(&pending, "version = 1\n").unwrap();
         std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = StateDir::open(&dir, None).unwrap_err().to_string();
+        let e = StateDir::open(&dir, None, None).unwrap_err().to_string();
         assert!(e.contains("pending-stops.toml") && e.contains("refusing to start"), "{e}");
         std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(StateDir::open(&dir, None).is_ok());
+        assert!(StateDir::open(&dir, None, None).is_ok());
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(&pending, Some(65534), None).unwrap();
-            let e = StateDir::open(&dir, None).unwrap_err().to_string();
+            let e = StateDir::open(&dir, None, None).unwrap_err().to_string();
             assert!(e.contains("not owned by root"), "{e}");
         }
         let file = d.path().join("file");
         std::fs::write(&file, "").unwrap();
-        assert!(StateDir::open(&file, None).unwrap_err().to_string().contains("not a directory"));
+        assert!(StateDir::open(&file, None, None).unwrap_err().to_string().contains("not a directory"));
     }
 
     #[test]
     fn a_second_holder_is_refused_with_the_pid_and_the_pid_file_follows_the_lock() {
         let d = tempfile::tempdir().unwrap();
         let pid_file = d.path().join("portcullisd.pid");
-        let s = StateDir::open(d.path(), Some(&pid_file)).unwrap();
+        let s = StateDir::open(d.path(), Some(&pid_file), None).unwrap();
         assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", std::process::id()));
         assert_eq!(mode(&pid_file), 0o600);
         // flock locks belong to the open file: a second open in this process conflicts too.
         let other_pid = d.path().join("other.pid");
-        match StateDir::open(d.path(), Some(&other_pid)) {
+        match StateDir::open(d.path(), Some(&other_pid), None) {
             Err(StateDirError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("second holder not refused: {other:?}"),
         }
         assert!(!other_pid.exists(), "the refused one writes no PID file");
         drop(s);
         assert!(!pid_file.exists());
-        drop(StateDir::open(d.path(), None).unwrap());
+        drop(StateDir::open(d.path(), None, None).unwrap());
     }
 
     #[test]
@@ -224,7 +237,7 @@ mod tests {
             panic!("flock(1) (util-linux) is needed for this test");
         }
         let d = tempfile::tempdir().unwrap();
-        drop(StateDir::open(d.path(), None).unwrap());
+        drop(StateDir::open(d.path(), None, None).unwrap());
         let lock = d.path().join(LOCK_FILE);
         // Another process (flock(1), in its own process group) takes the lock, then
         // writes its PID into the lock file, as a daemon does.
@@ -241,7 +254,7 @@ mod tests {
         let pid = child.id();
         let start = Instant::now();
         let err = loop {
-            match StateDir::open(d.path(), None) {
+            match StateDir::open(d.path(), None, None) {
                 // Until the child has written its PID, the file may hold none, or ours.
                 Err(e @ StateDirError::Locked { pid: Some(p), .. }) if p == pid => break e,
                 Err(StateDirError::Locked { .. }) => {}
@@ -262,7 +275,7 @@ mod tests {
         // The lock goes with the last process holding it (the killed group's exit is
         // asynchronous).
         let start = Instant::now();
-        while StateDir::open(d.path(), None).is_err() {
+        while StateDir::open(d.path(), None, None).is_err() {
             assert!(start.elapsed() < Duration::from_secs(10), "never free again after the holder died");
             std::thread::sleep(Duration::from_millis(20));
         }

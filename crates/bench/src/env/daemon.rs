@@ -6,6 +6,9 @@
 pub enum Daemon {
     /// portcullisd, nftables driver.
     Portcullisd,
+    /// The same, run as one process with full privileges (`--no-privsep`): the
+    /// baseline the privilege separation's cost is measured against.
+    PortcullisdOneProcess,
     /// portcullisd, iptables driver, `iptables-nft-restore` batches (`backend = "iptables-nft"`).
     PortcullisdIptNft,
     /// portcullisd, iptables driver, `iptables-legacy-restore` batches (`backend = "iptables-legacy"`).
@@ -48,6 +51,7 @@ impl Daemon {
     pub fn name(self) -> &'static str {
         match self {
             Daemon::Portcullisd => "portcullisd",
+            Daemon::PortcullisdOneProcess => "portcullisd (one process, --no-privsep)",
             Daemon::PortcullisdIptNft => "portcullisd (iptables-nft)",
             Daemon::PortcullisdIptLegacy => "portcullisd (iptables-legacy)",
             Daemon::KnockdIpt | Daemon::KnockdNft => "knockd",
@@ -65,6 +69,7 @@ impl Daemon {
         matches!(
             self,
             Daemon::Portcullisd
+                | Daemon::PortcullisdOneProcess
                 | Daemon::PortcullisdIptNft
                 | Daemon::PortcullisdIptLegacy
                 | Daemon::PortcullisdSpaFwknop
@@ -91,6 +96,7 @@ impl Daemon {
             }
             Daemon::PortcullisdSpaNative => Some(SpaFormat::Native),
             Daemon::Portcullisd
+            | Daemon::PortcullisdOneProcess
             | Daemon::PortcullisdIptNft
             | Daemon::PortcullisdIptLegacy
             | Daemon::KnockdIpt
@@ -105,6 +111,7 @@ impl Daemon {
     pub fn fw(self) -> &'static str {
         match self {
             Daemon::Portcullisd
+            | Daemon::PortcullisdOneProcess
             | Daemon::PortcullisdSpaFwknop
             | Daemon::PortcullisdSpaNative
             | Daemon::PortcullisdSpaKnock => "nftables (netlink)",

@@ -319,9 +319,10 @@ impl Env {
         self.last_dir = dir.clone();
         let at = Instance { log: dir.join("daemon.log"), dir, pin: self.pin_daemon };
         let pid = match d {
-            Daemon::Portcullisd | Daemon::PortcullisdIptNft | Daemon::PortcullisdIptLegacy => {
-                self.start_portcullisd_knock(d, &at)?
-            }
+            Daemon::Portcullisd
+            | Daemon::PortcullisdOneProcess
+            | Daemon::PortcullisdIptNft
+            | Daemon::PortcullisdIptLegacy => self.start_portcullisd_knock(d, &at)?,
             Daemon::PortcullisdSpaFwknop | Daemon::PortcullisdSpaNative | Daemon::PortcullisdSpaKnock => {
                 self.start_portcullisd_spa(&at)?
             }

@@ -34,7 +34,8 @@ impl Env {
                 d.backend()
             ),
         )?;
-        self.spawn_portcullisd(at, &conf, &[])
+        let extra: &[&str] = if d == Daemon::PortcullisdOneProcess { &["--no-privsep"] } else { &[] };
+        self.spawn_portcullisd(at, &conf, extra)
     }
 
     /// portcullisd with `[spa]`: an fwknop stanza with fwknopd's keys and the native

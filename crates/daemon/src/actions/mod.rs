@@ -125,7 +125,15 @@ pub struct Actions {
 /// A cheap handle for the capture thread.
 #[derive(Debug, Clone)]
 pub struct ActionsHandle {
-    shared: Arc<Shared>,
+    to: Runner,
+}
+
+/// Where commands run: here, or in the privileged part (which looks the door's
+/// commands up in its own config; only the door name and address travel).
+#[derive(Debug, Clone)]
+enum Runner {
+    Here(Arc<Shared>),
+    Privileged(Arc<crate::privsep::client::Client>),
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -175,7 +183,7 @@ impl Actions {
 
     /// A handle for the capture thread.
     pub fn handle(&self) -> ActionsHandle {
-        ActionsHandle { shared: Arc::clone(&self.shared) }
+        ActionsHandle { to: Runner::Here(Arc::clone(&self.shared)) }
     }
 
     /// Stop the scheduler and workers. Running commands are not waited for beyond a
@@ -207,6 +215,11 @@ impl Drop for Actions {
 }
 
 impl ActionsHandle {
+    /// Commands run by the privileged part over `client`.
+    pub fn privileged(client: Arc<crate::privsep::client::Client>) -> ActionsHandle {
+        ActionsHandle { to: Runner::Privileged(client) }
+    }
+
     /// `addr` completed `door`'s sequence at `at`: run its start command now and its
     /// stop command `cmd_timeout` later (or only move the stop if the grant is open).
     pub fn open(&self, door: &str, addr: IpAddr, cmds: &Commands, at: SystemTime) -> Queued {
@@ -217,7 +230,11 @@ impl ActionsHandle {
         if start.is_none() {
             return Queued::Nothing;
         }
-        let mut st = self.shared.lock();
+        let shared = match &self.to {
+            Runner::Here(s) => s,
+            Runner::Privileged(c) => return c.run_commands(door, addr, at),
+        };
+        let mut st = shared.lock();
         if st.requests.len() >= MAX_REQUESTS {
             return Queued::Full;
         }
@@ -229,13 +246,15 @@ impl ActionsHandle {
             at,
         });
         drop(st);
-        self.shared.sched.notify_one();
+        shared.sched.notify_one();
         Queued::Yes
     }
 
-    /// Stop commands scheduled and not yet finished (for tests and status).
+    /// Stop commands scheduled and not yet finished (for tests and status; always true
+    /// when the privileged part runs them).
     pub fn idle(&self) -> bool {
-        let st = self.shared.lock();
+        let Runner::Here(shared) = &self.to else { return true };
+        let st = shared.lock();
         st.requests.is_empty() && st.jobs.is_empty() && st.in_flight.is_empty()
     }
 }

@@ -162,4 +162,32 @@ mod tests {
         assert!(err.contains("moved to"), "{err}");
         assert_eq!(s.load().unwrap(), Vec::new());
     }
+
+    #[test]
+    fn a_file_others_can_write_or_a_symlink_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        s.save(&[Entry::new(
+            1,
+            1000,
+            "ssh",
+            "192.0.2.2".parse().unwrap(),
+            &CommandLine::Shell("true".into()),
+        )])
+        .unwrap();
+        assert_eq!(s.load().unwrap().len(), 1);
+        std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(s.load().unwrap_err().contains("ignored"));
+        let real = dir.path().join("elsewhere.toml");
+        std::fs::rename(s.path().with_extension("toml.corrupt"), &real).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&real, s.path()).unwrap();
+        assert!(s.load().is_err(), "followed a symlink");
+        // A planted temporary file (here a symlink) is replaced, not written through.
+        let _ = std::fs::remove_file(s.path());
+        std::os::unix::fs::symlink(&real, s.path().with_extension("toml.tmp")).unwrap();
+        s.save(&[]).unwrap();
+        assert!(std::fs::read_to_string(&real).unwrap().contains("true"), "written through a symlink");
+    }
 }

@@ -254,7 +254,7 @@ impl Drop for ApiServer {
     }
 }
 
-fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+fn bind_unix(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -266,17 +266,48 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         Ok(_) => anyhow::bail!("{} exists and is not a socket; refusing to replace it", path.display()),
         Err(_) => {}
     }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let l = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 600 {}", path.display()))?;
     Ok(l)
 }
 
+/// The API's sockets and tokens, taken while the daemon may still read root-only
+/// files and bind anywhere; served later (possibly by an unprivileged process).
+#[derive(Debug)]
+pub struct Bound {
+    tokens: Tokens,
+    unix: Option<std::os::unix::net::UnixListener>,
+    tcp: Option<std::net::TcpListener>,
+}
+
+/// Load the tokens and bind the sockets of `cfg` (no threads started).
+pub fn bind(cfg: &ApiConfig) -> anyhow::Result<Bound> {
+    let tokens = Tokens::load(&cfg.tokens_file).map_err(|e| anyhow::anyhow!("api tokens_file: {e}"))?;
+    let unix = cfg.socket.as_deref().map(bind_unix).transpose()?;
+    let tcp = match cfg.listen {
+        Some(a) => Some(std::net::TcpListener::bind(a).with_context(|| format!("binding api listen {a}"))?),
+        None => None,
+    };
+    for fd in [unix.as_ref().map(|l| l.set_nonblocking(true)), tcp.as_ref().map(|l| l.set_nonblocking(true))]
+        .into_iter()
+        .flatten()
+    {
+        fd.context("api socket")?;
+    }
+    Ok(Bound { tokens, unix, tcp })
+}
+
 /// Start the API for `cfg`. Fails (and so does the daemon) on a bad tokens file or a
 /// socket/port that cannot be bound: a configured API that silently is not there helps nobody.
 pub fn start(cfg: &ApiConfig, granter: Arc<Granter>) -> anyhow::Result<ApiServer> {
-    let tokens = Tokens::load(&cfg.tokens_file).map_err(|e| anyhow::anyhow!("api tokens_file: {e}"))?;
-    let state = AppState::new(granter, tokens, cfg.max_duration, cfg.default_duration);
+    serve(bind(cfg)?, cfg, granter)
+}
+
+/// Serve what [`bind`] prepared.
+pub fn serve(bound: Bound, cfg: &ApiConfig, granter: Arc<Granter>) -> anyhow::Result<ApiServer> {
+    let state = AppState::new(granter, bound.tokens, cfg.max_duration, cfg.default_duration);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -285,13 +316,8 @@ pub fn start(cfg: &ApiConfig, granter: Arc<Granter>) -> anyhow::Result<ApiServer
         .build()
         .context("starting the API runtime")?;
     let (unix, tcp) = rt.block_on(async {
-        let unix = cfg.socket.as_deref().map(bind_unix).transpose()?;
-        let tcp = match cfg.listen {
-            Some(a) => Some(
-                tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding api listen {a}"))?,
-            ),
-            None => None,
-        };
+        let unix = bound.unix.map(tokio::net::UnixListener::from_std).transpose()?;
+        let tcp = bound.tcp.map(tokio::net::TcpListener::from_std).transpose()?;
         anyhow::Ok((unix, tcp))
     })?;
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());

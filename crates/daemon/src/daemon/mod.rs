@@ -115,22 +115,111 @@ fn open_replay(
     Ok(replay)
 }
 
+/// What the daemon opens while it still has every privilege: the capture socket and
+/// the API's sockets and tokens.
+pub struct Opened {
+    /// The packet socket.
+    pub sock: PacketSocket,
+    /// The API, bound but not served.
+    pub api: Option<crate::api::Bound>,
+}
+
+/// Create the state directory, open the capture socket and bind the API.
+pub fn open(config: &Config) -> anyhow::Result<Opened> {
+    std::fs::create_dir_all(&config.daemon.state_dir)
+        .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
+    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
+        .context("opening the capture socket (needs CAP_NET_RAW)")?;
+    let api = config.api.as_ref().map(crate::api::bind).transpose().context("starting the API")?;
+    Ok(Opened { sock, api })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Why `config` cannot run split yet, if it cannot: features whose privileged work is
+/// not in the request set.
+fn split_unsupported(config: &Config) -> Option<&'static str> {
+    let spa = config.spa.as_ref();
+    if config.daemon.flush_at_start || config.daemon.flush_at_exit {
+        Some("FLUSH_IPT_AT_INIT/FLUSH_IPT_AT_EXIT")
+    } else if spa.is_some_and(|s| s.udp_server.is_some()) {
+        Some("the SPA UDP server")
+    } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
+        Some("fwknop CMD_CYCLE commands")
+    } else if config.fleet.is_some() {
+        // The database URL file is root-only and the split's seccomp filter has no
+        // outgoing connections.
+        Some("[fleet]")
+    } else {
+        None
+    }
+}
+
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
-pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let _state =
-        crate::statedir::StateDir::open(&config.daemon.state_dir, config.daemon.pid_file.as_deref())?;
-    let plan = plan_for(config);
-    // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
+/// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
+pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow::Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    // Taken before anything else and held by this process (the privileged part when
+    // split) for its whole life: a second daemon on the same state dir refuses to start.
+    // The unprivileged part will own the store's files, so the directory may be its.
+    let unprivileged =
+        if privsep && root { crate::privsep::sys::account().ok().map(|(a, _)| a.uid.as_raw()) } else { None };
+    let _state = crate::statedir::StateDir::open(
+        &config.daemon.state_dir,
+        config.daemon.pid_file.as_deref(),
+        unprivileged,
+    )?;
+    let opened = open(config)?;
+    let missing = crate::privsep::sys::missing_for_split();
+    let unsupported = split_unsupported(config);
+    if privsep && root && missing.is_empty() && unsupported.is_none() {
+        return crate::privsep::run(config, shutdown, opened);
+    }
+    if !privsep {
+        tracing::warn!(
+            "privsep: disabled (--no-privsep): everything runs in one process with full privileges"
+        );
+    } else if let (true, Some(what)) = (root, unsupported) {
+        tracing::warn!("privsep: NOT SPLIT: the config uses {what}, which the split does not support yet");
+    } else if root {
+        let m = missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+        tracing::warn!(
+            "privsep: NOT SPLIT: started without {m} (see docs/privsep.md for the unit settings); \
+             running as one process with the privileges given"
+        );
+    } else {
+        tracing::info!("privsep: not started as root; running as one process with the privileges given");
+    }
     let mut driver = driver_for(config)?;
     if config.daemon.flush_at_start {
         // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
         driver.teardown().context("flushing the firewall at start")?;
     }
+    serve(config, &shutdown, opened, driver, None)
+}
+
+/// Everything but the firewall and the commands: store, grants, API, engine, capture.
+/// `privileged` is set in the unprivileged part of a split daemon: commands and
+/// one-time files are handed to the privileged part, and losing it stops the loop.
+pub fn serve(
+    config: &Config,
+    shutdown: &AtomicBool,
+    opened: Opened,
+    driver: Box<dyn FirewallDriver>,
+    privileged: Option<Arc<crate::privsep::client::Client>>,
+) -> anyhow::Result<()> {
+    let Opened { sock, api } = opened;
+    let plan = plan_for(config);
+    // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store)?;
-    let mut api = match &config.api {
-        Some(a) => Some(crate::api::start(a, Arc::clone(&granter)).context("starting the API")?),
-        None => None,
+    let mut api = match (&config.api, api) {
+        (Some(a), Some(bound)) => {
+            Some(crate::api::serve(bound, a, Arc::clone(&granter)).context("starting the API")?)
+        }
+        _ => None,
     };
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
     let fleet = crate::fleet::node::start_for(config, &granter)?;
@@ -154,20 +243,18 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
         });
     }
     let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
-    let actions = if cycles || config.doors.iter().any(|d| d.commands.is_some()) {
+    let mut actions = None;
+    if let Some(c) = &privileged {
+        engine.set_privileged(Arc::clone(c));
+    } else if cycles || config.doors.iter().any(|d| d.commands.is_some()) {
         let a = crate::actions::Actions::start(&config.daemon.state_dir, config.daemon.command_time_limit)
             .context("starting the command runner")?;
         engine.set_actions(a.handle());
-        Some(a)
-    } else {
-        None
-    };
+        actions = Some(a);
+    }
     let monitor = Monitor::start(config.daemon.interfaces.clone()).context("starting the address monitor")?;
-    let unix_now = || SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     engine.follow_rotation(unix_now());
     let mut filter_generation = engine.rotation_generation();
-    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
-        .context("opening the capture socket (needs CAP_NET_RAW)")?;
     let udp = match config.spa.as_ref().and_then(|s| s.udp_server) {
         Some(port) => {
             let (srv, rx) = UdpServer::start(port)
@@ -192,7 +279,12 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut batch = Batch::new(BATCH, SNAPLEN);
     let mut last_housekeeping = now();
     let mut last_error_log: Option<Instant> = None;
+    let mut lost = false;
     while !shutdown.load(Ordering::Relaxed) {
+        if privileged.as_ref().is_some_and(|c| c.is_dead()) {
+            lost = true;
+            break;
+        }
         match sock.recv_batch(&mut batch) {
             Ok(_) => {
                 if monitor.generation() != generation {
@@ -272,5 +364,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             "open grants stay open until the daemon runs again and closes the expired ones"
         }
     );
+    if lost {
+        anyhow::bail!("the privileged part is gone");
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ use portcullis_proto::Service;
 pub mod iptables;
 pub mod nft;
 pub mod none;
+pub mod remote;
 mod shared;
 
 pub use shared::Shared;

@@ -5,6 +5,7 @@
 //! [`crate::grants`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use portcullis_proto::knock::Tracker;
@@ -13,11 +14,14 @@ use portcullis_proto::Service;
 use super::Engine;
 use crate::actions::{onetime, ActionsHandle, Queued};
 use crate::config::Door;
+use crate::privsep::client::Client;
 
 /// Engine state for door commands.
 #[derive(Debug, Default)]
 pub(super) struct Ext {
     actions: Option<ActionsHandle>,
+    /// When split, one-time files are written by the privileged part.
+    privileged: Option<Arc<Client>>,
 }
 
 /// The sequence to give the tracker for `d`: a disabled one-time door (file used up)
@@ -51,6 +55,12 @@ impl Engine {
     /// commands only log that they would run them).
     pub fn set_actions(&mut self, actions: ActionsHandle) {
         self.ext.actions = Some(actions);
+    }
+
+    /// Run door commands and write one-time sequence files through the privileged part.
+    pub fn set_privileged(&mut self, client: Arc<Client>) {
+        self.ext.actions = Some(ActionsHandle::privileged(Arc::clone(&client)));
+        self.ext.privileged = Some(client);
     }
 
     /// After a completed sequence: run the door's commands and arm its next one-time
@@ -93,7 +103,11 @@ impl Engine {
             return;
         };
         let used = self.groups[gi].tracker.doors()[ti].sequence.clone();
-        let next = match onetime::consume(&ot.path, &used) {
+        let consumed = match &self.ext.privileged {
+            Some(c) => c.one_time_used(&name, &used),
+            None => onetime::consume(&ot.path, &used),
+        };
+        let next = match consumed {
             Ok(next) => next,
             Err(e) => {
                 // Fail closed: a sequence that could not be marked used must not be replayable.

@@ -1,0 +1,398 @@
+//! The messages between the unprivileged part and the privileged part: pure, versioned,
+//! bounded. One message is one `SOCK_SEQPACKET` datagram holding one compact JSON
+//! document. Decoding never panics, refuses unknown fields (so a request cannot smuggle
+//! in a table name, a command or anything else the set below does not name), and bounds
+//! every list and string before the receiver looks at it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use portcullis_proto::{Proto, Service};
+use serde::{Deserialize, Serialize};
+
+use crate::firewall::{Grant, LiveGrant};
+
+/// Protocol version; both parts come from the same binary, so a mismatch is a bug or
+/// an attack and is refused.
+pub const VERSION: u16 = 1;
+/// Largest request accepted by the privileged part.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest reply accepted by the unprivileged part (a page of live grants).
+pub const MAX_REPLY: usize = 128 * 1024;
+/// Most items (grants, keys, knocks) in one message.
+pub const MAX_ITEMS: usize = 512;
+/// Longest door name or reason text.
+pub const MAX_TEXT: usize = 512;
+
+/// A service on the wire: IP protocol number and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireService {
+    /// 6 (tcp) or 17 (udp).
+    pub proto: u8,
+    /// 1..=65535.
+    pub port: u16,
+}
+
+impl From<Service> for WireService {
+    fn from(s: Service) -> WireService {
+        WireService { proto: s.proto.number(), port: s.port }
+    }
+}
+
+impl WireService {
+    /// The service, if the protocol and port are valid.
+    pub fn service(self) -> Option<Service> {
+        let proto = Proto::from_number(self.proto)?;
+        (self.port != 0).then_some(Service { proto, port: self.port })
+    }
+}
+
+/// One grant to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGrant {
+    /// Who may connect.
+    pub addr: IpAddr,
+    /// To what.
+    pub service: WireService,
+    /// For how long, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// One (address, service) to revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireKey {
+    /// The address.
+    pub addr: IpAddr,
+    /// The service.
+    pub service: WireService,
+}
+
+/// A live grant in a list reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireLive {
+    /// The address.
+    pub addr: IpAddr,
+    /// The service.
+    pub service: WireService,
+    /// Time left, milliseconds.
+    pub remaining_ms: Option<u64>,
+    /// Full timeout, milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// What the unprivileged part may ask. There is nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Op {
+    /// Install (or verify) the ruleset for the privileged part's own plan.
+    Setup,
+    /// Add or refresh grants.
+    Grant {
+        /// The grants.
+        grants: Vec<WireGrant>,
+    },
+    /// Remove grants.
+    Revoke {
+        /// The keys.
+        keys: Vec<WireKey>,
+    },
+    /// A page of the live grants, from `offset`.
+    List {
+        /// Index of the first grant wanted.
+        offset: u32,
+    },
+    /// `addr` completed `door`: run that door's configured start command now and its
+    /// stop command later. Only the door's name and the address travel.
+    RunCommands {
+        /// Door name as configured.
+        door: String,
+        /// The knocker.
+        addr: IpAddr,
+        /// When it knocked (Unix ms).
+        at_unix_ms: u64,
+    },
+    /// `door`'s one-time sequence `used` was just used: mark it in the door's file and
+    /// answer the next one.
+    OneTimeUsed {
+        /// Door name as configured.
+        door: String,
+        /// The sequence used.
+        used: Vec<WireService>,
+    },
+}
+
+/// A request: version, strictly increasing sequence number, operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// [`VERSION`].
+    pub v: u16,
+    /// 1 for the first request, then +1 each.
+    pub seq: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// What a `RunCommands` did (mirrors [`crate::actions::Queued`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireQueued {
+    /// Accepted.
+    Yes,
+    /// Queue full.
+    Full,
+    /// Nothing for this address family.
+    Nothing,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Answer {
+    /// Done.
+    Done,
+    /// A page of live grants; `more` says whether another page follows.
+    Grants {
+        /// The page.
+        grants: Vec<WireLive>,
+        /// Whether to ask for the next page.
+        more: bool,
+    },
+    /// A `RunCommands` outcome.
+    Queued {
+        /// What happened.
+        queued: WireQueued,
+    },
+    /// The next one-time sequence (`None`: exhausted).
+    Next {
+        /// The sequence.
+        sequence: Option<Vec<WireService>>,
+    },
+    /// The request is not allowed by the privileged part's config, or malformed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Allowed, but the firewall or the file system failed.
+    Failed {
+        /// What failed.
+        error: String,
+    },
+}
+
+/// A reply: version, the sequence number it answers (0 if the request had none), answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    /// [`VERSION`].
+    pub v: u16,
+    /// The request's `seq`.
+    pub seq: u64,
+    /// The answer.
+    pub answer: Answer,
+}
+
+/// Why bytes were not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Longer than the bound for its direction.
+    #[error("message of {0} bytes is over the size limit")]
+    Oversized(usize),
+    /// Not a message of this protocol.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Another protocol version.
+    #[error("protocol version {0} (expected {VERSION})")]
+    Version(u16),
+    /// A list or text over its bound.
+    #[error("message over its item bounds")]
+    TooMany,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::Oversized(bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        // The error text quotes no input beyond a position: safe to log.
+        DecodeError::Malformed(format!("{} at column {}", e.classify_name(), e.column()))
+    })
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "unexpected content",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}
+
+/// Decode and bound-check a request.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    let r: Request = decode(bytes, MAX_REQUEST)?;
+    if r.v != VERSION {
+        return Err(DecodeError::Version(r.v));
+    }
+    let ok = match &r.op {
+        Op::Setup | Op::List { .. } => true,
+        Op::Grant { grants } => grants.len() <= MAX_ITEMS,
+        Op::Revoke { keys } => keys.len() <= MAX_ITEMS,
+        Op::RunCommands { door, .. } => door.len() <= MAX_TEXT,
+        Op::OneTimeUsed { door, used } => door.len() <= MAX_TEXT && used.len() <= MAX_ITEMS,
+    };
+    if ok {
+        Ok(r)
+    } else {
+        Err(DecodeError::TooMany)
+    }
+}
+
+/// Decode and bound-check a reply.
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
+    let r: Reply = decode(bytes, MAX_REPLY)?;
+    if r.v != VERSION {
+        return Err(DecodeError::Version(r.v));
+    }
+    let ok = match &r.answer {
+        Answer::Done | Answer::Queued { .. } => true,
+        Answer::Grants { grants, .. } => grants.len() <= MAX_ITEMS,
+        Answer::Next { sequence } => sequence.as_ref().is_none_or(|s| s.len() <= MAX_ITEMS),
+        Answer::Refused { reason } => reason.len() <= MAX_TEXT,
+        Answer::Failed { error } => error.len() <= MAX_TEXT,
+    };
+    if ok {
+        Ok(r)
+    } else {
+        Err(DecodeError::TooMany)
+    }
+}
+
+/// Encode a message. Our own types always serialize.
+pub fn encode<T: Serialize>(m: &T) -> Vec<u8> {
+    serde_json::to_vec(m).unwrap_or_default()
+}
+
+/// Clip text (reasons, errors) to [`MAX_TEXT`] on a character boundary.
+pub fn clip(s: &str) -> String {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&Grant> for WireGrant {
+    fn from(g: &Grant) -> WireGrant {
+        WireGrant { addr: g.addr, service: g.service.into(), timeout_ms: millis(g.timeout) }
+    }
+}
+
+impl From<&LiveGrant> for WireLive {
+    fn from(g: &LiveGrant) -> WireLive {
+        WireLive {
+            addr: g.addr,
+            service: g.service.into(),
+            remaining_ms: g.remaining.map(millis),
+            timeout_ms: g.timeout.map(millis),
+        }
+    }
+}
+
+impl WireLive {
+    /// Back to a live grant (`None` for an invalid service).
+    pub fn live(self) -> Option<LiveGrant> {
+        Some(LiveGrant {
+            addr: self.addr,
+            service: self.service.service()?,
+            remaining: self.remaining_ms.map(Duration::from_millis),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(op: Op) -> Request {
+        Request { v: VERSION, seq: 1, op }
+    }
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let ops = [
+            Op::Setup,
+            Op::Grant {
+                grants: vec![WireGrant {
+                    addr: "192.0.2.2".parse().unwrap(),
+                    service: Service::tcp(22).into(),
+                    timeout_ms: 30_000,
+                }],
+            },
+            Op::Revoke {
+                keys: vec![WireKey {
+                    addr: "2001:db8::2".parse().unwrap(),
+                    service: Service::udp(53).into(),
+                }],
+            },
+            Op::List { offset: 7 },
+            Op::RunCommands { door: "ssh".into(), addr: "192.0.2.2".parse().unwrap(), at_unix_ms: 5 },
+            Op::OneTimeUsed { door: "otp".into(), used: vec![Service::tcp(1000).into()] },
+        ];
+        for op in ops {
+            let r = req(op);
+            assert_eq!(decode_request(&encode(&r)).unwrap(), r);
+        }
+        let rep = Reply { v: VERSION, seq: 9, answer: Answer::Refused { reason: "no".into() } };
+        assert_eq!(decode_reply(&encode(&rep)).unwrap(), rep);
+    }
+
+    #[test]
+    fn refuses_what_is_not_in_the_request_set() {
+        let cases: [&[u8]; 8] = [
+            b"",
+            b"{",
+            b"\xff\xfe",
+            br#"{"v":1,"seq":1,"op":"setup","table":"filter"}"#,
+            br#"{"v":1,"seq":1,"op":{"grant":{"grants":[],"table":"filter"}}}"#,
+            br#"{"v":1,"seq":1,"op":{"exec":{"cmd":"/bin/sh"}}}"#,
+            br#"{"v":1,"seq":1,"op":{"run_commands":{"door":"d","addr":"1.2.3.4","at_unix_ms":1,"cmd":"id"}}}"#,
+            br#"{"v":2,"seq":1,"op":"setup"}"#,
+        ];
+        for c in cases {
+            assert!(decode_request(c).is_err(), "{}", String::from_utf8_lossy(c));
+        }
+        assert!(matches!(decode_request(&vec![b' '; MAX_REQUEST + 1]), Err(DecodeError::Oversized(_))));
+        let many = Op::Revoke {
+            keys: vec![
+                WireKey { addr: "192.0.2.2".parse().unwrap(), service: Service::tcp(22).into() };
+                MAX_ITEMS + 1
+            ],
+        };
+        assert_eq!(decode_request(&encode(&req(many))), Err(DecodeError::TooMany));
+    }
+
+    #[test]
+    fn wire_services_are_validated() {
+        assert_eq!(WireService { proto: 6, port: 22 }.service(), Some(Service::tcp(22)));
+        assert_eq!(WireService { proto: 6, port: 0 }.service(), None);
+        assert_eq!(WireService { proto: 1, port: 22 }.service(), None);
+        assert_eq!(clip(&"é".repeat(400)).len(), MAX_TEXT);
+    }
+}
