@@ -180,7 +180,7 @@ mod tests {
         std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(s.load().unwrap_err().contains("ignored"));
         let real = dir.path().join("elsewhere.toml");
-        std::fs::rename(s.path().with_extension("toml.corrupt"), &real).unwrap();
+        std::fs::rename(s.path(), &real).unwrap();
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink(&real, s.path()).unwrap();
         assert!(s.load().is_err(), "followed a symlink");
