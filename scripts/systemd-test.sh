@@ -10,7 +10,10 @@
 #     systemctl restart/reload nftables (which flush the ruleset);
 #   - dpkg -r: the table is removed.
 # The container only ever gets a network namespace this script creates (never the host's).
-# Needs root. SYSTEMD_TEST_SIMPLE=1 for a daemon that does not notify systemd yet.
+# Also: Type=notify reaches active; a wedged capture loop is killed by the watchdog and
+# restarted; SIGHUP (systemctl reload) with a changed sequence takes effect, a bad config
+# is refused at priority err and the old one keeps running.
+# Needs root.
 # Builds the package (scripts/package.sh) if target/debian has none.
 # The Debian 12 root filesystem is made once with debootstrap (from the mirror apt uses)
 # and cached in target/systemd-test/rootfs; each run works on a fresh copy.
@@ -116,7 +119,7 @@ done
 log "ok: installed; systemd-analyze verify has nothing to say; man pages present"
 offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null 2>&1 &&
   fail "the shipped config must protect nothing (check should refuse it)"
-sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/}' \
+sed -i '/^# \[\[door\]\]/,/^# open_for/{s/^# //; s/^sequence = .*/sequence = [31337, "47123:udp", 12011]/; s/^open = .*/open = ["tcp\/'$PORT'"]/; s/^open_for = .*/open_for = 600/}' \
   "$tree/etc/portcullis/portcullis.toml"
 # The API too: its socket lives in /run/portcullis (RuntimeDirectory=) under ProtectSystem=strict.
 sed -i 's/^# \[api\]$/[api]/; s/^# socket = /socket = /; s/^# tokens_file = /tokens_file = /' "$tree/etc/portcullis/portcullis.toml"
@@ -125,13 +128,6 @@ offline portcullisd check --config /etc/portcullis/portcullis.toml >/dev/null
 # No console login, no network management in the container: the host sets the addresses.
 offline systemctl mask console-getty.service systemd-networkd.service systemd-resolved.service >/dev/null 2>&1 || true
 echo "pcst" >"$tree/etc/hostname"
-# SYSTEMD_TEST_SIMPLE=1: for a daemon build that does not send READY=1/WATCHDOG=1 yet,
-# run the unit as Type=simple without watchdog (everything else as shipped).
-if [ "${SYSTEMD_TEST_SIMPLE:-0}" = 1 ]; then
-  mkdir -p "$tree/etc/systemd/system/portcullisd.service.d"
-  printf '[Service]\nType=simple\nWatchdogSec=0\n' >"$tree/etc/systemd/system/portcullisd.service.d/simple.conf"
-  log "SYSTEMD_TEST_SIMPLE=1: portcullisd runs as Type=simple, no watchdog"
-fi
 
 # CAP_NET_ADMIN: nspawn only grants it by itself with --private-network; here it acts
 # on the namespace we made for the container and nothing else.
@@ -214,9 +210,80 @@ expect_port closed "the knocker's grant survived the crash and restart"
 log "portcullisd's journal:"
 inside journalctl --no-pager -o cat -u portcullisd.service | sed 's/^/    /'
 
+# --- 2b. SIGHUP: a changed sequence takes effect; a bad config is refused, logged at err
+conf=$tree/etc/portcullis/portcullis.toml
+journal() { inside journalctl --no-pager -o cat -u portcullisd.service "$@"; }
+count() { journal | grep -c "$1" || true; }
+wait_count() { # needle, more than
+  for _ in $(seq 1 25); do
+    [ "$(count "$1")" -gt "$2" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+opens=$(count "OPEN SESAME")
+sed -i 's/^sequence = \[31337, "47123:udp", 12011\]/sequence = [31338, 12012, "47124:udp"]/' "$conf"
+grep -q '^sequence = \[31338' "$conf" || fail "could not edit the sequence"
+reloads=$(count "reloaded:")
+inside systemctl reload portcullisd.service
+wait_count "reloaded:" "$reloads" || fail "no 'reloaded:' in the journal after systemctl reload"
+[ "$(inside systemctl is-active portcullisd.service)" = active ] || fail "not active after reload"
+ip netns exec "$cli" "$client" knock -d 50 $SERVER 31337 47123:udp 12011
+sleep 1
+[ "$(count "OPEN SESAME")" = "$opens" ] || fail "the old sequence still opens after the reload"
+ip netns exec "$cli" "$client" knock -d 50 $SERVER 31338 12012 47124:udp
+wait_count "OPEN SESAME" "$opens" || fail "the new sequence does not open after the reload"
+expect_port closed "after SIGHUP with a new sequence: the new one opens, the grant is intact"
+cp "$conf" "$work/good-$$.toml"
+echo 'open_for = "soon"' >>"$conf"
+refused=$(inside journalctl --no-pager -o cat -p err -u portcullisd.service | grep -c "reload refused" || true)
+inside systemctl reload portcullisd.service
+for _ in $(seq 1 25); do
+  now=$(inside journalctl --no-pager -o cat -p err -u portcullisd.service | grep -c "reload refused" || true)
+  [ "$now" -gt "$refused" ] && break
+  sleep 0.2
+done
+[ "$now" -gt "$refused" ] || fail "a bad config on reload is not in journalctl -p err"
+line=$(inside journalctl --no-pager -o cat -p err -u portcullisd.service | grep "reload refused" | tail -1)
+grep -q "portcullis.toml:" <<<"$line" || fail "the refusal does not say file:line: $line"
+[ "$(inside systemctl is-active portcullisd.service)" = active ] || fail "a bad config on reload stopped the daemon"
+log "ok: a bad config on reload is refused at priority err: $line"
+cp "$work/good-$$.toml" "$conf"
+rm -f "$work/good-$$.toml"
+
+# --- 2c. a wedged capture loop: the watchdog kills it, systemd restarts it. The test
+# hook needs both the environment variable and the file in the state directory.
+mkdir -p "$tree/etc/systemd/system/portcullisd.service.d"
+printf '[Service]\nEnvironment=PORTCULLIS_WATCHDOG_TEST=1\nWatchdogSec=3s\n' \
+  >"$tree/etc/systemd/system/portcullisd.service.d/wedge-test.conf"
+inside systemctl daemon-reload
+inside systemctl restart portcullisd.service
+wait_active portcullisd.service 30
+pid=$(inside systemctl show -P MainPID portcullisd.service)
+inside touch /var/lib/portcullis/wedge-capture-loop
+restarted=
+for _ in $(seq 1 75); do
+  now=$(inside systemctl show -P MainPID portcullisd.service)
+  if [ "$now" != "$pid" ] && [ "$now" != 0 ] && [ "$(inside systemctl is-active portcullisd.service)" = active ]; then
+    restarted=1
+    break
+  fi
+  sleep 0.2
+done
+[ -n "$restarted" ] || fail "the wedged daemon (MainPID $pid) was not killed and restarted by the watchdog"
+inside journalctl --no-pager -u portcullisd.service | grep -q "Watchdog timeout" ||
+  fail "restarted, but not by the watchdog"
+log "ok: wedged capture loop killed by the watchdog and restarted (MainPID $pid -> $now)"
+rm "$tree/etc/systemd/system/portcullisd.service.d/wedge-test.conf"
+inside systemctl daemon-reload
+inside systemctl restart portcullisd.service
+wait_active portcullisd.service 30
+expect_port closed "the knocker's grant survived the watchdog restart"
+new=$(inside systemctl show -P MainPID portcullisd.service)
+
 # --- 3. upgrade (the same package again): config kept, daemon restarted, port protected
 inside dpkg -i /root/portcullis.deb >/dev/null
-grep -q '^sequence = \[31337' "$tree/etc/portcullis/portcullis.toml" || fail "upgrade replaced the edited config"
+grep -q "^sequence = \[31338" "$tree/etc/portcullis/portcullis.toml" || fail "upgrade replaced the edited config"
 wait_active portcullisd.service 30
 up=$(inside systemctl show -P MainPID portcullisd.service)
 [ "$up" != "$new" ] || fail "upgrade did not restart the running daemon"

@@ -57,6 +57,9 @@ pub enum Command {
         /// Config syntax: auto (detect), native, knockd or fwknopd.
         #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
         format: FormatArg,
+        /// Print nothing unless the config is refused (for ExecStartPre=).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Install the firewall gate for a config and exit (boot-time protection).
     ///

@@ -11,6 +11,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -52,17 +57,9 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
     let file_layer = match file {
         None => None,
         Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening log file {}", p.display()))?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_target(false)
-                    .with_ansi(false),
-            )
+            let sink = std::sync::Arc::new(FileSink::open(p)?);
+            let _ = LOG_FILE.set(std::sync::Arc::clone(&sink));
+            Some(tracing_subscriber::fmt::layer().with_writer(sink).with_target(false).with_ansi(false))
         }
     };
     let registry = tracing_subscriber::registry().with(filter).with(file_layer);
@@ -98,10 +95,106 @@ pub fn init_with_file(target: LogTarget, verbose: bool, file: Option<&Path>) -> 
         }
         LogTarget::Journald => {
             let ident = SYSLOG.get().map_or_else(|| "portcullisd".to_string(), |s| s.identity.clone());
-            registry.with(tracing_journald::layer()?.with_syslog_identifier(ident)).try_init()
+            match tracing_journald::layer() {
+                Ok(j) => registry.with(j.with_syslog_identifier(ident)).try_init(),
+                // No journal socket (a container without journald, say): stderr rather than nothing.
+                Err(e) => {
+                    let r = registry
+                        .with(
+                            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false),
+                        )
+                        .try_init();
+                    tracing::warn!("journald unavailable ({e}); logging to stderr");
+                    r
+                }
+            }
         }
     };
     // A subscriber already installed (tests, a second init) is not an error.
     let _ = result;
     Ok(())
+}
+
+/// The `log_file` of the running daemon, for [`reopen`].
+static LOG_FILE: OnceLock<std::sync::Arc<FileSink>> = OnceLock::new();
+
+/// An append-only log file that can be reopened under the same name (after logrotate
+/// moved it away).
+struct FileSink {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl FileSink {
+    fn open(path: &Path) -> anyhow::Result<FileSink> {
+        Ok(FileSink { path: path.to_path_buf(), file: Mutex::new(open_append(path)?) })
+    }
+}
+
+fn open_append(path: &Path) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening log file {}", path.display()))
+}
+
+impl Write for &FileSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+impl FileSink {
+    /// Open the path again and write there from now on; on failure keep the old file.
+    fn reopen(&self) -> anyhow::Result<()> {
+        let f = open_append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = f;
+        Ok(())
+    }
+}
+
+/// Reopen the log file, if there is one (SIGHUP). On failure the old file stays in use.
+pub fn reopen() {
+    if let Some(sink) = LOG_FILE.get() {
+        if let Err(e) = sink.reopen() {
+            tracing::error!("{e:#}; still writing to the previous file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_file_is_left_alone_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullisd.log");
+        let sink = FileSink::open(&path).unwrap();
+        (&sink).write_all(b"before\n").unwrap();
+        std::fs::rename(&path, dir.path().join("portcullisd.log.1")).unwrap();
+        (&sink).write_all(b"still old\n").unwrap();
+        sink.reopen().unwrap();
+        (&sink).write_all(b"after\n").unwrap();
+        let old = std::fs::read_to_string(dir.path().join("portcullisd.log.1")).unwrap();
+        assert_eq!(old, "before\nstill old\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+    }
+
+    #[test]
+    fn a_failed_reopen_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("portcullisd.log");
+        let sink = FileSink::open(&path).unwrap();
+        std::fs::rename(&sub, dir.path().join("gone")).unwrap();
+        assert!(sink.reopen().is_err());
+        (&sink).write_all(b"kept\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("gone/portcullisd.log")).unwrap(), "kept\n");
+    }
 }

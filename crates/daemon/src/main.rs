@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             RunArgs { log, format, state_dir, interfaces: interface, privsep: !no_privsep },
             verbose,
         ),
-        Command::Check { config, format } => cmd::check::check(&config, format.into()),
+        Command::Check { config, format, quiet } => cmd::check::check(&config, format.into(), quiet),
         Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
         Command::Generate { kernel, config, format, output, systemd_units, at } => {
             cmd::generate::generate(&cmd::generate::GenerateArgs {
@@ -63,7 +63,31 @@ fn convert(path: &std::path::Path, format: FormatArg) -> anyhow::Result<ExitCode
     }
 }
 
+/// The command line's settings over the file's (at start and at every reload).
+fn apply_overrides(config: &mut config::Config, args: &RunArgs) {
+    match args.log {
+        // stderr under systemd is the journal without priorities: write to it directly.
+        None if config.daemon.log == config::LogTarget::Stderr && daemon::service::under_systemd() => {
+            config.daemon.log = config::LogTarget::Journald
+        }
+        None => {}
+        Some(LogArg::Stderr) => config.daemon.log = config::LogTarget::Stderr,
+        Some(LogArg::Syslog) => config.daemon.log = config::LogTarget::Syslog,
+        Some(LogArg::Journald) => config.daemon.log = config::LogTarget::Journald,
+    }
+    if let Some(dir) = &args.state_dir {
+        config.daemon.state_dir = dir.clone();
+    }
+    if !args.interfaces.is_empty() {
+        config.daemon.interfaces = config::Interfaces::Named(args.interfaces.clone());
+    }
+}
+
 fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    if let Some(bad) = args.interfaces.iter().find(|n| !config::valid_ifname(n)) {
+        eprintln!("portcullisd: invalid interface name {bad:?}");
+        return Ok(ExitCode::from(2));
+    }
     let mut config = match config::load_as(path, args.format.into()) {
         Ok(c) => c,
         Err(e) => {
@@ -71,22 +95,7 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
             return Ok(ExitCode::from(2));
         }
     };
-    match args.log {
-        None => {}
-        Some(LogArg::Stderr) => config.daemon.log = config::LogTarget::Stderr,
-        Some(LogArg::Syslog) => config.daemon.log = config::LogTarget::Syslog,
-        Some(LogArg::Journald) => config.daemon.log = config::LogTarget::Journald,
-    }
-    if let Some(dir) = args.state_dir {
-        config.daemon.state_dir = dir;
-    }
-    if !args.interfaces.is_empty() {
-        if let Some(bad) = args.interfaces.iter().find(|n| !config::valid_ifname(n)) {
-            eprintln!("portcullisd: invalid interface name {bad:?}");
-            return Ok(ExitCode::from(2));
-        }
-        config.daemon.interfaces = config::Interfaces::Named(args.interfaces);
-    }
+    apply_overrides(&mut config, &args);
     log::set_syslog(config.daemon.syslog.clone());
     log::init_with_file(
         config.daemon.log,
@@ -100,7 +109,13 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
+    let (path, format, privsep) = (path.to_path_buf(), args.format, args.privsep);
+    let loader: daemon::reload::Loader = Box::new(move || {
+        let mut c = config::load_as(&path, format.into()).map_err(|e| e.to_string())?;
+        apply_overrides(&mut c, &args);
+        Ok(c)
+    });
     // The state dir lock is taken, and the PID file written, inside.
-    daemon::run(&config, shutdown, args.privsep)?;
+    daemon::run(&config, shutdown, privsep, Some(loader))?;
     Ok(ExitCode::SUCCESS)
 }

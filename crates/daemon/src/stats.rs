@@ -28,6 +28,8 @@ pub struct Stats {
     pub knock_resets: u64,
     /// Knock sequences that ran out of time.
     pub knock_timeouts: u64,
+    /// Packets the capture socket dropped in the kernel (receive buffer full).
+    pub capture_drops: u64,
     /// SPA rejections by class, indexed by [`RejectClass::index`].
     pub spa_rejected_by: [u64; RejectClass::ALL.len()],
 }

@@ -437,7 +437,8 @@ async fn health_version_openapi_and_metrics() {
     for line in [
         "portcullis_store_up 1",
         "portcullis_grants_active{origin=\"api\"} 1",
-        "portcullis_grants_total{origin=\"api\",state=\"active\"} 1",
+        "portcullis_grant_records{origin=\"api\",state=\"active\"} 1",
+        "portcullis_grants_created_total{origin=\"api\",door=\"\"} 1",
         "portcullis_spa_rejected_total{reason=\"replay\"} 0",
         "portcullis_store_dropped_total 0",
         "# TYPE portcullis_grants_active gauge",
@@ -498,7 +499,9 @@ async fn without_a_store_the_api_says_503_and_health_says_degraded() {
     assert_eq!(a.delete("/v1/grants/1").await.status, StatusCode::SERVICE_UNAVAILABLE);
     let v = a.get("/v1/health").await.json();
     assert_eq!(v["status"], "degraded");
-    assert!(a.get("/metrics").await.text.contains("portcullis_store_up 0"));
+    let m = a.get("/metrics").await.text;
+    assert!(m.contains("portcullis_store_up 0"), "{m}");
+    assert!(!m.contains("portcullis_grant_records{"), "unknown is left out, not 0: {m}");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! [`addrs`] monitor refreshes on every rtnetlink link/address event.
 
 pub mod addrs;
+mod drops;
 pub mod udp_server;
 
 use std::io;
@@ -66,8 +67,13 @@ impl PacketSocket {
 }
 
 impl PacketSocket {
-    /// Replace the filter (`SO_ATTACH_FILTER` swaps it atomically: every packet meets
-    /// either the old program or the new one, none goes unfiltered).
+    /// Packets dropped in the kernel (receive buffer full) since the last call.
+    pub fn take_drops(&self) -> io::Result<u64> {
+        drops::take_drops(&self.sock)
+    }
+
+    /// Replace the filter (a reload with other knock ports). The kernel swaps it
+    /// atomically: every packet meets either the old or the new program.
     pub fn set_filter(&self, prog: &[Insn]) -> io::Result<()> {
         let filter: Vec<SockFilter> = prog.iter().map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k)).collect();
         self.sock.attach_filter(&filter)

@@ -16,8 +16,9 @@ use crate::config::{self, CommandLine, Config, Interfaces};
 use crate::daemon::{driver_for, plan_for};
 use crate::firewall::nft;
 
-/// Print the effective plan, or why the daemon would refuse to start. Exit 2 if it would.
-pub fn check(path: &Path, format: config::Format) -> anyhow::Result<ExitCode> {
+/// Print the effective plan (unless `quiet`), or why the daemon would refuse to start.
+/// Exit 2 if it would.
+pub fn check(path: &Path, format: config::Format, quiet: bool) -> anyhow::Result<ExitCode> {
     let c = match config::load_as(path, format) {
         Ok(c) => c,
         Err(e) => {
@@ -27,7 +28,9 @@ pub fn check(path: &Path, format: config::Format) -> anyhow::Result<ExitCode> {
     };
     match preflight(&c) {
         Ok(ready) => {
-            print!("{}", report(&c, &ready));
+            if !quiet {
+                print!("{}", report(&c, &ready));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(problems) => {

@@ -122,6 +122,9 @@ pub fn to_toml(config: &Config) -> String {
             }
             let _ = writeln!(s, "cmd_timeout = {}", toml_duration(c.cmd_timeout));
         }
+        for line in super::convert_hint::suggest(door) {
+            let _ = writeln!(s, "{line}");
+        }
     }
     s
 }

@@ -17,6 +17,7 @@
 pub mod access_conf;
 pub mod api;
 pub mod convert;
+pub mod convert_hint;
 pub mod error;
 pub mod fwknopd;
 pub mod knockd;

@@ -66,6 +66,8 @@ pub struct DaemonSettings {
     pub pid_file: Option<PathBuf>,
     /// A start/stop command still running after this long is killed (its process group).
     pub command_time_limit: Duration,
+    /// Source prefixes the firewall never gates (the management network).
+    pub never_gate: Vec<crate::firewall::Prefix>,
     /// How the firewall backend treats protected services.
     pub firewall: FirewallSettings,
     /// Remove what the firewall backend owns (every grant) when starting (fwknopd
@@ -96,6 +98,7 @@ impl Default for DaemonSettings {
             flush_at_exit: false,
             syslog: SyslogSettings::default(),
             verbose: false,
+            never_gate: Vec::new(),
         }
     }
 }

@@ -36,6 +36,7 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
+    pub never_gate: Option<Spanned<Vec<Spanned<String>>>>,
     pub opens_per_prefix: Option<Spanned<super::limits::RawRate>>,
     pub prefix_v4: Option<Spanned<i64>>,
     pub prefix_v6: Option<Spanned<i64>>,

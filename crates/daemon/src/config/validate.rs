@@ -252,6 +252,16 @@ impl Validator<'_> {
                 self.duration(d, Duration::from_millis(100), Duration::from_secs(3600), "command_time_limit")?
             }
         };
+        let mut never_gate = Vec::new();
+        for s in raw.never_gate.map(|l| l.into_inner()).unwrap_or_default() {
+            match s.get_ref().parse::<crate::firewall::Prefix>() {
+                Ok(p) if never_gate.contains(&p) => {
+                    return self.err(s.span(), format!("never_gate lists {p} twice"))
+                }
+                Ok(p) => never_gate.push(p),
+                Err(e) => return self.err(s.span(), format!("never_gate: {e}")),
+            }
+        }
         let mut syslog = SyslogSettings::default();
         if let Some(i) = raw.syslog_identity {
             if !valid_syslog_identity(i.get_ref()) {
@@ -280,6 +290,7 @@ impl Validator<'_> {
         )?;
         firewall.nat = raw.nat.is_some_and(|n| *n.get_ref());
         Ok(DaemonSettings {
+            never_gate,
             firewall,
             interfaces,
             state_dir,

@@ -24,6 +24,7 @@ use portcullis_proto::addr::canonical as fold;
 
 mod door_actions;
 mod refusals;
+mod reload;
 
 use refusals::{Failure, RefusalLog};
 // fwknop stanzas: command cycles, NAT grants, fwknopd's log lines.
@@ -165,6 +166,11 @@ impl Engine {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Add kernel-side capture drops to the counters (the capture loop reads them).
+    pub fn count_capture_drops(&mut self, n: u64) {
+        self.stats.capture_drops += n;
     }
 
     /// Handle one parsed datagram that arrived on `ifindex` at `now` (monotonic) /

@@ -8,6 +8,8 @@
 //! store writer on theirs (see [`crate::grants`]).
 
 pub mod engine;
+pub mod reload;
+pub mod service;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,7 +162,15 @@ fn split_unsupported(config: &Config) -> Option<&'static str> {
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
 /// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
-pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow::Result<()> {
+pub fn run(
+    config: &Config,
+    shutdown: Arc<AtomicBool>,
+    privsep: bool,
+    loader: Option<reload::Loader>,
+) -> anyhow::Result<()> {
+    // Claimed before anything else: SIGHUP's default action would kill us mid-start.
+    let hup = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
     let root = nix::unistd::geteuid().is_root();
     // Taken before anything else and held by this process (the privileged part when
     // split) for its whole life: a second daemon on the same state dir refuses to start.
@@ -176,6 +186,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow:
     let missing = crate::privsep::sys::missing_for_split();
     let unsupported = split_unsupported(config);
     if privsep && root && missing.is_empty() && unsupported.is_none() {
+        // SIGHUP stays claimed (and ignored) here: reloading a split pair is not built
+        // yet, so a reload request must not kill it either.
+        tracing::info!("privsep: split; SIGHUP reload needs a restart in this mode");
+        let _hup = hup;
         return crate::privsep::run(config, shutdown, opened);
     }
     if !privsep {
@@ -198,7 +212,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, privsep: bool) -> anyhow:
         // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
         driver.teardown().context("flushing the firewall at start")?;
     }
-    serve(config, &shutdown, opened, driver, None)
+    serve(config, &shutdown, opened, driver, None, Some((hup, loader)))
 }
 
 /// Everything but the firewall and the commands: store, grants, API, engine, capture.
@@ -210,6 +224,7 @@ pub fn serve(
     opened: Opened,
     driver: Box<dyn FirewallDriver>,
     privileged: Option<Arc<crate::privsep::client::Client>>,
+    reloading: Option<(signal_hook::iterator::Signals, Option<reload::Loader>)>,
 ) -> anyhow::Result<()> {
     let Opened { sock, api } = opened;
     let plan = plan_for(config);
@@ -272,6 +287,41 @@ pub fn serve(
         config.daemon.max_tracked
     );
 
+    // SIGHUP reloads on a thread of its own; the capture loop takes the result at a batch
+    // boundary. The reloader owns the API then (a reload swaps its tokens).
+    let (updates, pending) = std::sync::mpsc::channel::<reload::Update>();
+    let mut reloader = None;
+    if let Some((mut hup, loader)) = reloading {
+        let r = reload::Reloader {
+            config: config.clone(),
+            api: api.take(),
+            granter: Arc::clone(&granter),
+            loader: loader.unwrap_or_else(|| {
+                Box::new(|| Err("this daemon was started without a config file to reload".into()))
+            }),
+            updates,
+            service: service::Service::from_env(&config.daemon.state_dir),
+        };
+        let handle = hup.handle();
+        let thread = std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                let mut r = r;
+                for _ in hup.forever() {
+                    r.on_hup();
+                }
+                r
+            })
+            .context("starting the reload thread")?;
+        reloader = Some((handle, thread));
+    } else {
+        drop(updates);
+    }
+    // The config the capture loop runs on: the start one, then each reloaded one.
+    let mut current = config.clone();
+    let mut svc = service::Service::from_env(&config.daemon.state_dir);
+    svc.ready(&format!("protecting {protected}"));
+
     let origin = Instant::now();
     let now = || Millis(u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX));
     let mut generation = monitor.generation();
@@ -284,6 +334,21 @@ pub fn serve(
         if privileged.as_ref().is_some_and(|c| c.is_dead()) {
             lost = true;
             break;
+        }
+        svc.pet();
+        if let Ok(u) = pending.try_recv() {
+            let mut next = u.engine;
+            let kept = next.take_over(engine, u.spa);
+            engine = next;
+            current = *u.config;
+            filter_generation = engine.rotation_generation();
+            if let Err(e) = sock.set_filter(&bpf::program(&bpf_matches(&current, unix_now()))) {
+                tracing::error!(
+                    "reload: the new capture filter was refused ({e}); knocks on new ports are not seen"
+                );
+            }
+            tracing::info!("reloaded: {}; {kept} door group(s) kept their knocks in progress", u.summary);
+            svc.ready(&format!("reloaded: {}", u.summary));
         }
         match sock.recv_batch(&mut batch) {
             Ok(_) => {
@@ -322,7 +387,7 @@ pub fn serve(
             // If the new filter is refused the old one stays: it was built with the next
             // step in it, so it passes the new current step's knocks until the step after,
             // when the swap is tried again.
-            match sock.set_filter(&bpf::program(&bpf_matches(config, unix))) {
+            match sock.set_filter(&bpf::program(&bpf_matches(&current, unix))) {
                 Ok(()) => tracing::debug!("rotating doors: capture filter follows step change"),
                 Err(e) => tracing::error!("rotating doors: replacing the capture filter failed: {e}"),
             }
@@ -330,8 +395,18 @@ pub fn serve(
         }
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
+            if let Ok(n) = sock.take_drops() {
+                engine.count_capture_drops(n);
+            }
             granter.publish_stats(engine.stats());
             last_housekeeping = t;
+        }
+    }
+    svc.stopping();
+    if let Some((handle, thread)) = reloader {
+        handle.close();
+        if let Ok(mut r) = thread.join() {
+            r.stop();
         }
     }
     drop(udp);

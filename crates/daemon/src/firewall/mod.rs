@@ -13,9 +13,11 @@ use portcullis_proto::Service;
 pub mod iptables;
 pub mod nft;
 pub mod none;
+pub mod prefix;
 pub mod remote;
 mod shared;
 
+pub use prefix::Prefix;
 pub use shared::Shared;
 
 /// One hole: `addr` may open new connections to `service` for `timeout`.
@@ -94,6 +96,8 @@ pub struct Plan {
     pub protected: Vec<Service>,
     /// Upper bound on simultaneous grants (the kernel set size).
     pub max_grants: u32,
+    /// Sources never gated (the management network): accepted before any drop.
+    pub never_gate: Vec<Prefix>,
     /// Gate only, or gate and accept.
     pub mode: Mode,
     /// Also gate forwarded connections whose original destination was a protected
@@ -124,6 +128,7 @@ pub fn plan(protected: Vec<Service>, max_grants: u32, f: &crate::config::Firewal
             .as_ref()
             .map(|(family, name)| AdminTable { family: family.clone(), name: name.clone() }),
         nat: f.nat,
+        never_gate: Vec::new(),
     }
 }
 
@@ -141,6 +146,7 @@ impl Default for Plan {
             jump_position: 1,
             accept_table: None,
             nat: false,
+            never_gate: Vec::new(),
         }
     }
 }

@@ -26,6 +26,7 @@
 
 pub mod admission;
 pub mod clock;
+pub mod created;
 pub mod origin;
 mod reconcile;
 mod revoke;
@@ -81,6 +82,8 @@ pub enum OpenError {
 pub struct Counters {
     /// Grants closed by the daemon at expiry (drivers without kernel expiry).
     pub daemon_expired: AtomicU64,
+    /// Grants opened, by origin kind and name.
+    pub created: created::Created,
 }
 
 /// The grant lifecycle: driver, scheduler, store, and what the firewall protects.
@@ -298,6 +301,9 @@ impl Granter {
         let requested_at = self.clock.now_ms();
         let mut d = self.firewall.lock();
         let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
+        if r.is_ok() {
+            self.counters.created.add(&origin);
+        }
         if let Ok(store) = &self.store {
             store.record_nowait(rec);
         }
@@ -322,6 +328,9 @@ impl Granter {
         let step: Result<Rx, (Option<Rx>, GrantError)> = {
             let mut d = self.firewall.lock();
             let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
+            if r.is_ok() {
+                self.counters.created.add(&origin);
+            }
             match (store.record(rec), r) {
                 (Ok(rx), Ok(())) => Ok(rx),
                 // Recorded as failed; the caller still hears the firewall's error.

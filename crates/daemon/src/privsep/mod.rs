@@ -119,7 +119,7 @@ fn unprivileged(
     let client = Arc::new(Client::new(fd));
     client.watch().context("privsep: watching the privileged part")?;
     let driver = Box::new(RemoteDriver::new(Arc::clone(&client), name, kernel_expiry));
-    daemon::serve(config, shutdown, opened, driver, Some(client))
+    daemon::serve(config, shutdown, opened, driver, Some(client), None)
 }
 
 /// Capabilities the privileged part keeps.

@@ -18,6 +18,7 @@ pub mod digest_import;
 mod fwknop;
 pub mod fwknopd_log;
 pub mod reject;
+mod reload;
 pub mod replay;
 
 use std::collections::{HashMap, HashSet};

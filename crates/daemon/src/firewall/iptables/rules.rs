@@ -150,6 +150,12 @@ pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) ->
     let mut b = format!(
         "*filter\n:{chain} - [0:0]\n-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
     );
+    // never_gate: the management network returns before any of our drops (here and in
+    // the mangle chain).
+    let never_gate: Vec<_> = plan.never_gate.iter().filter(|p| p.addr.is_ipv6() == v6).collect();
+    for p in &never_gate {
+        b.push_str(&format!("-A {chain} -s {p} -j RETURN\n"));
+    }
     for s in &plan.protected {
         let m = service_match(s);
         match plan.mode {
@@ -193,6 +199,9 @@ pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) ->
             "*mangle\n:{chain} - [0:0]\n-A {chain} -m conntrack ! --ctstate NEW -j RETURN\n\
              -A {chain} -m addrtype ! --dst-type LOCAL -j RETURN\n"
         ));
+        for p in &never_gate {
+            b.push_str(&format!("-A {chain} -s {p} -j RETURN\n"));
+        }
         for s in &plan.protected {
             b.push_str(&format!(
                 "-A {chain} {} -m set ! --match-set {set} src,dst -j DROP\n",

@@ -193,6 +193,14 @@ pub fn optional_requests(plan: &Plan) -> Vec<Request> {
             "nft setup: add forward rule ct state",
             expr::rule_established(),
         ));
+        for p in &plan.never_gate {
+            out.push(rule_in(
+                TABLE,
+                CHAIN_FORWARD,
+                "nft setup: add forward rule never_gate",
+                expr::rule_never_gate(p),
+            ));
+        }
         let mut sets = Vec::new();
         if plan.forward {
             sets.extend([(false, SET_ALLOW4, ID_ALLOW4), (true, SET_ALLOW6, ID_ALLOW6)]);
@@ -424,6 +432,7 @@ pub fn render_optional(plan: &Plan) -> String {
     if plan.forward || plan.nat {
         s.push_str("\n\tchain forward {\n\t\ttype filter hook forward priority filter - 5; policy accept;\n");
         s.push_str("\t\tct state established,related accept\n");
+        s.push_str(&super::ruleset::render_never_gate(plan));
         let mut sets = Vec::new();
         if plan.forward {
             sets.extend([("ip", SET_ALLOW4), ("ip6", SET_ALLOW6)]);

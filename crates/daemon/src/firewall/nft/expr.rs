@@ -17,6 +17,9 @@ use netlink_packet_netfilter::nftables::{
     MetaKey, Operator, Payload, Register, Verdict, VerdictAttribute,
 };
 
+mod never_gate;
+pub(crate) use never_gate::rule_never_gate;
+
 /// One expression of a rule, as sent in `NFTA_RULE_EXPRESSIONS`.
 pub(crate) type Expr = ListAttribute<ExpressionAttribute>;
 

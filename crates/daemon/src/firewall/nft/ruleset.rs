@@ -395,6 +395,10 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
     });
     // ct state established,related accept
     out.push(rule_msg("nft setup: add rule ct state", expr::rule_established()));
+    // ip saddr 192.0.2.0/24 accept (one per never_gate prefix)
+    for p in &plan.never_gate {
+        out.push(rule_msg("nft setup: add rule never_gate", expr::rule_never_gate(p)));
+    }
     // ip saddr . meta l4proto . th dport @allow4 accept
     out.push(rule_msg("nft setup: add rule allow4", expr::rule_allow4(SET_ALLOW4, ID_ALLOW4)));
     // ip6 saddr . meta l4proto . th dport @allow6 accept
@@ -528,8 +532,11 @@ pub fn render(plan: &Plan) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "\tchain {CHAIN} {{");
     let _ = writeln!(s, "\t\ttype filter hook input priority filter - {}; policy accept;", -CHAIN_PRIORITY);
-    for rule in RULES {
+    for (i, rule) in RULES.iter().enumerate() {
         let _ = writeln!(s, "\t\t{rule}");
+        if i == 0 {
+            s.push_str(&render_never_gate(plan));
+        }
     }
     let _ = writeln!(s, "\t}}");
     s.push_str(&super::compose::render_optional(plan));
@@ -538,6 +545,14 @@ pub fn render(plan: &Plan) -> String {
         s.push_str(&super::compose::render_admin(t));
     }
     s
+}
+
+/// `ip saddr <prefix> accept` lines for the plan's never-gated sources.
+pub fn render_never_gate(plan: &Plan) -> String {
+    plan.never_gate
+        .iter()
+        .map(|p| format!("\t\t{} saddr {p} accept\n", if p.addr.is_ipv4() { "ip" } else { "ip6" }))
+        .collect()
 }
 
 /// The chain's rules in `nft` syntax, in order; the same text `nft list` prints for
@@ -588,6 +603,22 @@ table inet portcullis {
 }
 ";
         assert_eq!(render(&plan()), want);
+    }
+
+    #[test]
+    fn render_puts_never_gate_right_after_established() {
+        let p = Plan {
+            never_gate: vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/48".parse().unwrap()],
+            ..plan()
+        };
+        let text = render(&p);
+        assert!(
+            text.contains(
+                "\t\tct state established,related accept\n\t\tip saddr 192.0.2.0/24 accept\n\
+                 \t\tip6 saddr 2001:db8::/48 accept\n\t\tip saddr . meta l4proto"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
