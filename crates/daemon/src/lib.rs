@@ -31,6 +31,7 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod firewall;
+pub mod fleet;
 pub mod fsperm;
 pub mod grants;
 pub mod kernel;

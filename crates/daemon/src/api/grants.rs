@@ -242,6 +242,7 @@ pub async fn revoke_grant(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<GrantView>, ApiError> {
     let r = state.granter.revoke(RevokeTarget::Id(id), &caller.0).await?;
+    crate::fleet::node::revoke_everywhere(r.address, r.service);
     Ok(Json(view::grant(&r, state.granter.clock().now_ms())))
 }
 

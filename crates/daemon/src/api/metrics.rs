@@ -203,6 +203,7 @@ pub fn exposition(snap: &Snapshot) -> String {
     let _ = writeln!(out, "portcullis_firewall_repair_failures_total {repair_failures}");
     head(&mut out, "portcullis_firewall_ok", "gauge", "1 if the firewall matches the grant records.");
     let _ = writeln!(out, "portcullis_firewall_ok {}", u8::from(ok));
+    crate::fleet::metrics::render(&mut out);
     out
 }
 

@@ -345,6 +345,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         doors: Vec::new(),
         spa: Some(spa),
         api: None,
+        fleet: None,
         notes,
         limits,
         store,

@@ -230,6 +230,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         doors,
         spa: None,
         api: None,
+        fleet: None,
         notes: Vec::new(),
         limits,
         store: Default::default(),

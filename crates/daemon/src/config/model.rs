@@ -33,6 +33,8 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// The local REST API, if configured (`[api]`).
     pub api: Option<ApiConfig>,
+    /// Fleet mode (`[fleet]`), if configured.
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// Bounds on knock opens (`[daemon]` and `[[door]]` keys).
     pub limits: super::Limits,
     /// The grant records (`[store]`).

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub doors: Vec<Spanned<RawDoor>>,
     pub spa: Option<Spanned<RawSpa>>,
     pub api: Option<Spanned<RawApi>>,
+    pub fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
     pub store: Option<Spanned<super::limits::RawStore>>,
 }
 
@@ -132,6 +133,7 @@ pub(super) struct RawUser {
     pub key: Spanned<String>,
     pub open: Spanned<Vec<Spanned<String>>>,
     pub max_open_for: Option<Spanned<i64>>,
+    pub scope: Option<Spanned<String>>,
     pub allow_addresses: Option<Vec<Spanned<String>>>,
 }
 

@@ -70,6 +70,8 @@ pub struct NativeUser {
     pub open: Vec<Service>,
     /// Longest grant the user may ask for.
     pub max_open_for: Duration,
+    /// `scope = "fleet"`: replay-checked fleet-wide and shared with every node.
+    pub fleet: bool,
     /// Addresses or prefixes the user may open for besides the packet's own source
     /// (`allow_addresses`); empty = the source only.
     pub allow_addresses: Vec<Cidr>,
@@ -158,6 +160,14 @@ pub(super) fn validate(
                 _ => return at(s.span(), "max_open_for must be 1 to 86400 seconds"),
             },
         };
+        let fleet = match u.scope {
+            None => false,
+            Some(s) => match s.get_ref().as_str() {
+                "local" => false,
+                "fleet" => true,
+                _ => return at(s.span(), "scope must be \"local\" or \"fleet\""),
+            },
+        };
         let mut allow_addresses = Vec::new();
         for a in u.allow_addresses.unwrap_or_default() {
             match Cidr::parse(a.get_ref()) {
@@ -170,7 +180,7 @@ pub(super) fn validate(
                 }
             }
         }
-        let user = NativeUser { key, open, max_open_for, allow_addresses };
+        let user = NativeUser { key, open, max_open_for, allow_addresses, fleet };
         if users.insert(name.clone(), user).is_some() {
             return at(span, format!("user {name:?} is defined twice"));
         }

@@ -129,6 +129,20 @@ impl Validator<'_> {
                 }
             }
         };
+        let fleet = match raw.fleet {
+            None => None,
+            Some(f) => {
+                let span = f.span();
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                match crate::fleet::config::validate(f.into_inner(), dir) {
+                    Ok(v) => Some(v),
+                    Err((at, message)) => return self.err(at.unwrap_or(span), message),
+                }
+            }
+        };
+        if fleet.is_none() && spa.as_ref().is_some_and(|s| s.users.values().any(|u| u.fleet)) {
+            return self.err(0..0, "an [[spa.user]] has scope = \"fleet\" but there is no [fleet] section");
+        }
         if doors.is_empty() && spa.is_none() {
             return Err(ConfigError {
                 path: self.path.to_owned(),
@@ -143,7 +157,7 @@ impl Validator<'_> {
                 message: "more than 65535 doors".into(),
             });
         }
-        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, notes, limits, store })
+        Ok(Config { path: self.path.to_owned(), daemon, doors, spa, api, fleet, notes, limits, store })
     }
 
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonSettings, ConfigError> {

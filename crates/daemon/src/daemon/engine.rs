@@ -68,6 +68,8 @@ pub struct Engine {
     rotation_due: Option<u64>,
     /// Bumped whenever a rotating sequence changes (the capture filter follows).
     rotation_generation: u64,
+    /// Fleet membership: fleet-scoped SPA grants are shared through it.
+    fleet: Option<Arc<crate::fleet::node::Fleet>>,
 }
 
 impl Engine {
@@ -135,10 +137,17 @@ impl Engine {
             burnt: rotation::Burnt::default(),
             rotation_due: None,
             rotation_generation: 0,
+            fleet: None,
         })
     }
 
     /// Add single-packet authorization on the gate's UDP ports.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::node::Fleet>) -> Engine {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Add the SPA gate.
     pub fn with_spa(mut self, gate: SpaGate) -> Engine {
         self.spa = Some(gate);
         self
@@ -301,6 +310,7 @@ impl Engine {
         }
         match gate.handle_to(src, dst, payload, now_unix, now) {
             Verdict::Grant(dec) => {
+                let share = gate.take_fleet_share();
                 self.stats.spa_accepted += 1;
                 if let Some(fg) = dec.fwknop.clone() {
                     if self.fwknop_grant(src, &dec, &fg, wall) {
@@ -311,8 +321,28 @@ impl Engine {
                 let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
                 let before = self.stats.opened;
                 let log = self
-                    .apply_grant(src, &label, None, origin, dec.allow, &dec.services, dec.duration, now, wall)
+                    .apply_grant(
+                        src,
+                        &label,
+                        None,
+                        origin.clone(),
+                        dec.allow,
+                        &dec.services,
+                        dec.duration,
+                        now,
+                        wall,
+                    )
                     .unwrap_or(false);
+                if share && self.stats.opened > before {
+                    if let Some(f) = &self.fleet {
+                        f.share(crate::fleet::node::Outgoing::new(
+                            dec.allow,
+                            &dec.services,
+                            dec.duration,
+                            &origin,
+                        ));
+                    }
+                }
                 if dec.fwknop.is_some() && self.stats.opened > before && log {
                     self.fwknop_added(&dec, wall);
                 }

@@ -150,6 +150,10 @@ fn split_unsupported(config: &Config) -> Option<&'static str> {
         Some("the SPA UDP server")
     } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
         Some("fwknop CMD_CYCLE commands")
+    } else if config.fleet.is_some() {
+        // The database URL file is root-only and the split's seccomp filter has no
+        // outgoing connections.
+        Some("[fleet]")
     } else {
         None
     }
@@ -233,6 +237,10 @@ pub fn serve(
         _ => None,
     };
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
+    let fleet = crate::fleet::node::start_for(config, &granter)?;
+    if let Some(f) = &fleet {
+        engine = engine.with_fleet(Arc::clone(f));
+    }
     if let Some(spa) = &config.spa {
         let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let replay = open_replay(config, spa, now_unix)?;
@@ -243,7 +251,11 @@ pub fn serve(
             spa.stanzas.len(),
             replay.len()
         );
-        engine = engine.with_spa(SpaGate::new(spa, plan.protected.clone(), replay));
+        let gate = SpaGate::new(spa, plan.protected.clone(), replay);
+        engine = engine.with_spa(match crate::fleet::node::gate_for(fleet.as_deref(), spa)? {
+            Some(fg) => gate.with_fleet(fg),
+            None => gate,
+        });
     }
     let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
     let mut actions = None;

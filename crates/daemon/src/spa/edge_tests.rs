@@ -69,6 +69,7 @@ fn config(k: &Keys, stanzas: Vec<FwknopStanza>, allow_addresses: Vec<Cidr>) -> S
         open: vec![Service::tcp(22)],
         max_open_for: Duration::from_secs(60),
         allow_addresses,
+        fleet: false,
     };
     users.insert("alice".to_string(), user);
     SpaConfig {

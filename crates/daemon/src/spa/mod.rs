@@ -154,6 +154,7 @@ pub struct SpaGate {
     origins: HashMap<[u8; 32], (IpAddr, u64)>,
     dual_delivery: bool,
     recent: HashMap<(IpAddr, [u8; 32]), Millis>,
+    fleet: Option<crate::fleet::gate::FleetGate>,
 }
 
 impl SpaGate {
@@ -179,7 +180,19 @@ impl SpaGate {
             origins: HashMap::new(),
             dual_delivery: cfg.udp_server.is_some(),
             recent: HashMap::new(),
+            fleet: None,
         }
+    }
+
+    /// Check fleet-scoped users' requests fleet-wide too.
+    pub fn with_fleet(mut self, fleet: crate::fleet::gate::FleetGate) -> SpaGate {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Whether the grant just decided is fleet-scoped and to be shared (once).
+    pub fn take_fleet_share(&mut self) -> bool {
+        self.fleet.as_mut().is_some_and(crate::fleet::gate::FleetGate::take_share)
     }
 
     /// Whether UDP to `port` is SPA.
@@ -313,6 +326,20 @@ impl SpaGate {
             return deny(Denial::Address(allow));
         }
         let duration = Duration::from_secs(u64::from(req.duration_secs)).min(user.max_open_for);
+        if user.fleet {
+            // Last, so only requests this node would grant reach the database.
+            use crate::fleet::gate::Outcome;
+            let Some(fleet) = self.fleet.as_mut() else {
+                return Verdict::Reject(RejectReason::FleetUnavailable);
+            };
+            let expires =
+                if self.aging { Window::new(self.max_age).last_accepted(req.timestamp) } else { u64::MAX };
+            match fleet.admit(native::canonical_replay_key(&req), expires) {
+                Outcome::Share | Outcome::LocalOnly => {}
+                Outcome::Replayed => return Verdict::Reject(RejectReason::Replayed),
+                Outcome::Unavailable => return Verdict::Reject(RejectReason::FleetUnavailable),
+            }
+        }
         Verdict::Grant(Decision { who, allow, services: req.services.clone(), duration, fwknop: None })
     }
 }

@@ -161,6 +161,8 @@ pub enum RejectReason {
         /// Which bucket.
         exhausted: Exhausted,
     },
+    /// A fleet-scoped request while the fleet database is unreachable (`on_db_down = "refuse"`).
+    FleetUnavailable,
     /// Authenticated and fresh, but refused by policy.
     Denied {
         /// Who asked.
@@ -180,7 +182,9 @@ impl RejectReason {
             RejectReason::NoStanzaKey(_) => RejectClass::Auth,
             RejectReason::Stale { .. } => RejectClass::Window,
             RejectReason::Replayed | RejectReason::EphemeralSeen => RejectClass::Replay,
-            RejectReason::ReplayCacheFull | RejectReason::CryptoBudget { .. } => RejectClass::Overload,
+            RejectReason::ReplayCacheFull
+            | RejectReason::CryptoBudget { .. }
+            | RejectReason::FleetUnavailable => RejectClass::Overload,
             RejectReason::Denied { .. } => RejectClass::Policy,
         }
     }
@@ -238,6 +242,7 @@ impl fmt::Display for RejectReason {
                     }
                 }
             }
+            RejectReason::FleetUnavailable => f.write_str("fleet database unavailable (on_db_down = refuse)"),
             RejectReason::Denied { who, denial } => write!(f, "{denial} ({who})"),
         }
     }

@@ -80,6 +80,7 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
             open: vec![Service::tcp(22)],
             max_open_for: Duration::from_secs(60),
             allow_addresses: vec![Cidr::parse("2001:db8:9::/64").unwrap()],
+            fleet: false,
         },
     );
     let cfg = SpaConfig {

@@ -1,0 +1,71 @@
+//! Fleet connectivity and lag in the API's Prometheus text. The daemon runs at most one
+//! fleet membership, registered here when it starts; without one nothing is added.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use super::node::FleetStatus;
+
+static STATUS: OnceLock<Arc<FleetStatus>> = OnceLock::new();
+
+/// Register the daemon's fleet status (the first registration wins).
+pub fn register(status: Arc<FleetStatus>) {
+    let _ = STATUS.set(status);
+}
+
+/// Append the fleet metrics to `out`, if a fleet is running.
+pub fn render(out: &mut String) {
+    let Some(s) = STATUS.get() else { return };
+    let rows: [(&str, &str, &str, i64); 5] = [
+        (
+            "portcullis_fleet_up",
+            "gauge",
+            "1 if the fleet listener holds a database connection.",
+            i64::from(s.connected.load(Ordering::Relaxed)),
+        ),
+        (
+            "portcullis_fleet_queued",
+            "gauge",
+            "Fleet grants waiting for the database.",
+            i64::try_from(s.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "portcullis_fleet_dropped_total",
+            "counter",
+            "Fleet grants dropped from a full queue (kept local).",
+            i64::try_from(s.dropped.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "portcullis_fleet_applied_total",
+            "counter",
+            "Fleet grants from other nodes applied here.",
+            i64::try_from(s.applied.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "portcullis_fleet_lag_milliseconds",
+            "gauge",
+            "Last fleet grant: from its recording on its node to its application here.",
+            s.lag_ms.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_once_registered() {
+        let mut out = String::new();
+        let s = std::sync::Arc::new(super::FleetStatus::default());
+        s.connected.store(true, super::Ordering::Relaxed);
+        super::register(std::sync::Arc::clone(&s));
+        super::render(&mut out);
+        assert!(out.contains("portcullis_fleet_up 1\n"), "{out}");
+        assert!(out.contains(
+            "# TYPE portcullis_fleet_lag_milliseconds gauge\nportcullis_fleet_lag_milliseconds 0\n"
+        ));
+    }
+}

@@ -1,0 +1,336 @@
+//! This node's fleet threads: the listener (applies fleet grants and revocations to the
+//! kernel through the [`Granter`]) and the publisher (records this node's fleet grants,
+//! queued while the database is away). Both reconnect by themselves; while the
+//! database is away nothing local stops: the kernel keeps enforcing and expiring what
+//! it holds, and local doors do not touch the database.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::Service;
+
+use super::config::FleetConfig;
+use super::replay::connect;
+use super::shared::{self, Apply, FleetGrant};
+use super::{schema, unix_ms};
+use crate::grants::{Granter, Origin, OriginKind, RevokeTarget};
+
+/// Most grants queued for the database while it is away; beyond that the oldest are
+/// dropped (they still hold on this node, only the other nodes miss them).
+pub const QUEUE: usize = 4096;
+
+/// Connectivity and lag, for health and metrics.
+#[derive(Debug, Default)]
+pub struct FleetStatus {
+    /// The listener holds a live connection.
+    pub connected: AtomicBool,
+    /// Grants waiting for the database.
+    pub queued: AtomicU64,
+    /// Grants dropped from a full queue.
+    pub dropped: AtomicU64,
+    /// Fleet grants applied from other nodes.
+    pub applied: AtomicU64,
+    /// Milliseconds from a grant's creation on its node to its application here (last).
+    pub lag_ms: AtomicI64,
+}
+
+/// A grant made here to share with the fleet.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Who may come in.
+    pub addr: IpAddr,
+    /// To what.
+    pub services: Vec<Service>,
+    /// Absolute expiry, unix ms.
+    pub expires_at: i64,
+    /// What made it here.
+    pub origin: String,
+}
+
+impl Outgoing {
+    /// A grant made now for `duration`.
+    pub fn new(addr: IpAddr, services: &[Service], duration: Duration, origin: &Origin) -> Outgoing {
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Outgoing {
+            addr: portcullis_proto::addr::canonical(addr),
+            services: services.to_vec(),
+            expires_at: unix_ms().saturating_add(ms),
+            origin: origin.to_string(),
+        }
+    }
+}
+
+/// What the publisher sends to the database.
+#[derive(Debug, Clone)]
+enum Job {
+    Grant(Outgoing),
+    Revoke(IpAddr, Service),
+}
+
+/// The daemon's publisher queue, for revokes made through the API (first fleet wins).
+static QUEUE_TX: std::sync::OnceLock<SyncSender<Job>> = std::sync::OnceLock::new();
+
+/// Revoke `(addr, service)` on every node (an API/CLI revoke here); without a fleet,
+/// nothing. Never blocks: a full queue drops it (logged; kernel expiry still holds).
+pub fn revoke_everywhere(addr: IpAddr, service: Service) {
+    if let Some(tx) = QUEUE_TX.get() {
+        if tx.try_send(Job::Revoke(portcullis_proto::addr::canonical(addr), service)).is_err() {
+            tracing::error!("fleet: share queue full; revoke of {addr} {service} stays local to this node");
+        }
+    }
+}
+
+/// A running fleet membership.
+pub struct Fleet {
+    cfg: FleetConfig,
+    out: SyncSender<Job>,
+    status: Arc<FleetStatus>,
+    stop: Arc<AtomicBool>,
+    url: String,
+}
+
+impl Fleet {
+    /// Read the URL file, migrate the schema (a newer one is refused: the error is
+    /// returned and the daemon must not start its fleet side), and start the threads.
+    /// An unreachable database is not an error: the threads retry.
+    pub fn start(cfg: FleetConfig, granter: &Arc<Granter>) -> Result<Fleet, super::FleetError> {
+        let url = super::config::read_url(&cfg.database_url_file)?;
+        if let Some(mut c) = connect(&url) {
+            let found = schema::migrate(&mut c)?;
+            tracing::info!("fleet: node {} joined (schema {found} -> {})", cfg.node, schema::VERSION);
+        }
+        let status = Arc::new(FleetStatus::default());
+        super::metrics::register(Arc::clone(&status));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (out, rx) = mpsc::sync_channel(QUEUE);
+        let _ = QUEUE_TX.set(out.clone());
+        {
+            let (cfg, url, status, stop) = (cfg.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
+            let mut apply = GranterApply { granter: Arc::clone(granter), status: Arc::clone(&status) };
+            std::thread::Builder::new()
+                .name("fleet-listen".into())
+                .spawn(move || listener(&cfg, &url, &mut apply, &status, &stop))
+                .map_err(|_| super::FleetError::Timeout)?;
+        }
+        {
+            let (node, url, status, stop) =
+                (cfg.node.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("fleet-publish".into())
+                .spawn(move || publisher(&node, &url, &rx, &status, &stop))
+                .map_err(|_| super::FleetError::Timeout)?;
+        }
+        Ok(Fleet { cfg, out, status, stop, url })
+    }
+
+    /// This node's settings.
+    pub fn config(&self) -> &FleetConfig {
+        &self.cfg
+    }
+
+    /// The database URL (for the replay worker).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Connectivity and lag.
+    pub fn status(&self) -> &Arc<FleetStatus> {
+        &self.status
+    }
+
+    /// Share a grant this node made (never blocks: a full queue drops it, logged).
+    pub fn share(&self, g: Outgoing) {
+        match self.out.try_send(Job::Grant(g)) {
+            Ok(()) => {
+                self.status.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("fleet: share queue full; a grant stays local to this node");
+            }
+        }
+    }
+
+    /// Revoke `(addr, service)` on every node, this one included (queued like grants).
+    pub fn revoke(&self, addr: IpAddr, service: Service) {
+        let job = Job::Revoke(portcullis_proto::addr::canonical(addr), service);
+        if self.out.try_send(job).is_err() {
+            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("fleet: share queue full; revoke of {addr} {service} stays local to this node");
+        }
+    }
+
+    /// Stop the threads (within a quarter second).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Start the fleet side of `config`, if it has `[fleet]`.
+pub fn start_for(
+    config: &crate::config::Config,
+    granter: &Arc<Granter>,
+) -> anyhow::Result<Option<Arc<Fleet>>> {
+    match &config.fleet {
+        None => Ok(None),
+        Some(f) => Ok(Some(Arc::new(Fleet::start(f.clone(), granter)?))),
+    }
+}
+
+/// The SPA gate's fleet side, when some native user is fleet-scoped.
+pub fn gate_for(
+    fleet: Option<&Fleet>,
+    spa: &crate::config::spa::SpaConfig,
+) -> anyhow::Result<Option<super::gate::FleetGate>> {
+    let Some(f) = fleet else { return Ok(None) };
+    if !spa.users.values().any(|u| u.fleet) {
+        return Ok(None);
+    }
+    let replay =
+        super::replay::FleetReplay::spawn(f.url.clone(), f.cfg.node.clone(), super::replay::DEFAULT_WAIT)?;
+    Ok(Some(super::gate::FleetGate::new(replay, f.cfg.on_db_down)))
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Applies fleet grants through the Granter (one lifecycle owner).
+struct GranterApply {
+    granter: Arc<Granter>,
+    status: Arc<FleetStatus>,
+}
+
+fn origin_of(g: &FleetGrant) -> Origin {
+    let kind = g.origin.split(':').next().and_then(OriginKind::parse).unwrap_or(OriginKind::Spa);
+    Origin { kind, detail: format!("fleet:{} {}", g.node, g.origin) }
+}
+
+impl Apply for GranterApply {
+    fn open(&mut self, g: &FleetGrant, remaining: Duration) {
+        match self.granter.grant(origin_of(g), g.addr, &[g.service], remaining) {
+            Ok(()) => {
+                self.status.applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "{}: {} opened for {}s by fleet node {}",
+                    g.addr,
+                    g.service,
+                    remaining.as_secs(),
+                    g.node
+                );
+            }
+            Err(e) => tracing::error!("{}: fleet grant {} from {} failed: {e}", g.addr, g.id, g.node),
+        }
+    }
+
+    fn close(&mut self, g: &FleetGrant) {
+        let by = format!("fleet:{}", g.node);
+        let target = RevokeTarget::Key(g.addr, g.service);
+        let rt = tokio::runtime::Builder::new_current_thread().build();
+        let recorded = rt.map(|rt| rt.block_on(self.granter.revoke(target, &by)));
+        match recorded {
+            Ok(Ok(_)) => {}
+            // No store (or no record here): close it in the firewall all the same.
+            _ => {
+                let key = (g.addr, g.service);
+                if let Err(e) = self.granter.with_driver(|d| d.revoke(&[key])) {
+                    tracing::error!("{}: fleet revoke of {} failed: {e}", g.addr, g.service);
+                }
+            }
+        }
+        tracing::info!("{}: {} closed by fleet revoke", g.addr, g.service);
+    }
+}
+
+fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, status: &FleetStatus, stop: &AtomicBool) {
+    let stopped = || stop.load(Ordering::Relaxed);
+    while !stopped() {
+        if let Some(mut c) = connect(url) {
+            status.connected.store(true, Ordering::Relaxed);
+            let mut lagging = LagApply { inner: apply, status };
+            if let Err(e) = shared::listen(&mut c, cfg, &mut lagging, &stopped) {
+                tracing::error!("fleet: listener lost the database: {e}");
+            }
+            status.connected.store(false, Ordering::Relaxed);
+        }
+        for _ in 0..4 {
+            if stopped() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Measures lag (creation on its node to applied here) around another [`Apply`].
+struct LagApply<'a> {
+    inner: &'a mut dyn Apply,
+    status: &'a FleetStatus,
+}
+
+impl Apply for LagApply<'_> {
+    fn open(&mut self, g: &FleetGrant, remaining: Duration) {
+        self.inner.open(g, remaining);
+        self.status.lag_ms.store(g.lag_ms(unix_ms()), Ordering::Relaxed);
+    }
+    fn close(&mut self, g: &FleetGrant) {
+        self.inner.close(g);
+    }
+}
+
+fn publisher(node: &str, url: &str, rx: &Receiver<Job>, status: &FleetStatus, stop: &AtomicBool) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut client = None;
+    while !stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(g) => pending.push_back(g),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(g) = rx.try_recv() {
+            pending.push_back(g);
+        }
+        while pending.len() > QUEUE {
+            if matches!(pending.pop_front(), Some(Job::Grant(_))) {
+                status.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            status.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        if client.as_ref().is_none_or(postgres::Client::is_closed) {
+            client = connect(url);
+        }
+        let Some(c) = client.as_mut() else { continue };
+        while let Some(job) = pending.front() {
+            let now = unix_ms();
+            let done = match job {
+                // Expired while queued: nothing left to share.
+                Job::Grant(g) if g.expires_at <= now => Ok(()),
+                Job::Grant(g) => {
+                    shared::publish(c, node, g.addr, &g.services, g.expires_at, &g.origin, now).map(drop)
+                }
+                Job::Revoke(addr, service) => shared::revoke(c, node, *addr, Some(*service), now).map(drop),
+            };
+            match done {
+                Ok(()) => {
+                    if matches!(pending.pop_front(), Some(Job::Grant(_))) {
+                        status.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("fleet: publish deferred: {e}");
+                    client = None;
+                    break;
+                }
+            }
+        }
+    }
+}
