@@ -119,7 +119,8 @@ const UNPRIVILEGED: &[i64] = &[
 ];
 
 #[cfg(target_arch = "x86_64")]
-const UNPRIVILEGED_LEGACY: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_mkdir, libc::SYS_readlink, libc::SYS_chmod];
+const UNPRIVILEGED_LEGACY: &[i64] =
+    &[libc::SYS_epoll_wait, libc::SYS_mkdir, libc::SYS_readlink, libc::SYS_chmod];
 #[cfg(not(target_arch = "x86_64"))]
 const UNPRIVILEGED_LEGACY: &[i64] = &[];
 
