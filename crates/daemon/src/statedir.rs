@@ -15,6 +15,8 @@ use crate::fsperm::{self, DIR_MODE, FILE_MODE};
 
 /// Name of the lock file inside the state directory.
 pub const LOCK_FILE: &str = "lock";
+/// How long a start waits for the state dir lock before refusing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -141,15 +143,26 @@ fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>, StateDirError> {
     if !md.is_file() || md.uid() != nix::unistd::geteuid().as_raw() {
         return Err(StateDirError::Unsafe(format!("{} is not our regular file", path.display())));
     }
-    let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut text = String::new();
-            let _ = (&mut f).take(32).read_to_string(&mut text);
-            return Err(StateDirError::Locked { dir: dir.to_owned(), pid: text.trim().parse().ok() });
-        }
-        Err((_, e)) => {
-            return Err(StateDirError::Io { dir: dir.to_owned(), what: "locking", err: e.into() });
+    // A predecessor killed a moment ago may still have a part alive that is on its way
+    // out (a split daemon's unprivileged part notices within a fraction of a second):
+    // wait briefly before calling the state dir busy.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut f = f;
+    let mut f = loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => break l,
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                f = back;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((mut back, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = (&mut back).take(32).read_to_string(&mut text);
+                return Err(StateDirError::Locked { dir: dir.to_owned(), pid: text.trim().parse().ok() });
+            }
+            Err((_, e)) => {
+                return Err(StateDirError::Io { dir: dir.to_owned(), what: "locking", err: e.into() });
+            }
         }
     };
     let write = |f: &mut File| -> std::io::Result<()> {

@@ -126,7 +126,8 @@ const UNPRIVILEGED_LEGACY: &[i64] = &[];
 
 /// The privileged part without commands: netlink to the kernel, the child's status,
 /// one-time sequence files.
-const PRIVILEGED: &[i64] = &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill];
+/// `flock`: the privileged part holds the state-dir lock and releases it at exit.
+const PRIVILEGED: &[i64] = &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill, libc::SYS_flock];
 
 fn install(lists: &[&[i64]]) -> io::Result<()> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
