@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use portcullis_daemon::args::{Args, Command, FormatArg, LogArg};
-use portcullis_daemon::{cmd, config, daemon, log};
+use portcullis_daemon::{cmd, config, log};
 
 struct RunArgs {
     log: Option<LogArg>,
@@ -101,6 +101,6 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
     // The state dir lock is taken, and the PID file written, inside.
-    daemon::run(&config, shutdown, args.privsep)?;
+    cmd::run::run(&config, shutdown, args.privsep)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,7 @@ pub(super) struct RawConfig {
     pub doors: Vec<Spanned<RawDoor>>,
     pub spa: Option<Spanned<RawSpa>>,
     pub api: Option<Spanned<RawApi>>,
-    pub store: Option<Spanned<super::limits::RawStore>>,
+    pub store: Option<Spanned<RawStore>>,
 }
 
 /// `[daemon]`.
@@ -35,7 +35,7 @@ pub(super) struct RawDaemon {
     pub log_file: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
-    pub opens_per_prefix: Option<Spanned<super::limits::RawRate>>,
+    pub opens_per_prefix: Option<Spanned<RawRate>>,
     pub prefix_v4: Option<Spanned<i64>>,
     pub prefix_v6: Option<Spanned<i64>>,
     pub flush_at_start: Option<bool>,
@@ -70,7 +70,7 @@ pub(super) struct RawDoor {
     pub one_time_sequences: Option<Spanned<String>>,
     pub opens_per_second: Option<Spanned<i64>>,
     pub max_live_grants: Option<Spanned<i64>>,
-    pub rotating: Option<Spanned<super::rotating::RawRotating>>,
+    pub rotating: Option<Spanned<RawRotating>>,
 }
 
 /// A command: a shell line or an argv.
@@ -98,6 +98,34 @@ pub(super) enum RawDuration {
     Seconds(i64),
     Text(String),
     Other(toml::Value),
+}
+
+/// A rate as written: a number (per second) or `"N/s"`, `"N/min"`, `"N/h"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRate {
+    PerSecond(i64),
+    Text(String),
+    Other(toml::Value),
+}
+
+/// `[store]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub retention: Option<Spanned<RawDuration>>,
+}
+
+/// `rotating = { algorithm, secret_file, range, count, step, protocols }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRotating {
+    pub algorithm: Spanned<String>,
+    pub secret_file: Spanned<String>,
+    pub range: Spanned<String>,
+    pub count: Spanned<i64>,
+    pub step: Option<Spanned<RawDuration>>,
+    pub protocols: Option<Spanned<String>>,
 }
 
 /// `[spa]`.
