@@ -116,6 +116,6 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         Ok(c)
     });
     // The state dir lock is taken, and the PID file written, inside.
-    daemon::run(&config, shutdown, privsep, Some(loader))?;
+    cmd::run::run(&config, shutdown, privsep, Some(loader))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@
 pub mod exec;
 pub mod onetime;
 pub mod pending;
+pub mod queued;
 pub mod subst;
 
 use std::collections::{HashSet, VecDeque};
@@ -34,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{CommandLine, Commands};
 use pending::{Entry, Store};
+pub use queued::Queued;
 
 /// Commands running at once.
 pub const WORKERS: usize = 4;
@@ -41,17 +43,6 @@ pub const WORKERS: usize = 4;
 pub const MAX_JOBS: usize = 256;
 /// Open requests waiting for the scheduler.
 pub const MAX_REQUESTS: usize = 256;
-
-/// What [`ActionsHandle::open`] did with a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
-    /// Accepted; the scheduler will run it.
-    Yes,
-    /// The request queue is full (a flood): dropped and logged.
-    Full,
-    /// Nothing to run for this address family.
-    Nothing,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {

@@ -1,9 +1,10 @@
-//! Subcommands other than `run`: one file each.
+//! The subcommands: one file each.
 
 pub mod check;
 pub mod demo;
 pub mod gate;
 pub mod generate;
+pub mod run;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
+
+use super::raw::{RawDaemon, RawDuration, RawRate, RawStore};
 
 /// Default budget of opens per source prefix: 30 a minute (a burst of 30).
 pub const DEFAULT_OPENS_PER_PREFIX: Rate = Rate { count: 30, per: Duration::from_secs(60) };
@@ -123,22 +124,6 @@ impl Default for StoreSettings {
     }
 }
 
-/// A rate as written: a number (per second) or `"N/s"`, `"N/min"`, `"N/h"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(super) enum RawRate {
-    PerSecond(i64),
-    Text(String),
-    Other(toml::Value),
-}
-
-/// `[store]`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawStore {
-    pub retention: Option<Spanned<super::raw::RawDuration>>,
-}
-
 /// A refusal: the span it is about and the message.
 pub(super) type Bad = (std::ops::Range<usize>, String);
 
@@ -210,7 +195,7 @@ pub(super) struct RawBounds {
 
 impl RawBounds {
     /// Take the daemon-wide keys out of `d`.
-    pub fn take(d: &mut super::raw::RawDaemon) -> RawBounds {
+    pub fn take(d: &mut RawDaemon) -> RawBounds {
         RawBounds {
             opens_per_prefix: d.opens_per_prefix.take(),
             prefix_v4: d.prefix_v4.take(),
@@ -255,9 +240,9 @@ pub(super) fn store(raw: Option<Spanned<RawStore>>) -> Result<StoreSettings, Bad
     if let Some(r) = raw.into_inner().retention {
         let span = r.span();
         let parsed = match r.into_inner() {
-            super::raw::RawDuration::Seconds(n) => u64::try_from(n).ok().map(Duration::from_secs),
-            super::raw::RawDuration::Text(t) => humantime::parse_duration(&t).ok(),
-            super::raw::RawDuration::Other(_) => None,
+            RawDuration::Seconds(n) => u64::try_from(n).ok().map(Duration::from_secs),
+            RawDuration::Text(t) => humantime::parse_duration(&t).ok(),
+            RawDuration::Other(_) => None,
         };
         match parsed {
             Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(100 * 365 * 86_400) => {
@@ -284,7 +269,7 @@ mod tests {
     use super::*;
 
     fn r(toml_value: &str) -> Result<Rate, String> {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct T {
             v: Spanned<RawRate>,
         }

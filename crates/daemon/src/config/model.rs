@@ -67,7 +67,7 @@ pub struct DaemonSettings {
     /// A start/stop command still running after this long is killed (its process group).
     pub command_time_limit: Duration,
     /// Source prefixes the firewall never gates (the management network).
-    pub never_gate: Vec<crate::firewall::Prefix>,
+    pub never_gate: Vec<crate::firewall::prefix::Prefix>,
     /// How the firewall backend treats protected services.
     pub firewall: FirewallSettings,
     /// Remove what the firewall backend owns (every grant) when starting (fwknopd

@@ -20,7 +20,7 @@ pub(super) struct RawConfig {
     pub spa: Option<Spanned<RawSpa>>,
     pub api: Option<Spanned<RawApi>>,
     pub fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
-    pub store: Option<Spanned<super::limits::RawStore>>,
+    pub store: Option<Spanned<RawStore>>,
 }
 
 /// `[daemon]`.
@@ -37,7 +37,7 @@ pub(super) struct RawDaemon {
     pub pid_file: Option<Spanned<String>>,
     pub command_time_limit: Option<Spanned<RawDuration>>,
     pub never_gate: Option<Spanned<Vec<Spanned<String>>>>,
-    pub opens_per_prefix: Option<Spanned<super::limits::RawRate>>,
+    pub opens_per_prefix: Option<Spanned<RawRate>>,
     pub prefix_v4: Option<Spanned<i64>>,
     pub prefix_v6: Option<Spanned<i64>>,
     pub flush_at_start: Option<bool>,
@@ -72,7 +72,7 @@ pub(super) struct RawDoor {
     pub one_time_sequences: Option<Spanned<String>>,
     pub opens_per_second: Option<Spanned<i64>>,
     pub max_live_grants: Option<Spanned<i64>>,
-    pub rotating: Option<Spanned<super::rotating::RawRotating>>,
+    pub rotating: Option<Spanned<RawRotating>>,
 }
 
 /// A command: a shell line or an argv.
@@ -100,6 +100,34 @@ pub(super) enum RawDuration {
     Seconds(i64),
     Text(String),
     Other(toml::Value),
+}
+
+/// A rate as written: a number (per second) or `"N/s"`, `"N/min"`, `"N/h"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRate {
+    PerSecond(i64),
+    Text(String),
+    Other(toml::Value),
+}
+
+/// `[store]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub retention: Option<Spanned<RawDuration>>,
+}
+
+/// `rotating = { algorithm, secret_file, range, count, step, protocols }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRotating {
+    pub algorithm: Spanned<String>,
+    pub secret_file: Spanned<String>,
+    pub range: Spanned<String>,
+    pub count: Spanned<i64>,
+    pub step: Option<Spanned<RawDuration>>,
+    pub protocols: Option<Spanned<String>>,
 }
 
 /// `[spa]`.

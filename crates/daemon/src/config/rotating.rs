@@ -7,27 +7,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::raw::RawRotating;
 use portcullis_proto::rotate::{Algorithm, AlgorithmName, PortRange, Protocols, Rotation, Secret};
 use portcullis_proto::Service;
-use serde::Deserialize;
-use toml::Spanned;
-
-use super::raw::RawDuration;
 
 /// Secret files larger than this are refused (a secret is a few dozen bytes).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
-
-/// `rotating = { algorithm, secret_file, range, count, step, protocols }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRotating {
-    pub algorithm: Spanned<String>,
-    pub secret_file: Spanned<String>,
-    pub range: Spanned<String>,
-    pub count: Spanned<i64>,
-    pub step: Option<Spanned<RawDuration>>,
-    pub protocols: Option<Spanned<String>>,
-}
 
 /// A door's rotating sequence: the rotation and where its secret came from.
 #[derive(Clone)]

@@ -15,9 +15,10 @@ use toml::Spanned;
 
 use super::access_conf;
 use super::raw::{RawCommand, RawSpa, RawStanza};
-use super::stanza::{build_key, enc_mode, hash_type, split_command, KeyError, KeySyntax, KeyText};
+use super::stanza::{
+    build_key, enc_mode, hash_type, split_command, stanza_warnings, KeyError, KeySyntax, KeyText,
+};
 pub use super::stanza::{Cidr, CmdCycle, FwknopStanza, StanzaNat};
-use super::warnings::stanza_warnings;
 
 /// Validated `[spa]` settings.
 #[derive(Debug, Clone)]

@@ -5,10 +5,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use portcullis_proto::knock::DoorSpec;
-use portcullis_proto::spa::fwknop::EncMode;
 
 use super::model::{CommandLine, Config};
-use super::stanza::FwknopStanza;
+use super::stanza::stanza_warnings;
 
 /// Well-known service ports that make poor knocks: real traffic to them breaks sequences
 /// and scanners hit them constantly.
@@ -78,25 +77,6 @@ impl Config {
         }
         out
     }
-}
-
-/// Advice about one fwknop stanza's keys; `place` names it and where it is defined.
-pub(super) fn stanza_warnings(st: &FwknopStanza, place: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if st.key.hmac_type().is_none() {
-        out.push(format!(
-            "{place}: no HMAC key: packets are decrypted before anything authenticates them, so anyone can \
-             send tampered ciphertext and every base64 junk packet costs a decryption; set HMAC_KEY_BASE64 \
-             (fwknop --key-gen) on the server and the clients"
-        ));
-    }
-    if st.key.mode() == EncMode::Legacy {
-        out.push(format!(
-            "{place}: legacy encryption mode (fwknop < 2.5 key derivation, weak against brute force); \
-             move the clients to the default CBC mode with an HMAC key"
-        ));
-    }
-    out
 }
 
 /// Advice specific to commands and one-time doors (part of [`Config::warnings`]).

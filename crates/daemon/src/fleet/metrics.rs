@@ -5,7 +5,22 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use super::node::FleetStatus;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+
+/// Connectivity and lag, for health and metrics.
+#[derive(Debug, Default)]
+pub struct FleetStatus {
+    /// The listener holds a live connection.
+    pub connected: AtomicBool,
+    /// Grants waiting for the database.
+    pub queued: AtomicU64,
+    /// Grants dropped from a full queue.
+    pub dropped: AtomicU64,
+    /// Fleet grants applied from other nodes.
+    pub applied: AtomicU64,
+    /// Milliseconds from a grant's creation on its node to its application here (last).
+    pub lag_ms: AtomicI64,
+}
 
 static STATUS: OnceLock<Arc<FleetStatus>> = OnceLock::new();
 

@@ -4,9 +4,10 @@
 //! database is away nothing local stops: the kernel keeps enforcing and expiring what
 //! it holds, and local doors do not touch the database.
 
+pub use super::metrics::FleetStatus;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,21 +23,6 @@ use crate::grants::{Granter, Origin, OriginKind, RevokeTarget};
 /// Most grants queued for the database while it is away; beyond that the oldest are
 /// dropped (they still hold on this node, only the other nodes miss them).
 pub const QUEUE: usize = 4096;
-
-/// Connectivity and lag, for health and metrics.
-#[derive(Debug, Default)]
-pub struct FleetStatus {
-    /// The listener holds a live connection.
-    pub connected: AtomicBool,
-    /// Grants waiting for the database.
-    pub queued: AtomicU64,
-    /// Grants dropped from a full queue.
-    pub dropped: AtomicU64,
-    /// Fleet grants applied from other nodes.
-    pub applied: AtomicU64,
-    /// Milliseconds from a grant's creation on its node to its application here (last).
-    pub lag_ms: AtomicI64,
-}
 
 /// A grant made here to share with the fleet.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use portcullis_proto::Service;
 
 use super::codec::{self, Answer, Op, Request, WireQueued, WireService};
 use super::sys::{self, Recv};
-use crate::actions::Queued;
+use crate::actions::queued::Queued;
 
 /// How long to wait for an answer. The privileged part answers in microseconds; a
 /// command hand-off is queued, never run inline. Past this, it is considered dead.

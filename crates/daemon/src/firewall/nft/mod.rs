@@ -72,10 +72,22 @@ mod ruleset;
 mod tests;
 
 pub use compose::{ACCEPT_CHAIN, ADMIN_SET4, ADMIN_SET6, CHAIN_FORWARD, CHAIN_NAT};
-pub use ruleset::{render, CHAIN, CHAIN_PRIORITY, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
+pub use ruleset::{CHAIN, CHAIN_PRIORITY, RULES, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
 
 use netlink::Netlink;
 use ruleset::Elem;
+
+/// The `nft -f` text equivalent to what the driver installs (grants aside), laid out
+/// the way `nft list table inet portcullis` prints it, plus the optional forward/NAT
+/// chains and the admin table's part. (nft 1.0 cannot parse `ct original proto-dst`
+/// inside a concatenation, so those parts are for reading, not `nft -f`.)
+pub fn render(plan: &Plan) -> String {
+    let mut s = ruleset::render_table(plan, &compose::render_optional(plan));
+    if let Some(t) = plan.accept_table.as_ref().filter(|_| plan.mode == Mode::Accept) {
+        s.push_str(&compose::render_admin(t));
+    }
+    s
+}
 
 /// How often `revoke` retries when an element expired between dump and delete.
 const REVOKE_ATTEMPTS: usize = 3;

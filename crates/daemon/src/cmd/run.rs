@@ -1,0 +1,86 @@
+//! `portcullisd run`: take the state dir, open what needs privileges, then either split
+//! into the privileged and unprivileged parts ([`crate::privsep`]) or serve in one
+//! process ([`crate::daemon::serve`]).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::daemon;
+
+/// Why `config` cannot run split yet, if it cannot: features whose privileged work is
+/// not in the request set.
+fn split_unsupported(config: &Config) -> Option<&'static str> {
+    let spa = config.spa.as_ref();
+    if config.daemon.flush_at_start || config.daemon.flush_at_exit {
+        Some("FLUSH_IPT_AT_INIT/FLUSH_IPT_AT_EXIT")
+    } else if spa.is_some_and(|s| s.udp_server.is_some()) {
+        Some("the SPA UDP server")
+    } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
+        Some("fwknop CMD_CYCLE commands")
+    } else if config.fleet.is_some() {
+        // The database URL file is root-only and the split's seccomp filter has no
+        // outgoing connections.
+        Some("[fleet]")
+    } else {
+        None
+    }
+}
+
+/// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
+/// place on exit (fail closed: ports stay protected and grants expire in the kernel).
+/// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
+pub fn run(
+    config: &Config,
+    shutdown: Arc<AtomicBool>,
+    privsep: bool,
+    loader: Option<daemon::reload::Loader>,
+) -> anyhow::Result<()> {
+    // Claimed before anything else: SIGHUP's default action would kill us mid-start.
+    let hup = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
+    let root = nix::unistd::geteuid().is_root();
+    // Taken before anything else and held by this process (the privileged part when
+    // split) for its whole life: a second daemon on the same state dir refuses to start.
+    // The unprivileged part will own the store's files, so the directory may be its.
+    let unprivileged =
+        if privsep && root { crate::privsep::sys::account().ok().map(|(a, _)| a.uid.as_raw()) } else { None };
+    let _state = crate::statedir::StateDir::open(
+        &config.daemon.state_dir,
+        config.daemon.pid_file.as_deref(),
+        unprivileged,
+    )?;
+    let opened = daemon::open(config)?;
+    let missing = crate::privsep::sys::missing_for_split();
+    let unsupported = split_unsupported(config);
+    if privsep && root && missing.is_empty() && unsupported.is_none() {
+        // SIGHUP stays claimed (and ignored) here: reloading a split pair is not built
+        // yet, so a reload request must not kill it either.
+        tracing::info!("privsep: split; SIGHUP reload needs a restart in this mode");
+        let _hup = hup;
+        return crate::privsep::run(config, shutdown, opened);
+    }
+    if !privsep {
+        tracing::warn!(
+            "privsep: disabled (--no-privsep): everything runs in one process with full privileges"
+        );
+    } else if let (true, Some(what)) = (root, unsupported) {
+        tracing::warn!("privsep: NOT SPLIT: the config uses {what}, which the split does not support yet");
+    } else if root {
+        let m = missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+        tracing::warn!(
+            "privsep: NOT SPLIT: started without {m} (see docs/privsep.md for the unit settings); \
+             running as one process with the privileges given"
+        );
+    } else {
+        tracing::info!("privsep: not started as root; running as one process with the privileges given");
+    }
+    let mut driver = daemon::driver_for(config)?;
+    if config.daemon.flush_at_start {
+        // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
+        driver.teardown().context("flushing the firewall at start")?;
+    }
+    daemon::serve(config, &shutdown, opened, driver, None, Some((hup, loader)))
+}
