@@ -11,7 +11,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=3
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions"
 cargo build --locked --release --target "$target" --bins
-for t in wire_parse spa_fwknop spa_native; do
+for t in wire_parse spa_fwknop spa_native privsep_codec; do
   corpus=$(mktemp -d)
   seeds=seeds/$t
   [ -d "$seeds" ] || seeds=
@@ -28,4 +28,4 @@ for t in wire_parse spa_fwknop spa_native; do
   fi
   rm -f "$log"
 done
-echo "fuzz smoke: 3 targets ran ${secs}s each, no crashes"
+echo "fuzz smoke: 4 targets ran ${secs}s each, no crashes"
