@@ -52,7 +52,10 @@ pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
 
 /// What the firewall must enforce for `config`.
 pub fn plan_for(config: &Config) -> Plan {
-    crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall)
+    let mut plan =
+        crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall);
+    plan.never_gate = config.daemon.never_gate.clone();
+    plan
 }
 
 /// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
