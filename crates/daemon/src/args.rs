@@ -43,10 +43,11 @@ pub enum Command {
         /// Debug logging.
         #[arg(short, long)]
         verbose: bool,
-        /// Run as one process with full privileges instead of splitting into a
-        /// privileged and an unprivileged part (debugging only; see docs/privsep.md).
+        /// Split into a privileged part (firewall, commands) and an unprivileged one
+        /// (capture, SPA, store, API); see docs/privsep.md. Not the default yet: a split
+        /// pair does not reload on SIGHUP and does not repair a removed firewall table.
         #[arg(long)]
-        no_privsep: bool,
+        privsep: bool,
     },
     /// Validate a config, refuse what `run` would refuse at start, and print the plan:
     /// doors, SPA, API, protected ports, the nft ruleset.

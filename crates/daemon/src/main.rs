@@ -20,11 +20,9 @@ struct RunArgs {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { config, format, state_dir, interface, log, verbose, no_privsep } => run(
-            &config,
-            RunArgs { log, format, state_dir, interfaces: interface, privsep: !no_privsep },
-            verbose,
-        ),
+        Command::Run { config, format, state_dir, interface, log, verbose, privsep } => {
+            run(&config, RunArgs { log, format, state_dir, interfaces: interface, privsep }, verbose)
+        }
         Command::Check { config, format, quiet } => cmd::check::check(&config, format.into(), quiet),
         Command::Gate { config, format } => cmd::gate::gate(&config, format.into()),
         Command::Generate { kernel, config, format, output, systemd_units, at } => {

@@ -135,6 +135,7 @@ fn knock(s: &Server) {
 
 #[test]
 fn parts_hold_only_what_they_need() {
+    SPLIT.store(true, std::sync::atomic::Ordering::Relaxed);
     if !root_or_skip("parts_hold_only_what_they_need") {
         return;
     }
@@ -190,6 +191,7 @@ fn parts_hold_only_what_they_need() {
 
 #[test]
 fn privileged_part_refuses_what_its_config_does_not_allow() {
+    SPLIT.store(true, std::sync::atomic::Ordering::Relaxed);
     if !root_or_skip("privileged_part_refuses_what_its_config_does_not_allow") {
         return;
     }
@@ -266,6 +268,7 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
 
 #[test]
 fn killing_either_part_keeps_ports_protected_and_grants_expiring() {
+    SPLIT.store(true, std::sync::atomic::Ordering::Relaxed);
     if !root_or_skip("killing_either_part_keeps_ports_protected_and_grants_expiring") {
         return;
     }

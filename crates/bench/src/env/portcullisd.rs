@@ -34,7 +34,7 @@ impl Env {
                 d.backend()
             ),
         )?;
-        let extra: &[&str] = if d == Daemon::PortcullisdOneProcess { &["--no-privsep"] } else { &[] };
+        let extra: &[&str] = if d == Daemon::PortcullisdOneProcess { &[] } else { &["--privsep"] };
         self.spawn_portcullisd(at, &conf, extra)
     }
 

@@ -63,9 +63,7 @@ pub fn run(
         return crate::privsep::run(config, shutdown, opened);
     }
     if !privsep {
-        tracing::warn!(
-            "privsep: disabled (--no-privsep): everything runs in one process with full privileges"
-        );
+        tracing::info!("privsep: not asked for (--privsep): one process with the privileges given");
     } else if let (true, Some(what)) = (root, unsupported) {
         tracing::warn!("privsep: NOT SPLIT: the config uses {what}, which the split does not support yet");
     } else if root {

@@ -42,6 +42,10 @@ pub fn client_bin() -> String {
     p.display().to_string()
 }
 
+/// Start daemons split in two (`run --privsep`); the privsep tests turn it on.
+#[allow(dead_code)]
+pub static SPLIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A lab with the daemon running in the server namespace.
 pub struct Server {
     pub lab: Lab,
@@ -101,15 +105,11 @@ impl Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let before = std::fs::read_to_string(&self.log).unwrap_or_default().matches("ready:").count();
         let server = self.lab.server.clone();
-        let child = self
-            .lab
-            .spawn(
-                &server,
-                &[daemon_bin(), "run", "--config", conf.to_str().unwrap()],
-                Stdio::null(),
-                Stdio::from(log),
-            )
-            .unwrap();
+        let mut argv = vec![daemon_bin(), "run", "--config", conf.to_str().unwrap()];
+        if SPLIT.load(std::sync::atomic::Ordering::Relaxed) {
+            argv.push("--privsep");
+        }
+        let child = self.lab.spawn(&server, &argv, Stdio::null(), Stdio::from(log)).unwrap();
         self.pid = child.id();
         let ok = wait_until(Duration::from_secs(10), || {
             std::fs::read_to_string(&self.log).unwrap_or_default().matches("ready:").count() > before
