@@ -13,6 +13,7 @@ use portcullis_proto::{Millis, Service};
 
 use super::budget::{self, Exhausted};
 use super::replay::{self, ReplayCache};
+use super::tests::stanza_with;
 use super::{Denial, Format, RejectReason, SpaGate, Verdict};
 use crate::config::spa::{Cidr, FwknopStanza, NativeUser, SpaConfig};
 
@@ -35,21 +36,7 @@ fn fwknop_key(n: u8) -> FwknopKey {
 }
 
 fn stanza(n: u8) -> FwknopStanza {
-    FwknopStanza {
-        name: format!("s{n}"),
-        source: Vec::new(),
-        key: fwknop_key(n),
-        open_ports: vec![Service::tcp(22)],
-        restrict_ports: Vec::new(),
-        fw_access_timeout: Duration::from_secs(30),
-        max_fw_timeout: Duration::from_secs(120),
-        require_username: None,
-        require_source_address: false,
-        expires: None,
-        destination: Vec::new(),
-        cmd_cycle: None,
-        nat: Default::default(),
-    }
+    stanza_with(&format!("s{n}"), fwknop_key(n))
 }
 
 struct Keys {

@@ -4,13 +4,14 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use portcullis_proto::spa::fwknop::{self, Access, EncMode, FwknopKey, HashType, MsgType, SpaMessage};
+use portcullis_proto::spa::fwknop::{self, Access, MsgType, SpaMessage};
 use portcullis_proto::{Millis, Service};
 
 use super::digest_import::wire_key;
 use super::replay::ReplayCache;
+use super::tests::{key, stanza_with};
 use super::{Denial, RejectReason, SpaGate, Verdict};
-use crate::config::spa::{Cidr, CmdCycle, FwknopStanza, SpaConfig, StanzaNat};
+use crate::config::spa::{Cidr, CmdCycle, FwknopStanza, SpaConfig};
 
 const NOW: u64 = 1_795_288_322;
 
@@ -24,26 +25,8 @@ fn rng() -> impl FnMut(&mut [u8]) {
     }
 }
 
-fn key() -> FwknopKey {
-    FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((HashType::Sha256, b"hmactest"))).unwrap()
-}
-
 fn stanza() -> FwknopStanza {
-    FwknopStanza {
-        name: "access.conf:1".into(),
-        source: Vec::new(),
-        key: key(),
-        open_ports: vec![Service::tcp(22)],
-        restrict_ports: Vec::new(),
-        fw_access_timeout: Duration::from_secs(30),
-        max_fw_timeout: Duration::from_secs(120),
-        require_username: None,
-        require_source_address: false,
-        expires: None,
-        destination: Vec::new(),
-        cmd_cycle: None,
-        nat: StanzaNat::default(),
-    }
+    stanza_with("access.conf:1", key())
 }
 
 fn gate(stanzas: Vec<FwknopStanza>, tweak: impl FnOnce(&mut SpaConfig)) -> SpaGate {

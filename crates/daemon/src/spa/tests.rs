@@ -40,15 +40,20 @@ fn next_seed() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-fn key() -> FwknopKey {
+pub(super) fn key() -> FwknopKey {
     FwknopKey::new(b"fwknoptest", EncMode::Cbc, Some((HashType::Sha256, b"hmactest"))).unwrap()
 }
 
 fn stanza() -> FwknopStanza {
+    stanza_with("laptop", key())
+}
+
+/// A fwknop stanza for tcp/22 with default limits: the fixture every SPA test module uses.
+pub(super) fn stanza_with(name: &str, key: FwknopKey) -> FwknopStanza {
     FwknopStanza {
-        name: "laptop".into(),
+        name: name.into(),
         source: Vec::new(),
-        key: key(),
+        key,
         open_ports: vec![Service::tcp(22)],
         restrict_ports: Vec::new(),
         fw_access_timeout: Duration::from_secs(30),
