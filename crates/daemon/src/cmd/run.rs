@@ -77,8 +77,16 @@ pub fn run(
     }
     let mut driver = daemon::driver_for(config)?;
     if config.daemon.flush_at_start {
-        // fwknopd FLUSH_IPT_AT_INIT: start from an empty chain.
-        driver.teardown().context("flushing the firewall at start")?;
+        // fwknopd FLUSH_IPT_AT_INIT: start with no grant. Install (or keep) the gate
+        // first and then revoke, so there is never a moment without it.
+        driver.setup(&daemon::plan_for(config)).context("installing the firewall at start")?;
+        let live: Vec<_> = driver
+            .list()
+            .context("listing grants to flush")?
+            .into_iter()
+            .map(|g| (g.addr, g.service))
+            .collect();
+        driver.revoke(&live).context("flushing grants at start")?;
     }
     daemon::serve(config, &shutdown, opened, driver, None, Some((hup, loader)))
 }

@@ -98,12 +98,24 @@ struct Reader {
     checked: Vec<PathBuf>,
 }
 
+/// Read an access file (or one it includes). It must be a regular file (not a FIFO or
+/// `/dev/zero`, whose length says nothing) that only root or we can write: its stanzas
+/// choose who may open what, and `CMD_CYCLE_*` lines run as root.
 fn read(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > MAX_FILE {
+    use std::io::Read;
+    let cant = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| cant(&e))?;
+    let meta = f.metadata().map_err(|e| cant(&e))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    crate::fsperm::check_trusted(path, &meta)?;
+    let mut text = String::new();
+    f.take(MAX_FILE + 1).read_to_string(&mut text).map_err(|e| cant(&e))?;
+    if text.len() as u64 > MAX_FILE {
         return Err(format!("{} is larger than {MAX_FILE} bytes", path.display()));
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    Ok(text)
 }
 
 /// A file holding keys: owned by the daemon's user (root), not accessible by group or

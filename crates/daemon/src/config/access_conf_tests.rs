@@ -150,6 +150,22 @@ fn bad_includes_are_refused_with_file_and_line() {
 }
 
 #[test]
+fn included_files_must_be_regular_and_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Its length (0) says nothing: it would be read until memory runs out.
+    write(&d.join("z.conf"), "SOURCE ANY\nKEY z\n%include /dev/zero\n");
+    let e = load(&d.join("z.conf")).unwrap_err();
+    assert!(e.contains("z.conf:3: %include") && e.contains("not a regular file"), "{e}");
+    // Anyone in the group could add stanzas or CMD_CYCLE lines (run as root).
+    write(&d.join("open.conf"), "SOURCE ANY\nKEY o\nOPEN_PORTS tcp/22\n");
+    std::fs::set_permissions(d.join("open.conf"), std::fs::Permissions::from_mode(0o620)).unwrap();
+    write(&d.join("w.conf"), "%include open.conf\n");
+    let e = load(&d.join("w.conf")).unwrap_err();
+    assert!(e.contains("w.conf:1: %include") && e.contains("group/others may write it"), "{e}");
+}
+
+#[test]
 fn files_holding_keys_must_be_private() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -178,8 +178,16 @@ impl Granter {
         let live = {
             let mut d = self.firewall.lock();
             let live = d.list()?;
+            // An element without a timeout would never expire and nothing records it:
+            // it was not ours to keep.
+            let forever: Vec<_> =
+                live.iter().filter(|g| g.remaining.is_none()).map(|g| (g.addr, g.service)).collect();
+            if !forever.is_empty() {
+                d.revoke(&forever)?;
+                tracing::warn!("{} grant(s) without a timeout found in the firewall, revoked", forever.len());
+            }
             let mut t = self.sched.lock();
-            for g in &live {
+            for g in live.iter().filter(|g| g.remaining.is_some()) {
                 let left = g.remaining.unwrap_or_default();
                 let age = g.timeout.map_or(Duration::ZERO, |full| full.saturating_sub(left));
                 t.insert((g.addr, g.service), Entry { expires_at: now + ms(left), opened_at: now - ms(age) });

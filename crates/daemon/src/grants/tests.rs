@@ -484,3 +484,48 @@ fn restarts_count_the_live_door_grants_they_reconcile() {
     );
     assert!(matches!(r, Err(OpenError::Refused(Refusal::DoorFull))), "{r:?}");
 }
+
+/// `NoFirewall` that lists its grants without a timeout, as an element added by hand
+/// to a `flags timeout` set without one does.
+struct Timeless(NoFirewall);
+
+impl FirewallDriver for Timeless {
+    fn name(&self) -> &'static str {
+        "timeless"
+    }
+    fn setup(&mut self, plan: &Plan) -> Result<(), FirewallError> {
+        self.0.setup(plan)
+    }
+    fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
+        self.0.grant(grants)
+    }
+    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+        self.0.revoke(grants)
+    }
+    fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
+        Ok(self.0.list()?.into_iter().map(|g| LiveGrant { remaining: None, timeout: None, ..g }).collect())
+    }
+    fn teardown(&mut self) -> Result<(), FirewallError> {
+        self.0.teardown()
+    }
+    fn kernel_expiry(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn without_a_store_a_grant_that_would_never_expire_is_revoked() {
+    let mut fw = NoFirewall::default();
+    let addr: IpAddr = "198.51.100.9".parse().unwrap();
+    fw.grant(&[Grant { addr, service: Service::tcp(22), timeout: Duration::from_secs(60) }]).unwrap();
+    let clock = ManualClock::new(T0);
+    let granter = Granter::new(
+        firewall::Shared::new(Box::new(Timeless(fw))),
+        vec![Service::tcp(22)],
+        Err(StoreError::Unavailable("test".into())),
+        clock,
+    )
+    .unwrap();
+    granter.adopt_live().unwrap();
+    assert!(granter.live().unwrap().is_empty(), "a grant with no timeout must not stay open");
+}

@@ -123,13 +123,15 @@ impl Granter {
         if !grants {
             return Ok(None);
         }
-        let live = d.list()?;
+        // Sets, not nested scans: this runs under the driver lock with up to max_grants each.
+        let live: std::collections::HashSet<Key> =
+            d.list()?.into_iter().map(|l| (l.addr, l.service)).collect();
         let now = self.clock.now_ms();
         let t = self.sched.lock();
         let missing = t
             .iter()
             .filter(|(_, e)| e.expires_at > now + EXPIRY_SLACK_MS)
-            .filter(|((a, s), _)| !live.iter().any(|l| l.addr == *a && l.service == *s))
+            .filter(|(k, _)| !live.contains(*k))
             .count();
         Ok((missing > 0).then(|| format!("{missing} live grant(s) missing from the firewall")))
     }
@@ -196,12 +198,9 @@ fn restore(g: &Granter, d: &mut dyn FirewallDriver, plan: &Plan) -> Result<Resto
             timeout: Duration::from_millis(u64::try_from(e.expires_at - now).unwrap_or(0)),
         })
         .collect();
-    let unknown: Vec<Key> = d
-        .list()?
-        .into_iter()
-        .filter(|l| !want.iter().any(|w| w.addr == l.addr && w.service == l.service))
-        .map(|l| (l.addr, l.service))
-        .collect();
+    let wanted: std::collections::HashSet<Key> = want.iter().map(|w| (w.addr, w.service)).collect();
+    let unknown: Vec<Key> =
+        d.list()?.into_iter().map(|l| (l.addr, l.service)).filter(|k| !wanted.contains(k)).collect();
     d.revoke(&unknown)?;
     if !want.is_empty() {
         d.grant(&want)?;
