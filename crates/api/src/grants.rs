@@ -153,9 +153,13 @@ pub struct GrantView {
     pub id: i64,
     /// What made it.
     pub origin: OriginView,
-    /// The address let in.
+    /// The address let in; for a prefix grant, the network address of `prefix_len`.
     #[schema(value_type = IpAddress)]
     pub address: IpAddr,
+    /// Set for a prefix grant (carrier-grade NAT): every address in
+    /// `address/prefix_len` was let in. Absent for a single address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     /// Protocol.
     pub protocol: Protocol,
     /// Port.
@@ -185,6 +189,16 @@ pub struct GrantView {
     pub refresh_count: i64,
     /// When it was last refreshed (RFC 3339).
     pub refreshed_at: Option<String>,
+}
+
+impl GrantView {
+    /// What was let in: the address, or `network/len` for a prefix grant.
+    pub fn source(&self) -> String {
+        match self.prefix_len {
+            Some(len) => format!("{}/{len}", self.address),
+            None => self.address.to_string(),
+        }
+    }
 }
 
 /// Create grants: open `ports` (all of one `protocol`) for `address`.

@@ -71,14 +71,14 @@ fn nft_part(env: &mut Env, max_n: u64, checkpoints: &[u64]) -> anyhow::Result<(V
     let mut drv = env.lab.in_ns(&env.lab.server, NftDriver::new)??;
     drv.setup(&Plan { protected: vec![ssh()], max_grants: 262_144, ..Plan::default() })?;
     let long = Duration::from_secs(3600);
-    drv.grant(&[Grant { addr: client(), service: ssh(), timeout: long }])?;
+    drv.grant(&[Grant::host(client(), ssh(), long)])?;
     let conn0 = conn_median(env)?;
     let mut adds: Vec<(u64, Duration)> = Vec::new();
     let mut revokes: Vec<(u64, Vec<Duration>)> = Vec::new();
     let total_start = Instant::now();
     let last = max_n + WINDOW;
     for i in 1..=last {
-        let g = Grant { addr: IpAddr::V4(grant_addr(i)), service: ssh(), timeout: long };
+        let g = Grant::host(IpAddr::V4(grant_addr(i)), ssh(), long);
         let t = Instant::now();
         drv.grant(&[g])?;
         let dt = t.elapsed();
@@ -89,7 +89,7 @@ fn nft_part(env: &mut Env, max_n: u64, checkpoints: &[u64]) -> anyhow::Result<(V
             let mut rv = Vec::new();
             for _ in 0..REVOKES {
                 let t = Instant::now();
-                drv.revoke(&[(g.addr, g.service)])?;
+                drv.revoke(&[g.key()])?;
                 rv.push(t.elapsed());
                 drv.grant(&[g])?;
             }
@@ -263,7 +263,7 @@ fn ipt_driver_part(
     let p2 = plan.clone();
     let (drv, r) = with_drv(env, drv, move |d| {
         d.setup(&p2)?;
-        d.grant(&[Grant { addr: client(), service: ssh(), timeout: long }])
+        d.grant(&[Grant::host(client(), ssh(), long)])
     })?;
     r?;
     let conn0 = conn_median(env)?;
@@ -277,9 +277,8 @@ fn ipt_driver_part(
             stopped = Some(format!("time budget spent before N = {}", thousands(n)));
             break;
         }
-        let fill: Vec<Grant> = (filled + 1..=n)
-            .map(|i| Grant { addr: IpAddr::V4(grant_addr(i)), service: ssh(), timeout: long })
-            .collect();
+        let fill: Vec<Grant> =
+            (filled + 1..=n).map(|i| Grant::host(IpAddr::V4(grant_addr(i)), ssh(), long)).collect();
         filled = n;
         let p2 = plan.clone();
         let d = drv.take().context("driver")?;
@@ -297,7 +296,7 @@ fn ipt_driver_part(
             bail!("{label}: expected {} live grants after setup, the driver holds {live}", n + 1);
         }
         let batch: Vec<Grant> = (0..IPT_DRV_OPS as u64)
-            .map(|k| Grant { addr: IpAddr::V4(grant_addr(next_extra + k)), service: ssh(), timeout: long })
+            .map(|k| Grant::host(IpAddr::V4(grant_addr(next_extra + k)), ssh(), long))
             .collect();
         next_extra += IPT_DRV_OPS as u64;
         let (d, r) = with_drv(env, d, move |d| -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
@@ -309,7 +308,7 @@ fn ipt_driver_part(
             }
             for g in &batch {
                 let t = Instant::now();
-                d.revoke(&[(g.addr, g.service)])?;
+                d.revoke(&[g.key()])?;
                 revs.push(t.elapsed());
             }
             Ok((adds, revs))

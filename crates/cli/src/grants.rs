@@ -267,7 +267,7 @@ fn print_table(items: &[GrantView]) {
             "{:>6}  {:<8} {:<39} {:<10} {:<20} {:<24} {:>6}",
             g.id,
             g.state,
-            g.address,
+            g.source(),
             format!("{}/{}", g.protocol, g.port),
             format!("{}:{}", g.origin.kind, clean(&g.origin.detail)),
             clean(&g.expires_at),
@@ -280,7 +280,7 @@ fn print_one(g: &GrantView) {
     let rows: [(&str, String); 17] = [
         ("id", g.id.to_string()),
         ("origin", format!("{}:{}", g.origin.kind, clean(&g.origin.detail))),
-        ("address", g.address.to_string()),
+        ("address", g.source()),
         ("protocol", g.protocol.to_string()),
         ("port", g.port.to_string()),
         ("state", g.state.to_string()),
@@ -417,7 +417,7 @@ async fn run_async(a: &GrantsArgs, ep: &Endpoint, token: &str) -> anyhow::Result
                 match decode::<GrantView>(status, &body) {
                     Ok(g) if !a.json => println!(
                         "revoked #{id}: {} {}/{} for {}",
-                        g.address,
+                        g.source(),
                         g.protocol,
                         g.port,
                         clean(&g.origin.detail)

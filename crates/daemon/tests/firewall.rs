@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use portcullis_daemon::config::IptablesVariant;
 use portcullis_daemon::firewall::iptables::IptablesDriver;
 use portcullis_daemon::firewall::nft::NftDriver;
-use portcullis_daemon::firewall::{FirewallDriver, Grant, NatGrant, Plan};
+use portcullis_daemon::firewall::{FirewallDriver, Grant, NatGrant, Plan, Prefix};
 use portcullis_proto::Service;
 use support::*;
 
@@ -299,13 +299,12 @@ fn forwarded_service_is_gated(b: Backend, tag: &str) {
                 Probe::Filtered,
                 "a stranger is filtered ({server})"
             );
-            d.grant(&[Grant { addr: source, service: Service::tcp(2200), timeout: Duration::from_secs(30) }])
-                .unwrap();
+            d.grant(&[Grant::host(source, Service::tcp(2200), Duration::from_secs(30))]).unwrap();
             assert!(
                 wait_probe(&client, server, 2200, Probe::Open, ANSWER),
                 "the granted {source} gets through"
             );
-            d.revoke(&[(source, Service::tcp(2200))]).unwrap();
+            d.revoke(&[(Prefix::host(source), Service::tcp(2200))]).unwrap();
             assert_eq!(probe_from(&client, server, 2200), Probe::Filtered, "revoked ({server})");
         }
         d.teardown().unwrap();

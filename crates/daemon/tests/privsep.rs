@@ -202,6 +202,7 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     let grant = |seq, port, ms| {
         let g = WireGrant {
             addr: lab::CLIENT4.parse().unwrap(),
+            prefix: None,
             service: Service::tcp(port).into(),
             timeout_ms: ms,
         };
@@ -258,7 +259,11 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     assert_eq!(ok.answer, Answer::Done, "{ok:?}");
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     seq += 1;
-    let keys = vec![WireKey { addr: lab::CLIENT4.parse().unwrap(), service: Service::tcp(2222).into() }];
+    let keys = vec![WireKey {
+        addr: lab::CLIENT4.parse().unwrap(),
+        prefix: None,
+        service: Service::tcp(2222).into(),
+    }];
     assert_eq!(exchange(&fd, &request(seq, Op::Revoke { keys })).answer, Answer::Done);
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Filtered);
     assert!(s.log_text().contains("REFUSED request"), "{}", s.log_text());

@@ -26,6 +26,7 @@ pub fn grant(r: &GrantRecord, now_ms: i64) -> GrantView {
         id: r.id,
         origin: OriginView { kind: r.origin.kind, detail: r.origin.detail.clone() },
         address: r.address,
+        prefix_len: (!r.source().is_host()).then_some(r.len),
         protocol: r.service.proto.into(),
         port: r.service.port,
         state: r.state,
@@ -72,6 +73,7 @@ mod tests {
             id: 3,
             origin: Origin { kind: OriginKind::Spa, detail: "alice".into() },
             address: "2001:db8::7".parse().unwrap(),
+            len: 128,
             service: Service::udp(51820),
             requested_at: 1_000,
             effective_at: Some(1_010),
@@ -98,6 +100,17 @@ mod tests {
         // Past its expiry, or not active: nothing left.
         assert_eq!(grant(&record(GrantState::Active), 99_000).remaining_seconds, 0);
         assert_eq!(grant(&record(GrantState::Revoked), 20_000).remaining_seconds, 0);
+        assert_eq!((v.prefix_len, v.source()), (None, "2001:db8::7".to_string()));
+        assert!(serde_json::to_value(&v).unwrap().get("prefix_len").is_none(), "absent for one address");
+    }
+
+    #[test]
+    fn a_prefix_grant_shows_its_prefix() {
+        let mut r = record(GrantState::Active);
+        (r.address, r.len) = ("2001:db8:0:7::".parse().unwrap(), 64);
+        let v = grant(&r, 20_000);
+        assert_eq!((v.prefix_len, v.source()), (Some(64), "2001:db8:0:7::/64".to_string()));
+        assert_eq!(serde_json::to_value(&v).unwrap()["prefix_len"], 64);
     }
 
     #[test]

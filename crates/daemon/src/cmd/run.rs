@@ -80,12 +80,8 @@ pub fn run(
         // fwknopd FLUSH_IPT_AT_INIT: start with no grant. Install (or keep) the gate
         // first and then revoke, so there is never a moment without it.
         driver.setup(&daemon::plan_for(config)).context("installing the firewall at start")?;
-        let live: Vec<_> = driver
-            .list()
-            .context("listing grants to flush")?
-            .into_iter()
-            .map(|g| (g.addr, g.service))
-            .collect();
+        let live: Vec<_> =
+            driver.list().context("listing grants to flush")?.into_iter().map(|g| g.key()).collect();
         driver.revoke(&live).context("flushing grants at start")?;
     }
     daemon::serve(config, &shutdown, opened, driver, None, Some((hup, loader)))

@@ -74,6 +74,8 @@ pub struct Limits {
     pub default_door: DoorLimits,
     /// Bounds by door name.
     pub doors: BTreeMap<String, DoorLimits>,
+    /// Doors and SPA users that grant a prefix rather than the single address.
+    pub grant_prefix: super::GrantPrefixes,
 }
 
 impl Default for Limits {
@@ -84,6 +86,7 @@ impl Default for Limits {
             prefix_v6: DEFAULT_PREFIX_V6,
             default_door: DoorLimits::default(),
             doors: BTreeMap::new(),
+            grant_prefix: super::GrantPrefixes::default(),
         }
     }
 }

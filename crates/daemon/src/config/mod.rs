@@ -20,6 +20,7 @@ pub mod convert;
 pub mod convert_hint;
 pub mod error;
 pub mod fwknopd;
+pub mod grant_prefix;
 pub mod knockd;
 pub mod limits;
 pub mod model;
@@ -37,6 +38,7 @@ use std::path::Path;
 
 pub use api::ApiConfig;
 pub use error::ConfigError;
+pub use grant_prefix::{GrantPrefix, GrantPrefixes};
 pub use limits::{DoorLimits, Limits, Rate, StoreSettings};
 pub use model::*;
 pub use rotating::RotatingDoor;

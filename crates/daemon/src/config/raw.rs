@@ -73,6 +73,8 @@ pub(super) struct RawDoor {
     pub opens_per_second: Option<Spanned<i64>>,
     pub max_live_grants: Option<Spanned<i64>>,
     pub rotating: Option<Spanned<RawRotating>>,
+    pub grant_prefix_v4: Option<Spanned<i64>>,
+    pub grant_prefix_v6: Option<Spanned<i64>>,
 }
 
 /// A command: a shell line or an argv.
@@ -163,6 +165,8 @@ pub(super) struct RawUser {
     pub max_open_for: Option<Spanned<i64>>,
     pub scope: Option<Spanned<String>>,
     pub allow_addresses: Option<Vec<Spanned<String>>>,
+    pub grant_prefix_v4: Option<Spanned<i64>>,
+    pub grant_prefix_v6: Option<Spanned<i64>>,
 }
 
 /// `[[spa.fwknop]]`: an inline fwknop stanza (access.conf keys, lower case).

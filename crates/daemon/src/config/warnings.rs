@@ -22,6 +22,7 @@ impl Config {
         let protected = self.protected();
         let mut out = self.notes.clone();
         out.extend(command_warnings(self));
+        out.extend(self.limits.grant_prefix.warnings());
         if let Some(spa) = &self.spa {
             out.extend(spa.warnings.iter().cloned());
             // Stanzas read from access.conf are named `FILE:LINE` already.

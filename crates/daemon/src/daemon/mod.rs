@@ -55,6 +55,7 @@ pub fn plan_for(config: &Config) -> Plan {
     let mut plan =
         crate::firewall::plan(config.protected(), config.daemon.max_grants, &config.daemon.firewall);
     plan.never_gate = config.daemon.never_gate.clone();
+    (plan.prefix_v4, plan.prefix_v6) = config.limits.grant_prefix.lens();
     plan
 }
 

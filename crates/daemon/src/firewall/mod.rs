@@ -20,28 +20,66 @@ mod shared;
 pub use prefix::Prefix;
 pub use shared::Shared;
 
-/// One hole: `addr` may open new connections to `service` for `timeout`.
+/// One hole: `addr/len` may open new connections to `service` for `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
-    /// The address allowed in.
+    /// The address allowed in (the network address of a prefix grant).
     pub addr: IpAddr,
+    /// Prefix length: 32 or 128 for the single address `addr`, less for every address
+    /// of its network (carrier-grade NAT).
+    pub len: u8,
     /// What it may reach.
     pub service: Service,
     /// How long from now. Drivers with kernel expiry hand this to the kernel.
     pub timeout: Duration,
 }
 
+impl Grant {
+    /// A grant for the single address `addr`.
+    pub fn host(addr: IpAddr, service: Service, timeout: Duration) -> Grant {
+        Grant { addr, len: Prefix::host(addr).len, service, timeout }
+    }
+
+    /// What is let in.
+    pub fn source(&self) -> Prefix {
+        Prefix { addr: self.addr, len: self.len }
+    }
+
+    /// The key that names this grant in the firewall.
+    pub fn key(&self) -> Key {
+        (self.source(), self.service)
+    }
+}
+
+/// What names a grant: its source (an address or a prefix) and service. A prefix grant
+/// and a host grant inside that prefix are different keys.
+pub type Key = (Prefix, Service);
+
 /// A grant as the firewall currently holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveGrant {
-    /// The address allowed in.
+    /// The address allowed in (the network address of a prefix grant).
     pub addr: IpAddr,
+    /// Prefix length (32/128: the single address).
+    pub len: u8,
     /// What it may reach.
     pub service: Service,
     /// Time left before the kernel closes it, if the backend knows.
     pub remaining: Option<Duration>,
     /// The full timeout it was given, if the backend knows (with `remaining`: its age).
     pub timeout: Option<Duration>,
+}
+
+impl LiveGrant {
+    /// What is let in.
+    pub fn source(&self) -> Prefix {
+        Prefix { addr: self.addr, len: self.len }
+    }
+
+    /// The key that names this grant in the firewall.
+    pub fn key(&self) -> Key {
+        (self.source(), self.service)
+    }
 }
 
 /// A NAT grant: connections from `addr` to this host's `service` are forwarded to
@@ -112,6 +150,18 @@ pub struct Plan {
     pub accept_table: Option<AdminTable>,
     /// Install what NAT grants need (nftables: maps and a nat chain).
     pub nat: bool,
+    /// Prefix lengths below 32 that grants may cover (IPv4), sorted and unique; each
+    /// gets its own set. Empty: single addresses only.
+    pub prefix_v4: Vec<u8>,
+    /// The same for IPv6, below 128.
+    pub prefix_v6: Vec<u8>,
+}
+
+impl Plan {
+    /// Whether grants for `len`-bit prefixes of `addr`'s family can be held.
+    pub fn holds(&self, p: &Prefix) -> bool {
+        p.is_host() || if p.addr.is_ipv4() { &self.prefix_v4 } else { &self.prefix_v6 }.contains(&p.len)
+    }
 }
 
 /// The plan for `protected` services under the config's firewall settings.
@@ -129,6 +179,8 @@ pub fn plan(protected: Vec<Service>, max_grants: u32, f: &crate::config::Firewal
             .map(|(family, name)| AdminTable { family: family.clone(), name: name.clone() }),
         nat: f.nat,
         never_gate: Vec::new(),
+        prefix_v4: Vec::new(),
+        prefix_v6: Vec::new(),
     }
 }
 
@@ -147,6 +199,8 @@ impl Default for Plan {
             accept_table: None,
             nat: false,
             never_gate: Vec::new(),
+            prefix_v4: Vec::new(),
+            prefix_v6: Vec::new(),
         }
     }
 }
@@ -182,7 +236,7 @@ pub trait FirewallDriver: Send {
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError>;
 
     /// Remove grants in one atomic update. Missing ones are not an error.
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError>;
+    fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError>;
 
     /// The grants the firewall holds now.
     fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError>;

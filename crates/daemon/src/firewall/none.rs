@@ -1,11 +1,7 @@
 //! A driver that records what it is asked and enforces nothing: for `check`, dry
 //! runs and in-process tests.
 
-use std::net::IpAddr;
-
-use portcullis_proto::Service;
-
-use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use super::{FirewallDriver, FirewallError, Grant, Key, LiveGrant, Plan};
 
 /// Records grants in memory; enforces nothing.
 #[derive(Debug, Default)]
@@ -28,14 +24,14 @@ impl FirewallDriver for NoFirewall {
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
         for g in grants {
-            self.grants.retain(|x| (x.addr, x.service) != (g.addr, g.service));
+            self.grants.retain(|x| x.key() != g.key());
             self.grants.push(*g);
         }
         Ok(())
     }
 
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
-        self.grants.retain(|x| !grants.contains(&(x.addr, x.service)));
+    fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError> {
+        self.grants.retain(|x| !grants.contains(&x.key()));
         Ok(())
     }
 
@@ -45,6 +41,7 @@ impl FirewallDriver for NoFirewall {
             .iter()
             .map(|g| LiveGrant {
                 addr: g.addr,
+                len: g.len,
                 service: g.service,
                 remaining: Some(g.timeout),
                 timeout: Some(g.timeout),

@@ -24,6 +24,44 @@ impl Prefix {
         }
     }
 
+    /// The single address `addr` (a /32 or /128).
+    pub fn host(addr: IpAddr) -> Prefix {
+        Prefix { addr, len: Prefix::bits(&addr) }
+    }
+
+    /// The `len`-bit prefix that holds `addr`: its host bits zeroed. A `len` above the
+    /// family's width is the single address.
+    pub fn covering(addr: IpAddr, len: u8) -> Prefix {
+        let len = len.min(Prefix::bits(&addr));
+        let mut p = Prefix { addr, len };
+        let net: Vec<u8> = p.network_bytes().iter().zip(p.mask_bytes()).map(|(b, m)| b & m).collect();
+        p.addr = match addr {
+            IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(net.as_slice()).unwrap_or([0; 4])),
+            IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(net.as_slice()).unwrap_or([0; 16])),
+        };
+        p
+    }
+
+    /// Whether this is one address rather than a network.
+    pub fn is_host(&self) -> bool {
+        self.len >= Prefix::bits(&self.addr)
+    }
+
+    /// Whether `addr` is inside this prefix.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4() && Prefix::covering(addr, self.len).addr == self.addr
+    }
+
+    /// The address alone for a single host, `addr/len` for a network: how records and
+    /// logs name a grant's source.
+    pub fn short(&self) -> String {
+        if self.is_host() {
+            self.addr.to_string()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// The network address' bytes (4 or 16).
     pub fn network_bytes(&self) -> Vec<u8> {
         match self.addr {
@@ -100,6 +138,27 @@ mod tests {
         assert_eq!(&p.mask_bytes()[..7], &[255, 255, 255, 255, 255, 255, 0]);
         assert_eq!(p.mask_bytes().len(), 16);
         assert_eq!("192.0.2.7".parse::<Prefix>().unwrap().len, 32);
+    }
+
+    #[test]
+    fn covering_zeroes_the_host_bits() {
+        let a: IpAddr = "10.20.30.2".parse().unwrap();
+        assert_eq!(Prefix::covering(a, 24).to_string(), "10.20.30.0/24");
+        assert_eq!(Prefix::covering(a, 16).to_string(), "10.20.0.0/16");
+        assert_eq!(Prefix::covering(a, 20).to_string(), "10.20.16.0/20");
+        assert_eq!(Prefix::covering(a, 32), Prefix::host(a));
+        assert_eq!(Prefix::covering(a, 99), Prefix::host(a));
+        let b: IpAddr = "2001:db8:1:2:aaaa::9".parse().unwrap();
+        assert_eq!(Prefix::covering(b, 64).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(Prefix::covering(b, 48).to_string(), "2001:db8:1::/48");
+        assert_eq!(Prefix::covering(b, 52).to_string(), "2001:db8:1::/52");
+        assert!(Prefix::covering(b, 128).is_host());
+        let p = Prefix::covering(a, 24);
+        assert!(p.contains("10.20.30.3".parse().unwrap()));
+        assert!(!p.contains("10.20.31.3".parse().unwrap()));
+        assert!(!p.contains("::ffff:10.20.30.3".parse().unwrap()));
+        assert_eq!(p.short(), "10.20.30.0/24");
+        assert_eq!(Prefix::host(a).short(), "10.20.30.2");
     }
 
     #[test]

@@ -3,12 +3,9 @@
 //! against its own config. Teardown is not in the request set: the unprivileged part
 //! can never unprotect anything.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use portcullis_proto::Service;
-
-use super::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use super::{FirewallDriver, FirewallError, Grant, Key, LiveGrant, Plan};
 use crate::privsep::client::{Client, ClientError};
 use crate::privsep::codec::{Answer, Op, WireGrant, WireKey};
 
@@ -57,9 +54,9 @@ impl FirewallDriver for RemoteDriver {
         Ok(())
     }
 
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+    fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError> {
         for chunk in grants.chunks(crate::privsep::codec::MAX_ITEMS) {
-            let keys = chunk.iter().map(|&(addr, s)| WireKey { addr, service: s.into() }).collect();
+            let keys = chunk.iter().map(|&(p, s)| WireKey::new(p, s)).collect();
             self.done(Op::Revoke { keys }, "revoke")?;
         }
         Ok(())

@@ -224,7 +224,7 @@ impl Apply for GranterApply {
             Ok(Ok(_)) => {}
             // No store (or no record here): close it in the firewall all the same.
             _ => {
-                let key = (g.addr, g.service);
+                let key = (crate::firewall::Prefix::host(g.addr), g.service);
                 if let Err(e) = self.granter.with_driver(|d| d.revoke(&[key])) {
                     tracing::error!("{}: fleet revoke of {} failed: {e}", g.addr, g.service);
                 }

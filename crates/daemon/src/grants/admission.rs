@@ -269,6 +269,7 @@ mod tests {
             prefix_v6: 56,
             default_door: DoorLimits { opens_per_second: per_sec, max_live_grants: max_live },
             doors: Default::default(),
+            grant_prefix: Default::default(),
         }
     }
 
@@ -277,7 +278,7 @@ mod tests {
     }
 
     fn key(s: &str) -> Key {
-        (ip(s), Service::tcp(22))
+        (crate::firewall::Prefix::host(ip(s)), Service::tcp(22))
     }
 
     /// Check and, if admitted, open for 10 s.

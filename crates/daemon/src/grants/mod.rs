@@ -43,8 +43,8 @@ use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
 use tokio::sync::oneshot;
 
-use crate::config::Limits;
-use crate::firewall::{self, FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use crate::config::{GrantPrefixes, Limits};
+use crate::firewall::{self, FirewallDriver, FirewallError, Grant, LiveGrant, Plan, Prefix};
 use crate::stats::Stats;
 use crate::store::{self, GrantRecord, NewGrants, Store, StoreError};
 use admission::Admission;
@@ -103,6 +103,8 @@ pub struct Granter {
     watch: watch::State,
     /// Bounds on door opens. Lock order: driver, scheduler table, then this.
     admission: Mutex<Admission>,
+    /// Doors and SPA users that grant their source's prefix (set with the limits).
+    prefixes: Mutex<Arc<GrantPrefixes>>,
 }
 
 impl Granter {
@@ -126,6 +128,7 @@ impl Granter {
             plan: OnceLock::new(),
             watch: watch::State::default(),
             admission: Mutex::new(Admission::default()),
+            prefixes: Mutex::new(Arc::default()),
         });
         let t = scheduler::spawn(Arc::downgrade(&g), Arc::clone(&g.sched), Arc::clone(&g.clock))?;
         *g.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -144,7 +147,26 @@ impl Granter {
 
     /// Bound door opens by `limits` (budgets start afresh; live grants stay counted).
     pub fn set_limits(&self, limits: Limits) {
+        *self.prefixes.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits.grant_prefix.clone());
         self.admission().set_limits(limits);
+    }
+
+    /// What a grant by `origin` for `addr` lets in: the single address, or the prefix
+    /// its door (`grant_prefix_v4`/`_v6`) or native SPA user (origin detail `user NAME`)
+    /// grants.
+    pub fn source_for(&self, origin: &Origin, addr: IpAddr) -> Prefix {
+        let prefixes = Arc::clone(&self.prefixes.lock().unwrap_or_else(|p| p.into_inner()));
+        if prefixes.is_empty() {
+            return Prefix::host(addr);
+        }
+        let p = match origin.kind {
+            OriginKind::Door => prefixes.door(&origin.detail),
+            OriginKind::Spa => {
+                origin.detail.strip_prefix("user ").map(|u| prefixes.user(u)).unwrap_or_default()
+            }
+            _ => Default::default(),
+        };
+        p.source(addr)
     }
 
     fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
@@ -224,13 +246,15 @@ impl Granter {
         &self,
         d: &mut dyn FirewallDriver,
         origin: &Origin,
-        addr: IpAddr,
+        src: Prefix,
         services: &[Service],
         duration: Duration,
         requested_at: i64,
     ) -> (Result<(), FirewallError>, NewGrants) {
-        let grants: Vec<Grant> =
-            services.iter().map(|&service| Grant { addr, service, timeout: duration }).collect();
+        let grants: Vec<Grant> = services
+            .iter()
+            .map(|&service| Grant { addr: src.addr, len: src.len, service, timeout: duration })
+            .collect();
         let mut r = d.grant(&grants);
         // Refused because our ruleset is gone (ENOENT after a flush)? Repair, retry once.
         if let Err(e) = &r {
@@ -243,7 +267,7 @@ impl Granter {
             let mut t = self.sched.lock();
             let mut earliest = false;
             for &s in services {
-                earliest |= t.open((addr, s), now.saturating_add(ms(duration)), now);
+                earliest |= t.open((src, s), now.saturating_add(ms(duration)), now);
             }
             if earliest {
                 self.sched.wake();
@@ -251,7 +275,8 @@ impl Granter {
         }
         let rec = NewGrants {
             origin: origin.clone(),
-            addr,
+            addr: src.addr,
+            len: src.len,
             services: services.to_vec(),
             requested_at,
             effective_at: now,
@@ -273,13 +298,13 @@ impl Granter {
         services: &[Service],
         duration: Duration,
     ) -> Result<(), OpenError> {
-        let addr = canonical(addr);
-        let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
+        let allow = self.source_for(&origin, canonical(addr));
+        let keys: Vec<Key> = services.iter().map(|&s| (allow, s)).collect();
         self.admission()
             .check(&origin.detail, src, &keys, self.clock.now_ms())
             .map_err(OpenError::Refused)?;
         let door = origin.detail.clone();
-        self.grant(origin, addr, services, duration)?;
+        self.grant_source(origin, allow, services, duration)?;
         let now = self.clock.now_ms();
         let mut a = self.admission();
         for k in keys {
@@ -288,8 +313,8 @@ impl Granter {
         Ok(())
     }
 
-    /// The capture thread's path: open, arm expiry, and enqueue the record without
-    /// waiting.
+    /// The capture thread's path: open (for `addr`, or the prefix `origin` grants; see
+    /// [`Granter::source_for`]), arm expiry, and enqueue the record without waiting.
     pub fn grant(
         &self,
         origin: Origin,
@@ -297,10 +322,21 @@ impl Granter {
         services: &[Service],
         duration: Duration,
     ) -> Result<(), FirewallError> {
-        let addr = canonical(addr);
+        let src = self.source_for(&origin, canonical(addr));
+        self.grant_source(origin, src, services, duration)
+    }
+
+    /// [`Granter::grant`] for `src` as it is.
+    fn grant_source(
+        &self,
+        origin: Origin,
+        src: Prefix,
+        services: &[Service],
+        duration: Duration,
+    ) -> Result<(), FirewallError> {
         let requested_at = self.clock.now_ms();
         let mut d = self.firewall.lock();
-        let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
+        let (r, rec) = self.apply(d.as_mut(), &origin, src, services, duration, requested_at);
         if r.is_ok() {
             self.counters.created.add(&origin);
         }
@@ -320,14 +356,14 @@ impl Granter {
         services: &[Service],
         duration: Duration,
     ) -> Result<Vec<GrantRecord>, GrantError> {
-        let addr = canonical(addr);
+        let src = Prefix::host(canonical(addr));
         let store = self.store()?;
         let requested_at = self.clock.now_ms();
         type Rx = oneshot::Receiver<Result<Vec<GrantRecord>, StoreError>>;
         // Decide under the driver lock, await only after it is released.
         let step: Result<Rx, (Option<Rx>, GrantError)> = {
             let mut d = self.firewall.lock();
-            let (r, rec) = self.apply(d.as_mut(), &origin, addr, services, duration, requested_at);
+            let (r, rec) = self.apply(d.as_mut(), &origin, src, services, duration, requested_at);
             if r.is_ok() {
                 self.counters.created.add(&origin);
             }
@@ -337,7 +373,7 @@ impl Granter {
                 (Ok(rx), Err(e)) => Err((Some(rx), e.into())),
                 (Err(e), r) => {
                     if r.is_ok() {
-                        self.undo(d.as_mut(), addr, services);
+                        self.undo(d.as_mut(), src, services);
                     }
                     Err((None, e.into()))
                 }
@@ -356,15 +392,16 @@ impl Granter {
             Ok(rows) => Ok(rows),
             Err(e) => {
                 let mut d = self.firewall.lock();
-                self.undo(d.as_mut(), addr, services);
+                self.undo(d.as_mut(), src, services);
                 Err(e.into())
             }
         }
     }
 
     /// Take back an API grant that could not be recorded (driver locked by the caller).
-    fn undo(&self, d: &mut dyn FirewallDriver, addr: IpAddr, services: &[Service]) {
-        let keys: Vec<Key> = services.iter().map(|&s| (addr, s)).collect();
+    fn undo(&self, d: &mut dyn FirewallDriver, src: Prefix, services: &[Service]) {
+        let addr = src.short();
+        let keys: Vec<Key> = services.iter().map(|&s| (src, s)).collect();
         match d.revoke(&keys) {
             Ok(()) => {
                 let mut t = self.sched.lock();

@@ -1,14 +1,11 @@
 //! Start-up: make store, firewall and scheduler agree.
 
-use std::net::IpAddr;
 use std::time::Duration;
-
-use portcullis_proto::Service;
 
 use super::clock::ms;
 use super::scheduler::Entry;
 use super::{Granter, Origin, OriginKind};
-use crate::firewall::{FirewallError, Grant};
+use crate::firewall::{FirewallError, Grant, Key, LiveGrant};
 use crate::store::{CloseTarget, Closing, GrantState, NewGrants, StoreError};
 
 /// A firewall grant with no record that is younger than this at start is adopted (its
@@ -57,22 +54,22 @@ impl Granter {
                 report.failures += 1;
                 for r in &active {
                     let opened_at = r.effective_at.unwrap_or(r.requested_at);
-                    t.insert((r.address, r.service), Entry { expires_at: r.expires_at, opened_at });
+                    t.insert(r.key(), Entry { expires_at: r.expires_at, opened_at });
                 }
                 drop(t);
                 self.sched.wake();
                 return Ok(report);
             }
         };
-        let is_live = |a: IpAddr, s: Service| live.iter().any(|l| l.addr == a && l.service == s);
+        let is_live = |k: Key| live.iter().any(|l| l.key() == k);
         let mut restore = Vec::new();
         let mut remove = Vec::new();
         let mut known = Vec::new();
         let mut closes = Vec::new();
         for r in &active {
             if r.expires_at <= now {
-                if is_live(r.address, r.service) {
-                    remove.push((r.address, r.service));
+                if is_live(r.key()) {
+                    remove.push(r.key());
                 }
                 report.expired += 1;
                 closes.push(Closing {
@@ -83,26 +80,26 @@ impl Granter {
                 });
                 tracing::info!(
                     "{}: {} (grant #{}) expired while the daemon was down",
-                    r.address,
+                    r.source().short(),
                     r.service,
                     r.id
                 );
                 continue;
             }
-            known.push((r.address, r.service));
+            known.push(r.key());
             let opened_at = r.effective_at.unwrap_or(r.requested_at);
-            t.insert((r.address, r.service), Entry { expires_at: r.expires_at, opened_at });
+            t.insert(r.key(), Entry { expires_at: r.expires_at, opened_at });
             if r.origin.kind == OriginKind::Door {
-                self.admission_opened(&r.origin.detail, (r.address, r.service), r.expires_at, now);
+                self.admission_opened(&r.origin.detail, r.key(), r.expires_at, now);
             }
-            if is_live(r.address, r.service) {
+            if is_live(r.key()) {
                 report.kept += 1;
             } else {
                 let left = Duration::from_millis(u64::try_from(r.expires_at - now).unwrap_or(0));
-                restore.push(Grant { addr: r.address, service: r.service, timeout: left });
+                restore.push(Grant { addr: r.address, len: r.len, service: r.service, timeout: left });
                 tracing::info!(
                     "{}: restoring {} (grant #{}, {}) missing from the firewall, {}s left",
-                    r.address,
+                    r.source().short(),
                     r.service,
                     r.id,
                     r.origin,
@@ -112,7 +109,7 @@ impl Granter {
         }
         let mut adopt = Vec::new();
         for l in &live {
-            if known.contains(&(l.addr, l.service)) || remove.contains(&(l.addr, l.service)) {
+            if known.contains(&l.key()) || remove.contains(&l.key()) {
                 continue;
             }
             if let (Some(timeout), Some(left)) = (l.timeout, l.remaining) {
@@ -121,15 +118,16 @@ impl Granter {
                     tracing::warn!(
                         "{}: adopting {} found in the firewall with no record, granted {}s before this \
                          start (its record was lost in a crash)",
-                        l.addr,
+                        l.source().short(),
                         l.service,
                         age.as_secs()
                     );
                     let opened_at = now - ms(age);
-                    t.insert((l.addr, l.service), Entry { expires_at: now + ms(left), opened_at });
+                    t.insert(l.key(), Entry { expires_at: now + ms(left), opened_at });
                     adopt.push(NewGrants {
                         origin: Origin { kind: OriginKind::Adopted, detail: "reconcile".into() },
                         addr: l.addr,
+                        len: l.len,
                         services: vec![l.service],
                         requested_at: opened_at,
                         effective_at: opened_at,
@@ -140,8 +138,12 @@ impl Granter {
                     continue;
                 }
             }
-            tracing::warn!("{}: revoking {} found in the firewall with no active record", l.addr, l.service);
-            remove.push((l.addr, l.service));
+            tracing::warn!(
+                "{}: revoking {} found in the firewall with no active record",
+                l.source().short(),
+                l.service
+            );
+            remove.push(l.key());
             report.unknown_revoked += 1;
         }
         drop(t);
@@ -156,7 +158,11 @@ impl Granter {
             match d.grant(std::slice::from_ref(g)) {
                 Ok(()) => report.restored += 1,
                 Err(e) => {
-                    tracing::error!("reconcile: restoring {} for {} failed: {e}", g.service, g.addr);
+                    tracing::error!(
+                        "reconcile: restoring {} for {} failed: {e}",
+                        g.service,
+                        g.source().short()
+                    );
                     report.failures += 1;
                 }
             }
@@ -180,8 +186,7 @@ impl Granter {
             let live = d.list()?;
             // An element without a timeout would never expire and nothing records it:
             // it was not ours to keep.
-            let forever: Vec<_> =
-                live.iter().filter(|g| g.remaining.is_none()).map(|g| (g.addr, g.service)).collect();
+            let forever: Vec<_> = live.iter().filter(|g| g.remaining.is_none()).map(LiveGrant::key).collect();
             if !forever.is_empty() {
                 d.revoke(&forever)?;
                 tracing::warn!("{} grant(s) without a timeout found in the firewall, revoked", forever.len());
@@ -190,7 +195,7 @@ impl Granter {
             for g in live.iter().filter(|g| g.remaining.is_some()) {
                 let left = g.remaining.unwrap_or_default();
                 let age = g.timeout.map_or(Duration::ZERO, |full| full.saturating_sub(left));
-                t.insert((g.addr, g.service), Entry { expires_at: now + ms(left), opened_at: now - ms(age) });
+                t.insert(g.key(), Entry { expires_at: now + ms(left), opened_at: now - ms(age) });
             }
             live.len()
         };

@@ -8,6 +8,7 @@ use portcullis_proto::addr::canonical;
 use portcullis_proto::Service;
 
 use super::Granter;
+use crate::firewall::Prefix;
 use crate::store::{CloseTarget, Closed, Closing, GrantRecord, GrantState, StoreError};
 
 /// Retry a refused expiry this much later.
@@ -35,7 +36,8 @@ pub enum RevokeError {
 pub enum RevokeTarget {
     /// A record by id.
     Id(i64),
-    /// The active grant for `(address, service)`.
+    /// The active single-address grant for `(address, service)` (a prefix grant is
+    /// revoked by its record id).
     Key(IpAddr, Service),
 }
 
@@ -56,10 +58,10 @@ impl Granter {
                 if row.state != GrantState::Active {
                     return Err(RevokeError::NotActive(row.state));
                 }
-                ((row.address, row.service), CloseTarget::Id(id), row.effective_at)
+                (row.key(), CloseTarget::Id(id), row.effective_at)
             }
             RevokeTarget::Key(a, s) => {
-                let key = (canonical(a), s);
+                let key = (Prefix::host(canonical(a)), s);
                 (key, CloseTarget::Key(key.0, key.1), None)
             }
         };
@@ -92,7 +94,7 @@ impl Granter {
         let found = rx.await.unwrap_or(Err(StoreError::Busy))?;
         match found.into_iter().next() {
             Some(Closed::Done(r)) => {
-                tracing::info!("{}: revoked {} (grant #{}) by {by}", r.address, r.service, r.id);
+                tracing::info!("{}: revoked {} (grant #{}) by {by}", r.source().short(), r.service, r.id);
                 Ok(r)
             }
             Some(Closed::NotActive(r)) => Err(RevokeError::NotActive(r.state)),
@@ -139,7 +141,7 @@ impl Granter {
         drop(d);
         if !self.firewall.kernel_expiry() {
             for ((a, s), _) in &due {
-                tracing::info!("{a}: closed {s} (expired) via {}", self.firewall.name());
+                tracing::info!("{}: closed {s} (expired) via {}", a.short(), self.firewall.name());
             }
         }
         due.len()

@@ -3,18 +3,15 @@
 //! the firewall applies a grant, before and whatever the store does with its record.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use portcullis_proto::Service;
-
 use super::clock::Clock;
 use super::Granter;
 
-/// A grant's key: one hole.
-pub type Key = (IpAddr, Service);
+/// A grant's key: one hole (its source, an address or a prefix, and its service).
+pub use crate::firewall::Key;
 
 /// Longest sleep between checks, so a clock step (NTP) is noticed within a second.
 const MAX_SLEEP_MS: i64 = 1000;
@@ -157,7 +154,7 @@ mod tests {
     use super::*;
 
     fn key(last: u8, port: u16) -> Key {
-        (IpAddr::from([192, 0, 2, last]), Service::tcp(port))
+        (crate::firewall::Prefix::host([192, 0, 2, last].into()), portcullis_proto::Service::tcp(port))
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl FirewallDriver for Aged {
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
         self.0.grant(grants)
     }
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+    fn revoke(&mut self, grants: &[crate::firewall::Key]) -> Result<(), FirewallError> {
         self.0.revoke(grants)
     }
     fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
@@ -210,7 +210,7 @@ fn a_refused_close_is_retried() {
         fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
             self.0.grant(grants)
         }
-        fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+        fn revoke(&mut self, grants: &[crate::firewall::Key]) -> Result<(), FirewallError> {
             if std::mem::replace(&mut self.1, false) {
                 return Err(FirewallError::Protocol("busy".into()));
             }
@@ -264,7 +264,7 @@ fn reconcile_restores_missing_closes_expired_and_revokes_unknown() {
     // still in the channel when the daemon died).
     let mut fw = NoFirewall::default();
     for a in ["192.0.2.3", "192.0.2.9", "198.51.100.66", "198.51.100.77"] {
-        fw.grants.push(Grant { addr: ip(a), service: Service::tcp(22), timeout: Duration::from_secs(600) });
+        fw.grants.push(Grant::host(ip(a), Service::tcp(22), Duration::from_secs(600)));
     }
     let aged = Aged(fw, vec![(ip("198.51.100.66"), Duration::from_secs(60))]);
     let f = fixture_full(Options::default(), Box::new(aged), Some(dir));
@@ -499,7 +499,7 @@ impl FirewallDriver for Timeless {
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
         self.0.grant(grants)
     }
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+    fn revoke(&mut self, grants: &[crate::firewall::Key]) -> Result<(), FirewallError> {
         self.0.revoke(grants)
     }
     fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
@@ -517,7 +517,7 @@ impl FirewallDriver for Timeless {
 fn without_a_store_a_grant_that_would_never_expire_is_revoked() {
     let mut fw = NoFirewall::default();
     let addr: IpAddr = "198.51.100.9".parse().unwrap();
-    fw.grant(&[Grant { addr, service: Service::tcp(22), timeout: Duration::from_secs(60) }]).unwrap();
+    fw.grant(&[Grant::host(addr, Service::tcp(22), Duration::from_secs(60))]).unwrap();
     let clock = ManualClock::new(T0);
     let granter = Granter::new(
         firewall::Shared::new(Box::new(Timeless(fw))),

@@ -124,8 +124,7 @@ impl Granter {
             return Ok(None);
         }
         // Sets, not nested scans: this runs under the driver lock with up to max_grants each.
-        let live: std::collections::HashSet<Key> =
-            d.list()?.into_iter().map(|l| (l.addr, l.service)).collect();
+        let live: std::collections::HashSet<Key> = d.list()?.into_iter().map(|l| l.key()).collect();
         let now = self.clock.now_ms();
         let t = self.sched.lock();
         let missing = t
@@ -192,15 +191,15 @@ fn restore(g: &Granter, d: &mut dyn FirewallDriver, plan: &Plan) -> Result<Resto
         .lock()
         .iter()
         .filter(|(_, e)| e.expires_at > now)
-        .map(|(&(addr, service), e)| Grant {
-            addr,
+        .map(|(&(src, service), e)| Grant {
+            addr: src.addr,
+            len: src.len,
             service,
             timeout: Duration::from_millis(u64::try_from(e.expires_at - now).unwrap_or(0)),
         })
         .collect();
-    let wanted: std::collections::HashSet<Key> = want.iter().map(|w| (w.addr, w.service)).collect();
-    let unknown: Vec<Key> =
-        d.list()?.into_iter().map(|l| (l.addr, l.service)).filter(|k| !wanted.contains(k)).collect();
+    let wanted: std::collections::HashSet<Key> = want.iter().map(Grant::key).collect();
+    let unknown: Vec<Key> = d.list()?.into_iter().map(|l| l.key()).filter(|k| !wanted.contains(k)).collect();
     d.revoke(&unknown)?;
     if !want.is_empty() {
         d.grant(&want)?;
@@ -318,20 +317,26 @@ mod tests {
                 return Err(FirewallError::Kernel { op: "grant", source });
             }
             for g in grants {
-                k.grants.retain(|x| (x.addr, x.service) != (g.addr, g.service));
+                k.grants.retain(|x| x.key() != g.key());
                 k.grants.push(*g);
             }
             Ok(())
         }
-        fn revoke(&mut self, keys: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
-            self.0.lock().unwrap().grants.retain(|x| !keys.contains(&(x.addr, x.service)));
+        fn revoke(&mut self, keys: &[crate::firewall::Key]) -> Result<(), FirewallError> {
+            self.0.lock().unwrap().grants.retain(|x| !keys.contains(&x.key()));
             Ok(())
         }
         fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
             let k = self.0.lock().unwrap();
             Ok(k.grants
                 .iter()
-                .map(|g| LiveGrant { addr: g.addr, service: g.service, remaining: None, timeout: None })
+                .map(|g| LiveGrant {
+                    addr: g.addr,
+                    len: g.len,
+                    service: g.service,
+                    remaining: None,
+                    timeout: None,
+                })
                 .collect())
         }
         fn teardown(&mut self) -> Result<(), FirewallError> {
@@ -416,11 +421,7 @@ mod tests {
         kernel.lock().unwrap().installed = false;
         assert_eq!(check().as_deref(), Some("table missing"));
         // A repair puts back only what is still live, and revokes what we do not know.
-        kernel.lock().unwrap().grants.push(Grant {
-            addr: ip(9),
-            service: Service::tcp(22),
-            timeout: Duration::from_secs(90),
-        });
+        kernel.lock().unwrap().grants.push(Grant::host(ip(9), Service::tcp(22), Duration::from_secs(90)));
         let r = g.repair_locked(g.firewall.lock().as_mut(), "test").unwrap();
         assert_eq!(r, Restored { grants: 1, unknown: 1 });
         let k = kernel.lock().unwrap();

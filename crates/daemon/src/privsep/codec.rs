@@ -10,7 +10,7 @@ use std::time::Duration;
 use portcullis_proto::{Proto, Service};
 use serde::{Deserialize, Serialize};
 
-use crate::firewall::{Grant, LiveGrant};
+use crate::firewall::{Grant, LiveGrant, Prefix};
 
 /// Protocol version; both parts come from the same binary, so a mismatch is a bug or
 /// an attack and is refused.
@@ -52,8 +52,11 @@ impl WireService {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireGrant {
-    /// Who may connect.
+    /// Who may connect (a prefix grant's network address).
     pub addr: IpAddr,
+    /// Prefix length of a prefix grant; absent for the single address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
     /// To what.
     pub service: WireService,
     /// For how long, in milliseconds.
@@ -66,6 +69,9 @@ pub struct WireGrant {
 pub struct WireKey {
     /// The address.
     pub addr: IpAddr,
+    /// Prefix length of a prefix grant; absent for the single address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
     /// The service.
     pub service: WireService,
 }
@@ -76,6 +82,9 @@ pub struct WireKey {
 pub struct WireLive {
     /// The address.
     pub addr: IpAddr,
+    /// Prefix length of a prefix grant; absent for the single address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
     /// The service.
     pub service: WireService,
     /// Time left, milliseconds.
@@ -297,9 +306,31 @@ pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The prefix length to send: `None` for a single address.
+fn wire_prefix(p: Prefix) -> Option<u8> {
+    (!p.is_host()).then_some(p.len)
+}
+
+/// The prefix a wire `addr` + `prefix` names (`None`: the single address).
+pub fn source(addr: IpAddr, prefix: Option<u8>) -> Prefix {
+    prefix.map_or(Prefix::host(addr), |len| Prefix { addr, len })
+}
+
 impl From<&Grant> for WireGrant {
     fn from(g: &Grant) -> WireGrant {
-        WireGrant { addr: g.addr, service: g.service.into(), timeout_ms: millis(g.timeout) }
+        WireGrant {
+            addr: g.addr,
+            prefix: wire_prefix(g.source()),
+            service: g.service.into(),
+            timeout_ms: millis(g.timeout),
+        }
+    }
+}
+
+impl WireKey {
+    /// The key for `p` and `service`.
+    pub fn new(p: Prefix, service: Service) -> WireKey {
+        WireKey { addr: p.addr, prefix: wire_prefix(p), service: service.into() }
     }
 }
 
@@ -307,6 +338,7 @@ impl From<&LiveGrant> for WireLive {
     fn from(g: &LiveGrant) -> WireLive {
         WireLive {
             addr: g.addr,
+            prefix: wire_prefix(g.source()),
             service: g.service.into(),
             remaining_ms: g.remaining.map(millis),
             timeout_ms: g.timeout.map(millis),
@@ -317,8 +349,10 @@ impl From<&LiveGrant> for WireLive {
 impl WireLive {
     /// Back to a live grant (`None` for an invalid service).
     pub fn live(self) -> Option<LiveGrant> {
+        let src = source(self.addr, self.prefix);
         Some(LiveGrant {
             addr: self.addr,
+            len: src.len,
             service: self.service.service()?,
             remaining: self.remaining_ms.map(Duration::from_millis),
             timeout: self.timeout_ms.map(Duration::from_millis),
@@ -341,12 +375,14 @@ mod tests {
             Op::Grant {
                 grants: vec![WireGrant {
                     addr: "192.0.2.2".parse().unwrap(),
+                    prefix: None,
                     service: Service::tcp(22).into(),
                     timeout_ms: 30_000,
                 }],
             },
             Op::Revoke {
                 keys: vec![WireKey {
+                    prefix: Some(24),
                     addr: "2001:db8::2".parse().unwrap(),
                     service: Service::udp(53).into(),
                 }],
@@ -381,7 +417,11 @@ mod tests {
         assert!(matches!(decode_request(&vec![b' '; MAX_REQUEST + 1]), Err(DecodeError::Oversized(_))));
         let many = Op::Revoke {
             keys: vec![
-                WireKey { addr: "192.0.2.2".parse().unwrap(), service: Service::tcp(22).into() };
+                WireKey {
+                    addr: "192.0.2.2".parse().unwrap(),
+                    prefix: None,
+                    service: Service::tcp(22).into()
+                };
                 MAX_ITEMS + 1
             ],
         };

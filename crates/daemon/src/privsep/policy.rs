@@ -12,7 +12,7 @@ use portcullis_proto::Service;
 
 use super::codec::{WireGrant, WireKey, WireService};
 use crate::config::{Commands, Config};
-use crate::firewall::Grant;
+use crate::firewall::{Grant, Key, Prefix};
 
 /// Why a request was refused (logged by the privileged part, answered to the other).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +36,17 @@ pub enum Refusal {
     /// Not an address a grant can be for.
     #[error("{0} is not a unicast address")]
     BadAddress(IpAddr),
+    /// A prefix wider than every door and user that opens the service may grant, or
+    /// not a network address.
+    #[error("a grant for {prefix} to {service} is wider than the config allows (/{min} at most)")]
+    TooWide {
+        /// What was asked.
+        prefix: String,
+        /// The service.
+        service: String,
+        /// The shortest prefix length allowed.
+        min: u8,
+    },
     /// An invalid protocol or port.
     #[error("invalid service (protocol {0}, port {1})")]
     BadService(u8, u16),
@@ -57,6 +68,8 @@ pub enum Refusal {
 pub struct Policy {
     /// Protected services and the longest grant for each.
     limits: BTreeMap<Service, Duration>,
+    /// Services some door or user opens for a prefix: the shortest (IPv4, IPv6) length.
+    widest: BTreeMap<Service, (u8, u8)>,
     commands: HashMap<String, Commands>,
     one_time: HashMap<String, PathBuf>,
 }
@@ -70,16 +83,26 @@ impl Policy {
             let e = limits.entry(s).or_default();
             *e = (*e).max(d);
         };
+        let mut widest: BTreeMap<Service, (u8, u8)> = BTreeMap::new();
+        let mut widen = |s: Service, p: crate::config::GrantPrefix| {
+            if !p.is_single() {
+                let e = widest.entry(s).or_insert((32, 128));
+                *e = (e.0.min(p.v4), e.1.min(p.v6));
+            }
+        };
+        let prefixes = &config.limits.grant_prefix;
         let protected = config.protected();
         for d in &config.doors {
             for &s in &d.open {
                 allow(s, d.open_for);
+                widen(s, prefixes.door(&d.name));
             }
         }
         if let Some(spa) = &config.spa {
-            for u in spa.users.values() {
+            for (name, u) in &spa.users {
                 for &s in &u.open {
                     allow(s, u.max_open_for);
+                    widen(s, prefixes.user(name));
                 }
             }
             // A stanza may grant any service SPA protects (its open_ports narrow that at
@@ -105,7 +128,7 @@ impl Policy {
             .iter()
             .filter_map(|d| Some((d.name.clone(), d.one_time.as_ref()?.path.clone())))
             .collect();
-        Policy { limits, commands, one_time }
+        Policy { limits, widest, commands, one_time }
     }
 
     fn service(s: WireService) -> Result<Service, Refusal> {
@@ -131,12 +154,27 @@ impl Policy {
         if !unicast(g.addr) {
             return Err(Refusal::BadAddress(g.addr));
         }
-        Ok(Grant { addr: g.addr, service, timeout: Duration::from_millis(g.timeout_ms) })
+        let src = self.source(g.addr, g.prefix, service)?;
+        Ok(Grant { addr: src.addr, len: src.len, service, timeout: Duration::from_millis(g.timeout_ms) })
+    }
+
+    /// The source a grant or key names, if no wider than some door or user opening
+    /// `service` may grant, and a network address.
+    fn source(&self, addr: IpAddr, prefix: Option<u8>, service: Service) -> Result<Prefix, Refusal> {
+        let src = super::codec::source(addr, prefix);
+        let (v4, v6) = self.widest.get(&service).copied().unwrap_or((32, 128));
+        let min = if addr.is_ipv4() { v4 } else { v6 };
+        let width = Prefix::host(addr).len;
+        if src.len < min || src.len > width || Prefix::covering(addr, src.len) != src {
+            return Err(Refusal::TooWide { prefix: src.to_string(), service: service.to_string(), min });
+        }
+        Ok(src)
     }
 
     /// A revocation key for a protected service, or why not.
-    pub fn revoke(&self, k: &WireKey) -> Result<(IpAddr, Service), Refusal> {
-        Ok((k.addr, self.protected(k.service)?.0))
+    pub fn revoke(&self, k: &WireKey) -> Result<Key, Refusal> {
+        let service = self.protected(k.service)?.0;
+        Ok((self.source(k.addr, k.prefix, service)?, service))
     }
 
     /// The door's own commands (never anything the request carries).
@@ -208,7 +246,12 @@ open_for = 60
     }
 
     fn g(port: u16, ms: u64) -> WireGrant {
-        WireGrant { addr: "192.0.2.2".parse().unwrap(), service: Service::tcp(port).into(), timeout_ms: ms }
+        WireGrant {
+            addr: "192.0.2.2".parse().unwrap(),
+            prefix: None,
+            service: Service::tcp(port).into(),
+            timeout_ms: ms,
+        }
     }
 
     #[test]
@@ -227,10 +270,41 @@ open_for = 60
         assert!(matches!(p.grant(&bad), Err(Refusal::BadAddress(_))));
         bad.service = WireService { proto: 6, port: 0 };
         assert!(matches!(p.grant(&bad), Err(Refusal::BadService(6, 0))));
-        let k = WireKey { addr: "192.0.2.2".parse().unwrap(), service: Service::udp(22).into() };
+        let k =
+            WireKey { addr: "192.0.2.2".parse().unwrap(), prefix: None, service: Service::udp(22).into() };
         assert!(p.revoke(&k).is_err());
         assert!(p.commands("ssh").is_err(), "no commands configured");
         assert!(p.one_time("nope").is_err());
+    }
+
+    #[test]
+    fn prefix_grants_are_no_wider_than_the_config_allows() {
+        let conf = CONF.replacen("open_for = 30\n", "open_for = 30\ngrant_prefix_v4 = 24\n", 1);
+        let p = Policy::from_config(&config::parse(&conf, std::path::Path::new("t.toml")).unwrap());
+        let mut w = g(22, 1000);
+        w.addr = "192.0.2.0".parse().unwrap();
+        w.prefix = Some(24);
+        let got = p.grant(&w).unwrap();
+        assert_eq!((got.addr, got.len), (w.addr, 24));
+        w.prefix = Some(28);
+        assert!(p.grant(&w).is_ok(), "narrower than allowed");
+        w.prefix = Some(23);
+        assert!(matches!(p.grant(&w), Err(Refusal::TooWide { min: 24, .. })), "{:?}", p.grant(&w));
+        w.prefix = Some(33);
+        assert!(p.grant(&w).is_err(), "longer than an address");
+        w.addr = "192.0.2.7".parse().unwrap();
+        w.prefix = Some(24);
+        assert!(p.grant(&w).is_err(), "host bits set");
+        let mut web = g(443, 1000);
+        web.addr = "192.0.2.0".parse().unwrap();
+        web.prefix = Some(24);
+        assert!(matches!(p.grant(&web), Err(Refusal::TooWide { min: 32, .. })), "no prefix for tcp/443");
+        let k = WireKey {
+            addr: "192.0.2.0".parse().unwrap(),
+            prefix: Some(24),
+            service: Service::tcp(22).into(),
+        };
+        assert_eq!(p.revoke(&k).unwrap().0.to_string(), "192.0.2.0/24");
     }
 
     #[test]

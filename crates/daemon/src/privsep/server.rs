@@ -174,6 +174,7 @@ mod tests {
     fn grant(seq: u64, port: u16, ms: u64) -> Vec<u8> {
         let g = WireGrant {
             addr: "192.0.2.2".parse().unwrap(),
+            prefix: None,
             service: Service::tcp(port).into(),
             timeout_ms: ms,
         };

@@ -4,16 +4,17 @@
 //! an in-memory database. Every value from outside goes in as a bound parameter; SQL
 //! text is only ever assembled from the fixed fragments in this file.
 //!
-//! Times are Unix milliseconds (`i64`). One row per `(address, protocol, port)` grant;
+//! Times are Unix milliseconds (`i64`). One row per `(address, protocol, port)` grant,
+//! where `address` is the single address, or `network/len` for a prefix grant (so a
+//! prefix grant and a host grant inside it are different keys);
 //! at most one row per key is `active` at a time (a partial unique index enforces it),
 //! so a repeated grant of an active key refreshes that row instead of adding one.
-
-use std::net::IpAddr;
 
 use portcullis_proto::{Proto, Service};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{CloseTarget, Closed, Closing, Filter, GrantRecord, GrantState, NewGrants};
+use crate::firewall::Prefix;
 use crate::grants::origin::{Origin, OriginKind};
 
 /// Forward-only migrations; `PRAGMA user_version` is the number applied. Never edit
@@ -99,6 +100,11 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<GrantRecord> {
     let proto: String = r.get(4)?;
     let state: String = r.get(10)?;
     let address: String = r.get(3)?;
+    // A single address as it is; a prefix grant as `network/len`.
+    let source = match address.split_once('/') {
+        None => address.parse().map(Prefix::host).ok(),
+        Some(_) => address.parse::<Prefix>().ok().filter(|p| !p.is_host()),
+    };
     let bad = |i: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
             i,
@@ -106,10 +112,12 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<GrantRecord> {
             format!("unexpected {what} in the database").into(),
         )
     };
+    let source = source.ok_or_else(|| bad(3, "address"))?;
     Ok(GrantRecord {
         id: r.get(0)?,
         origin: Origin { kind: OriginKind::parse(&kind).ok_or_else(|| bad(1, "origin"))?, detail: r.get(2)? },
-        address: address.parse().map_err(|_| bad(3, "address"))?,
+        address: source.addr,
+        len: source.len,
         service: Service { proto: proto.parse::<Proto>().map_err(|_| bad(4, "protocol"))?, port: r.get(5)? },
         requested_at: r.get(6)?,
         effective_at: r.get(7)?,
@@ -140,7 +148,7 @@ pub fn record(conn: &mut Connection, g: &NewGrants) -> rusqlite::Result<Vec<Gran
 
 /// Returns the row id.
 fn record_one(tx: &Transaction<'_>, g: &NewGrants, service: Service) -> rusqlite::Result<i64> {
-    let addr = g.addr.to_string();
+    let addr = Prefix { addr: g.addr, len: g.len }.short();
     let proto = service.proto.as_str();
     let duration = i64::try_from(g.duration.as_millis()).unwrap_or(i64::MAX);
     match &g.result {
@@ -212,16 +220,12 @@ pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<GrantRecord>> 
 }
 
 /// The active record for a key, if any.
-pub fn active_for(
-    conn: &Connection,
-    addr: IpAddr,
-    service: Service,
-) -> rusqlite::Result<Option<GrantRecord>> {
+pub fn active_for(conn: &Connection, src: Prefix, service: Service) -> rusqlite::Result<Option<GrantRecord>> {
     conn.query_row(
         &format!(
             "SELECT {COLUMNS} FROM grants WHERE state = 'active' AND address = ?1 AND protocol = ?2 AND port = ?3"
         ),
-        params![addr.to_string(), service.proto.as_str(), service.port],
+        params![src.short(), service.proto.as_str(), service.port],
         row_to_record,
     )
     .optional()
@@ -336,6 +340,7 @@ mod tests {
         NewGrants {
             origin: Origin { kind: OriginKind::Door, detail: "ssh".into() },
             addr: addr.parse().unwrap(),
+            len: Prefix::host(addr.parse().unwrap()).len,
             services: vec![Service::tcp(port)],
             requested_at: at,
             effective_at: at,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use portcullis_proto::Service;
 
 use super::*;
+use crate::firewall::Prefix;
 use crate::grants::clock::ManualClock;
 use crate::grants::origin::{Origin, OriginKind};
 
@@ -24,6 +25,7 @@ fn new(addr: &str, at: i64, secs: u64) -> NewGrants {
     NewGrants {
         origin: Origin { kind: OriginKind::Door, detail: "ssh".into() },
         addr: addr.parse().unwrap(),
+        len: Prefix::host(addr.parse().unwrap()).len,
         services: vec![Service::tcp(22)],
         requested_at: at,
         effective_at: at,
@@ -34,7 +36,7 @@ fn new(addr: &str, at: i64, secs: u64) -> NewGrants {
 }
 
 fn key(addr: &str) -> CloseTarget {
-    CloseTarget::Key(addr.parse::<IpAddr>().unwrap(), Service::tcp(22))
+    CloseTarget::Key(Prefix::host(addr.parse::<IpAddr>().unwrap()), Service::tcp(22))
 }
 
 #[test]
@@ -123,7 +125,7 @@ fn retention_deletes_closed_records_once_they_are_older_than_it() {
         g.addr = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
         s.record_nowait(g.clone());
         s.close_nowait(vec![Closing {
-            target: CloseTarget::Key(g.addr, Service::tcp(22)),
+            target: CloseTarget::Key(Prefix::host(g.addr), Service::tcp(22)),
             state: GrantState::Expired,
             by: None,
             at: T0 + 1000,

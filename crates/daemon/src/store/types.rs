@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use portcullis_proto::Service;
 
+use crate::firewall::{Key, Prefix};
 use crate::grants::origin::Origin;
 
 pub use portcullis_api::GrantState;
@@ -17,8 +18,10 @@ pub struct GrantRecord {
     pub id: i64,
     /// What made it.
     pub origin: Origin,
-    /// The address let in.
+    /// The address let in (a prefix grant's network address).
     pub address: IpAddr,
+    /// Prefix length: 32/128 for the single address.
+    pub len: u8,
     /// What it may reach.
     pub service: Service,
     /// When it was asked for (Unix ms).
@@ -45,14 +48,29 @@ pub struct GrantRecord {
     pub refreshed_at: Option<i64>,
 }
 
+impl GrantRecord {
+    /// What it lets in.
+    pub fn source(&self) -> Prefix {
+        Prefix { addr: self.address, len: self.len }
+    }
+
+    /// Its key in the firewall and the scheduler.
+    pub fn key(&self) -> Key {
+        (self.source(), self.service)
+    }
+}
+
 /// Grants to record: one row per service. A successful grant of a key that has an
 /// active row refreshes that row.
 #[derive(Debug, Clone)]
 pub struct NewGrants {
     /// What made them.
     pub origin: Origin,
-    /// The address let in (canonical: IPv4-mapped IPv6 is IPv4).
+    /// The address let in (canonical: IPv4-mapped IPv6 is IPv4; a prefix grant's
+    /// network address).
     pub addr: IpAddr,
+    /// Prefix length: 32/128 for the single address.
+    pub len: u8,
     /// What it may reach.
     pub services: Vec<Service>,
     /// When asked (Unix ms).
@@ -72,8 +90,8 @@ pub struct NewGrants {
 pub enum CloseTarget {
     /// A record by id.
     Id(i64),
-    /// The active record for `(address, service)`.
-    Key(IpAddr, Service),
+    /// The active record for `(source, service)`.
+    Key(Prefix, Service),
 }
 
 /// Mark an active row closed.

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_proto::Service;
 
-use super::{FirewallDriver, FirewallError, Grant, LiveGrant, NatGrant, Plan};
+use super::{FirewallDriver, FirewallError, Grant, Key, LiveGrant, NatGrant, Plan};
 use crate::config::IptablesVariant;
 use ipset::{Entry, Ipset, Kind};
 use rules::{NatRoute, SET4, SET6};
@@ -272,6 +272,12 @@ impl FirewallDriver for IptablesDriver {
     }
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
+        if let Some(g) = grants.iter().find(|g| !g.source().is_host()) {
+            return Err(FirewallError::Protocol(format!(
+                "grant for {}: the iptables backend grants single addresses only",
+                g.source()
+            )));
+        }
         for (fam, (set, _)) in SETS.iter().enumerate() {
             let add: Vec<Entry> = grants
                 .iter()
@@ -283,12 +289,13 @@ impl FirewallDriver for IptablesDriver {
         Ok(())
     }
 
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+    fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError> {
         for (fam, (set, _)) in SETS.iter().enumerate() {
+            // It never holds prefix grants (see `grant`).
             let del: Vec<Entry> = grants
                 .iter()
-                .filter(|(a, _)| usize::from(a.is_ipv6()) == fam)
-                .map(|&(a, s)| entry(a, Some(s), Duration::ZERO))
+                .filter(|(p, _)| usize::from(p.addr.is_ipv6()) == fam && p.is_host())
+                .map(|&(p, s)| entry(p.addr, Some(s), Duration::ZERO))
                 .collect();
             self.ipset.del(set, &del)?;
         }
@@ -302,6 +309,7 @@ impl FirewallDriver for IptablesDriver {
                 if let Some(service) = e.service {
                     out.push(LiveGrant {
                         addr: e.addr,
+                        len: crate::firewall::Prefix::host(e.addr).len,
                         service,
                         remaining: Some(Duration::from_secs(e.timeout_s.into())),
                         // ipset reports only the time left.

@@ -13,7 +13,7 @@ use portcullis_proto::Service;
 
 use super::IptablesDriver;
 use crate::config::IptablesVariant;
-use crate::firewall::{FirewallDriver, Grant, Mode, Plan};
+use crate::firewall::{FirewallDriver, Grant, Mode, Plan, Prefix};
 
 fn in_netns(test: &str, f: impl FnOnce() + Send + 'static) {
     if !crate::lab::preflight::root_or_skip(test) {
@@ -38,7 +38,7 @@ fn save(tool: &str) -> String {
 }
 
 fn g(addr: &str, service: Service, secs: u64) -> Grant {
-    Grant { addr: addr.parse().unwrap(), service, timeout: Duration::from_secs(secs) }
+    Grant::host(addr.parse().unwrap(), service, Duration::from_secs(secs))
 }
 
 fn ipset_list(set: &str) -> String {
@@ -109,10 +109,10 @@ fn exercise(variant: IptablesVariant, suffix: &'static str) {
 
     // Revoke; revoking again or something missing is fine; someone deleting an entry
     // behind our back does not wedge us.
-    d2.revoke(&[("192.0.2.2".parse().unwrap(), Service::tcp(22))]).unwrap();
+    d2.revoke(&[(Prefix::host("192.0.2.2".parse().unwrap()), Service::tcp(22))]).unwrap();
     d2.revoke(&[
-        ("192.0.2.2".parse().unwrap(), Service::tcp(22)),
-        ("2001:db8::5".parse().unwrap(), Service::tcp(22)),
+        (Prefix::host("192.0.2.2".parse().unwrap()), Service::tcp(22)),
+        (Prefix::host("2001:db8::5".parse().unwrap()), Service::tcp(22)),
     ])
     .unwrap();
     assert!(Command::new("ipset")
@@ -120,7 +120,7 @@ fn exercise(variant: IptablesVariant, suffix: &'static str) {
         .status()
         .unwrap()
         .success());
-    d2.revoke(&[("192.0.2.9".parse().unwrap(), Service::tcp(22))]).unwrap();
+    d2.revoke(&[(Prefix::host("192.0.2.9".parse().unwrap()), Service::tcp(22))]).unwrap();
     d2.grant(&[g("192.0.2.3", Service::tcp(22), 60)]).unwrap();
     assert_eq!(d2.list().unwrap().len(), 1);
 

@@ -294,13 +294,14 @@ pub fn nat_requests(grants: &[NatGrant], admin: Option<&AdminTable>, revoke: boo
     out
 }
 
-/// The admin-table part of a grant batch (accept mode).
+/// The admin-table part of a grant batch (accept mode; single addresses only, the
+/// config refuses prefix grants in accept mode).
 pub fn admin_grant_requests(t: &AdminTable, grants: &[Grant]) -> Vec<Request> {
     let mut out = Vec::new();
     for (v6, set) in [(false, ADMIN_SET4), (true, ADMIN_SET6)] {
         let items: Vec<Keyed> = grants
             .iter()
-            .filter(|g| g.addr.is_ipv6() == v6)
+            .filter(|g| g.addr.is_ipv6() == v6 && g.source().is_host())
             .map(|g| (allow_key(&g.addr, &g.service), None, timeout_ms(g.timeout)))
             .collect();
         refresh(&t.name, "nft grant: admin table elements", set, &items, &mut out);
@@ -309,13 +310,13 @@ pub fn admin_grant_requests(t: &AdminTable, grants: &[Grant]) -> Vec<Request> {
 }
 
 /// The admin-table part of a revoke batch (accept mode).
-pub fn admin_revoke_requests(t: &AdminTable, grants: &[(IpAddr, portcullis_proto::Service)]) -> Vec<Request> {
+pub fn admin_revoke_requests(t: &AdminTable, grants: &[crate::firewall::Key]) -> Vec<Request> {
     let mut out = Vec::new();
     for (v6, set) in [(false, ADMIN_SET4), (true, ADMIN_SET6)] {
         let items: Vec<Keyed> = grants
             .iter()
-            .filter(|(a, _)| a.is_ipv6() == v6)
-            .map(|(a, s)| (allow_key(a, s), None, 1))
+            .filter(|(p, _)| p.addr.is_ipv6() == v6 && p.is_host())
+            .map(|(p, s)| (allow_key(&p.addr, s), None, 1))
             .collect();
         remove(&t.name, "nft revoke: admin table elements", set, &items, &mut out);
     }
@@ -397,7 +398,9 @@ pub fn admin_setup_requests(t: &AdminTable, plan: &Plan, restore: &[super::rules
         ));
         let elems = restore
             .iter()
-            .filter(|e| e.addr.is_ipv6() == v6)
+            .filter(|e| {
+                e.addr.is_ipv6() == v6 && crate::firewall::Prefix { addr: e.addr, len: e.len }.is_host()
+            })
             .map(|e| element(allow_key(&e.addr, &e.service), e.timeout_ms, e.expires_ms))
             .collect();
         elements_in(

@@ -237,6 +237,30 @@ pub(crate) fn rule_allow6(set: &str, set_id: u32) -> Vec<Expr> {
     ]
 }
 
+/// `ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_24 accept` (or `ip6`):
+/// [`rule_allow4`]/[`rule_allow6`] with the source masked to `len` bits before the
+/// lookup, so the set's keys are network addresses.
+///
+/// ```text
+/// [ meta load nfproto => reg 1 ]
+/// [ cmp eq reg 1 0x00000002 ]
+/// [ payload load 4b @ network header + 12 => reg 1 ]
+/// [ bitwise reg 1 = ( reg 1 & 0x00ffffff ) ^ 0x00000000 ]
+/// [ meta load l4proto => reg 9 ]
+/// [ payload load 2b @ transport header + 2 => reg 10 ]
+/// [ lookup reg 1 set allow4_24 ]
+/// [ immediate reg 0 accept ]
+/// ```
+pub(crate) fn rule_allow_prefix(v6: bool, len: u8, set: &str, set_id: u32) -> Vec<Expr> {
+    let mut rule = if v6 { rule_allow6(set, set_id) } else { rule_allow4(set, set_id) };
+    let any: std::net::IpAddr =
+        if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let mask = crate::firewall::Prefix { addr: any, len }.mask_bytes();
+    // After the address load (third expression), before the service is loaded next to it.
+    rule.insert(3, never_gate::and_mask(mask));
+    rule
+}
+
 /// `meta l4proto . th dport @protected drop`
 ///
 /// ```text

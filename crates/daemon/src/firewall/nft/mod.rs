@@ -56,12 +56,11 @@
 //! The pure part (plan → messages, `nft` text, key encoding) is in `ruleset.rs`
 //! and `expr.rs`; the socket is in `netlink.rs`.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use portcullis_proto::Service;
-
-use super::{AdminTable, FirewallDriver, FirewallError, Grant, LiveGrant, Mode, NatGrant, Plan, Watch};
+use super::{
+    AdminTable, FirewallDriver, FirewallError, Grant, Key, LiveGrant, Mode, NatGrant, Plan, Prefix, Watch,
+};
 
 mod compose;
 mod expr;
@@ -108,20 +107,30 @@ impl NftDriver {
         Ok(NftDriver { nl, plan: Plan::default() })
     }
 
-    /// The grants in both sets, with their timeouts. Missing table or sets: none.
-    fn live(&mut self, op: &'static str) -> Result<Vec<Elem>, FirewallError> {
+    /// The grants in every grant set of our plan and of `next` (a setup's new plan),
+    /// with their timeouts. Missing table or sets: none.
+    fn live(&mut self, op: &'static str, next: Option<&Plan>) -> Result<Vec<Elem>, FirewallError> {
         let mut out = Vec::new();
-        for set in [SET_ALLOW4, SET_ALLOW6] {
-            for raw in self.nl.dump_set(op, set)?.unwrap_or_default() {
-                match ruleset::decode_allow_key(&raw.key) {
-                    Some((addr, service)) => out.push(Elem {
+        let mut sets = ruleset::grant_sets(&self.plan);
+        for s in next.map(ruleset::grant_sets).unwrap_or_default() {
+            if !sets.contains(&s) {
+                sets.push(s);
+            }
+        }
+        for (set, len) in sets {
+            for raw in self.nl.dump_set(op, &set)?.unwrap_or_default() {
+                let decoded = ruleset::decode_allow_key(&raw.key);
+                let len = len.or_else(|| decoded.map(|(a, _)| Prefix::host(a).len));
+                match decoded.zip(len).filter(|((a, _), l)| Prefix::covering(*a, *l).addr == *a) {
+                    Some(((addr, service), len)) => out.push(Elem {
                         addr,
+                        len,
                         service,
                         timeout_ms: raw.timeout_ms,
                         expires_ms: raw.expires_ms,
                     }),
                     None => {
-                        tracing::warn!(set, key = ?raw.key, "ignoring set element portcullis did not write")
+                        tracing::warn!(set = %set, key = ?raw.key, "ignoring set element portcullis did not write")
                     }
                 }
             }
@@ -145,7 +154,7 @@ impl FirewallDriver for NftDriver {
     }
 
     fn setup(&mut self, plan: &Plan) -> Result<(), FirewallError> {
-        let live = self.live("nft setup: list live grants")?;
+        let live = self.live("nft setup: list live grants", Some(plan))?;
         let restore = ruleset::restorable(plan, &live);
         let dropped = live.len() - restore.len();
         if dropped > 0 {
@@ -172,6 +181,13 @@ impl FirewallDriver for NftDriver {
     }
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
+        if let Some(g) = grants.iter().find(|g| !self.plan.holds(&g.source())) {
+            return Err(FirewallError::Protocol(format!(
+                "grant for {}: no door or user grants /{} prefixes, so the firewall has no set for them",
+                g.source(),
+                g.len
+            )));
+        }
         let mut reqs = ruleset::grant_requests(grants);
         if let Some(t) = admin(&self.plan) {
             reqs.extend(compose::admin_grant_requests(t, grants));
@@ -186,7 +202,10 @@ impl FirewallDriver for NftDriver {
         }
     }
 
-    fn revoke(&mut self, grants: &[(IpAddr, Service)]) -> Result<(), FirewallError> {
+    fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError> {
+        // A prefix length the plan has no set for cannot be in the firewall.
+        let grants: Vec<Key> = grants.iter().filter(|(p, _)| self.plan.holds(p)).copied().collect();
+        let grants = grants.as_slice();
         if grants.is_empty() {
             return Ok(());
         }
@@ -202,10 +221,10 @@ impl FirewallDriver for NftDriver {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let live = self.live("nft revoke: list live grants")?;
-            let present: Vec<(IpAddr, Service)> = grants
+            let live = self.live("nft revoke: list live grants", None)?;
+            let present: Vec<Key> = grants
                 .iter()
-                .filter(|(a, s)| live.iter().any(|e| e.addr == *a && e.service == *s))
+                .filter(|(p, s)| live.iter().any(|e| e.addr == p.addr && e.len == p.len && e.service == *s))
                 .copied()
                 .collect();
             match self.nl.batch("nft revoke", &ruleset::revoke_requests(&present)) {
@@ -218,10 +237,11 @@ impl FirewallDriver for NftDriver {
 
     fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
         Ok(self
-            .live("nft list")?
+            .live("nft list", None)?
             .into_iter()
             .map(|e| LiveGrant {
                 addr: e.addr,
+                len: e.len,
                 service: e.service,
                 remaining: e.expires_ms.map(Duration::from_millis),
                 timeout: e.timeout_ms.map(Duration::from_millis),

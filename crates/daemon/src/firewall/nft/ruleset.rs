@@ -18,7 +18,7 @@ use netlink_packet_netfilter::nftables::{
 use portcullis_proto::{Proto, Service};
 
 use super::expr;
-use crate::firewall::{Grant, Plan};
+use crate::firewall::{Grant, Key, Plan, Prefix};
 
 /// The one table we own: `table inet portcullis`.
 pub const TABLE: &str = "portcullis";
@@ -45,6 +45,9 @@ pub(super) const POLICY_ACCEPT: u32 = 1;
 pub(super) const ID_PROTECTED: u32 = 1;
 pub(super) const ID_ALLOW4: u32 = 2;
 pub(super) const ID_ALLOW6: u32 = 3;
+/// Prefix grant sets: this plus the prefix length (IPv4), plus 200 (IPv6); clear of
+/// the ids above and in `compose.rs`.
+const ID_PREFIX_BASE: u32 = 100;
 
 /// nft datatype ids (`enum datatypes` in nftables' `datatype.h`); a concatenation's
 /// type is the field types shifted together 6 bits at a time.
@@ -89,8 +92,10 @@ pub struct Request {
 /// A set element as the kernel reports it (or as we re-add it on setup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elem {
-    /// Source address allowed in.
+    /// Source address allowed in (a prefix grant's network address).
     pub addr: IpAddr,
+    /// Prefix length: the family's width for a single address.
+    pub len: u8,
     /// Service it may reach.
     pub service: Service,
     /// The element's full timeout in ms (`timeout` in `nft list`), if any.
@@ -105,12 +110,44 @@ pub fn timeout_ms(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The set holding grants for this address family.
+/// The set holding single-address grants for this address family.
 pub fn allow_set(addr: &IpAddr) -> &'static str {
     match addr {
         IpAddr::V4(_) => SET_ALLOW4,
         IpAddr::V6(_) => SET_ALLOW6,
     }
+}
+
+/// The set holding grants for `p`: `allow4`/`allow6` for a single address, else the
+/// set of its prefix length (`allow4_24`, `allow6_64`), whose keys are network
+/// addresses and whose rule masks the source before the lookup. One exact-match hash
+/// set per length keeps kernel timeouts and leaves single-address grants as they were.
+pub fn set_for(p: &Prefix) -> String {
+    if p.is_host() {
+        allow_set(&p.addr).to_string()
+    } else {
+        prefix_set(p.addr.is_ipv6(), p.len)
+    }
+}
+
+/// Name of the set for `len`-bit prefix grants.
+pub fn prefix_set(v6: bool, len: u8) -> String {
+    format!("allow{}_{len}", if v6 { 6 } else { 4 })
+}
+
+/// The prefix grant sets of `plan`: (IPv6?, length, name, transaction id).
+pub fn prefix_sets(plan: &Plan) -> Vec<(bool, u8, String, u32)> {
+    let v4 = plan.prefix_v4.iter().map(|&l| (false, l, prefix_set(false, l), ID_PREFIX_BASE + u32::from(l)));
+    let v6 =
+        plan.prefix_v6.iter().map(|&l| (true, l, prefix_set(true, l), ID_PREFIX_BASE + 200 + u32::from(l)));
+    v4.chain(v6).collect()
+}
+
+/// Every set a grant may be in under `plan`, with the prefix length it holds.
+pub fn grant_sets(plan: &Plan) -> Vec<(String, Option<u8>)> {
+    let mut out = vec![(SET_ALLOW4.to_string(), None), (SET_ALLOW6.to_string(), None)];
+    out.extend(prefix_sets(plan).into_iter().map(|(_, l, name, _)| (name, Some(l))));
+    out
 }
 
 /// `inet_proto . inet_service` as 8 bytes: protocol in the first byte of its
@@ -301,6 +338,7 @@ pub fn restorable(plan: &Plan, live: &[Elem]) -> Vec<Elem> {
     let mut keep: Vec<Elem> = live
         .iter()
         .filter(|e| plan.protected.contains(&e.service))
+        .filter(|e| plan.holds(&Prefix { addr: e.addr, len: e.len }))
         .filter(|e| e.expires_ms != Some(0))
         .copied()
         .collect();
@@ -364,6 +402,21 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
             true,
         ),
     ];
+    // add set inet portcullis allow4_24 { type ipv4_addr . inet_proto . inet_service;
+    //     flags timeout; size <max_grants>; } (one per prefix length in use)
+    for (v6, _, name, id) in prefix_sets(plan) {
+        let (ty, len) = if v6 { (TYPE_IP6ADDR, KEY_LEN_ALLOW6) } else { (TYPE_IPADDR, KEY_LEN_ALLOW4) };
+        out.push(set_in(
+            TABLE,
+            "nft setup: add prefix grant set",
+            &name,
+            id,
+            (concat_type(&[ty, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), len),
+            None,
+            plan.max_grants,
+            true,
+        ));
+    }
     // add element inet portcullis protected { tcp . 22, ... }
     let protected = plan.protected.iter().map(|s| element(protected_key(s), None, None)).collect();
     element_msgs(
@@ -403,17 +456,36 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
     out.push(rule_msg("nft setup: add rule allow4", expr::rule_allow4(SET_ALLOW4, ID_ALLOW4)));
     // ip6 saddr . meta l4proto . th dport @allow6 accept
     out.push(rule_msg("nft setup: add rule allow6", expr::rule_allow6(SET_ALLOW6, ID_ALLOW6)));
+    // ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_24 accept (per prefix set)
+    for (v6, len, name, id) in prefix_sets(plan) {
+        out.push(rule_msg(
+            "nft setup: add rule for prefix grants",
+            expr::rule_allow_prefix(v6, len, &name, id),
+        ));
+    }
     // meta l4proto . th dport @protected drop
     out.push(rule_msg("nft setup: add rule protected", expr::rule_protected(SET_PROTECTED, ID_PROTECTED)));
 
     // add element inet portcullis allow4 { <addr> . <proto> . <port> timeout <t> expires <left> }
-    for (set, id) in [(SET_ALLOW4, ID_ALLOW4), (SET_ALLOW6, ID_ALLOW6)] {
+    let mut sets = vec![(SET_ALLOW4.to_string(), ID_ALLOW4), (SET_ALLOW6.to_string(), ID_ALLOW6)];
+    sets.extend(prefix_sets(plan).into_iter().map(|(_, _, name, id)| (name, id)));
+    for (set, id) in sets {
         let elems = restore
             .iter()
-            .filter(|e| allow_set(&e.addr) == set)
+            .filter(|e| set_for(&Prefix { addr: e.addr, len: e.len }) == set)
             .map(|e| element(allow_key(&e.addr, &e.service), e.timeout_ms, e.expires_ms))
             .collect();
-        element_msgs("nft setup: restore live grants", true, set, Some(id), elems, &mut out);
+        element_msgs("nft setup: restore live grants", true, &set, Some(id), elems, &mut out);
+    }
+    out
+}
+
+/// Group items by the set that holds them, in a stable order (`allow4`, `allow4_NN`,
+/// `allow6`, `allow6_NN`).
+fn by_set<T: Copy>(items: &[T], source: impl Fn(&T) -> Prefix) -> std::collections::BTreeMap<String, Vec<T>> {
+    let mut out: std::collections::BTreeMap<String, Vec<T>> = std::collections::BTreeMap::new();
+    for it in items {
+        out.entry(set_for(&source(it))).or_default().push(*it);
     }
     out
 }
@@ -436,15 +508,12 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
 pub fn grant_requests(grants: &[Grant]) -> Vec<Request> {
     // Collapse duplicate keys (the last grant wins) so each element appears once.
     let mut seen = std::collections::HashSet::with_capacity(grants.len());
-    let mut uniq: Vec<&Grant> = grants.iter().rev().filter(|g| seen.insert((g.addr, g.service))).collect();
+    let mut uniq: Vec<&Grant> = grants.iter().rev().filter(|g| seen.insert(g.key())).collect();
     uniq.reverse();
 
     let mut out = Vec::new();
-    for set in [SET_ALLOW4, SET_ALLOW6] {
-        let mine: Vec<&Grant> = uniq.iter().copied().filter(|g| allow_set(&g.addr) == set).collect();
-        if mine.is_empty() {
-            continue;
-        }
+    for (set, mine) in by_set(&uniq, |g| g.source()) {
+        let set = set.as_str();
         let full = |g: &&Grant| element(allow_key(&g.addr, &g.service), Some(timeout_ms(g.timeout)), None);
         element_msgs("nft grant: add elements", true, set, None, mine.iter().map(full).collect(), &mut out);
         let keys = mine.iter().map(|g| element(allow_key(&g.addr, &g.service), None, None)).collect();
@@ -466,35 +535,27 @@ pub fn grant_requests(grants: &[Grant]) -> Vec<Request> {
 /// abort it with ENOENT and revoking costs the same with 1 or 100,000 grants live.
 /// The add can only fail when the set is full and the element absent (ENFILE); the
 /// caller then falls back to [`revoke_requests`] on what a dump shows is present.
-pub fn revoke_blind_requests(grants: &[(IpAddr, Service)]) -> Vec<Request> {
+pub fn revoke_blind_requests(grants: &[Key]) -> Vec<Request> {
     let mut out = Vec::new();
-    for set in [SET_ALLOW4, SET_ALLOW6] {
-        let mine: Vec<_> = grants.iter().filter(|(a, _)| allow_set(a) == set).collect();
-        if mine.is_empty() {
-            continue;
-        }
+    for (set, mine) in by_set(grants, |k| k.0) {
         // add element inet portcullis allow4 { <key> timeout 1ms }
-        let adds = mine.iter().map(|(a, s)| element(allow_key(a, s), Some(1), None)).collect();
-        element_msgs("nft revoke: add elements (no-op if present)", true, set, None, adds, &mut out);
+        let adds = mine.iter().map(|(p, s)| element(allow_key(&p.addr, s), Some(1), None)).collect();
+        element_msgs("nft revoke: add elements (no-op if present)", true, &set, None, adds, &mut out);
         // delete element inet portcullis allow4 { <key> }
-        let dels = mine.iter().map(|(a, s)| element(allow_key(a, s), None, None)).collect();
-        element_msgs("nft revoke: delete elements", false, set, None, dels, &mut out);
+        let dels = mine.iter().map(|(p, s)| element(allow_key(&p.addr, s), None, None)).collect();
+        element_msgs("nft revoke: delete elements", false, &set, None, dels, &mut out);
     }
     out
 }
 
 /// The revoke batch: `delete element` for each of `present` (which the caller has
 /// checked exist; a missing one would abort the batch with ENOENT).
-pub fn revoke_requests(present: &[(IpAddr, Service)]) -> Vec<Request> {
+pub fn revoke_requests(present: &[Key]) -> Vec<Request> {
     let mut out = Vec::new();
-    for set in [SET_ALLOW4, SET_ALLOW6] {
-        let keys: Vec<_> = present
-            .iter()
-            .filter(|(a, _)| allow_set(a) == set)
-            .map(|(a, s)| element(allow_key(a, s), None, None))
-            .collect();
+    for (set, mine) in by_set(present, |k| k.0) {
+        let keys = mine.iter().map(|(p, s)| element(allow_key(&p.addr, s), None, None)).collect();
         // delete element inet portcullis allow4 { <key>, ... }
-        element_msgs("nft revoke: delete elements", false, set, None, keys, &mut out);
+        element_msgs("nft revoke: delete elements", false, &set, None, keys, &mut out);
     }
     out
 }
@@ -528,6 +589,20 @@ pub fn render_table(plan: &Plan, inner: &str) -> String {
         let _ = writeln!(s, "\t\tflags timeout");
         let _ = writeln!(s, "\t}}");
     }
+    for (v6, _, name, _) in prefix_sets(plan) {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "\tset {name} {{");
+        let _ = writeln!(
+            s,
+            "\t\ttype {} . inet_proto . inet_service",
+            if v6 { "ipv6_addr" } else { "ipv4_addr" }
+        );
+        if plan.max_grants > 0 {
+            let _ = writeln!(s, "\t\tsize {}", plan.max_grants);
+        }
+        let _ = writeln!(s, "\t\tflags timeout");
+        let _ = writeln!(s, "\t}}");
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "\tchain {CHAIN} {{");
     let _ = writeln!(s, "\t\ttype filter hook input priority filter - {}; policy accept;", -CHAIN_PRIORITY);
@@ -535,6 +610,9 @@ pub fn render_table(plan: &Plan, inner: &str) -> String {
         let _ = writeln!(s, "\t\t{rule}");
         if i == 0 {
             s.push_str(&render_never_gate(plan));
+        }
+        if i == 2 {
+            s.push_str(&render_prefix_rules(plan));
         }
     }
     let _ = writeln!(s, "\t}}");
@@ -548,6 +626,27 @@ pub fn render_never_gate(plan: &Plan) -> String {
     plan.never_gate
         .iter()
         .map(|p| format!("\t\t{} saddr {p} accept\n", if p.addr.is_ipv4() { "ip" } else { "ip6" }))
+        .collect()
+}
+
+/// `ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_24 accept` lines for the
+/// plan's prefix grant sets.
+pub fn render_prefix_rules(plan: &Plan) -> String {
+    prefix_sets(plan)
+        .into_iter()
+        .map(|(v6, len, name, _)| {
+            let (fam, any) = if v6 {
+                ("ip6", IpAddr::from(Ipv6Addr::UNSPECIFIED))
+            } else {
+                ("ip", Ipv4Addr::UNSPECIFIED.into())
+            };
+            let mask = Prefix { addr: any, len }.mask_bytes();
+            let mask = match mask.len() {
+                4 => Ipv4Addr::from(<[u8; 4]>::try_from(mask.as_slice()).unwrap_or_default()).to_string(),
+                _ => Ipv6Addr::from(<[u8; 16]>::try_from(mask.as_slice()).unwrap_or_default()).to_string(),
+            };
+            format!("\t\t{fam} saddr & {mask} . meta l4proto . th dport @{name} accept\n")
+        })
         .collect()
 }
 

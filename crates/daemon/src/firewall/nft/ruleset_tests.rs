@@ -125,7 +125,13 @@ fn setup_batch_shape() {
 #[test]
 fn restore_keeps_only_protected_with_time_left_and_fits_the_set() {
     let a = |i: u8| IpAddr::from([10, 0, 0, i]);
-    let e = |i: u8, svc, left| Elem { addr: a(i), service: svc, timeout_ms: Some(60_000), expires_ms: left };
+    let e = |i: u8, svc, left| Elem {
+        addr: a(i),
+        len: 32,
+        service: svc,
+        timeout_ms: Some(60_000),
+        expires_ms: left,
+    };
     let live = [
         e(1, Service::tcp(22), Some(5_000)),
         e(2, Service::tcp(2222), Some(5_000)), // no longer protected
@@ -144,10 +150,12 @@ fn restore_keeps_only_protected_with_time_left_and_fits_the_set() {
 #[test]
 fn big_batches_are_chunked_and_deduplicated() {
     let grants: Vec<Grant> = (0..1000u32)
-        .map(|i| Grant {
-            addr: IpAddr::from(0x0a00_0000u32.wrapping_add(i).to_be_bytes()),
-            service: Service::tcp(22),
-            timeout: Duration::from_secs(30),
+        .map(|i| {
+            Grant::host(
+                IpAddr::from(0x0a00_0000u32.wrapping_add(i).to_be_bytes()),
+                Service::tcp(22),
+                Duration::from_secs(30),
+            )
         })
         .collect();
     let reqs = grant_requests(&grants);

@@ -16,7 +16,7 @@ use portcullis_proto::Service;
 
 use super::ruleset::{self, RULES};
 use super::{render, NftDriver};
-use crate::firewall::{FirewallDriver, FirewallError, Grant, LiveGrant, Plan};
+use crate::firewall::{FirewallDriver, FirewallError, Grant, Key, LiveGrant, Plan, Prefix};
 use crate::lab::preflight::{cannot_run, root_or_skip};
 
 fn plan() -> Plan {
@@ -28,7 +28,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn grant(addr: &str, service: Service, timeout: Duration) -> Grant {
-    Grant { addr: ip(addr), service, timeout }
+    Grant::host(ip(addr), service, timeout)
 }
 
 fn errno_of(e: &FirewallError) -> Option<i32> {
@@ -265,16 +265,19 @@ fn revoke_removes_and_ignores_missing() {
         let t = Duration::from_secs(30);
         drv.grant(&[grant("192.0.2.7", Service::tcp(22), t), grant("192.0.2.8", Service::tcp(22), t)])
             .expect("grant");
-        drv.revoke(&[(ip("192.0.2.7"), Service::tcp(22)), (ip("192.0.2.99"), Service::udp(53))])
-            .expect("revoke");
+        drv.revoke(&[
+            (Prefix::host(ip("192.0.2.7")), Service::tcp(22)),
+            (Prefix::host(ip("192.0.2.99")), Service::udp(53)),
+        ])
+        .expect("revoke");
         let live = drv.list().expect("list");
         assert_eq!(live.len(), 1, "{live:?}");
         assert!(find(&live, "192.0.2.8", Service::tcp(22)).is_some());
         // Again, and with nothing to do: still fine.
-        drv.revoke(&[(ip("192.0.2.7"), Service::tcp(22))]).expect("revoke again");
+        drv.revoke(&[(Prefix::host(ip("192.0.2.7")), Service::tcp(22))]).expect("revoke again");
         drv.revoke(&[]).expect("revoke nothing");
         drv.teardown().expect("teardown");
-        drv.revoke(&[(ip("192.0.2.8"), Service::tcp(22))]).expect("revoke without table");
+        drv.revoke(&[(Prefix::host(ip("192.0.2.8")), Service::tcp(22))]).expect("revoke without table");
     });
 }
 
@@ -285,7 +288,7 @@ fn reinstall_keeps_live_grants_with_remaining_time() {
         drv.setup(&p).expect("setup");
         drv.grant(&[
             grant("192.0.2.7", Service::tcp(22), Duration::from_secs(20)),
-            Grant { addr: ip("2001:db8::7"), service: Service::udp(53), timeout: Duration::from_secs(20) },
+            Grant::host(ip("2001:db8::7"), Service::udp(53), Duration::from_secs(20)),
         ])
         .expect("grant");
         std::thread::sleep(Duration::from_millis(1500));
@@ -358,12 +361,8 @@ fn teardown_removes_table_and_is_idempotent() {
 fn ipv6_grant_works() {
     in_netns("ipv6_grant_works", |mut drv| {
         drv.setup(&plan()).expect("setup");
-        drv.grant(&[Grant {
-            addr: ip("2001:db8::7"),
-            service: Service::tcp(22),
-            timeout: Duration::from_secs(30),
-        }])
-        .expect("grant v6");
+        drv.grant(&[Grant::host(ip("2001:db8::7"), Service::tcp(22), Duration::from_secs(30))])
+            .expect("grant v6");
         let live = drv.list().expect("list");
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].addr, ip("2001:db8::7"));
@@ -371,7 +370,7 @@ fn ipv6_grant_works() {
         if let Some(text) = nft(&["list", "set", "inet", "portcullis", "allow6"]) {
             assert!(text.contains("2001:db8::7 . tcp . 22 timeout 30s expires"), "{text}");
         }
-        drv.revoke(&[(ip("2001:db8::7"), Service::tcp(22))]).expect("revoke v6");
+        drv.revoke(&[(Prefix::host(ip("2001:db8::7")), Service::tcp(22))]).expect("revoke v6");
         assert_eq!(drv.list().expect("list"), []);
     });
 }
@@ -387,7 +386,7 @@ fn thousand_grants_in_one_batch() {
                 } else {
                     IpAddr::from(std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) + u128::from(i)))
                 };
-                Grant { addr, service: Service::tcp(22), timeout: Duration::from_secs(60) }
+                Grant::host(addr, Service::tcp(22), Duration::from_secs(60))
             })
             .collect();
         drv.grant(&grants).expect("1000 grants");
@@ -395,7 +394,7 @@ fn thousand_grants_in_one_batch() {
         drv.grant(&grants).expect("refresh 1000 grants");
         drv.setup(&plan()).expect("re-install with 1000 live grants");
         assert_eq!(drv.list().expect("list").len(), 1000);
-        let pairs: Vec<(IpAddr, Service)> = grants.iter().map(|g| (g.addr, g.service)).collect();
+        let pairs: Vec<Key> = grants.iter().map(Grant::key).collect();
         drv.revoke(&pairs).expect("revoke 1000");
         assert_eq!(drv.list().expect("list"), []);
     });
@@ -415,8 +414,8 @@ fn full_set_refreshes_but_refuses_new_grants() {
         assert!(err.to_string().contains("max_grants"), "{err}");
         assert_eq!(drv.list().expect("list").len(), 2, "failed batch changed nothing");
         // Revoking in a full set, including an absent element, still works (dump fallback).
-        let absent = (ip("192.0.2.3"), Service::tcp(22));
-        drv.revoke(&[(two[0].addr, two[0].service), absent]).expect("revoke in a full set");
+        let absent = (Prefix::host(ip("192.0.2.3")), Service::tcp(22));
+        drv.revoke(&[two[0].key(), absent]).expect("revoke in a full set");
         assert_eq!(drv.list().expect("list").len(), 1);
     });
 }
@@ -451,7 +450,7 @@ fn packets_follow_grants() {
                 break s;
             }
         };
-        drv.revoke(&[(ip("127.0.0.1"), svc)]).expect("revoke");
+        drv.revoke(&[(Prefix::host(ip("127.0.0.1")), svc)]).expect("revoke");
         assert!(!connects(), "closed again after revoke");
         use std::io::{Read as _, Write as _};
         conn.write_all(b"still here").expect("write on established connection");
@@ -474,21 +473,23 @@ fn grant_latency() {
         drv.setup(&plan).expect("setup");
         let mut times = Vec::with_capacity(1000);
         for i in 0..1000u32 {
-            let g = Grant {
-                addr: IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i)),
-                service: Service::tcp(22),
-                timeout: Duration::from_secs(60),
-            };
+            let g = Grant::host(
+                IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i)),
+                Service::tcp(22),
+                Duration::from_secs(60),
+            );
             let start = Instant::now();
             drv.grant(&[g]).expect("grant");
             times.push(start.elapsed());
         }
         times.sort();
         let big: Vec<Grant> = (0..1000u32)
-            .map(|i| Grant {
-                addr: IpAddr::from(Ipv4Addr::from(0x0b00_0000 + i)),
-                service: Service::tcp(22),
-                timeout: Duration::from_secs(60),
+            .map(|i| {
+                Grant::host(
+                    IpAddr::from(Ipv4Addr::from(0x0b00_0000 + i)),
+                    Service::tcp(22),
+                    Duration::from_secs(60),
+                )
             })
             .collect();
         let start = Instant::now();

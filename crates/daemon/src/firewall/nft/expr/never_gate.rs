@@ -11,7 +11,7 @@ use super::{
 use crate::firewall::Prefix;
 
 /// `[ bitwise reg 1 = ( reg 1 & <mask> ) ^ 0 ]` over `len` bytes (network order).
-fn and_mask(mask: Vec<u8>) -> Expr {
+pub(super) fn and_mask(mask: Vec<u8>) -> Expr {
     let zeros = vec![0u8; mask.len()];
     Expressions::Bitwise(vec![
         Bitwise::SourceRegister(Register::Reg1),
