@@ -192,6 +192,69 @@ fn setup_installs_what_render_describes() {
 }
 
 #[test]
+fn prefix_grants_get_their_own_sets_and_keys() {
+    in_netns("prefix_grants_get_their_own_sets_and_keys", |mut drv| {
+        let p = Plan { prefix_v4: vec![24], prefix_v6: vec![64], ..plan() };
+        drv.setup(&p).expect("setup");
+        let Some(ours) = nft(&["list", "table", "inet", "portcullis"]) else {
+            return;
+        };
+        assert!(
+            ours.contains("ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_24 accept"),
+            "{ours}"
+        );
+        assert!(
+            ours.contains("ip6 saddr & ffff:ffff:ffff:ffff:: . meta l4proto . th dport @allow6_64 accept")
+        );
+        let ours_bc = nft(&["--debug=netlink", "list", "table", "inet", "portcullis"]).unwrap_or_default();
+        drv.teardown().expect("teardown");
+        nft_stdin(&["-f", "-"], Some(&render(&p))).expect("nft -f render");
+        assert_eq!(
+            nft(&["list", "table", "inet", "portcullis"]).unwrap_or_default(),
+            ours,
+            "driver vs render"
+        );
+        let theirs_bc = nft(&["--debug=netlink", "list", "table", "inet", "portcullis"]).unwrap_or_default();
+        let rules = |t: &str| -> Vec<String> {
+            t.lines().filter(|l| l.starts_with("  [")).map(|l| l.replace(" 0x0 ]", " ]")).collect()
+        };
+        assert_eq!(rules(&ours_bc), rules(&theirs_bc), "bytecode: driver vs nft");
+        drv.setup(&p).expect("setup over nft-made table");
+
+        let t = Duration::from_secs(30);
+        let net = Grant { len: 24, ..grant("10.1.2.0", Service::tcp(22), t) };
+        let host = grant("10.1.2.0", Service::tcp(22), t);
+        let net6 = Grant { len: 64, ..grant("2001:db8:0:7::", Service::tcp(22), t) };
+        drv.grant(&[net, host, net6]).expect("grant");
+        let mut live: Vec<Key> = drv.list().expect("list").iter().map(LiveGrant::key).collect();
+        live.sort();
+        let mut want = vec![net.key(), host.key(), net6.key()];
+        want.sort();
+        assert_eq!(live, want, "a prefix and a host in it are distinct grants");
+        let left = drv.list().unwrap().into_iter().find(|g| g.key() == net.key()).unwrap().remaining.unwrap();
+        assert!(left > Duration::from_secs(28) && left <= t, "kernel timeout on the prefix: {left:?}");
+
+        // A restart keeps both; a revoke of the prefix leaves the host.
+        drv.setup(&p).expect("reinstall");
+        assert_eq!(drv.list().unwrap().len(), 3);
+        drv.revoke(&[net.key(), net6.key()]).expect("revoke");
+        assert_eq!(drv.list().unwrap().iter().map(LiveGrant::key).collect::<Vec<_>>(), vec![host.key()]);
+        // Blind and looked-up revokes of what is gone are fine.
+        drv.revoke(&[net.key()]).expect("revoke again");
+
+        // A length no door grants has no set: refused before anything is sent.
+        let wide = Grant { len: 20, ..grant("10.1.0.0", Service::tcp(22), t) };
+        let err = drv.grant(&[wide]).unwrap_err();
+        assert!(err.to_string().contains("/20"), "{err}");
+        // Setting up without prefix lengths drops their grants and sets.
+        drv.grant(&[net]).expect("grant again");
+        drv.setup(&plan()).expect("setup without prefixes");
+        assert_eq!(drv.list().unwrap().iter().map(LiveGrant::key).collect::<Vec<_>>(), vec![host.key()]);
+        assert!(!nft(&["list", "table", "inet", "portcullis"]).unwrap_or_default().contains("allow4_24"));
+    });
+}
+
+#[test]
 fn grant_adds_element_with_kernel_timeout() {
     in_netns("grant_adds_element_with_kernel_timeout", |mut drv| {
         drv.setup(&plan()).expect("setup");
