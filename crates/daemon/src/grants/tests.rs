@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use super::clock::ManualClock;
 use super::*;
 use crate::firewall::none::NoFirewall;
-use crate::firewall::{FirewallError, LiveGrant};
+use crate::firewall::{FirewallError, LiveGrant, Prefix};
 use crate::store::{Filter, GrantState, Options};
 
 const T0: i64 = 1_800_000_000_000;
@@ -528,4 +528,92 @@ fn without_a_store_a_grant_that_would_never_expire_is_revoked() {
     .unwrap();
     granter.adopt_live().unwrap();
     assert!(granter.live().unwrap().is_empty(), "a grant with no timeout must not stay open");
+}
+
+#[test]
+fn prefix_grants_are_their_own_keys_from_firewall_to_record() {
+    use crate::config::{GrantPrefix, Limits};
+    let f = fixture();
+    let mut limits = Limits::unbounded();
+    limits.grant_prefix.doors.insert("cgnat".into(), GrantPrefix { v4: 24, v6: 64 });
+    limits.grant_prefix.users.insert("alice".into(), GrantPrefix { v4: 16, v6: 48 });
+    f.granter.set_limits(limits);
+    let (ssh, d30) = ([Service::tcp(22)], Duration::from_secs(30));
+    let open = |name: &str, src: &str| f.granter.open_door(door(name), ip(src), ip(src), &ssh, d30).unwrap();
+    let spa = |who: &str, src: &str| {
+        f.granter.grant(Origin { kind: OriginKind::Spa, detail: who.into() }, ip(src), &ssh, d30).unwrap()
+    };
+    open("cgnat", "10.1.2.3");
+    f.clock.advance(Duration::from_secs(5));
+    // Another address of the same pool refreshes the same grant.
+    open("cgnat", "::ffff:10.1.2.77");
+    // A door without the option grants the single address, even the prefix's own.
+    open("ssh", "10.1.2.0");
+    open("cgnat", "2001:db8:0:7:1::2");
+    spa("user alice", "10.9.8.7");
+    spa("stanza 1", "10.9.8.7");
+
+    let key = |s: &str| (s.parse::<Prefix>().unwrap(), Service::tcp(22));
+    let mut got: Vec<_> = f.granter.live().unwrap().iter().map(LiveGrant::key).collect();
+    got.sort();
+    let mut want = vec![
+        key("10.1.2.0/24"),
+        key("10.1.2.0"),
+        key("2001:db8:0:7::/64"),
+        key("10.9.0.0/16"),
+        key("10.9.8.7"),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(f.granter.scheduled(), 5);
+
+    let recs = all(&f);
+    let by_source =
+        |s: &str| recs.iter().find(|r| r.source().short() == s).unwrap_or_else(|| panic!("{s}: {recs:?}"));
+    assert_eq!(recs.len(), 5, "{recs:?}");
+    assert_eq!(
+        (by_source("10.1.2.0/24").refresh_count, by_source("10.1.2.0/24").expires_at),
+        (1, T0 + 35_000)
+    );
+    assert_eq!(by_source("10.1.2.0").origin, door("ssh"));
+    assert_eq!(by_source("10.9.0.0/16").origin.detail, "user alice");
+
+    // Revoking the prefix grant (by id) leaves the host grant inside it.
+    let id = by_source("10.1.2.0/24").id;
+    let r = rt().block_on(f.granter.revoke(RevokeTarget::Id(id), "t")).unwrap();
+    assert_eq!((r.state, r.source().short()), (GrantState::Revoked, "10.1.2.0/24".to_string()));
+    let got: Vec<_> = f.granter.live().unwrap().iter().map(LiveGrant::key).collect();
+    assert!(!got.contains(&key("10.1.2.0/24")) && got.contains(&key("10.1.2.0")), "{got:?}");
+
+    // The daemon closes prefix grants on time like any other (this driver has no kernel expiry).
+    f.clock.advance(Duration::from_secs(31));
+    f.granter.expire_due();
+    assert!(f.granter.live().unwrap().is_empty());
+    assert!(all(&f).iter().all(|r| r.state != GrantState::Active), "{:?}", all(&f));
+}
+
+#[test]
+fn a_restart_restores_prefix_grants_missing_from_the_firewall() {
+    use crate::config::{GrantPrefix, Limits};
+    let f = fixture();
+    let mut limits = Limits::unbounded();
+    limits.grant_prefix.doors.insert("cgnat".into(), GrantPrefix { v4: 24, v6: 128 });
+    f.granter.set_limits(limits);
+    f.granter
+        .open_door(
+            door("cgnat"),
+            ip("10.1.2.3"),
+            ip("10.1.2.3"),
+            &[Service::tcp(22)],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    f.granter.store().unwrap().sync_blocking();
+    f.granter.shutdown();
+    // A fresh firewall (reboot): the record brings the prefix grant back, as a prefix.
+    let g = fixture_full(Options::default(), Box::new(NoFirewall::default()), Some(f.dir));
+    let report = g.granter.reconcile().unwrap();
+    assert_eq!(report.restored, 1, "{report:?}");
+    let live = g.granter.live().unwrap();
+    assert_eq!(live.iter().map(|l| l.source().to_string()).collect::<Vec<_>>(), vec!["10.1.2.0/24"]);
 }
