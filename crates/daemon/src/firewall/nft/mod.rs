@@ -19,6 +19,13 @@
 //! }
 //! ```
 //!
+//! Doors and SPA users that grant prefixes (carrier-grade NAT) add, per prefix length in
+//! use, a set `allow4_<len>` / `allow6_<len>` of the same type whose keys are network
+//! addresses, and a rule after `@allow6` that masks the source before the lookup:
+//! `ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_24 accept`. Exact-match
+//! hash sets with kernel timeouts, like the others; a plan without prefix lengths has
+//! neither, so single-address grants are untouched.
+//!
 //! Why this shape:
 //!
 //! - In nftables every table's base chains see the packet; an `accept` only ends
