@@ -42,6 +42,9 @@ pub enum Refusal {
     /// A door that does not exist, or has no commands / one-time sequences.
     #[error("door {0:?} has no {1} in the config")]
     NoSuchDoor(String, &'static str),
+    /// A config page of a generation not on offer (or not on a character boundary).
+    #[error("no config bundle of generation {0} on offer at that offset")]
+    NoOffer(u64),
     /// Out of sequence (replayed or skipped).
     #[error("request {got} out of sequence (expected {expected})")]
     Sequence {
@@ -106,6 +109,20 @@ impl Policy {
             .filter_map(|d| Some((d.name.clone(), d.one_time.as_ref()?.path.clone())))
             .collect();
         Policy { limits, commands, one_time }
+    }
+
+    /// What either `self` or `next` allows: used while a reload is being taken up by
+    /// the unprivileged part, so that neither its old nor its new engine is refused for
+    /// the few milliseconds the switch takes. `next`'s commands and files win.
+    pub fn union(&self, next: &Policy) -> Policy {
+        let mut u = self.clone();
+        for (&s, &d) in &next.limits {
+            let e = u.limits.entry(s).or_default();
+            *e = (*e).max(d);
+        }
+        u.commands.extend(next.commands.iter().map(|(k, v)| (k.clone(), v.clone())));
+        u.one_time.extend(next.one_time.iter().map(|(k, v)| (k.clone(), v.clone())));
+        u
     }
 
     fn service(s: WireService) -> Result<Service, Refusal> {
@@ -231,6 +248,20 @@ open_for = 60
         assert!(p.revoke(&k).is_err());
         assert!(p.commands("ssh").is_err(), "no commands configured");
         assert!(p.one_time("nope").is_err());
+    }
+
+    #[test]
+    fn a_union_allows_what_either_allows_and_nothing_more() {
+        let old = policy();
+        let new = Policy::from_config(
+            &config::parse(&CONF.replace("open_for = 60", "open_for = 90"), std::path::Path::new("t.toml"))
+                .unwrap(),
+        );
+        let u = old.union(&new);
+        assert!(u.grant(&g(443, 90_000)).is_ok());
+        assert!(old.grant(&g(443, 90_000)).is_err());
+        assert!(u.grant(&g(443, 90_001)).is_err());
+        assert!(u.grant(&g(23, 1)).is_err());
     }
 
     #[test]
