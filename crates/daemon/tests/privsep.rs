@@ -198,6 +198,10 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     let conf = "[[door]]\nname = \"ssh\"\nsequence = [7000, 9000]\nopen = [\"tcp/2222\"]\nopen_for = 30\n";
     let s = Server::start("psrefuse", conf, &[2222, 2223]);
     let child = child_of(s.pid);
+    // Frozen, so that its status polls neither take sequence numbers nor read the
+    // answers meant for us: this test is the unprivileged part now.
+    let child_pid = nix::unistd::Pid::from_raw(child as i32);
+    nix::sys::signal::kill(child_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let fd = steal_fd(child, seqpacket_fd(child));
     let grant = |seq, port, ms| {
         let g = WireGrant {
@@ -227,10 +231,13 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     }
     // Another table, a command line, an operation that does not exist, an oversized message.
     let smuggled = [
-        format!(r#"{{"v":1,"seq":{seq},"op":"setup","table":"filter"}}"#),
-        format!(r#"{{"v":1,"seq":{seq},"op":{{"revoke":{{"keys":[],"table":"ip filter"}}}}}}"#),
-        format!(r#"{{"v":1,"seq":{seq},"op":{{"exec":{{"cmd":"/bin/sh -c id"}}}}}}"#),
-        format!(r#"{{"v":1,"seq":{seq},"op":"teardown"}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":"setup","table":"filter"}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":{{"revoke":{{"keys":[],"table":"ip filter"}}}}}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":{{"exec":{{"cmd":"/bin/sh -c id"}}}}}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":"teardown"}}"#),
+        format!(
+            r#"{{"v":{VERSION},"seq":{seq},"op":{{"config":{{"generation":0,"offset":0,"path":"/etc/shadow"}}}}}}"#
+        ),
     ];
     for m in &smuggled {
         assert!(refused(&exchange(&fd, m.as_bytes())).contains("malformed"), "{m}");
@@ -263,7 +270,13 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Filtered);
     assert!(s.log_text().contains("REFUSED request"), "{}", s.log_text());
     assert!(s.log_text().contains("tcp/2223 is not a protected service"), "{}", s.log_text());
+    // A config page nobody offered (the privileged part hands over only what it read
+    // and checked itself on SIGHUP).
+    seq += 1;
+    let r = exchange(&fd, &request(seq, Op::Config { generation: 0, offset: 0 }));
+    assert!(refused(&r).contains("no config bundle"), "{r:?}");
     assert!(!gone_or_zombie(s.pid), "the privileged part died");
+    nix::sys::signal::kill(child_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
 }
 
 #[test]

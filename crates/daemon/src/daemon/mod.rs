@@ -157,7 +157,8 @@ pub fn serve(
     let Opened { sock, api } = opened;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store)?;
+    let granter =
+        crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store, privileged.is_none())?;
     // Split: health comes from the privileged part's watcher, reloads from its offers.
     let offers = privileged.as_ref().map(|c| c.follow(&granter)).transpose()?;
     let spare = match (&privileged, &api) {

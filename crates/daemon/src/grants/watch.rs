@@ -308,6 +308,8 @@ fn run(me: &Weak<dyn Watched>, mut source: Option<Box<dyn Watch>>) {
                     Ok(Some(what)) => Some(what),
                     Err(e) => {
                         tracing::warn!("firewall: check failed: {e}");
+                        // Confirm later rather than retrying at once.
+                        confirm_at = confirm_at.map(|_| now + CONFIRM_AFTER);
                         None
                     }
                 }

@@ -128,7 +128,9 @@ const UNPRIVILEGED_LEGACY: &[i64] = &[];
 /// one-time sequence files, and reading the config again on SIGHUP (include
 /// directories, canonical paths).
 /// `flock`: the privileged part holds the state-dir lock and releases it at exit.
+/// `bind`: the firewall watcher's ruleset check opens a netlink query socket each time.
 const PRIVILEGED: &[i64] = &[
+    libc::SYS_bind,
     libc::SYS_wait4,
     libc::SYS_waitid,
     libc::SYS_kill,
