@@ -322,3 +322,64 @@ fn killing_either_part_keeps_ports_protected_and_grants_expiring() {
     knock(&s);
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
 }
+
+/// Rewrite the running daemon's config file (as [`Server::spawn`] writes it).
+fn rewrite(s: &Server, config: &str) {
+    let state = s.dir.join("state");
+    std::fs::write(
+        s.dir.join("portcullis.toml"),
+        format!("[daemon]\nstate_dir = \"{}\"\n{config}", state.display()),
+    )
+    .unwrap();
+}
+
+fn hup(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+#[test]
+fn sighup_to_the_privileged_part_reloads_both_parts() {
+    SPLIT.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !root_or_skip("sighup_to_the_privileged_part_reloads_both_parts") {
+        return;
+    }
+    let s = Server::start("psreload", CONF, &[2222]);
+    let child = child_of(s.pid);
+    // The unprivileged part ignores SIGHUP (it cannot read the config): it neither
+    // reloads nor dies.
+    hup(child);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!gone_or_zombie(child), "{}", s.log_text());
+    let log = s.log_text();
+    assert!(!log.contains("reloaded:") && !log.contains("reload refused") && !log.contains("offered"), "{log}");
+
+    // A new sequence, and a grant longer than the old config allowed: the privileged
+    // part must take the new config too, or it would refuse that grant.
+    let new = CONF
+        .replace("[7000, \"8000:udp\", 9000]", "[7100, 7300, \"7200:udp\"]")
+        .replace("open_for = 3", "open_for = 20");
+    rewrite(&s, &new);
+    hup(s.pid);
+    s.wait_log("reloaded:", 1);
+    s.wait_log("runs config generation 1", 1);
+    let log = s.log_text();
+    assert!(log.contains("offered to the unprivileged part as generation 1"), "{log}");
+    let c = client_bin();
+    s.other(&[&c, "knock", "-d", "20", lab::SERVER4, "7000", "8000:udp", "9000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.probe(&s.lab.other, lab::SERVER4, 2222), Probe::Filtered, "the old sequence still opens");
+    s.client(&[&c, "knock", "-d", "20", lab::SERVER4, "7100", "7300", "7200:udp"]);
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Open, "granted for the new open_for");
+    assert!(!s.log_text().contains("REFUSED"), "{}", s.log_text());
+
+    // A config the privileged part refuses: neither part changes.
+    rewrite(&s, &new.replace("open_for = 20", "open_for = \"soon\""));
+    hup(s.pid);
+    s.wait_log("reload refused", 1);
+    assert!(!s.log_text().contains("generation 2"), "{}", s.log_text());
+    assert_eq!(child_of(s.pid), child, "the unprivileged part was replaced");
+    s.other(&[&c, "knock", "-d", "20", lab::SERVER4, "7100", "7300", "7200:udp"]);
+    s.wait_probe(&s.lab.other, lab::SERVER4, 2222, Probe::Open);
+}
