@@ -1,6 +1,7 @@
 //! The messages between the daemon's two parts, on arbitrary bytes: decoding never
 //! panics, and the privileged part's handler (policy, sequence numbers, a recording
-//! driver) answers every input with a well-formed reply that round-trips.
+//! driver) answers every input with a well-formed reply that round-trips, with and
+//! without a config on offer (whose pages a request may ask for).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -31,6 +32,10 @@ fuzz_target!(|data: &[u8]| {
         Policy::from_config(c),
         None,
     );
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        let bundle = codec::encode(&codec::Bundle { text: "é".repeat(40_000), tokens: None });
+        server.offer(c.clone(), String::from_utf8(bundle).expect("JSON is UTF-8"));
+    }
     // Try the input as the first request and, split in two, as a pair.
     for part in [data, &data[..data.len() / 2], &data[data.len() / 2..]] {
         let reply = server.handle(part, part.len() > codec::MAX_REQUEST);

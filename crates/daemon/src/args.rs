@@ -44,10 +44,13 @@ pub enum Command {
         #[arg(short, long)]
         verbose: bool,
         /// Split into a privileged part (firewall, commands) and an unprivileged one
-        /// (capture, SPA, store, API); see docs/privsep.md. Not the default yet: a split
-        /// pair does not reload on SIGHUP and does not repair a removed firewall table.
-        #[arg(long)]
+        /// (capture, SPA, store, API); see docs/privsep.md. The default when started as
+        /// root; accepted for compatibility.
+        #[arg(long, conflicts_with = "no_privsep")]
         privsep: bool,
+        /// Run as one process with the privileges given (debugging).
+        #[arg(long)]
+        no_privsep: bool,
     },
     /// Validate a config, refuse what `run` would refuse at start, and print the plan:
     /// doors, SPA, API, protected ports, the nft ruleset.

@@ -20,7 +20,8 @@ struct RunArgs {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { config, format, state_dir, interface, log, verbose, privsep } => {
+        Command::Run { config, format, state_dir, interface, log, verbose, privsep: _, no_privsep } => {
+            let privsep = !no_privsep;
             run(&config, RunArgs { log, format, state_dir, interfaces: interface, privsep }, verbose)
         }
         Command::Check { config, format, quiet } => cmd::check::check(&config, format.into(), quiet),
@@ -108,11 +109,15 @@ fn run(path: &std::path::Path, args: RunArgs, verbose: bool) -> anyhow::Result<E
         signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
     }
     let (path, format, privsep) = (path.to_path_buf(), args.format, args.privsep);
-    let loader: daemon::reload::Loader = Box::new(move || {
-        let mut c = config::load_as(&path, format.into()).map_err(|e| e.to_string())?;
-        apply_overrides(&mut c, &args);
-        Ok(c)
-    });
+    let file = path.clone();
+    let loader = daemon::reload::Loader {
+        read: Box::new(move || config::read_checked(&file, format.into()).map_err(|e| e.to_string())),
+        parse: Box::new(move |text| {
+            let mut c = config::parse_as(text, &path, format.into()).map_err(|e| e.to_string())?;
+            apply_overrides(&mut c, &args);
+            Ok(c)
+        }),
+    };
     // The state dir lock is taken, and the PID file written, inside.
     cmd::run::run(&config, shutdown, privsep, Some(loader))?;
     Ok(ExitCode::SUCCESS)

@@ -198,6 +198,10 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     let conf = "[[door]]\nname = \"ssh\"\nsequence = [7000, 9000]\nopen = [\"tcp/2222\"]\nopen_for = 30\n";
     let s = Server::start("psrefuse", conf, &[2222, 2223]);
     let child = child_of(s.pid);
+    // Frozen, so that its status polls neither take sequence numbers nor read the
+    // answers meant for us: this test is the unprivileged part now.
+    let child_pid = nix::unistd::Pid::from_raw(child as i32);
+    nix::sys::signal::kill(child_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let fd = steal_fd(child, seqpacket_fd(child));
     let grant = |seq, port, ms| {
         let g = WireGrant {
@@ -228,10 +232,13 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     }
     // Another table, a command line, an operation that does not exist, an oversized message.
     let smuggled = [
-        format!(r#"{{"v":1,"seq":{seq},"op":"setup","table":"filter"}}"#),
-        format!(r#"{{"v":1,"seq":{seq},"op":{{"revoke":{{"keys":[],"table":"ip filter"}}}}}}"#),
-        format!(r#"{{"v":1,"seq":{seq},"op":{{"exec":{{"cmd":"/bin/sh -c id"}}}}}}"#),
-        format!(r#"{{"v":1,"seq":{seq},"op":"teardown"}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":"setup","table":"filter"}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":{{"revoke":{{"keys":[],"table":"ip filter"}}}}}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":{{"exec":{{"cmd":"/bin/sh -c id"}}}}}}"#),
+        format!(r#"{{"v":{VERSION},"seq":{seq},"op":"teardown"}}"#),
+        format!(
+            r#"{{"v":{VERSION},"seq":{seq},"op":{{"config":{{"generation":0,"offset":0,"path":"/etc/shadow"}}}}}}"#
+        ),
     ];
     for m in &smuggled {
         assert!(refused(&exchange(&fd, m.as_bytes())).contains("malformed"), "{m}");
@@ -268,7 +275,13 @@ fn privileged_part_refuses_what_its_config_does_not_allow() {
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Filtered);
     assert!(s.log_text().contains("REFUSED request"), "{}", s.log_text());
     assert!(s.log_text().contains("tcp/2223 is not a protected service"), "{}", s.log_text());
+    // A config page nobody offered (the privileged part hands over only what it read
+    // and checked itself on SIGHUP).
+    seq += 1;
+    let r = exchange(&fd, &request(seq, Op::Config { generation: 0, offset: 0 }));
+    assert!(refused(&r).contains("no config bundle"), "{r:?}");
     assert!(!gone_or_zombie(s.pid), "the privileged part died");
+    nix::sys::signal::kill(child_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
 }
 
 #[test]
@@ -313,4 +326,68 @@ fn killing_either_part_keeps_ports_protected_and_grants_expiring() {
     }
     knock(&s);
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
+}
+
+/// Rewrite the running daemon's config file (as [`Server::spawn`] writes it).
+fn rewrite(s: &Server, config: &str) {
+    let state = s.dir.join("state");
+    std::fs::write(
+        s.dir.join("portcullis.toml"),
+        format!("[daemon]\nstate_dir = \"{}\"\n{config}", state.display()),
+    )
+    .unwrap();
+}
+
+fn hup(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+#[test]
+fn sighup_to_the_privileged_part_reloads_both_parts() {
+    SPLIT.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !root_or_skip("sighup_to_the_privileged_part_reloads_both_parts") {
+        return;
+    }
+    let s = Server::start("psreload", CONF, &[2222]);
+    let child = child_of(s.pid);
+    // The unprivileged part ignores SIGHUP (it cannot read the config): it neither
+    // reloads nor dies.
+    hup(child);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!gone_or_zombie(child), "{}", s.log_text());
+    let log = s.log_text();
+    assert!(
+        !log.contains("reloaded:") && !log.contains("reload refused") && !log.contains("offered"),
+        "{log}"
+    );
+
+    // A new sequence, and a grant longer than the old config allowed: the privileged
+    // part must take the new config too, or it would refuse that grant.
+    let new = CONF
+        .replace("[7000, \"8000:udp\", 9000]", "[7100, 7300, \"7200:udp\"]")
+        .replace("open_for = 3", "open_for = 20");
+    rewrite(&s, &new);
+    hup(s.pid);
+    s.wait_log("reloaded:", 1);
+    s.wait_log("runs config generation 1", 1);
+    let log = s.log_text();
+    assert!(log.contains("offered to the unprivileged part as generation 1"), "{log}");
+    let c = client_bin();
+    s.other(&[&c, "knock", "-d", "20", lab::SERVER4, "7000", "8000:udp", "9000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.probe(&s.lab.other, lab::SERVER4, 2222), Probe::Filtered, "the old sequence still opens");
+    s.client(&[&c, "knock", "-d", "20", lab::SERVER4, "7100", "7300", "7200:udp"]);
+    s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(s.probe(&s.lab.client, lab::SERVER4, 2222), Probe::Open, "granted for the new open_for");
+    assert!(!s.log_text().contains("REFUSED"), "{}", s.log_text());
+
+    // A config the privileged part refuses: neither part changes.
+    rewrite(&s, &new.replace("open_for = 20", "open_for = \"soon\""));
+    hup(s.pid);
+    s.wait_log("reload refused", 1);
+    assert!(!s.log_text().contains("generation 2"), "{}", s.log_text());
+    assert_eq!(child_of(s.pid), child, "the unprivileged part was replaced");
+    s.other(&[&c, "knock", "-d", "20", lab::SERVER4, "7100", "7300", "7200:udp"]);
+    s.wait_probe(&s.lab.other, lab::SERVER4, 2222, Probe::Open);
 }

@@ -2,8 +2,10 @@
 //! someone removes our ruleset (`nft flush ruleset`, `portcullisd teardown` from
 //! another process, `iptables -F`). The protected port must be filtered for a
 //! never-granted host again within the bound, the grant must still work, `/v1/health`
-//! must say degraded and then ok, and the log must say what happened. Root required
-//! (CI runs as root); as non-root: SKIPPED (FAIL under CI=true).
+//! must say degraded and then ok, and the log must say what happened. The daemon runs
+//! split (the privileged part watches and repairs, the unprivileged part's health
+//! follows it), and once as one process. Root required (CI runs as root); as non-root:
+//! SKIPPED (FAIL under CI=true).
 
 mod support;
 
@@ -27,6 +29,10 @@ fn dir_for(tag: &str) -> PathBuf {
 }
 
 fn start(tag: &str, backend: &str) -> Server {
+    start_mode(tag, backend, false)
+}
+
+fn start_mode(tag: &str, backend: &str, one_process: bool) -> Server {
     let conf = format!(
         r#"
 [daemon]
@@ -46,7 +52,9 @@ max_duration = 600
         dir_for(tag).display()
     );
     let tokens = format!("ci {TOKEN}\n");
-    let s = Server::start_with(tag, &conf, &[], &[("tokens", tokens.as_str())]);
+    let s = Server::start_mode(tag, &conf, &[], &[("tokens", tokens.as_str())], one_process);
+    // The watcher runs in the privileged part (the default as root) unless asked not to.
+    assert_eq!(s.log_text().contains("privsep: splitting"), !one_process, "{}", s.log_text());
     // A listener that accepts (and drops) every connection: the probes below make
     // hundreds, and a full accept queue would drop SYNs and look "filtered".
     let l = s.lab.in_ns(&s.lab.server, || TcpListener::bind(("::", PORT)).unwrap()).unwrap();
@@ -192,6 +200,15 @@ fn nft_flush_ruleset_is_repaired_within_100ms_and_grants_survive() {
         &[&["nft", "flush", "chain", "inet", "portcullis", "input"]],
         Duration::from_millis(100),
     );
+}
+
+#[test]
+fn one_process_nft_flush_ruleset_is_repaired_within_100ms_too() {
+    if !root_or_skip("one_process_nft_flush_ruleset_is_repaired_within_100ms_too") {
+        return;
+    }
+    let s = start_mode("wflush1", "nftables", true);
+    repaired_within(&s, &[&["nft", "flush", "ruleset"]], Duration::from_millis(100));
 }
 
 #[test]

@@ -248,6 +248,14 @@ impl ApiServer {
     }
 }
 
+impl ApiServer {
+    /// Leave the socket file in place at [`ApiServer::stop`] (another server goes on
+    /// serving the same listener).
+    pub fn keep_socket_file(&mut self) {
+        self.socket = None;
+    }
+}
+
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
@@ -280,6 +288,22 @@ pub struct Bound {
     tokens: Tokens,
     unix: Option<std::os::unix::net::UnixListener>,
     tcp: Option<std::net::TcpListener>,
+}
+
+impl Bound {
+    /// The same listeners (duplicated descriptors) and tokens.
+    pub fn try_clone(&self) -> std::io::Result<Bound> {
+        Ok(Bound {
+            tokens: self.tokens.clone(),
+            unix: self.unix.as_ref().map(|l| l.try_clone()).transpose()?,
+            tcp: self.tcp.as_ref().map(|l| l.try_clone()).transpose()?,
+        })
+    }
+
+    /// With `tokens` instead.
+    pub fn with_tokens(self, tokens: Tokens) -> Bound {
+        Bound { tokens, ..self }
+    }
 }
 
 /// Load the tokens and bind the sockets of `cfg` (no threads started).

@@ -1,6 +1,6 @@
 //! `portcullisd run`: take the state dir, open what needs privileges, then either split
-//! into the privileged and unprivileged parts ([`crate::privsep`]) or serve in one
-//! process ([`crate::daemon::serve`]).
+//! into the privileged and unprivileged parts ([`crate::privsep`], the default as root)
+//! or serve in one process ([`crate::daemon::serve`]).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,19 +10,17 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::daemon;
 
-/// Why `config` cannot run split yet, if it cannot: features whose privileged work is
+/// Why `config` must run as one process, if it must: features whose privileged work is
 /// not in the request set.
-fn split_unsupported(config: &Config) -> Option<&'static str> {
+pub fn split_unsupported(config: &Config) -> Option<&'static str> {
     let spa = config.spa.as_ref();
-    if config.daemon.flush_at_start || config.daemon.flush_at_exit {
-        Some("FLUSH_IPT_AT_INIT/FLUSH_IPT_AT_EXIT")
-    } else if spa.is_some_and(|s| s.udp_server.is_some()) {
-        Some("the SPA UDP server")
+    if spa.and_then(|s| s.udp_server).is_some_and(|p| p < 1024) {
+        // Bound by the unprivileged part, which holds no CAP_NET_BIND_SERVICE.
+        Some("the SPA UDP server on a port below 1024")
     } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
         Some("fwknop CMD_CYCLE commands")
     } else if config.fleet.is_some() {
-        // The database URL file is root-only and the split's seccomp filter has no
-        // outgoing connections.
+        // The database URL file is root-only and read when the fleet node starts.
         Some("[fleet]")
     } else {
         None
@@ -41,38 +39,35 @@ pub fn run(
     // Claimed before anything else: SIGHUP's default action would kill us mid-start.
     let hup = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .context("installing the SIGHUP handler")?;
+    let loader = loader.unwrap_or_else(daemon::reload::Loader::none);
     let root = nix::unistd::geteuid().is_root();
+    let missing = crate::privsep::sys::missing_for_split();
+    let unsupported = split_unsupported(config);
+    let split = privsep && root && missing.is_empty() && unsupported.is_none();
     // Taken before anything else and held by this process (the privileged part when
     // split) for its whole life: a second daemon on the same state dir refuses to start.
     // The unprivileged part will own the store's files, so the directory may be its.
     let unprivileged =
-        if privsep && root { crate::privsep::sys::account().ok().map(|(a, _)| a.uid.as_raw()) } else { None };
+        if split { crate::privsep::sys::account().ok().map(|(a, _)| a.uid.as_raw()) } else { None };
     let _state = crate::statedir::StateDir::open(
         &config.daemon.state_dir,
         config.daemon.pid_file.as_deref(),
         unprivileged,
     )?;
     let opened = daemon::open(config)?;
-    let missing = crate::privsep::sys::missing_for_split();
-    let unsupported = split_unsupported(config);
-    if privsep && root && missing.is_empty() && unsupported.is_none() {
-        // SIGHUP stays claimed (and ignored) here: reloading a split pair is not built
-        // yet, so a reload request must not kill it either.
-        tracing::info!("privsep: split; SIGHUP reload needs a restart in this mode");
-        let _hup = hup;
-        return crate::privsep::run(config, shutdown, opened);
-    }
     if !privsep {
-        tracing::info!("privsep: not asked for (--privsep): one process with the privileges given");
+        tracing::info!("privsep: turned off (--no-privsep): one process with the privileges given");
     } else if let (true, Some(what)) = (root, unsupported) {
-        tracing::warn!("privsep: NOT SPLIT: the config uses {what}, which the split does not support yet");
-    } else if root {
+        tracing::warn!(
+            "privsep: NOT SPLIT: the config uses {what}, which needs one process (see docs/privsep.md)"
+        );
+    } else if root && !missing.is_empty() {
         let m = missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
         tracing::warn!(
             "privsep: NOT SPLIT: started without {m} (see docs/privsep.md for the unit settings); \
              running as one process with the privileges given"
         );
-    } else {
+    } else if !root {
         tracing::info!("privsep: not started as root; running as one process with the privileges given");
     }
     let mut driver = daemon::driver_for(config)?;
@@ -84,5 +79,9 @@ pub fn run(
             driver.list().context("listing grants to flush")?.into_iter().map(|g| g.key()).collect();
         driver.revoke(&live).context("flushing grants at start")?;
     }
-    daemon::serve(config, &shutdown, opened, driver, None, Some((hup, loader)))
+    if split {
+        tracing::info!("privsep: splitting into a privileged and an unprivileged part");
+        return crate::privsep::run(config, shutdown, opened, driver, (hup, loader));
+    }
+    daemon::serve(config, &shutdown, opened, driver, None, Some((Some(hup), loader)))
 }

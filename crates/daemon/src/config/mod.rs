@@ -67,6 +67,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Read and validate a config file in the given format.
 pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
+    parse_as(&read_checked(path, format)?, path, format)
+}
+
+/// Read a config file's text, refusing a file that holds secrets others may read.
+pub fn read_checked(path: &Path, format: Format) -> Result<String, ConfigError> {
     let text = read_bounded(path)?;
     if format != Format::Knockd {
         secret_file::check(path, &text).map_err(|message| ConfigError {
@@ -75,15 +80,20 @@ pub fn load_as(path: &Path, format: Format) -> Result<Config, ConfigError> {
             message,
         })?;
     }
+    Ok(text)
+}
+
+/// Validate a config text read from `path` (files it names are read from disk).
+pub fn parse_as(text: &str, path: &Path, format: Format) -> Result<Config, ConfigError> {
     match format {
-        Format::Native => parse(&text, path),
-        Format::Knockd => knockd::parse(&text, path),
-        Format::Fwknopd => fwknopd::parse(&text, path),
-        Format::Auto if fwknopd::looks_like_fwknopd(&text, path) => fwknopd::parse(&text, path),
-        Format::Auto if knockd::looks_like_knockd(&text) => knockd::parse(&text, path),
-        Format::Auto => parse(&text, path).map_err(|mut e| {
+        Format::Native => parse(text, path),
+        Format::Knockd => knockd::parse(text, path),
+        Format::Fwknopd => fwknopd::parse(text, path),
+        Format::Auto if fwknopd::looks_like_fwknopd(text, path) => fwknopd::parse(text, path),
+        Format::Auto if knockd::looks_like_knockd(text) => knockd::parse(text, path),
+        Format::Auto => parse(text, path).map_err(|mut e| {
             // Detection guessed native; say so if the file would have read as knockd.conf.
-            if knockd::parse(&text, path).is_ok() {
+            if knockd::parse(text, path).is_ok() {
                 e.message.push_str(" (this file reads as a knockd.conf: use --format knockd)");
             }
             e

@@ -153,12 +153,19 @@ pub fn serve(
     opened: Opened,
     driver: Box<dyn FirewallDriver>,
     privileged: Option<Arc<crate::privsep::client::Client>>,
-    reloading: Option<(signal_hook::iterator::Signals, Option<reload::Loader>)>,
+    reloading: Option<(Option<signal_hook::iterator::Signals>, reload::Loader)>,
 ) -> anyhow::Result<()> {
     let Opened { sock, api } = opened;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
-    let granter = crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store)?;
+    let granter =
+        crate::grants::start(&config.daemon.state_dir, &plan, driver, &config.store, privileged.is_none())?;
+    // Split: health comes from the privileged part's watcher, reloads from its offers.
+    let offers = privileged.as_ref().map(|c| c.follow(&granter)).transpose()?;
+    let spare = match (&privileged, &api) {
+        (Some(_), Some(b)) => Some(b.try_clone().context("api: duplicating the listeners")?),
+        _ => None,
+    };
     let mut api = match (&config.api, api) {
         (Some(a), Some(bound)) => {
             Some(crate::api::serve(bound, a, Arc::clone(&granter)).context("starting the API")?)
@@ -216,36 +223,30 @@ pub fn serve(
         config.daemon.max_tracked
     );
 
-    // SIGHUP reloads on a thread of its own; the capture loop takes the result at a batch
-    // boundary. The reloader owns the API then (a reload swaps its tokens).
+    // SIGHUP (split: the privileged part's offer) reloads on a thread of its own; the
+    // capture loop takes the result at a batch boundary. The reloader owns the API then.
     let (updates, pending) = std::sync::mpsc::channel::<reload::Update>();
-    let mut reloader = None;
-    if let Some((mut hup, loader)) = reloading {
-        let r = reload::Reloader {
-            config: config.clone(),
-            api: api.take(),
-            granter: Arc::clone(&granter),
-            loader: loader.unwrap_or_else(|| {
-                Box::new(|| Err("this daemon was started without a config file to reload".into()))
-            }),
-            updates,
-            service: service::Service::from_env(&config.daemon.state_dir),
-        };
-        let handle = hup.handle();
-        let thread = std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
-                let mut r = r;
-                for _ in hup.forever() {
-                    r.on_hup();
+    let reloader = match reloading {
+        Some((hup, loader)) => {
+            let (trigger, source) = match (privileged.clone(), offers, hup) {
+                (Some(client), Some(rx), _) => {
+                    (reload::Trigger::Offers(rx), reload::Source::Privileged { client, loader, spare })
                 }
-                r
-            })
-            .context("starting the reload thread")?;
-        reloader = Some((handle, thread));
-    } else {
-        drop(updates);
-    }
+                (_, _, Some(hup)) => (reload::Trigger::Signals(hup), reload::Source::Files(loader)),
+                _ => anyhow::bail!("reloading needs SIGHUP or the privileged part"),
+            };
+            let r = reload::Reloader {
+                config: config.clone(),
+                api: api.take(),
+                granter: Arc::clone(&granter),
+                source,
+                updates,
+                service: service::Service::from_env(&config.daemon.state_dir),
+            };
+            Some(r.spawn(trigger)?)
+        }
+        None => None,
+    };
     // The config the capture loop runs on: the start one, then each reloaded one.
     let mut current = config.clone();
     let mut svc = service::Service::from_env(&config.daemon.state_dir);
@@ -260,9 +261,11 @@ pub fn serve(
     let mut last_error_log: Option<Instant> = None;
     let mut lost = false;
     while !shutdown.load(Ordering::Relaxed) {
-        if privileged.as_ref().is_some_and(|c| c.is_dead()) {
-            lost = true;
-            break;
+        if let Some(c) = &privileged {
+            lost = c.is_dead();
+            if lost || c.stop_requested() {
+                break;
+            }
         }
         svc.pet();
         if let Ok(u) = pending.try_recv() {
@@ -332,11 +335,8 @@ pub fn serve(
         }
     }
     svc.stopping();
-    if let Some((handle, thread)) = reloader {
-        handle.close();
-        if let Ok(mut r) = thread.join() {
-            r.stop();
-        }
+    if let Some(r) = reloader {
+        r.stop();
     }
     drop(udp);
     monitor.stop();
@@ -347,8 +347,9 @@ pub fn serve(
         a.stop();
     }
     granter.shutdown();
-    if config.daemon.flush_at_exit {
-        // fwknopd FLUSH_IPT_AT_EXIT: every grant closes with the daemon.
+    if config.daemon.flush_at_exit && privileged.is_none() {
+        // fwknopd FLUSH_IPT_AT_EXIT: every grant closes with the daemon (split: the
+        // privileged part flushes once this part has stopped).
         match granter.with_driver(|d| d.teardown()) {
             Ok(()) => tracing::info!("firewall flushed at exit (FLUSH_IPT_AT_EXIT): every grant is closed"),
             Err(e) => tracing::error!("flushing the firewall at exit: {e}"),

@@ -6,20 +6,75 @@
 //! the firewall and the store, which a reload does not touch. A config that cannot be
 //! read, is invalid, or changes something only a restart can change is refused: the
 //! reason is logged at error and the running config stays.
+//!
+//! In the unprivileged part of a split daemon the files are not read here (they are
+//! root's): the privileged part reads and checks them on its SIGHUP and offers the text
+//! it checked; this thread takes the offer, builds the same update, and answers whether
+//! it switched (see `docs/privsep.md`).
 
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
 
 use super::engine::Engine;
 use super::service::Service;
-use crate::api::{ApiServer, Tokens};
+use crate::api::{ApiServer, Bound, Tokens};
 use crate::config::Config;
 use crate::grants::Granter;
+use crate::privsep::client::Client;
 use crate::spa::SpaGate;
 
-/// Reads the config file again (with the command line's overrides applied).
-pub type Loader = Box<dyn Fn() -> Result<Config, String> + Send>;
+/// Reads the config file again, in two halves: its text (bounded, permission-checked)
+/// and that text parsed with the command line's overrides applied. A split daemon's
+/// privileged part reads; its unprivileged part only parses the text it is handed.
+pub struct Loader {
+    /// Read the config file's text.
+    pub read: Box<dyn Fn() -> Result<String, String> + Send>,
+    /// Parse a config text (overrides applied).
+    pub parse: Box<dyn Fn(&str) -> Result<Config, String> + Send>,
+}
+
+impl Loader {
+    /// Read and parse.
+    pub fn load(&self) -> Result<(String, Config), String> {
+        let text = (self.read)()?;
+        let config = (self.parse)(&text)?;
+        Ok((text, config))
+    }
+
+    /// For a daemon started without a config file: every reload is refused.
+    pub fn none() -> Loader {
+        let no = || "this daemon was started without a config file to reload".to_string();
+        Loader { read: Box::new(move || Err(no())), parse: Box::new(move |_| Err(no())) }
+    }
+}
+
+/// What wakes the reload thread.
+pub enum Trigger {
+    /// SIGHUP (one process).
+    Signals(signal_hook::iterator::Signals),
+    /// Config generations the privileged part offers (the unprivileged part).
+    Offers(Receiver<u64>),
+}
+
+/// Where a reload's config comes from.
+pub enum Source {
+    /// The files (one process).
+    Files(Loader),
+    /// The privileged part's offer; the API keeps the sockets bound at start (`spare`
+    /// holds duplicates of them: the unprivileged part cannot bind).
+    Privileged {
+        /// The connection.
+        client: Arc<Client>,
+        /// Only its `parse` half is used.
+        loader: Loader,
+        /// The API's listeners, duplicated before they were served.
+        spare: Option<Bound>,
+    },
+}
 
 /// What the capture loop switches to.
 pub struct Update {
@@ -68,43 +123,139 @@ pub fn restart_needed(old: &Config, new: &Config) -> Option<String> {
     None
 }
 
+/// Why a split daemon cannot take `new` without a restart, beyond [`restart_needed`]:
+/// its unprivileged part serves the API on the sockets bound at start.
+pub fn split_restart_needed(old: &Config, new: &Config) -> Option<String> {
+    let bind = |c: &Config| c.api.as_ref().map(|a| (a.socket.clone(), a.listen));
+    (bind(old) != bind(new)).then(|| {
+        "the API's socket or listen address changed (the unprivileged part serves the sockets bound \
+         at start)"
+            .to_string()
+    })
+}
+
 /// The running config and API, owned by the reload thread.
 pub struct Reloader {
     pub(super) config: Config,
     pub(super) api: Option<ApiServer>,
     pub(super) granter: Arc<Granter>,
-    pub(super) loader: Loader,
+    pub(super) source: Source,
     pub(super) updates: Sender<Update>,
     pub(super) service: Service,
 }
 
+/// The reload thread, running.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    signals: Option<signal_hook::iterator::Handle>,
+    thread: std::thread::JoinHandle<Reloader>,
+}
+
+impl Running {
+    /// Stop the thread, then the API it owns.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = &self.signals {
+            h.close();
+        }
+        if let Ok(mut r) = self.thread.join() {
+            r.stop();
+        }
+    }
+}
+
 impl Reloader {
-    /// Handle one SIGHUP: reopen log files, then try the new config.
-    pub fn on_hup(&mut self) {
+    /// Run on a thread of its own, woken by `trigger`.
+    pub fn spawn(self, trigger: Trigger) -> anyhow::Result<Running> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, mut r) = (Arc::clone(&stop), self);
+        let (signals, thread) = match trigger {
+            Trigger::Signals(mut hup) => {
+                let handle = hup.handle();
+                let t = std::thread::Builder::new().name("reload".into()).spawn(move || {
+                    for _ in hup.forever() {
+                        r.on_hup(None);
+                    }
+                    r
+                });
+                (Some(handle), t)
+            }
+            Trigger::Offers(rx) => {
+                let t = std::thread::Builder::new().name("reload".into()).spawn(move || {
+                    while !flag.load(Ordering::SeqCst) {
+                        if let Ok(generation) = rx.recv_timeout(Duration::from_millis(200)) {
+                            r.on_hup(Some(generation));
+                        }
+                    }
+                    r
+                });
+                (None, t)
+            }
+        };
+        Ok(Running { stop, signals, thread: thread.context("starting the reload thread")? })
+    }
+
+    /// Handle one SIGHUP (or, split, the privileged part's offer of `generation`):
+    /// reopen log files, then try the new config.
+    pub fn on_hup(&mut self, generation: Option<u64>) {
         self.service.reloading();
         crate::log::reopen();
-        match self.prepare() {
-            Ok(Some(u)) => {
+        let r = self.prepare(generation);
+        let accepted = r.is_ok();
+        match r {
+            Ok(u) => {
                 // The capture loop says READY=1 once it has switched.
                 if self.updates.send(u).is_err() {
                     tracing::error!("reload: the capture loop is gone");
                 }
             }
-            Ok(None) => self.service.ready("configuration unchanged"),
             Err(e) => {
                 tracing::error!("reload refused, the running configuration stays: {e:#}");
                 self.service.ready("reload refused (see the log); running the previous configuration");
             }
         }
+        if let (Some(generation), Source::Privileged { client, .. }) = (generation, &self.source) {
+            let op = crate::privsep::codec::Op::Reloaded { generation, accepted };
+            if let Err(e) = client.call(op) {
+                tracing::error!("reload: could not tell the privileged part: {e}");
+            }
+        }
     }
 
-    fn prepare(&mut self) -> anyhow::Result<Option<Update>> {
-        let new = (self.loader)().map_err(|e| anyhow::anyhow!("{e}"))?;
+    /// The new config, and the tokens that came with it (split).
+    fn fetch(&self, generation: Option<u64>) -> anyhow::Result<(Config, Option<Tokens>)> {
+        match (&self.source, generation) {
+            (Source::Files(loader), _) => Ok((loader.load().map_err(|e| anyhow::anyhow!("{e}"))?.1, None)),
+            (Source::Privileged { client, loader, .. }, Some(generation)) => {
+                let b = client.bundle(generation).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let config = (loader.parse)(&b.text).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let tokens =
+                    match (&config.api, b.tokens) {
+                        (Some(a), Some(t)) => Some(Tokens::parse(&t).map_err(|e| {
+                            anyhow::anyhow!("api tokens_file {}: {e}", a.tokens_file.display())
+                        })?),
+                        (Some(_), None) => anyhow::bail!("the privileged part sent no API tokens"),
+                        (None, _) => None,
+                    };
+                Ok((config, tokens))
+            }
+            (Source::Privileged { .. }, None) => {
+                anyhow::bail!("the privileged part reads the config: send SIGHUP to it (the main process)")
+            }
+        }
+    }
+
+    fn prepare(&mut self, generation: Option<u64>) -> anyhow::Result<Update> {
+        let (new, tokens) = self.fetch(generation)?;
         if let Some(why) = restart_needed(&self.config, &new) {
             anyhow::bail!("{}: {why}; restart the daemon to apply it", new.path.display());
         }
         // Everything that can fail comes before anything changes.
-        if let Some(a) = &new.api {
+        if let Source::Privileged { .. } = self.source {
+            if let Some(why) = split_restart_needed(&self.config, &new) {
+                anyhow::bail!("{}: {why}; restart the daemon to apply it", new.path.display());
+            }
+        } else if let Some(a) = &new.api {
             Tokens::load(&a.tokens_file).map_err(|e| anyhow::anyhow!("api tokens_file: {e}"))?;
         }
         let plan = super::plan_for(&new);
@@ -118,8 +269,20 @@ impl Reloader {
                 SpaUpdate::Fresh(Box::new(SpaGate::new(s, plan.protected.clone(), cache)))
             }
         };
-        // The tokens file may have changed under an unchanged config: always restart the API.
-        if self.config.api.is_some() || new.api.is_some() {
+        if let Source::Privileged { spare, .. } = &self.source {
+            // Same sockets (checked above): serve them anew with the new tokens, then
+            // stop the previous server without removing the socket file.
+            if let (Some(cfg), Some(spare), Some(tokens)) = (&new.api, spare, tokens) {
+                let bound = spare.try_clone().context("api: duplicating the listeners")?.with_tokens(tokens);
+                let next = crate::api::serve(bound, cfg, Arc::clone(&self.granter))
+                    .context("the API could not start with the new config")?;
+                if let Some(mut old) = self.api.replace(next) {
+                    old.keep_socket_file();
+                    old.stop();
+                }
+            }
+        } else if self.config.api.is_some() || new.api.is_some() {
+            // The tokens file may have changed under an unchanged config: always restart the API.
             if let Some(a) = self.api.as_mut() {
                 a.stop();
             }
@@ -150,7 +313,7 @@ impl Reloader {
             if new.api.is_some() { "on" } else { "off" }
         );
         self.config = new.clone();
-        Ok(Some(Update { engine, spa, config: Box::new(new), summary }))
+        Ok(Update { engine, spa, config: Box::new(new), summary })
     }
 
     /// Stop the API (daemon shutdown).
@@ -181,6 +344,10 @@ mod tests {
         );
         let daemon = format!("[daemon]\nnever_gate = [\"192.0.2.0/24\"]\n{BASE}");
         assert!(restart_needed(&old, &conf(&daemon)).unwrap().starts_with("[daemon] settings changed"));
+        let api = |s: &str| conf(&format!("{BASE}[api]\nsocket = \"{s}\"\ntokens_file = \"t\"\n"));
+        assert_eq!(split_restart_needed(&api("/run/a.sock"), &api("/run/a.sock")), None);
+        assert!(split_restart_needed(&api("/run/a.sock"), &api("/run/b.sock")).is_some());
+        assert!(split_restart_needed(&old, &api("/run/a.sock")).is_some());
         let cmd = format!("{BASE}start_command = \"true\"\n");
         assert_eq!(
             restart_needed(&old, &conf(&cmd)).unwrap(),

@@ -437,12 +437,15 @@ impl Drop for Granter {
 /// Set up the firewall, open the store next to the other state, reconcile them, and
 /// return the granter. A store that cannot be opened is logged loudly and the daemon
 /// goes on without records (the firewall is what protects the host), its scheduler
-/// armed with what the firewall holds.
+/// armed with what the firewall holds. `watch`: whether this process watches the
+/// firewall for changes by others (not the unprivileged part of a split daemon: the
+/// privileged part, which holds the firewall, does).
 pub fn start(
     state_dir: &Path,
     plan: &Plan,
     mut driver: Box<dyn FirewallDriver>,
     settings: &crate::config::StoreSettings,
+    watch: bool,
 ) -> anyhow::Result<Arc<Granter>> {
     use anyhow::Context;
     driver.setup(plan).context("installing the firewall ruleset")?;
@@ -463,7 +466,9 @@ pub fn start(
     }
     let granter = Granter::new(firewall::Shared::new(driver), plan.protected.clone(), store, clock)
         .context("starting the expiry scheduler")?;
-    granter.watch_firewall(plan.clone()).context("starting the firewall watcher")?;
+    if watch {
+        granter.watch_firewall(plan.clone()).context("starting the firewall watcher")?;
+    }
     if granter.store().is_ok() {
         match granter.reconcile() {
             Ok(r) => tracing::info!(

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::scheduler::Key;
 use super::Granter;
-use crate::firewall::{FirewallDriver, FirewallError, Grant, Plan, Watch};
+use crate::firewall::{FirewallDriver, FirewallError, Grant, Plan, Shared, Watch};
 
 /// How often the firewall is checked without notifications (the iptables bound).
 pub const VERIFY_PERIOD: Duration = Duration::from_secs(1);
@@ -35,7 +35,7 @@ const BURST: usize = 10;
 const BURST_WINDOW: Duration = Duration::from_secs(1);
 /// A scheduled grant this close to its end is not counted missing (kernel timeouts
 /// and the expiry thread race with the check).
-const EXPIRY_SLACK_MS: i64 = 1500;
+const EXPIRY_SLACK: Duration = Duration::from_millis(1500);
 
 /// The firewall's health and the watcher thread.
 #[derive(Default)]
@@ -56,7 +56,9 @@ impl State {
         self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_problem(&self, p: Option<String>) {
+    /// Set health (the watcher; in a split daemon, the poller that mirrors the
+    /// privileged part's watcher).
+    pub fn set_problem(&self, p: Option<String>) {
         *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
@@ -78,6 +80,49 @@ pub struct Restored {
     pub unknown: usize,
 }
 
+/// What a watcher keeps in place: a driver shared with whoever grants, the plan it must
+/// enforce, the grants that must be live, and where health and counters go. The grant
+/// lifecycle ([`Granter`]) is one; the privileged part of a split daemon, which keeps a
+/// mirror of the grants it applied, is the other.
+pub trait Watched: Send + Sync + 'static {
+    /// The driver, locked for every check and repair.
+    fn firewall(&self) -> &Shared;
+    /// What must be enforced (`None`: not yet known, nothing to repair with).
+    fn plan(&self) -> Option<&Plan>;
+    /// Health and counters.
+    fn state(&self) -> &State;
+    /// The grants that must be live now with the time each has left, only those with
+    /// more than `slack` left. Called with the driver locked.
+    fn wanted(&self, slack: Duration) -> Vec<Grant>;
+}
+
+impl Watched for Granter {
+    fn firewall(&self) -> &Shared {
+        &self.firewall
+    }
+    fn plan(&self) -> Option<&Plan> {
+        self.plan.get()
+    }
+    fn state(&self) -> &State {
+        &self.watch
+    }
+    fn wanted(&self, slack: Duration) -> Vec<Grant> {
+        let now = self.clock.now_ms();
+        let slack = i64::try_from(slack.as_millis()).unwrap_or(i64::MAX);
+        self.sched
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.expires_at > now.saturating_add(slack))
+            .map(|(&(src, service), e)| Grant {
+                addr: src.addr,
+                len: src.len,
+                service,
+                timeout: Duration::from_millis(u64::try_from(e.expires_at - now).unwrap_or(0)),
+            })
+            .collect()
+    }
+}
+
 impl Granter {
     /// The firewall's health and repair counters.
     pub fn firewall_state(&self) -> &State {
@@ -87,117 +132,124 @@ impl Granter {
     /// Watch the firewall for `plan` from now on (once; [`super::start`] does it).
     pub fn watch_firewall(self: &Arc<Self>, plan: Plan) -> std::io::Result<()> {
         let _ = self.plan.set(plan);
-        let source = match self.firewall.lock().watch() {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(
-                    "firewall: cannot subscribe to change notifications ({e}); checking every {}s instead",
-                    VERIFY_PERIOD.as_secs()
-                );
-                None
-            }
-        };
-        let how = if source.is_some() { "change notifications" } else { "periodic checks" };
-        tracing::info!(
-            "firewall: watching for changes by others ({how}; ruleset checked every {VERIFY_PERIOD:?})"
-        );
-        let me = Arc::downgrade(self);
-        let t = std::thread::Builder::new().name("fw-watch".into()).spawn(move || run(&me, source))?;
-        *self.watch.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
-        Ok(())
+        start(self)
     }
 
-    /// Check the ruleset against the plan and, with `grants`, the firewall's grants
-    /// against the schedule (a dump of every grant: done when confirming a repair, and
-    /// every period for drivers without notifications). Driver locked by the caller.
-    /// `Ok(None)`: all in place.
+    #[cfg(test)]
     fn check_locked(
         &self,
         d: &mut dyn FirewallDriver,
         plan: &Plan,
         grants: bool,
     ) -> Result<Option<String>, FirewallError> {
-        if let Some(what) = d.verify(plan)? {
-            return Ok(Some(what));
-        }
-        if !grants {
-            return Ok(None);
-        }
-        // Sets, not nested scans: this runs under the driver lock with up to max_grants each.
-        let live: std::collections::HashSet<Key> = d.list()?.into_iter().map(|l| l.key()).collect();
-        let now = self.clock.now_ms();
-        let t = self.sched.lock();
-        let missing = t
-            .iter()
-            .filter(|(_, e)| e.expires_at > now + EXPIRY_SLACK_MS)
-            .filter(|(k, _)| !live.contains(*k))
-            .count();
-        Ok((missing > 0).then(|| format!("{missing} live grant(s) missing from the firewall")))
+        check_locked(self, d, plan, grants)
     }
 
-    /// Reinstall the ruleset and put the schedule's grants back (driver locked by the
-    /// caller). Logs at error level, counts, and marks health degraded until confirmed.
-    pub(super) fn repair_locked(
-        &self,
-        d: &mut dyn FirewallDriver,
-        what: &str,
-    ) -> Result<Restored, FirewallError> {
-        let Some(plan) = self.plan.get() else {
-            return Err(FirewallError::Protocol("no firewall plan to repair with".into()));
-        };
-        self.watch.set_problem(Some(format!("firewall changed by someone else: {what}")));
-        let t0 = Instant::now();
-        let r = restore(self, d, plan);
-        match &r {
-            Ok(r) => {
-                self.watch.restores.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "firewall: {what}; REINSTALLED the {} ruleset and restored {} live grant(s) with their \
-                     remaining time ({} unknown grant(s) revoked) in {:?}",
-                    d.name(),
-                    r.grants,
-                    r.unknown,
-                    t0.elapsed()
-                );
-            }
-            Err(e) => {
-                self.watch.repair_failures.fetch_add(1, Ordering::Relaxed);
-                self.watch.set_problem(Some(format!(
-                    "firewall changed by someone else ({what}) and NOT repaired: {e}"
-                )));
-                tracing::error!("firewall: {what}; reinstalling the ruleset FAILED: {e}; PORTS MAY BE OPEN");
-            }
-        }
-        r
+    #[cfg(test)]
+    fn repair_locked(&self, d: &mut dyn FirewallDriver, what: &str) -> Result<Restored, FirewallError> {
+        repair_locked(self, d, what)
     }
 
-    /// A grant the firewall refused: if our ruleset is what is missing, repair it and
-    /// say so (the caller retries once).
+    /// See [`repair_if_broken`].
     pub(super) fn repair_if_broken(&self, d: &mut dyn FirewallDriver, err: &FirewallError) -> bool {
-        let Some(plan) = self.plan.get() else { return false };
-        match d.verify(plan) {
-            Ok(Some(what)) => self.repair_locked(d, &format!("a grant failed ({err}): {what}")).is_ok(),
-            _ => false,
-        }
+        repair_if_broken(self, d, err)
     }
 }
 
-/// `setup`, then make the firewall's grants those of the schedule.
-fn restore(g: &Granter, d: &mut dyn FirewallDriver, plan: &Plan) -> Result<Restored, FirewallError> {
+/// Start `w`'s watcher thread (its plan must be set).
+pub fn start<W: Watched>(w: &Arc<W>) -> std::io::Result<()> {
+    let source = match w.firewall().lock().watch() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(
+                "firewall: cannot subscribe to change notifications ({e}); checking every {}s instead",
+                VERIFY_PERIOD.as_secs()
+            );
+            None
+        }
+    };
+    let how = if source.is_some() { "change notifications" } else { "periodic checks" };
+    tracing::info!(
+        "firewall: watching for changes by others ({how}; ruleset checked every {VERIFY_PERIOD:?})"
+    );
+    let me: Weak<W> = Arc::downgrade(w);
+    let me: Weak<dyn Watched> = me;
+    let t = std::thread::Builder::new().name("fw-watch".into()).spawn(move || run(&me, source))?;
+    *w.state().thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    Ok(())
+}
+
+/// Check the ruleset against the plan and, with `grants`, the firewall's grants
+/// against the wanted ones (a dump of every grant: done when confirming a repair, and
+/// every period for drivers without notifications). Driver locked by the caller.
+/// `Ok(None)`: all in place.
+fn check_locked(
+    w: &dyn Watched,
+    d: &mut dyn FirewallDriver,
+    plan: &Plan,
+    grants: bool,
+) -> Result<Option<String>, FirewallError> {
+    if let Some(what) = d.verify(plan)? {
+        return Ok(Some(what));
+    }
+    if !grants {
+        return Ok(None);
+    }
+    // Sets, not nested scans: this runs under the driver lock with up to max_grants each.
+    let live: std::collections::HashSet<Key> = d.list()?.into_iter().map(|l| l.key()).collect();
+    let missing = w.wanted(EXPIRY_SLACK).iter().filter(|g| !live.contains(&g.key())).count();
+    Ok((missing > 0).then(|| format!("{missing} live grant(s) missing from the firewall")))
+}
+
+/// Reinstall the ruleset and put the wanted grants back (driver locked by the caller).
+/// Logs at error level, counts, and marks health degraded until confirmed.
+pub fn repair_locked(
+    w: &dyn Watched,
+    d: &mut dyn FirewallDriver,
+    what: &str,
+) -> Result<Restored, FirewallError> {
+    let Some(plan) = w.plan() else {
+        return Err(FirewallError::Protocol("no firewall plan to repair with".into()));
+    };
+    let st = w.state();
+    st.set_problem(Some(format!("firewall changed by someone else: {what}")));
+    let t0 = Instant::now();
+    let r = restore(w, d, plan);
+    match &r {
+        Ok(r) => {
+            st.restores.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                "firewall: {what}; REINSTALLED the {} ruleset and restored {} live grant(s) with their \
+                 remaining time ({} unknown grant(s) revoked) in {:?}",
+                d.name(),
+                r.grants,
+                r.unknown,
+                t0.elapsed()
+            );
+        }
+        Err(e) => {
+            st.repair_failures.fetch_add(1, Ordering::Relaxed);
+            st.set_problem(Some(format!("firewall changed by someone else ({what}) and NOT repaired: {e}")));
+            tracing::error!("firewall: {what}; reinstalling the ruleset FAILED: {e}; PORTS MAY BE OPEN");
+        }
+    }
+    r
+}
+
+/// A grant the firewall refused: if our ruleset is what is missing, repair it and say
+/// so (the caller retries once).
+pub fn repair_if_broken(w: &dyn Watched, d: &mut dyn FirewallDriver, err: &FirewallError) -> bool {
+    let Some(plan) = w.plan() else { return false };
+    match d.verify(plan) {
+        Ok(Some(what)) => repair_locked(w, d, &format!("a grant failed ({err}): {what}")).is_ok(),
+        _ => false,
+    }
+}
+
+/// `setup`, then make the firewall's grants the wanted ones.
+fn restore(w: &dyn Watched, d: &mut dyn FirewallDriver, plan: &Plan) -> Result<Restored, FirewallError> {
     d.setup(plan)?;
-    let now = g.clock.now_ms();
-    let want: Vec<Grant> = g
-        .sched
-        .lock()
-        .iter()
-        .filter(|(_, e)| e.expires_at > now)
-        .map(|(&(src, service), e)| Grant {
-            addr: src.addr,
-            len: src.len,
-            service,
-            timeout: Duration::from_millis(u64::try_from(e.expires_at - now).unwrap_or(0)),
-        })
-        .collect();
+    let want = w.wanted(Duration::ZERO);
     let wanted: std::collections::HashSet<Key> = want.iter().map(Grant::key).collect();
     let unknown: Vec<Key> = d.list()?.into_iter().map(|l| l.key()).filter(|k| !wanted.contains(k)).collect();
     d.revoke(&unknown)?;
@@ -208,7 +260,7 @@ fn restore(g: &Granter, d: &mut dyn FirewallDriver, plan: &Plan) -> Result<Resto
 }
 
 /// The watcher: wait for a notification or the next check; repair what is broken.
-fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
+fn run(me: &Weak<dyn Watched>, mut source: Option<Box<dyn Watch>>) {
     let mut next_check = Instant::now() + VERIFY_PERIOD;
     let mut confirm_at: Option<Instant> = None;
     let mut recent: Vec<Instant> = Vec::new();
@@ -223,10 +275,11 @@ fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
             }
         };
         let Some(g) = me.upgrade() else { return };
-        if g.watch.stop.load(Ordering::SeqCst) {
+        let g = g.as_ref();
+        if g.state().stop.load(Ordering::SeqCst) {
             return;
         }
-        let Some(plan) = g.plan.get() else { return };
+        let Some(plan) = g.plan() else { return };
         let what = match seen {
             Ok(Some(what)) => Some(what),
             Err(e) => {
@@ -240,14 +293,14 @@ fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
                     continue;
                 }
                 next_check = now + VERIFY_PERIOD;
-                let mut d = g.firewall.lock();
-                match g.check_locked(d.as_mut(), plan, source.is_none() || confirm_at.is_some()) {
+                let mut d = g.firewall().lock();
+                match check_locked(g, d.as_mut(), plan, source.is_none() || confirm_at.is_some()) {
                     Ok(None) => {
                         if confirm_at.is_none_or(|c| now >= c) {
-                            if g.watch.problem().is_some() {
+                            if g.state().problem().is_some() {
                                 tracing::warn!("firewall: in place again and matching the grant records");
                             }
-                            g.watch.set_problem(None);
+                            g.state().set_problem(None);
                             confirm_at = None;
                         }
                         None
@@ -255,6 +308,8 @@ fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
                     Ok(Some(what)) => Some(what),
                     Err(e) => {
                         tracing::warn!("firewall: check failed: {e}");
+                        // Confirm later rather than retrying at once.
+                        confirm_at = confirm_at.map(|_| now + CONFIRM_AFTER);
                         None
                     }
                 }
@@ -269,8 +324,8 @@ fn run(me: &Weak<Granter>, mut source: Option<Box<dyn Watch>>) {
             std::thread::sleep(BURST_WINDOW.saturating_sub(now.duration_since(recent[0])));
         }
         recent.push(Instant::now());
-        let mut d = g.firewall.lock();
-        let _ = g.repair_locked(d.as_mut(), &what);
+        let mut d = g.firewall().lock();
+        let _ = repair_locked(g, d.as_mut(), &what);
         drop(d);
         confirm_at = Some(Instant::now() + CONFIRM_AFTER);
         next_check = next_check.min(Instant::now() + CONFIRM_AFTER);

@@ -5,14 +5,19 @@
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use portcullis_proto::Service;
 
-use super::codec::{self, Answer, Op, Request, WireQueued, WireService};
+use super::codec::{self, Answer, Bundle, Op, Request, WireQueued, WireService};
 use super::sys::{self, Recv};
 use crate::actions::queued::Queued;
+
+/// How often the unprivileged part asks for the firewall's health and the config
+/// generation (health then lags the privileged part's watcher by at most this).
+pub const STATUS_PERIOD: Duration = Duration::from_millis(100);
 
 /// How long to wait for an answer. The privileged part answers in microseconds; a
 /// command hand-off is queued, never run inline. Past this, it is considered dead.
@@ -42,6 +47,8 @@ pub struct Client {
     fd: OwnedFd,
     conn: Mutex<Conn>,
     dead: AtomicBool,
+    /// The privileged part said the daemon stops.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -57,7 +64,49 @@ impl Client {
             fd,
             conn: Mutex::new(Conn { seq: 0, buf: vec![0; codec::MAX_REPLY + 1] }),
             dead: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the privileged part asked the daemon to stop.
+    pub fn stop_requested(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Mirror the privileged part's firewall health into `granter`'s (for `/v1/health`
+    /// and metrics) every [`STATUS_PERIOD`], instead of a watcher of its own (it holds
+    /// no firewall); the config generations it offers come out of the receiver.
+    pub fn follow(
+        self: &Arc<Client>,
+        granter: &Arc<crate::grants::Granter>,
+    ) -> std::io::Result<Receiver<u64>> {
+        granter.firewall_state().stop();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c, g) = (Arc::clone(self), Arc::downgrade(granter));
+        std::thread::Builder::new().name("pc-status".into()).spawn(move || poll(&c, &g, &tx))?;
+        Ok(rx)
+    }
+
+    /// The config bundle of `generation`, in pages.
+    pub fn bundle(&self, generation: u64) -> Result<Bundle, ClientError> {
+        let mut text = String::new();
+        loop {
+            let offset = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            match self.call(Op::Config { generation, offset })? {
+                Answer::Config { part, more } => {
+                    let done = !more || part.is_empty();
+                    text.push_str(&part);
+                    if text.len() > codec::MAX_BUNDLE {
+                        return Err(ClientError::Channel("config bundle over its size limit".into()));
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                a => return Err(ClientError::Channel(format!("config: unexpected answer {a:?}"))),
+            }
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Channel(format!("config bundle: {e}")))
     }
 
     /// Watch the socket on a thread of its own: the moment the privileged part is gone
@@ -138,6 +187,32 @@ impl Client {
                 .map(Some),
             Ok(a) => Err(format!("unexpected answer {a:?}")),
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The status poller: health into the granter, new generations to the reload thread.
+fn poll(c: &Client, granter: &Weak<crate::grants::Granter>, offers: &Sender<u64>) {
+    let mut seen = 0;
+    while !c.is_dead() {
+        std::thread::sleep(STATUS_PERIOD);
+        let Some(g) = granter.upgrade() else { return };
+        match c.call(Op::Status) {
+            Ok(Answer::Status { problem, restores, repair_failures, generation, stopping }) => {
+                let st = g.firewall_state();
+                st.set_problem(problem);
+                st.restores.store(restores, Ordering::Relaxed);
+                st.repair_failures.store(repair_failures, Ordering::Relaxed);
+                if stopping && !c.stopping.swap(true, Ordering::Relaxed) {
+                    tracing::info!("privsep: the privileged part is stopping the daemon");
+                }
+                if generation > seen {
+                    seen = generation;
+                    let _ = offers.send(generation);
+                }
+            }
+            Ok(a) => tracing::warn!("privsep: unexpected status answer {a:?}"),
+            Err(e) => tracing::warn!("privsep: status: {e}"),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::firewall::{Grant, LiveGrant, Prefix};
 
 /// Protocol version; both parts come from the same binary, so a mismatch is a bug or
 /// an attack and is refused.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest request accepted by the privileged part.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest reply accepted by the unprivileged part (a page of live grants).
@@ -23,6 +23,10 @@ pub const MAX_REPLY: usize = 128 * 1024;
 pub const MAX_ITEMS: usize = 512;
 /// Longest door name or reason text.
 pub const MAX_TEXT: usize = 512;
+/// Largest piece of a config bundle in one reply (a bundle is sent in pages).
+pub const MAX_CHUNK: usize = 64 * 1024;
+/// Largest config bundle the unprivileged part assembles.
+pub const MAX_BUNDLE: usize = 4 << 20;
 
 /// A service on the wire: IP protocol number and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +136,25 @@ pub enum Op {
         /// The sequence used.
         used: Vec<WireService>,
     },
+    /// The firewall's health as the privileged part's watcher sees it, and the
+    /// generation of the config it runs (polled).
+    Status,
+    /// A page of the config bundle of `generation`, from byte `offset`: the config
+    /// text and tokens the privileged part read and accepted itself.
+    Config {
+        /// The generation asked for (from [`Answer::Status`]).
+        generation: u64,
+        /// Byte offset into the bundle.
+        offset: u32,
+    },
+    /// The unprivileged part switched to `generation` (`accepted`), or refused it and
+    /// keeps the previous one.
+    Reloaded {
+        /// The generation.
+        generation: u64,
+        /// Whether it runs it now.
+        accepted: bool,
+    },
 }
 
 /// A request: version, strictly increasing sequence number, operation.
@@ -190,6 +213,26 @@ pub enum Answer {
     Failed {
         /// What failed.
         error: String,
+    },
+    /// The answer to [`Op::Status`].
+    Status {
+        /// `None`: the firewall matches the plan and the live grants; else why not.
+        problem: Option<String>,
+        /// Repairs that reinstalled the ruleset so far.
+        restores: u64,
+        /// Repairs that failed so far.
+        repair_failures: u64,
+        /// The latest config generation the privileged part offers (0: the start config).
+        generation: u64,
+        /// The daemon is stopping: the unprivileged part should stop too.
+        stopping: bool,
+    },
+    /// A page of a config bundle (UTF-8, split on character boundaries).
+    Config {
+        /// The page.
+        part: String,
+        /// Whether another page follows.
+        more: bool,
     },
 }
 
@@ -254,7 +297,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::Version(r.v));
     }
     let ok = match &r.op {
-        Op::Setup | Op::List { .. } => true,
+        Op::Setup | Op::List { .. } | Op::Status | Op::Config { .. } | Op::Reloaded { .. } => true,
         Op::Grant { grants } => grants.len() <= MAX_ITEMS,
         Op::Revoke { keys } => keys.len() <= MAX_ITEMS,
         Op::RunCommands { door, .. } => door.len() <= MAX_TEXT,
@@ -279,6 +322,8 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
         Answer::Next { sequence } => sequence.as_ref().is_none_or(|s| s.len() <= MAX_ITEMS),
         Answer::Refused { reason } => reason.len() <= MAX_TEXT,
         Answer::Failed { error } => error.len() <= MAX_TEXT,
+        Answer::Status { problem, .. } => problem.as_ref().is_none_or(|p| p.len() <= MAX_TEXT),
+        Answer::Config { part, .. } => part.len() <= MAX_CHUNK,
     };
     if ok {
         Ok(r)
@@ -294,11 +339,27 @@ pub fn encode<T: Serialize>(m: &T) -> Vec<u8> {
 
 /// Clip text (reasons, errors) to [`MAX_TEXT`] on a character boundary.
 pub fn clip(s: &str) -> String {
-    let mut end = s.len().min(MAX_TEXT);
+    s[..boundary(s, MAX_TEXT)].to_string()
+}
+
+/// The largest index `<= max` that is a character boundary of `s`.
+pub fn boundary(s: &str, max: usize) -> usize {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    end
+}
+
+/// What a reload hands the unprivileged part: the config text the privileged part
+/// read and accepted, and the API tokens file's text (both are root-only files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// The config file's text.
+    pub text: String,
+    /// The API tokens file's text, if the config has an API.
+    pub tokens: Option<String>,
 }
 
 /// Milliseconds, saturating.
@@ -390,13 +451,34 @@ mod tests {
             Op::List { offset: 7 },
             Op::RunCommands { door: "ssh".into(), addr: "192.0.2.2".parse().unwrap(), at_unix_ms: 5 },
             Op::OneTimeUsed { door: "otp".into(), used: vec![Service::tcp(1000).into()] },
+            Op::Status,
+            Op::Config { generation: 2, offset: 65536 },
+            Op::Reloaded { generation: 2, accepted: false },
         ];
         for op in ops {
             let r = req(op);
             assert_eq!(decode_request(&encode(&r)).unwrap(), r);
         }
-        let rep = Reply { v: VERSION, seq: 9, answer: Answer::Refused { reason: "no".into() } };
-        assert_eq!(decode_reply(&encode(&rep)).unwrap(), rep);
+        for answer in [
+            Answer::Refused { reason: "no".into() },
+            Answer::Status {
+                problem: Some("table gone".into()),
+                restores: 1,
+                repair_failures: 0,
+                generation: 3,
+                stopping: false,
+            },
+            Answer::Config { part: "é".repeat(10), more: true },
+        ] {
+            let rep = Reply { v: VERSION, seq: 9, answer };
+            assert_eq!(decode_reply(&encode(&rep)).unwrap(), rep);
+        }
+        let big = Reply {
+            v: VERSION,
+            seq: 1,
+            answer: Answer::Config { part: "x".repeat(MAX_CHUNK + 1), more: false },
+        };
+        assert_eq!(decode_reply(&encode(&big)), Err(DecodeError::TooMany));
     }
 
     #[test]
@@ -405,11 +487,11 @@ mod tests {
             b"",
             b"{",
             b"\xff\xfe",
-            br#"{"v":1,"seq":1,"op":"setup","table":"filter"}"#,
-            br#"{"v":1,"seq":1,"op":{"grant":{"grants":[],"table":"filter"}}}"#,
-            br#"{"v":1,"seq":1,"op":{"exec":{"cmd":"/bin/sh"}}}"#,
-            br#"{"v":1,"seq":1,"op":{"run_commands":{"door":"d","addr":"1.2.3.4","at_unix_ms":1,"cmd":"id"}}}"#,
-            br#"{"v":2,"seq":1,"op":"setup"}"#,
+            br#"{"v":2,"seq":1,"op":"setup","table":"filter"}"#,
+            br#"{"v":2,"seq":1,"op":{"grant":{"grants":[],"table":"filter"}}}"#,
+            br#"{"v":2,"seq":1,"op":{"exec":{"cmd":"/bin/sh"}}}"#,
+            br#"{"v":2,"seq":1,"op":{"run_commands":{"door":"d","addr":"1.2.3.4","at_unix_ms":1,"cmd":"id"}}}"#,
+            br#"{"v":1,"seq":1,"op":"setup"}"#,
         ];
         for c in cases {
             assert!(decode_request(c).is_err(), "{}", String::from_utf8_lossy(c));

@@ -18,7 +18,9 @@
 
 pub mod client;
 pub mod codec;
+pub mod firewall;
 pub mod policy;
+pub mod reload;
 pub mod seccomp;
 pub mod server;
 pub mod sys;
@@ -40,9 +42,19 @@ use crate::firewall::remote::RemoteDriver;
 use client::Client;
 use sys::{Forked, Recv};
 
-/// Split and run both parts; returns in the privileged part when the pair stops. The
-/// unprivileged part never returns: it exits the process with its own status.
-pub fn run(config: &Config, shutdown: Arc<AtomicBool>, opened: Opened) -> anyhow::Result<()> {
+/// SIGHUP (claimed before the split) and how to read the config again.
+pub type Reloading = (signal_hook::iterator::Signals, crate::daemon::reload::Loader);
+
+/// Split and run both parts with `driver` (opened, and flushed if the config says so,
+/// by the caller); returns in the privileged part when the pair stops. The unprivileged
+/// part never returns: it exits the process with its own status.
+pub fn run(
+    config: &Config,
+    shutdown: Arc<AtomicBool>,
+    opened: Opened,
+    driver: Box<dyn crate::firewall::FirewallDriver>,
+    reloading: Reloading,
+) -> anyhow::Result<()> {
     let (account, dedicated) = sys::account().context("privsep: choosing the unprivileged account")?;
     if !dedicated {
         tracing::warn!(
@@ -61,7 +73,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, opened: Opened) -> anyhow
     )
     .context("privsep: handing the state directory to the unprivileged part")?;
     // Opened before the fork (single-threaded, as root); only the privileged part keeps it.
-    let driver = daemon::driver_for(config)?;
+    let (hup, loader) = reloading;
     let (name, kernel_expiry) = (driver.name(), driver.kernel_expiry());
     let (privileged_end, unprivileged_end) = sys::pair().context("privsep: socket pair")?;
     let parent = nix::unistd::getpid();
@@ -69,6 +81,9 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, opened: Opened) -> anyhow
         Forked::Child => {
             drop(privileged_end);
             drop(driver);
+            // Kept, never read: SIGHUP sent to this part is ignored (the privileged
+            // part reads the config and offers it).
+            let _hup = hup;
             let code = match unprivileged(
                 config,
                 &shutdown,
@@ -76,8 +91,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, opened: Opened) -> anyhow
                 unprivileged_end,
                 parent,
                 &account,
-                name,
-                kernel_expiry,
+                (name, kernel_expiry),
+                loader,
             ) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -90,7 +105,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, opened: Opened) -> anyhow
         Forked::Parent(child) => {
             drop(opened);
             drop(unprivileged_end);
-            privileged(config, &shutdown, privileged_end, child, driver)
+            let reload = reload::Reload::new(config.clone(), loader);
+            privileged(config, &shutdown, privileged_end, child, driver, (hup, reload))
         }
     }
 }
@@ -103,8 +119,8 @@ fn unprivileged(
     fd: OwnedFd,
     parent: Pid,
     account: &sys::Account,
-    name: &'static str,
-    kernel_expiry: bool,
+    (name, kernel_expiry): (&'static str, bool),
+    loader: crate::daemon::reload::Loader,
 ) -> anyhow::Result<()> {
     sys::drop_all(account).context("dropping privileges")?;
     // After the credential change, which clears the parent-death signal.
@@ -119,7 +135,7 @@ fn unprivileged(
     let client = Arc::new(Client::new(fd));
     client.watch().context("privsep: watching the privileged part")?;
     let driver = Box::new(RemoteDriver::new(Arc::clone(&client), name, kernel_expiry));
-    daemon::serve(config, shutdown, opened, driver, Some(client), None)
+    daemon::serve(config, shutdown, opened, driver, Some(client), Some((None, loader)))
 }
 
 /// Capabilities the privileged part keeps.
@@ -140,6 +156,7 @@ fn privileged(
     fd: OwnedFd,
     child: Pid,
     driver: Box<dyn crate::firewall::FirewallDriver>,
+    reloading: (signal_hook::iterator::Signals, reload::Reload),
 ) -> anyhow::Result<()> {
     let result = (|| {
         let actions = if config.doors.iter().any(|d| d.commands.is_some()) {
@@ -150,6 +167,14 @@ fn privileged(
         } else {
             None
         };
+        let server = server::Server::new(
+            driver,
+            daemon::plan_for(config),
+            policy::Policy::from_config(config),
+            actions.as_ref().map(|a| a.handle()),
+        );
+        // Its change notifications subscribe before the seccomp filter is in place.
+        server.firewall().watch().context("starting the firewall watcher")?;
         let keep = keep_for(config);
         match &keep {
             Some(k) => sys::keep_only(k).context("dropping capabilities")?,
@@ -168,12 +193,6 @@ fn privileged(
             std::process::id(),
             if filtered { ", seccomp" } else { "" }
         );
-        let server = server::Server::new(
-            driver,
-            daemon::plan_for(config),
-            policy::Policy::from_config(config),
-            actions.as_ref().map(|a| a.handle()),
-        );
         anyhow::Ok((server, actions))
     })();
     let (server, actions) = match result {
@@ -184,7 +203,16 @@ fn privileged(
             return Err(e);
         }
     };
-    let status = serve(server, &fd, child, shutdown);
+    let firewall = std::sync::Arc::clone(server.firewall());
+    let status = serve(server, &fd, child, shutdown, reloading);
+    firewall.stop();
+    if config.daemon.flush_at_exit {
+        // fwknopd FLUSH_IPT_AT_EXIT: every grant closes with the daemon.
+        match firewall.teardown() {
+            Ok(()) => tracing::info!("firewall flushed at exit (FLUSH_IPT_AT_EXIT): every grant is closed"),
+            Err(e) => tracing::error!("flushing the firewall at exit: {e}"),
+        }
+    }
     if let Some(a) = actions {
         a.shutdown(); // pending stop commands stay recorded for the next start
     }
@@ -193,17 +221,32 @@ fn privileged(
 
 /// Answer requests until the unprivileged part is gone; then reap it. Success only if
 /// it exited 0 (a requested stop).
-fn serve(mut server: server::Server, fd: &OwnedFd, child: Pid, shutdown: &AtomicBool) -> anyhow::Result<()> {
+fn serve(
+    mut server: server::Server,
+    fd: &OwnedFd,
+    child: Pid,
+    shutdown: &AtomicBool,
+    (mut hup, mut reload): (signal_hook::iterator::Signals, reload::Reload),
+) -> anyhow::Result<()> {
     let mut buf = vec![0u8; codec::MAX_REQUEST + 1];
     let mut told = false;
     loop {
         if shutdown.load(Ordering::Relaxed) && !told {
+            // The unprivileged part learns it from its next status poll (this part
+            // keeps no CAP_KILL to signal another user's process).
+            server.stopping = true;
             let _ = kill(child, Signal::SIGTERM);
             told = true;
         }
+        if hup.pending().count() > 0 {
+            reload.on_hup(&mut server);
+        }
         match sys::recv_msg(fd, &mut buf, Some(Duration::from_millis(200))) {
             Ok(Recv::Message(n)) => {
-                let reply = server.handle(&buf[..n], n > codec::MAX_REQUEST);
+                let (reply, settled) = server.handle_settling(&buf[..n], n > codec::MAX_REQUEST);
+                if let Some(c) = settled {
+                    reload.settled(c);
+                }
                 if sys::send_msg(fd, &codec::encode(&reply)).is_err() {
                     break;
                 }

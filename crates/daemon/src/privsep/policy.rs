@@ -53,6 +53,9 @@ pub enum Refusal {
     /// A door that does not exist, or has no commands / one-time sequences.
     #[error("door {0:?} has no {1} in the config")]
     NoSuchDoor(String, &'static str),
+    /// A config page of a generation not on offer (or not on a character boundary).
+    #[error("no config bundle of generation {0} on offer at that offset")]
+    NoOffer(u64),
     /// Out of sequence (replayed or skipped).
     #[error("request {got} out of sequence (expected {expected})")]
     Sequence {
@@ -129,6 +132,24 @@ impl Policy {
             .filter_map(|d| Some((d.name.clone(), d.one_time.as_ref()?.path.clone())))
             .collect();
         Policy { limits, widest, commands, one_time }
+    }
+
+    /// What either `self` or `next` allows: used while a reload is being taken up by
+    /// the unprivileged part, so that neither its old nor its new engine is refused for
+    /// the few milliseconds the switch takes. `next`'s commands and files win.
+    pub fn union(&self, next: &Policy) -> Policy {
+        let mut u = self.clone();
+        for (&s, &d) in &next.limits {
+            let e = u.limits.entry(s).or_default();
+            *e = (*e).max(d);
+        }
+        for (&s, &(v4, v6)) in &next.widest {
+            let e = u.widest.entry(s).or_insert((32, 128));
+            *e = (e.0.min(v4), e.1.min(v6));
+        }
+        u.commands.extend(next.commands.iter().map(|(k, v)| (k.clone(), v.clone())));
+        u.one_time.extend(next.one_time.iter().map(|(k, v)| (k.clone(), v.clone())));
+        u
     }
 
     fn service(s: WireService) -> Result<Service, Refusal> {
@@ -305,6 +326,20 @@ open_for = 60
             service: Service::tcp(22).into(),
         };
         assert_eq!(p.revoke(&k).unwrap().0.to_string(), "192.0.2.0/24");
+    }
+
+    #[test]
+    fn a_union_allows_what_either_allows_and_nothing_more() {
+        let old = policy();
+        let new = Policy::from_config(
+            &config::parse(&CONF.replace("open_for = 60", "open_for = 90"), std::path::Path::new("t.toml"))
+                .unwrap(),
+        );
+        let u = old.union(&new);
+        assert!(u.grant(&g(443, 90_000)).is_ok());
+        assert!(old.grant(&g(443, 90_000)).is_err());
+        assert!(u.grant(&g(443, 90_001)).is_err());
+        assert!(u.grant(&g(23, 1)).is_err());
     }
 
     #[test]

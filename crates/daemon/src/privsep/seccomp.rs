@@ -125,9 +125,25 @@ const UNPRIVILEGED_LEGACY: &[i64] =
 const UNPRIVILEGED_LEGACY: &[i64] = &[];
 
 /// The privileged part without commands: netlink to the kernel, the child's status,
-/// one-time sequence files.
+/// one-time sequence files, and reading the config again on SIGHUP (include
+/// directories, canonical paths).
 /// `flock`: the privileged part holds the state-dir lock and releases it at exit.
-const PRIVILEGED: &[i64] = &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill, libc::SYS_flock];
+/// `bind`: the firewall watcher's ruleset check opens a netlink query socket each time.
+const PRIVILEGED: &[i64] = &[
+    libc::SYS_bind,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    libc::SYS_kill,
+    libc::SYS_flock,
+    libc::SYS_getdents64,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
+];
+
+#[cfg(target_arch = "x86_64")]
+const PRIVILEGED_LEGACY: &[i64] = &[libc::SYS_readlink];
+#[cfg(not(target_arch = "x86_64"))]
+const PRIVILEGED_LEGACY: &[i64] = &[];
 
 fn install(lists: &[&[i64]]) -> io::Result<()> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
@@ -148,7 +164,7 @@ pub fn confine_unprivileged() -> io::Result<()> {
 
 /// Confine the privileged part (only when it runs no commands and no iptables).
 pub fn confine_privileged() -> io::Result<()> {
-    install(&[COMMON, LEGACY, PRIVILEGED])
+    install(&[COMMON, LEGACY, PRIVILEGED, PRIVILEGED_LEGACY])
 }
 
 #[cfg(test)]
@@ -157,9 +173,10 @@ mod tests {
 
     #[test]
     fn filters_build_for_this_architecture() {
-        for lists in
-            [&[COMMON, LEGACY, UNPRIVILEGED, UNPRIVILEGED_LEGACY][..], &[COMMON, LEGACY, PRIVILEGED][..]]
-        {
+        for lists in [
+            &[COMMON, LEGACY, UNPRIVILEGED, UNPRIVILEGED_LEGACY][..],
+            &[COMMON, LEGACY, PRIVILEGED, PRIVILEGED_LEGACY][..],
+        ] {
             let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
             let rules = lists.iter().flat_map(|l| l.iter()).map(|&n| (n, Vec::new())).collect();
             let f = SeccompFilter::new(rules, SeccompAction::Errno(1), SeccompAction::Allow, arch).unwrap();

@@ -42,7 +42,8 @@ pub fn client_bin() -> String {
     p.display().to_string()
 }
 
-/// Start daemons split in two (`run --privsep`); the privsep tests turn it on.
+/// Pass `--privsep` (the default as root, so a no-op kept for compatibility); the
+/// privsep tests turn it on.
 #[allow(dead_code)]
 pub static SPLIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -52,6 +53,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub pid: u32,
+    /// Run with `--no-privsep` (one process).
+    pub one_process: bool,
     _listeners: Vec<TcpListener>,
 }
 
@@ -65,6 +68,17 @@ impl Server {
     /// Like [`Server::start`], first writing `files` (name, contents; mode 0600) next
     /// to the config, for key files and access.conf.
     pub fn start_with(tag: &str, config: &str, listen: &[u16], files: &[(&str, &str)]) -> Server {
+        Server::start_mode(tag, config, listen, files, false)
+    }
+
+    /// Like [`Server::start_with`]; `one_process`: with `--no-privsep`.
+    pub fn start_mode(
+        tag: &str,
+        config: &str,
+        listen: &[u16],
+        files: &[(&str, &str)],
+        one_process: bool,
+    ) -> Server {
         let lab = Lab::new(tag).expect("lab");
         let dir = std::env::temp_dir().join(format!("pc-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -84,7 +98,8 @@ impl Server {
             std::thread::spawn(move || drain.incoming().for_each(drop));
             listeners.push(l);
         }
-        let mut s = Server { lab, log: dir.join("daemon.log"), dir, pid: 0, _listeners: listeners };
+        let mut s =
+            Server { lab, log: dir.join("daemon.log"), dir, pid: 0, one_process, _listeners: listeners };
         s.spawn(config);
         s
     }
@@ -106,7 +121,9 @@ impl Server {
         let before = std::fs::read_to_string(&self.log).unwrap_or_default().matches("ready:").count();
         let server = self.lab.server.clone();
         let mut argv = vec![daemon_bin(), "run", "--config", conf.to_str().unwrap()];
-        if SPLIT.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.one_process {
+            argv.push("--no-privsep");
+        } else if SPLIT.load(std::sync::atomic::Ordering::Relaxed) {
             argv.push("--privsep");
         }
         let child = self.lab.spawn(&server, &argv, Stdio::null(), Stdio::from(log)).unwrap();
