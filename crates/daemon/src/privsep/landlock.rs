@@ -111,11 +111,12 @@ fn err(what: &'static str) -> impl Fn(landlock::RulesetError) -> Error {
 }
 
 /// Read rights for a read path: a file's content, or a directory's listing and files.
+/// Spelled out: the crate's `from_read` includes `Execute`.
 fn read_access(is_dir: bool) -> BitFlags<AccessFs> {
     if is_dir {
-        AccessFs::from_read(ABI_USED)
+        AccessFs::ReadFile | AccessFs::ReadDir
     } else {
-        AccessFs::from_read(ABI_USED) & AccessFs::from_file(ABI_USED)
+        AccessFs::ReadFile.into()
     }
 }
 
