@@ -19,6 +19,7 @@
 pub mod client;
 pub mod codec;
 pub mod firewall;
+pub mod landlock;
 pub mod policy;
 pub mod reload;
 pub mod seccomp;
@@ -125,9 +126,21 @@ fn unprivileged(
     sys::drop_all(account).context("dropping privileges")?;
     // After the credential change, which clears the parent-death signal.
     sys::die_with_parent(parent)?;
+    // systemd's watchdog is fed by this part's capture loop, but WATCHDOG_PID names the
+    // main process. Still single-threaded here, so changing the environment is safe.
+    if std::env::var_os("WATCHDOG_PID").is_some() {
+        std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+    }
+    // Files it still reads after start: only fwknopd's digest cache, once, if imported.
+    let read: Vec<&std::path::Path> =
+        config.spa.as_ref().and_then(|s| s.import_digest_file.as_deref()).into_iter().collect();
+    let sandbox = landlock::restrict(&config.daemon.state_dir, &read)?;
+    if sandbox.enforced != landlock::Enforced::Fully {
+        tracing::warn!("privsep: unprivileged part file access: {sandbox}");
+    }
     seccomp::confine_unprivileged().context("installing the seccomp filter")?;
     tracing::info!(
-        "privsep: unprivileged part (pid {}) running as {} (uid {}), no capabilities, no_new_privs, seccomp",
+        "privsep: unprivileged part (pid {}) running as {} (uid {}), no capabilities, no_new_privs, {sandbox}, seccomp",
         std::process::id(),
         account.name,
         account.uid

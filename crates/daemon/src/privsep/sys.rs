@@ -184,7 +184,6 @@ pub fn chown_tree(path: &std::path::Path, account: &Account, except: &[&str]) ->
         fchownat(nix::fcntl::AT_FDCWD, p, Some(account.uid), Some(account.gid), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| io::Error::other(format!("chown {}: {e}", p.display())))
     };
-    own(path)?;
     for e in std::fs::read_dir(path)? {
         let e = e?;
         let name = e.file_name();
@@ -195,5 +194,7 @@ pub fn chown_tree(path: &std::path::Path, account: &Account, except: &[&str]) ->
             own(&e.path())?;
         }
     }
-    Ok(())
+    // Last: a root without CAP_DAC_OVERRIDE (the systemd unit's) cannot list the 0700
+    // directory once it is the other user's.
+    own(path)
 }
