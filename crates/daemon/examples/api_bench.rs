@@ -269,6 +269,7 @@ fn list_bench(rt: &tokio::runtime::Runtime) {
                     detail: "seed".into(),
                 },
                 addr: IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                len: 32,
                 services: (1..=100).map(Service::tcp).collect(),
                 requested_at: now,
                 effective_at: now,
