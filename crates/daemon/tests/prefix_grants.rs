@@ -20,9 +20,12 @@ const NEIGHBOUR6: &str = "2001:db8:1::3";
 /// How long the prefix door opens.
 const OPEN_FOR: u64 = 4;
 
-fn config(dir: &std::path::Path) -> String {
+fn config(dir: &std::path::Path, backend: &str) -> String {
     format!(
         r#"
+[daemon]
+backend = "{backend}"
+
 [[door]]
 name = "cgnat"
 sequence = [7000, "8000:udp", 9000]
@@ -45,11 +48,11 @@ tokens_file = "tokens"
     )
 }
 
-fn start(tag: &str) -> Server {
+fn start(tag: &str, backend: &str) -> Server {
     // Where support::Server puts its files (it creates the directory).
     let dir = std::env::temp_dir().join(format!("pc-test-{tag}-{}", std::process::id()));
     let tokens = format!("ci {TOKEN}\n");
-    let s = Server::start_with(tag, &config(&dir), &[2222, 2223], &[("tokens", tokens.as_str())]);
+    let s = Server::start_with(tag, &config(&dir, backend), &[2222, 2223], &[("tokens", tokens.as_str())]);
     // The neighbour shares the client's link (and so its /24 and /64).
     let dev = link_of(&s, lab::CLIENT4);
     run_ok(&s.lab, &s.lab.client, &["ip", "addr", "add", &format!("{NEIGHBOUR4}/24"), "dev", &dev]);
@@ -104,29 +107,53 @@ fn a_prefix_door_opens_for_the_knockers_prefix_only_and_closes_on_time() {
     if !root_or_skip("a_prefix_door_opens_for_the_knockers_prefix_only_and_closes_on_time") {
         return;
     }
-    let s = start("cgnat4");
+    prefix_door_v4(&start("cgnat4", "nftables"));
+}
+
+#[test]
+fn the_iptables_backend_grants_prefixes_in_a_hash_net_port_set() {
+    if !root_or_skip("the_iptables_backend_grants_prefixes_in_a_hash_net_port_set") {
+        return;
+    }
+    let s = start("cgnatipt", "iptables-nft");
+    prefix_door_v4(&s);
+    // The prefix grant lived in its own set, beside the single-address one.
+    let out = s.lab.exec(&s.lab.server, &["ipset", "list", "-n"]).unwrap();
+    let sets = String::from_utf8_lossy(&out.stdout);
+    assert!(sets.lines().any(|l| l == "portcullis4n"), "{sets}");
+}
+
+/// Knock the prefix door from the client's first address; its neighbour gets in, the
+/// other host does not, it closes on time; the plain door then opens for one address.
+fn prefix_door_v4(s: &Server) {
     let (c, o) = (s.lab.client.clone(), s.lab.other.clone());
-    assert!(!connects(&s, &c, NEIGHBOUR4, lab::SERVER4, 2222), "filtered before any knock");
+    assert!(!connects(s, &c, NEIGHBOUR4, lab::SERVER4, 2222), "filtered before any knock");
 
     let t0 = Instant::now();
-    knock(&s, lab::SERVER4, &["7000", "8000:udp", "9000"]);
+    knock(s, lab::SERVER4, &["7000", "8000:udp", "9000"]);
+    let dump = || {
+        let a = s.lab.exec(&s.lab.server, &["ipset", "list"]).unwrap();
+        let b = s.lab.exec(&s.lab.server, &["nft", "list", "ruleset"]).unwrap();
+        String::from_utf8_lossy(&a.stdout).into_owned() + &String::from_utf8_lossy(&b.stdout)
+    };
     assert!(
-        wait_until(Duration::from_secs(2), || connects(&s, &c, NEIGHBOUR4, lab::SERVER4, 2222)),
-        "the neighbour in the knocker's /24 gets in; log:\n{}",
-        s.log_text()
+        wait_until(Duration::from_secs(2), || connects(s, &c, NEIGHBOUR4, lab::SERVER4, 2222)),
+        "the neighbour in the knocker's /24 gets in; log:\n{}\n{}",
+        s.log_text(),
+        dump()
     );
-    assert!(connects(&s, &c, lab::CLIENT4, lab::SERVER4, 2222), "and the knocker itself");
-    assert!(!connects(&s, &o, lab::OTHER4, lab::SERVER4_OTHER, 2222), "outside the prefix: filtered");
-    assert!(!connects(&s, &c, NEIGHBOUR4, lab::SERVER4, 2223), "only the door's port");
+    assert!(connects(s, &c, lab::CLIENT4, lab::SERVER4, 2222), "and the knocker itself");
+    assert!(!connects(s, &o, lab::OTHER4, lab::SERVER4_OTHER, 2222), "outside the prefix: filtered");
+    assert!(!connects(s, &c, NEIGHBOUR4, lab::SERVER4, 2223), "only the door's port");
 
     // The record and the API show the prefix.
-    let items = active_json(&s);
+    let items = active_json(s);
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(
         (items[0]["address"].as_str(), items[0]["prefix_len"].as_u64()),
         (Some("192.0.2.0"), Some(24))
     );
-    let (ok, table) = grants(&s, &["list"]);
+    let (ok, table) = grants(s, &["list"]);
     assert!(ok && table.contains("192.0.2.0/24"), "{table}");
 
     // The kernel closes it on time.
@@ -141,14 +168,14 @@ fn a_prefix_door_opens_for_the_knockers_prefix_only_and_closes_on_time() {
     assert!(took >= Duration::from_millis(OPEN_FOR * 1000 - 500), "closed early: {took:?}");
 
     // A door without the option grants the knocker's own address, not its neighbour.
-    knock(&s, lab::SERVER4, &["7100", "8100:udp", "9100"]);
+    knock(s, lab::SERVER4, &["7100", "8100:udp", "9100"]);
     assert!(
-        wait_until(Duration::from_secs(2), || connects(&s, &c, lab::CLIENT4, lab::SERVER4, 2223)),
+        wait_until(Duration::from_secs(2), || connects(s, &c, lab::CLIENT4, lab::SERVER4, 2223)),
         "plain door opens for the knocker; log:\n{}",
         s.log_text()
     );
-    assert!(!connects(&s, &c, NEIGHBOUR4, lab::SERVER4, 2223), "plain door: single address only");
-    let items = active_json(&s);
+    assert!(!connects(s, &c, NEIGHBOUR4, lab::SERVER4, 2223), "plain door: single address only");
+    let items = active_json(s);
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["address"], "192.0.2.2");
     assert!(items[0].get("prefix_len").is_none(), "{items:?}");
@@ -159,7 +186,7 @@ fn a_prefix_door_opens_for_the_knockers_ipv6_slash_64() {
     if !root_or_skip("a_prefix_door_opens_for_the_knockers_ipv6_slash_64") {
         return;
     }
-    let s = start("cgnat6");
+    let s = start("cgnat6", "nftables");
     let (c, o) = (s.lab.client.clone(), s.lab.other.clone());
     assert!(!connects(&s, &c, NEIGHBOUR6, lab::SERVER6, 2222), "filtered before any knock");
     knock(&s, lab::SERVER6, &["7000", "8000:udp", "9000"]);
@@ -214,8 +241,9 @@ fn check_warns_about_prefix_grants_and_refuses_what_cannot_hold_them() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{extra}: {err}");
     }
-    std::fs::write(&conf, format!("[daemon]\nbackend = \"iptables\"\n{base}grant_prefix_v4 = 24\n")).unwrap();
+    let accept = "[daemon]\nbackend = \"iptables\"\nmode = \"accept\"\n";
+    std::fs::write(&conf, format!("{accept}{base}grant_prefix_v4 = 24\n")).unwrap();
     let out = daemon_check(&conf);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("need backend = \"nftables\""), "{err}");
+    assert!(!out.status.success() && err.contains("work in mode = \"gate\" only"), "{err}");
 }

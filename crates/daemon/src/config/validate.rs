@@ -106,11 +106,6 @@ impl Validator<'_> {
         }
         let store = limits::store(raw.store.take());
         let daemon = self.daemon(raw.daemon)?;
-        if let (Some(at), Backend::Iptables(_)) =
-            (prefix_at.clone().filter(|_| !prefixes.is_empty()), daemon.backend)
-        {
-            return self.err(at, "grant_prefix_v4/grant_prefix_v6 need backend = \"nftables\"");
-        }
         if let (Some(at), true) = (prefix_at.filter(|_| !prefixes.is_empty()), daemon.firewall.accept) {
             return self.err(at, "grant_prefix_v4/grant_prefix_v6 work in mode = \"gate\" only");
         }

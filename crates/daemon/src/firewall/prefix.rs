@@ -33,13 +33,17 @@ impl Prefix {
     /// family's width is the single address.
     pub fn covering(addr: IpAddr, len: u8) -> Prefix {
         let len = len.min(Prefix::bits(&addr));
-        let mut p = Prefix { addr, len };
-        let net: Vec<u8> = p.network_bytes().iter().zip(p.mask_bytes()).map(|(b, m)| b & m).collect();
-        p.addr = match addr {
-            IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(net.as_slice()).unwrap_or([0; 4])),
-            IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(net.as_slice()).unwrap_or([0; 16])),
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
         };
-        p
+        Prefix { addr, len }
     }
 
     /// Whether this is one address rather than a network.

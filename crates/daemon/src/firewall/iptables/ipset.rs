@@ -42,6 +42,7 @@ const ATTR_ADT: u16 = 8;
 const ATTR_LINENO: u16 = 9;
 
 const ATTR_IP: u16 = 1;
+const ATTR_CIDR: u16 = 3;
 const ATTR_IPADDR_IPV4: u16 = 1;
 const ATTR_IPADDR_IPV6: u16 = 2;
 const ATTR_PORT: u16 = 4;
@@ -64,6 +65,8 @@ pub enum Kind {
     IpPort,
     /// `hash:ip` revision 1: sources forwarded to one NAT destination.
     Ip,
+    /// `hash:net,port` revision 1: prefix grants (source prefix, proto:port).
+    NetPort,
 }
 
 impl Kind {
@@ -71,6 +74,7 @@ impl Kind {
         match self {
             Kind::IpPort => "hash:ip,port",
             Kind::Ip => "hash:ip",
+            Kind::NetPort => "hash:net,port",
         }
     }
 }
@@ -102,8 +106,10 @@ const RX_BUF: usize = 128 * 1024;
 /// set or (in a listing) left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// Source address.
+    /// Source address (a prefix's network address in a `hash:net,port` set).
     pub addr: IpAddr,
+    /// Prefix length, in a `hash:net,port` set.
+    pub cidr: Option<u8>,
     /// Destination protocol and port.
     pub service: Option<Service>,
     /// Seconds: to set on add, or left, as listed.
@@ -200,14 +206,18 @@ impl Msg {
         }
     }
 
-    fn entry(&mut self, addr: &IpAddr, service: Option<&Service>, timeout: Option<u32>) {
+    fn entry(&mut self, e: &Entry, timeout: Option<u32>) {
         self.open(ATTR_DATA);
         self.open(ATTR_IP);
-        match addr {
+        match e.addr {
             IpAddr::V4(a) => self.attr(ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets()),
             IpAddr::V6(a) => self.attr(ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &a.octets()),
         }
         self.close();
+        if let Some(cidr) = e.cidr {
+            self.u8(ATTR_CIDR, cidr);
+        }
+        let service = e.service.as_ref();
         if let Some(service) = service {
             self.be16(ATTR_PORT, service.port);
             self.u8(ATTR_PROTO, service.proto.number());
@@ -236,7 +246,7 @@ fn adt_messages(cmd: u8, set: &str, entries: &[Entry], first_seq: u32) -> Vec<Ve
             m.attr(ATTR_LINENO, &0u32.to_ne_bytes());
             m.open(ATTR_ADT);
             for e in chunk {
-                m.entry(&e.addr, e.service.as_ref(), (cmd == CMD_ADD).then_some(e.timeout_s));
+                m.entry(e, (cmd == CMD_ADD).then_some(e.timeout_s));
             }
             m.close();
             m.finish()
@@ -276,7 +286,7 @@ fn parse_list(payload: &[u8], out: &mut Vec<Entry>) {
 }
 
 fn parse_entry(data: &[u8]) -> Option<Entry> {
-    let (mut addr, mut port, mut proto, mut timeout) = (None, None, None, 0u32);
+    let (mut addr, mut port, mut proto, mut timeout, mut cidr) = (None, None, None, 0u32, None);
     for (ty, v) in attrs(data) {
         match ty {
             ATTR_IP => {
@@ -293,6 +303,7 @@ fn parse_entry(data: &[u8]) -> Option<Entry> {
                 }
             }
             ATTR_PORT => port = <[u8; 2]>::try_from(v).ok().map(u16::from_be_bytes),
+            ATTR_CIDR => cidr = v.first().copied(),
             ATTR_PROTO => proto = v.first().copied().and_then(Proto::from_number),
             ATTR_TIMEOUT => timeout = <[u8; 4]>::try_from(v).ok().map_or(0, u32::from_be_bytes),
             _ => {}
@@ -303,7 +314,7 @@ fn parse_entry(data: &[u8]) -> Option<Entry> {
         (None, None) => None,
         _ => return None,
     };
-    Some(Entry { addr: addr?, service, timeout_s: timeout })
+    Some(Entry { addr: addr?, cidr, service, timeout_s: timeout })
 }
 
 /// A `NETLINK_NETFILTER` socket talking ipset.
@@ -531,7 +542,12 @@ mod tests {
 
     #[test]
     fn add_message_layout() {
-        let e = Entry { addr: "192.0.2.7".parse().unwrap(), service: Some(Service::tcp(22)), timeout_s: 30 };
+        let e = Entry {
+            addr: "192.0.2.7".parse().unwrap(),
+            cidr: None,
+            service: Some(Service::tcp(22)),
+            timeout_s: 30,
+        };
         let msgs = adt_messages(CMD_ADD, "pc4", &[e], 7);
         assert_eq!(msgs.len(), 1);
         let m = &msgs[0];
@@ -554,7 +570,12 @@ mod tests {
 
     #[test]
     fn big_batches_are_chunked_and_v6_round_trips() {
-        let e = Entry { addr: "2001:db8::1".parse().unwrap(), service: Some(Service::udp(53)), timeout_s: 9 };
+        let e = Entry {
+            addr: "2001:db8::1".parse().unwrap(),
+            cidr: None,
+            service: Some(Service::udp(53)),
+            timeout_s: 9,
+        };
         let many = vec![e; 1300];
         assert_eq!(adt_messages(CMD_DEL, "pc6", &many, 0).len(), 3);
         let m = &adt_messages(CMD_ADD, "pc6", &[e], 0)[0];
@@ -572,6 +593,12 @@ mod tests {
         let mut out = Vec::new();
         parse_list(&m[NLMSG_HDRLEN..], &mut out);
         assert_eq!(out, [ip]);
+        // hash:net,port entries carry their prefix length.
+        let net = Entry { addr: "2001:db8:0:7::".parse().unwrap(), cidr: Some(64), ..e };
+        let m = &adt_messages(CMD_ADD, "pc6n", &[net], 0)[0];
+        let mut out = Vec::new();
+        parse_list(&m[NLMSG_HDRLEN..], &mut out);
+        assert_eq!(out, [net]);
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - `setup` keeps live grants: the sets survive restarts; when they exist they are
 //!   rebuilt into a fresh set (only services still protected, at most `max_grants`)
 //!   and swapped in atomically. Grant rules left by older versions are moved in.
+//! - Prefix grants (carrier-grade NAT) live in a `hash:net,port` set per family
+//!   (`portcullis4n`/`portcullis6n`, each entry with its prefix length), created only when
+//!   the plan has prefix lengths for that family; the drop rules then also check it.
 //! - No shell is involved: binaries get fixed argv, batches go to stdin.
 
 pub mod ipset;
@@ -30,10 +33,10 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_proto::Service;
 
-use super::{FirewallDriver, FirewallError, Grant, Key, LiveGrant, NatGrant, Plan};
+use super::{FirewallDriver, FirewallError, Grant, Key, LiveGrant, NatGrant, Plan, Prefix};
 use crate::config::IptablesVariant;
 use ipset::{Entry, Ipset, Kind};
-use rules::{NatRoute, SET4, SET6};
+use rules::{NatRoute, NET4, NET6, SET4, SET6};
 
 /// A resolved variant: which binaries to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +88,19 @@ fn unix_now() -> u64 {
 
 /// The grant set and its rebuild twin, per family.
 const SETS: [(&str, &str); 2] = [(SET4, "portcullis4-new"), (SET6, "portcullis6-new")];
+/// The prefix grant set (`hash:net,port`, any length the plan has) and its twin, per
+/// family; they exist only while the plan has prefix lengths for that family.
+const NET_SETS: [(&str, &str); 2] = [(NET4, "portcullis4n-new"), (NET6, "portcullis6n-new")];
+
+/// What an entry lets in.
+fn source(e: &Entry) -> Prefix {
+    e.cidr.map_or(Prefix::host(e.addr), |len| Prefix { addr: e.addr, len })
+}
+
+/// Whether `plan` has prefix lengths for family `fam` (0: IPv4, 1: IPv6).
+fn has_prefixes(plan: &Plan, fam: usize) -> bool {
+    !if fam == 1 { &plan.prefix_v6 } else { &plan.prefix_v4 }.is_empty()
+}
 
 /// The iptables backend: ipsets for grants, chains for matching them.
 #[derive(Debug)]
@@ -180,10 +196,12 @@ impl IptablesDriver {
             .into_iter()
             .chain(legacy.iter().map(|g| Entry {
                 addr: g.addr,
+                cidr: None,
                 service: Some(g.service),
                 timeout_s: u32::try_from(g.expires.saturating_sub(now)).unwrap_or(ipset::MAX_TIMEOUT_S),
             }))
             .filter(|e| e.timeout_s > 0 && e.service.is_some_and(|s| plan.protected.contains(&s)))
+            .filter(|e| plan.holds(&source(e)))
             .collect();
         keep.sort_by_key(|e| std::cmp::Reverse(e.timeout_s));
         if plan.max_grants > 0 {
@@ -199,11 +217,21 @@ impl IptablesDriver {
         fam: usize,
         legacy: &[rules::LegacyGrant],
     ) -> Result<usize, FirewallError> {
-        let (set, twin) = SETS[fam];
-        let v6 = fam == 1;
+        self.rebuild(plan, SETS[fam], Kind::IpPort, fam == 1, legacy)
+    }
+
+    /// Make `set` (of `kind`, rebuilt through `twin`) hold what `plan` keeps of it.
+    fn rebuild(
+        &mut self,
+        plan: &Plan,
+        (set, twin): (&str, &str),
+        kind: Kind,
+        v6: bool,
+        legacy: &[rules::LegacyGrant],
+    ) -> Result<usize, FirewallError> {
         match self.ipset.list(set)? {
             None => {
-                self.ipset.create(set, Kind::IpPort, v6, plan.max_grants)?;
+                self.ipset.create(set, kind, v6, plan.max_grants)?;
                 let keep = Self::restorable(plan, Vec::new(), legacy);
                 self.ipset.add(set, &keep)?;
                 Ok(keep.len())
@@ -211,7 +239,7 @@ impl IptablesDriver {
             Some(live) => {
                 let keep = Self::restorable(plan, live, legacy);
                 self.ipset.destroy(twin)?;
-                self.ipset.create(twin, Kind::IpPort, v6, plan.max_grants)?;
+                self.ipset.create(twin, kind, v6, plan.max_grants)?;
                 self.ipset.add(twin, &keep)?;
                 // Rules keep pointing at `set`, which now holds the new contents.
                 self.ipset.swap(set, twin)?;
@@ -236,7 +264,22 @@ impl IptablesDriver {
 }
 
 fn entry(addr: IpAddr, service: Option<Service>, timeout: Duration) -> Entry {
-    Entry { addr, service, timeout_s: ipset::timeout_s(timeout) }
+    Entry { addr, cidr: None, service, timeout_s: ipset::timeout_s(timeout) }
+}
+
+/// The entry for a grant's source: in the host set, or with its length in the net set.
+fn entry_for(p: Prefix, service: Service, timeout: Duration) -> Entry {
+    Entry { cidr: (!p.is_host()).then_some(p.len), ..entry(p.addr, Some(service), timeout) }
+}
+
+/// The host set or the prefix set of family `fam`.
+fn set_of(p: &Prefix) -> &'static str {
+    let fam = usize::from(p.addr.is_ipv6());
+    if p.is_host() {
+        SETS[fam].0
+    } else {
+        NET_SETS[fam].0
+    }
 }
 
 impl FirewallDriver for IptablesDriver {
@@ -258,7 +301,10 @@ impl FirewallDriver for IptablesDriver {
         self.routes.clear();
         for (fam, (set, _)) in SETS.iter().enumerate() {
             let saved = self.read(fam, &plan.chain)?;
-            let kept = self.rebuild_set(plan, fam, &saved.legacy)?;
+            let mut kept = self.rebuild_set(plan, fam, &saved.legacy)?;
+            if has_prefixes(plan, fam) {
+                kept += self.rebuild(plan, NET_SETS[fam], Kind::NetPort, fam == 1, &[])?;
+            }
             if kept > 0 {
                 tracing::info!(kept, set, "setup: kept live grants");
             }
@@ -267,49 +313,59 @@ impl FirewallDriver for IptablesDriver {
                 self.routes.push(r.clone());
             }
             self.apply(fam, &rules::setup_batch(plan, fam == 1, &self.routes, &saved))?;
+            if !has_prefixes(plan, fam) {
+                // No rule refers to it any more.
+                self.ipset.destroy(NET_SETS[fam].0)?;
+                self.ipset.destroy(NET_SETS[fam].1)?;
+            }
         }
         Ok(())
     }
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
-        if let Some(g) = grants.iter().find(|g| !g.source().is_host()) {
+        if let Some(g) = grants.iter().find(|g| !self.plan.holds(&g.source())) {
             return Err(FirewallError::Protocol(format!(
-                "grant for {}: the iptables backend grants single addresses only",
-                g.source()
+                "grant for {}: no door or user grants /{} prefixes, so the firewall has no set for them",
+                g.source(),
+                g.len
             )));
         }
-        for (fam, (set, _)) in SETS.iter().enumerate() {
+        for set in [SET4, SET6, NET4, NET6] {
             let add: Vec<Entry> = grants
                 .iter()
-                .filter(|g| usize::from(g.addr.is_ipv6()) == fam)
-                .map(|g| entry(g.addr, Some(g.service), g.timeout))
+                .filter(|g| set_of(&g.source()) == set)
+                .map(|g| entry_for(g.source(), g.service, g.timeout))
                 .collect();
-            self.ipset.add(set, &add)?;
+            if !add.is_empty() {
+                self.ipset.add(set, &add)?;
+            }
         }
         Ok(())
     }
 
     fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError> {
-        for (fam, (set, _)) in SETS.iter().enumerate() {
-            // It never holds prefix grants (see `grant`).
+        for set in [SET4, SET6, NET4, NET6] {
+            // A prefix length the plan has no set for cannot be in the firewall.
             let del: Vec<Entry> = grants
                 .iter()
-                .filter(|(p, _)| usize::from(p.addr.is_ipv6()) == fam && p.is_host())
-                .map(|&(p, s)| entry(p.addr, Some(s), Duration::ZERO))
+                .filter(|(p, _)| set_of(p) == set && self.plan.holds(p))
+                .map(|&(p, s)| entry_for(p, s, Duration::ZERO))
                 .collect();
-            self.ipset.del(set, &del)?;
+            if !del.is_empty() {
+                self.ipset.del(set, &del)?;
+            }
         }
         Ok(())
     }
 
     fn list(&mut self) -> Result<Vec<LiveGrant>, FirewallError> {
         let mut out = Vec::new();
-        for (set, _) in SETS {
+        for (set, _) in SETS.into_iter().chain(NET_SETS) {
             for e in self.ipset.list(set)?.unwrap_or_default() {
                 if let Some(service) = e.service {
                     out.push(LiveGrant {
                         addr: e.addr,
-                        len: crate::firewall::Prefix::host(e.addr).len,
+                        len: source(&e).len,
                         service,
                         remaining: Some(Duration::from_secs(e.timeout_s.into())),
                         // ipset reports only the time left.
@@ -333,7 +389,7 @@ impl FirewallDriver for IptablesDriver {
             route_sets.extend(saved.routes.iter().map(NatRoute::set));
         }
         route_sets.extend(self.routes.iter().map(NatRoute::set));
-        for (set, twin) in SETS {
+        for (set, twin) in SETS.into_iter().chain(NET_SETS) {
             self.ipset.destroy(set)?;
             self.ipset.destroy(twin)?;
         }

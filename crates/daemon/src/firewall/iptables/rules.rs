@@ -48,6 +48,10 @@ use crate::firewall::{Mode, Plan};
 pub const SET4: &str = "portcullis4";
 /// IPv6 grants.
 pub const SET6: &str = "portcullis6";
+/// IPv4 prefix grants (`hash:net,port`), only when the plan has prefix lengths.
+pub const NET4: &str = "portcullis4n";
+/// IPv6 prefix grants.
+pub const NET6: &str = "portcullis6n";
 /// Comment prefix of the grant rules older versions wrote (one rule per grant);
 /// `setup` moves them into the sets.
 pub const COMMENT: &str = "portcullis:expires=";
@@ -144,6 +148,14 @@ fn to_dest(to: &SocketAddr) -> String {
 pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) -> String {
     let chain = &plan.chain;
     let set = if v6 { SET6 } else { SET4 };
+    let net = if v6 { NET6 } else { NET4 };
+    let prefixes = !if v6 { &plan.prefix_v6 } else { &plan.prefix_v4 }.is_empty();
+    // Not granted: in neither the address set nor (with prefix grants) the prefix set.
+    let ungranted = if prefixes {
+        format!("-m set ! --match-set {set} src,dst -m set ! --match-set {net} src,dst")
+    } else {
+        format!("-m set ! --match-set {set} src,dst")
+    };
     let fwd = fwd_chain(chain);
     let routes: Vec<&NatRoute> = routes.iter().filter(|r| r.to.is_ipv6() == v6).collect();
 
@@ -159,9 +171,12 @@ pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) ->
     for s in &plan.protected {
         let m = service_match(s);
         match plan.mode {
-            Mode::Gate => b.push_str(&format!("-A {chain} {m} -m set ! --match-set {set} src,dst -j DROP\n")),
+            Mode::Gate => b.push_str(&format!("-A {chain} {m} {ungranted} -j DROP\n")),
             Mode::Accept => {
                 b.push_str(&format!("-A {chain} {m} -m set --match-set {set} src,dst -j ACCEPT\n"));
+                if prefixes {
+                    b.push_str(&format!("-A {chain} {m} -m set --match-set {net} src,dst -j ACCEPT\n"));
+                }
                 b.push_str(&format!("-A {chain} {m} -j DROP\n"));
             }
         }
@@ -203,10 +218,7 @@ pub fn setup_batch(plan: &Plan, v6: bool, routes: &[NatRoute], saved: &Saved) ->
             b.push_str(&format!("-A {chain} -s {p} -j RETURN\n"));
         }
         for s in &plan.protected {
-            b.push_str(&format!(
-                "-A {chain} {} -m set ! --match-set {set} src,dst -j DROP\n",
-                service_match(s)
-            ));
+            b.push_str(&format!("-A {chain} {} {ungranted} -j DROP\n", service_match(s)));
         }
         if !saved.mangle.jump {
             b.push_str(&format!("-I PREROUTING 1 -j {chain}\n"));
@@ -404,6 +416,19 @@ mod tests {
         );
         let present = Saved { filter: SavedChain { chain: true, jump: true }, ..Saved::default() };
         assert!(!setup_batch(&plan(Mode::Gate, false), true, &[], &present).contains("INPUT"));
+    }
+
+    #[test]
+    fn prefix_grants_add_the_prefix_set_to_every_drop_of_their_family() {
+        let p = Plan { prefix_v4: vec![24], ..plan(Mode::Gate, true) };
+        let v4 = setup_batch(&p, false, &[], &Saved::default());
+        let both =
+            "-m set ! --match-set portcullis4 src,dst -m set ! --match-set portcullis4n src,dst -j DROP";
+        // filter and mangle, for both services.
+        assert_eq!(v4.matches(both).count(), 4, "{v4}");
+        let v6 = setup_batch(&p, true, &[], &Saved::default());
+        assert!(!v6.contains("portcullis6n"), "no IPv6 prefix lengths: {v6}");
+        assert_eq!(v6, setup_batch(&plan(Mode::Gate, true), true, &[], &Saved::default()));
     }
 
     #[test]

@@ -127,8 +127,12 @@ impl NftDriver {
         for (set, len) in sets {
             for raw in self.nl.dump_set(op, &set)?.unwrap_or_default() {
                 let decoded = ruleset::decode_allow_key(&raw.key);
-                let len = len.or_else(|| decoded.map(|(a, _)| Prefix::host(a).len));
-                match decoded.zip(len).filter(|((a, _), l)| Prefix::covering(*a, *l).addr == *a) {
+                // A prefix set's keys are network addresses; anything else is not ours.
+                let decoded = match len {
+                    None => decoded.map(|(a, s)| ((a, s), Prefix::host(a).len)),
+                    Some(l) => decoded.filter(|(a, _)| Prefix::covering(*a, l).addr == *a).map(|k| (k, l)),
+                };
+                match decoded {
                     Some(((addr, service), len)) => out.push(Elem {
                         addr,
                         len,

@@ -467,12 +467,13 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
     out.push(rule_msg("nft setup: add rule protected", expr::rule_protected(SET_PROTECTED, ID_PROTECTED)));
 
     // add element inet portcullis allow4 { <addr> . <proto> . <port> timeout <t> expires <left> }
-    let mut sets = vec![(SET_ALLOW4.to_string(), ID_ALLOW4), (SET_ALLOW6.to_string(), ID_ALLOW6)];
-    sets.extend(prefix_sets(plan).into_iter().map(|(_, _, name, id)| (name, id)));
-    for (set, id) in sets {
-        let elems = restore
+    let mut ids = vec![(SET_ALLOW4.to_string(), ID_ALLOW4), (SET_ALLOW6.to_string(), ID_ALLOW6)];
+    ids.extend(prefix_sets(plan).into_iter().map(|(_, _, name, id)| (name, id)));
+    for (set, mine) in by_set(restore, |e| Prefix { addr: e.addr, len: e.len }) {
+        // `restore` holds only what the plan has sets for (see `restorable`).
+        let Some(&(_, id)) = ids.iter().find(|(name, _)| *name == set) else { continue };
+        let elems = mine
             .iter()
-            .filter(|e| set_for(&Prefix { addr: e.addr, len: e.len }) == set)
             .map(|e| element(allow_key(&e.addr, &e.service), e.timeout_ms, e.expires_ms))
             .collect();
         element_msgs("nft setup: restore live grants", true, &set, Some(id), elems, &mut out);
@@ -480,14 +481,15 @@ pub fn setup_requests(plan: &Plan, restore: &[Elem]) -> Vec<Request> {
     out
 }
 
-/// Group items by the set that holds them, in a stable order (`allow4`, `allow4_NN`,
-/// `allow6`, `allow6_NN`).
-fn by_set<T: Copy>(items: &[T], source: impl Fn(&T) -> Prefix) -> std::collections::BTreeMap<String, Vec<T>> {
-    let mut out: std::collections::BTreeMap<String, Vec<T>> = std::collections::BTreeMap::new();
+/// Group items by the set that holds them (family, then prefix length); the set's name
+/// is made once per group, not per item.
+fn by_set<T: Copy>(items: &[T], source: impl Fn(&T) -> Prefix) -> Vec<(String, Vec<T>)> {
+    let mut groups: std::collections::BTreeMap<(bool, u8), Vec<T>> = std::collections::BTreeMap::new();
     for it in items {
-        out.entry(set_for(&source(it))).or_default().push(*it);
+        let p = source(it);
+        groups.entry((p.addr.is_ipv6(), p.len)).or_default().push(*it);
     }
-    out
+    groups.into_iter().filter_map(|(_, v)| Some((set_for(&source(v.first()?)), v))).collect()
 }
 
 /// The grant batch. Per set:
