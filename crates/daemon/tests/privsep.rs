@@ -390,4 +390,12 @@ fn sighup_to_the_privileged_part_reloads_both_parts() {
     assert_eq!(child_of(s.pid), child, "the unprivileged part was replaced");
     s.other(&[&c, "knock", "-d", "20", lab::SERVER4, "7100", "7300", "7200:udp"]);
     s.wait_probe(&s.lab.other, lab::SERVER4, 2222, Probe::Open);
+
+    // A stop (SIGTERM to the privileged part only, which may not signal the other):
+    // both parts end, cleanly.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let gone = wait_until(Duration::from_secs(3), || gone_or_zombie(s.pid) && gone_or_zombie(child));
+    assert!(gone, "still running after SIGTERM:\n{}", s.log_text());
+    assert!(s.log_text().contains(", 0)); "), "the unprivileged part did not exit 0:\n{}", s.log_text());
 }

@@ -6,7 +6,7 @@
 pub enum Daemon {
     /// portcullisd, nftables driver.
     Portcullisd,
-    /// The same, run as one process with full privileges (without `--privsep`): the
+    /// The same, run as one process with full privileges (`--no-privsep`): the
     /// baseline the privilege separation's cost is measured against.
     PortcullisdOneProcess,
     /// portcullisd, iptables driver, `iptables-nft-restore` batches (`backend = "iptables-nft"`).
@@ -51,7 +51,7 @@ impl Daemon {
     pub fn name(self) -> &'static str {
         match self {
             Daemon::Portcullisd => "portcullisd",
-            Daemon::PortcullisdOneProcess => "portcullisd (one process, without --privsep)",
+            Daemon::PortcullisdOneProcess => "portcullisd (one process, --no-privsep)",
             Daemon::PortcullisdIptNft => "portcullisd (iptables-nft)",
             Daemon::PortcullisdIptLegacy => "portcullisd (iptables-legacy)",
             Daemon::KnockdIpt | Daemon::KnockdNft => "knockd",

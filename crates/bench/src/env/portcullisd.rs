@@ -34,7 +34,8 @@ impl Env {
                 d.backend()
             ),
         )?;
-        let extra: &[&str] = if d == Daemon::PortcullisdOneProcess { &[] } else { &["--privsep"] };
+        // Split is the default as root; the baseline row asks for one process.
+        let extra: &[&str] = if d == Daemon::PortcullisdOneProcess { &["--no-privsep"] } else { &[] };
         self.spawn_portcullisd(at, &conf, extra)
     }
 

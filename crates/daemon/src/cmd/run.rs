@@ -19,6 +19,13 @@ pub fn split_unsupported(config: &Config) -> Option<&'static str> {
         Some("the SPA UDP server on a port below 1024")
     } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
         Some("fwknop CMD_CYCLE commands")
+    } else if config.daemon.firewall.nat
+        || spa.is_some_and(|s| {
+            s.forwarding || s.local_nat || s.stanzas.iter().any(|st| st.nat.force_nat.is_some())
+        })
+    {
+        // NAT grants (an inside host chosen per packet) are not in the request set.
+        Some("NAT grants (nat = true, ENABLE_IPT_FORWARDING, ENABLE_IPT_LOCAL_NAT)")
     } else if config.fleet.is_some() {
         // The database URL file is root-only and read when the fleet node starts.
         Some("[fleet]")
@@ -81,6 +88,11 @@ pub fn run(
     }
     if split {
         tracing::info!("privsep: splitting into a privileged and an unprivileged part");
+        if let Some(spa) = &config.spa {
+            // Created (and fwknopd's root-only digest cache imported into it) while root;
+            // the unprivileged part gets the file with the rest of the state dir.
+            daemon::open_replay(config, spa, daemon::unix_now())?;
+        }
         return crate::privsep::run(config, shutdown, opened, driver, (hup, loader));
     }
     daemon::serve(config, &shutdown, opened, driver, None, Some((Some(hup), loader)))

@@ -97,7 +97,7 @@ pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
 
 /// The SPA replay cache: on disk in the state dir (or in memory without
 /// persistence), seeded on its first creation from an fwknopd digest cache.
-fn open_replay(
+pub(crate) fn open_replay(
     config: &Config,
     spa: &crate::config::SpaConfig,
     now_unix: u64,
@@ -140,7 +140,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     Ok(Opened { sock, api })
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

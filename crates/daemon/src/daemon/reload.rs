@@ -34,8 +34,11 @@ pub struct Loader {
     /// Read the config file's text.
     pub read: Box<dyn Fn() -> Result<String, String> + Send>,
     /// Parse a config text (overrides applied).
-    pub parse: Box<dyn Fn(&str) -> Result<Config, String> + Send>,
+    pub parse: Box<Parse>,
 }
+
+/// Parses a config text, with the command line's overrides applied.
+pub type Parse = dyn Fn(&str) -> Result<Config, String> + Send;
 
 impl Loader {
     /// Read and parse.

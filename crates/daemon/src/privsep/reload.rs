@@ -13,21 +13,26 @@ use super::codec::Bundle;
 use super::server::Server;
 use crate::config::Config;
 use crate::daemon::reload::{restart_needed, split_restart_needed, Loader};
+use crate::daemon::service::Service;
 
 /// The config the privileged part runs, and how to read the next one.
 pub struct Reload {
     config: Config,
     loader: Loader,
+    service: Service,
 }
 
 impl Reload {
     /// Start from `config`, read again with `loader`.
     pub fn new(config: Config, loader: Loader) -> Reload {
-        Reload { config, loader }
+        let service = Service::from_env(&config.daemon.state_dir);
+        Reload { config, loader, service }
     }
 
     /// Handle one SIGHUP: reopen log files, read and check the config, offer it.
     pub fn on_hup(&mut self, server: &mut Server) {
+        // The unprivileged part says READY=1 once it has switched (or refused).
+        self.service.reloading();
         crate::log::reopen();
         match self.prepare() {
             Ok((new, bundle)) => {
@@ -36,7 +41,10 @@ impl Reload {
                     "reload: config read and checked; offered to the unprivileged part as generation {g}"
                 );
             }
-            Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays: {e:#}");
+                self.service.ready("reload refused (see the log); running the previous configuration");
+            }
         }
     }
 
