@@ -112,13 +112,6 @@ pub struct Screened {
     generation: u64,
 }
 
-impl Screened {
-    /// The datagram's payload.
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
-    }
-}
-
 /// What crypto a screened packet still needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Work {
@@ -191,7 +184,7 @@ pub struct SpaGate {
     dual_delivery: bool,
     recent: HashMap<(IpAddr, [u8; 32]), Millis>,
     fleet: Option<crate::fleet::gate::FleetGate>,
-    /// Bumped by every reconfiguration: packets screened before it are decided again.
+    /// Bumped by every reconfiguration (screened fwknop packets carry stanza indices).
     generation: u64,
     source_prefix: (u8, u8),
 }
@@ -319,8 +312,8 @@ impl SpaGate {
         Ok(Screened { src, dst, payload: payload.to_vec(), work, generation: self.generation })
     }
 
-    /// Crypto, time window, replay and policy for a screened packet. A packet screened
-    /// before a reconfiguration is screened again first (its stanza list is stale).
+    /// Crypto, time window, replay and policy for a screened packet. An fwknop packet
+    /// screened before a reconfiguration has its stanza list worked out again.
     pub fn decide(&mut self, s: &Screened, now_unix: u64) -> Verdict {
         if s.generation != self.generation {
             // Screened before a reconfiguration: the stanza list may have changed. The
