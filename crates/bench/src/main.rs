@@ -11,8 +11,8 @@
 //! - pure, unit-tested: [`stats`] (percentiles), [`table`] (markdown), packets
 //!   ([`portcullis_daemon::lab::packet`]: headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
 //! - lab and daemons: [`env`]; client side of a trial: [`probe`];
-//! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`], [`memory`],
-//!   [`watch`].
+//! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`],
+//!   [`spa_isolation`], [`memory`], [`watch`].
 
 mod env;
 mod flood;
@@ -25,6 +25,7 @@ mod procmon;
 mod report;
 mod spa;
 mod spa_flood;
+mod spa_isolation;
 mod stats;
 mod table;
 mod watch;
@@ -77,7 +78,7 @@ enum Cmd {
     SpaFlood,
     /// 3. grant scale (nftables driver, iptables driver, raw iptables rules).
     Grants,
-    /// 4. SPA rejection throughput (in process; no root needed).
+    /// 4. SPA rejection throughput, and knocks behind SPA work (in process; no root needed).
     Spa,
     /// 5. memory under 1,000,000 spoofed sources.
     Memory,
@@ -161,6 +162,8 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     if all || cli.cmd == Cmd::Spa {
         eprintln!("[bench] spa: rejection throughput");
         spa::run(p.spa_budget, &mut report)?;
+        eprintln!("[bench] spa: knocks behind SPA work, inline vs sliced");
+        spa_isolation::run(p.spa_budget, &mut report)?;
     }
     if let Some(env) = env.as_mut() {
         if all || cli.cmd == Cmd::Memory {

@@ -43,12 +43,19 @@ impl TokenBucket {
     /// Take one token at `now` if there is one. Time that runs backwards refills
     /// nothing (and is not remembered, so it cannot be counted twice later).
     pub fn take(&mut self, now: Millis) -> bool {
+        self.take_keeping(now, 0)
+    }
+
+    /// Take one token at `now` only if `keep` more would still be left: the last
+    /// `keep` tokens are held back for callers that pass a smaller `keep`.
+    pub fn take_keeping(&mut self, now: Millis, keep: u32) -> bool {
         if now > self.last {
             let refill = (now.0 - self.last.0).saturating_mul(self.per_sec);
             self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.milli_burst);
             self.last = now;
         }
-        if self.milli_tokens >= self.cost {
+        let need = self.cost.saturating_mul(u64::from(keep) + 1);
+        if self.milli_tokens >= need {
             self.milli_tokens -= self.cost;
             true
         } else {
@@ -111,6 +118,15 @@ mod tests {
         assert!(b.take(Millis(20_000)), "3 per minute: one every 20 s");
         assert!(!b.take(Millis(39_999)));
         assert_eq!(drain(&mut b, Millis(u64::MAX)), 3);
+    }
+
+    #[test]
+    fn the_last_tokens_can_be_held_back() {
+        let mut b = TokenBucket::new(100, 4);
+        assert_eq!(std::iter::from_fn(|| b.take_keeping(Millis(0), 2).then_some(())).count(), 2);
+        assert!(b.take(Millis(0)) && b.take(Millis(0)), "the held-back two are there for others");
+        assert!(!b.take(Millis(0)));
+        assert!(!b.take_keeping(Millis(10), 1) && b.take_keeping(Millis(10), 0), "one refilled");
     }
 
     #[test]

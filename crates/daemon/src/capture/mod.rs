@@ -112,8 +112,9 @@ impl Batch {
 
 impl PacketSocket {
     /// Wait for at least one packet (or the read timeout), then take every packet
-    /// already queued, up to the batch size, without waiting further.
-    pub fn recv_batch(&self, batch: &mut Batch) -> io::Result<usize> {
+    /// already queued, up to the batch size, without waiting further. With `wait`
+    /// false, return at once (a timeout error) if nothing is queued.
+    pub fn recv_batch(&self, batch: &mut Batch, wait: bool) -> io::Result<usize> {
         batch.metas.clear();
         let snaplen = batch.snaplen;
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
@@ -122,7 +123,7 @@ impl PacketSocket {
             self.sock.as_raw_fd(),
             &mut batch.headers,
             iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
+            if wait { MsgFlags::MSG_WAITFORONE } else { MsgFlags::MSG_DONTWAIT },
             None,
         )
         .map_err(io::Error::from)?;

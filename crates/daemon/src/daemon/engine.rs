@@ -18,7 +18,7 @@ use crate::capture::LocalView;
 use crate::config::{Config, Door};
 use crate::firewall::FirewallDriver;
 use crate::grants::{Granter, OpenError, Origin, OriginKind};
-use crate::spa::{SpaGate, Verdict};
+use crate::spa::SpaGate;
 use crate::stats::Stats;
 use portcullis_proto::addr::canonical as fold;
 
@@ -30,6 +30,8 @@ use refusals::{Failure, RefusalLog};
 // fwknop stanzas: command cycles, NAT grants, fwknopd's log lines.
 mod fwknop_grants;
 mod rotation;
+// SPA: screened on arrival, decided in slices.
+mod spa;
 
 struct Group {
     target: Option<IpAddr>,
@@ -70,6 +72,8 @@ pub struct Engine {
     rotation_generation: u64,
     /// Fleet membership: fleet-scoped SPA grants are shared through it.
     fleet: Option<Arc<crate::fleet::node::Fleet>>,
+    /// Screened SPA packets waiting for [`Engine::run_spa`]; `None`: decided at once.
+    spa_backlog: Option<crate::spa::backlog::Backlog<spa::Waiting>>,
 }
 
 impl Engine {
@@ -138,6 +142,7 @@ impl Engine {
             rotation_due: None,
             rotation_generation: 0,
             fleet: None,
+            spa_backlog: None,
         })
     }
 
@@ -278,87 +283,6 @@ impl Engine {
         }
     }
 
-    /// An SPA datagram read from the bound UDP socket (fwknopd `ENABLE_UDP_SERVER`).
-    pub fn on_spa_socket(
-        &mut self,
-        src: IpAddr,
-        dst: Option<IpAddr>,
-        dport: u16,
-        payload: &[u8],
-        now: Millis,
-        wall: SystemTime,
-    ) {
-        self.stats.packets += 1;
-        self.stats.for_us += 1;
-        self.on_spa(fold(src), dst.map(fold), dport, payload, now, wall);
-    }
-
-    fn on_spa(
-        &mut self,
-        src: IpAddr,
-        dst: Option<IpAddr>,
-        dport: u16,
-        payload: &[u8],
-        now: Millis,
-        wall: SystemTime,
-    ) {
-        let now_unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let Some(gate) = self.spa.as_mut() else { return };
-        // The same datagram seen by both the capture socket and the UDP server socket.
-        if !gate.first_delivery(src, payload, now) {
-            return;
-        }
-        match gate.handle_to(src, dst, payload, now_unix, now) {
-            Verdict::Grant(dec) => {
-                let share = gate.take_fleet_share();
-                self.stats.spa_accepted += 1;
-                if let Some(fg) = dec.fwknop.clone() {
-                    if self.fwknop_grant(src, &dec, &fg, wall) {
-                        return;
-                    }
-                }
-                let label = format!("spa: {}", dec.who);
-                let origin = Origin { kind: OriginKind::Spa, detail: dec.who.clone() };
-                let before = self.stats.opened;
-                let log = self
-                    .apply_grant(
-                        src,
-                        &label,
-                        None,
-                        origin.clone(),
-                        dec.allow,
-                        &dec.services,
-                        dec.duration,
-                        now,
-                        wall,
-                    )
-                    .unwrap_or(false);
-                if share && self.stats.opened > before {
-                    if let Some(f) = &self.fleet {
-                        f.share(crate::fleet::node::Outgoing::new(
-                            dec.allow,
-                            &dec.services,
-                            dec.duration,
-                            &origin,
-                        ));
-                    }
-                }
-                if dec.fwknop.is_some() && self.stats.opened > before && log {
-                    self.fwknop_added(&dec, wall);
-                }
-            }
-            Verdict::Reject(reason) => {
-                self.stats.count_spa_reject(reason.class());
-                if self.limiter.take(now) {
-                    tracing::info!("{src}: spa: rejected: {}", reason.to_string().escape_debug());
-                    self.fwknop_rejected(src, dport, &reason);
-                } else {
-                    self.stats.suppressed_logs += 1;
-                }
-            }
-        }
-    }
-
     /// The capture thread's grant path, for doors and SPA: log, open through
     /// [`Granter::grant`] (which arms expiry and records), log the result. The grant
     /// lines (`stage`, OPEN SESAME, opened) are written once the open is admitted, within
@@ -468,3 +392,6 @@ mod tests;
 
 #[cfg(test)]
 mod rotating_tests;
+
+#[cfg(test)]
+mod spa_tests;

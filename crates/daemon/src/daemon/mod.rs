@@ -1,11 +1,16 @@
 //! The daemon: wires config, firewall driver, capture socket and address monitor
 //! around the [`engine::Engine`], and runs the capture loop until told to stop.
 //!
-//! Threading: one capture thread does recv → parse → track → grant synchronously.
-//! The nftables grant is a single netlink round trip (microseconds), so doing it
-//! inline gives the lowest knock-to-open latency and needs no queue that a flood could
-//! fill. The address monitor runs on its own thread, the grant expiry scheduler and the
-//! store writer on theirs (see [`crate::grants`]).
+//! Threading: one capture thread does recv → parse → track → grant for knocks
+//! synchronously. The nftables grant is a single netlink round trip (microseconds), so
+//! doing it inline gives the lowest knock-to-open latency. SPA datagrams get only their
+//! cheap checks and crypto budget on arrival; what passes waits in a bounded backlog,
+//! fair between source prefixes, and the same thread decides it (crypto, replay,
+//! policy, grant) in slices of at most [`SPA_SLICE`] after each batch, reading the
+//! socket without waiting while any is left. So a flood of crypto-costly SPA junk holds
+//! a knock up by one slice at most, and grants stay applied one at a time through
+//! [`crate::grants::Granter`]. The address monitor runs on its own thread, the grant
+//! expiry scheduler and the store writer on theirs (see [`crate::grants`]).
 
 pub mod engine;
 pub mod reload;
@@ -36,6 +41,9 @@ const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 const SNAPLEN: usize = 2048;
 /// Packets taken per `recvmmsg` call when they are queued.
 const BATCH: usize = 64;
+/// Longest stretch of SPA crypto between two reads of the capture socket (a native
+/// packet costs ~0.1 ms, an fwknop one ~2 µs per stanza tried).
+pub const SPA_SLICE: Duration = Duration::from_micros(500);
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
@@ -193,6 +201,7 @@ pub fn serve(
             None => gate,
         });
     }
+    engine.defer_spa();
     let cycles = config.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()));
     let mut actions = None;
     if let Some(c) = &privileged {
@@ -282,7 +291,8 @@ pub fn serve(
             tracing::info!("reloaded: {}; {kept} door group(s) kept their knocks in progress", u.summary);
             svc.ready(&format!("reloaded: {}", u.summary));
         }
-        match sock.recv_batch(&mut batch) {
+        // SPA packets waiting for crypto: read what is queued, do not wait for more.
+        match sock.recv_batch(&mut batch, !engine.spa_pending()) {
             Ok(_) => {
                 if monitor.generation() != generation {
                     generation = monitor.generation();
@@ -312,6 +322,10 @@ pub fn serve(
             while let Ok(d) = rx.try_recv() {
                 engine.on_spa_socket(d.src, d.dst, d.dport, &d.payload, t, wall);
             }
+        }
+        if engine.spa_pending() {
+            let until = Instant::now() + SPA_SLICE;
+            engine.run_spa(&mut || Instant::now() < until, t, wall);
         }
         let unix = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         engine.follow_rotation(unix);

@@ -10,7 +10,7 @@ use portcullis_proto::Millis;
 
 use super::digest_import::wire_key;
 use super::reject::{Denial, Format, RejectReason};
-use super::{Decision, FwknopGrant, NatGrant, SpaGate, Verdict};
+use super::{Decision, FwknopGrant, NatGrant, SpaGate, Verdict, Work};
 use crate::config::spa::FwknopStanza;
 
 /// What the last fwknop packet looked like, for the fwknopd-style log line
@@ -26,45 +26,61 @@ pub(super) struct LastFwknop {
 }
 
 impl SpaGate {
-    pub(super) fn fwknop(
+    /// The cheap part: shape, imported digests, the stanzas that may apply (source,
+    /// destination, expiry) and one unit of budget for each of them: a packet that
+    /// cannot pay for every stanza it would be tried against is refused before any.
+    pub(super) fn screen_fwknop(
         &mut self,
         src: IpAddr,
         dst: Option<IpAddr>,
         payload: &[u8],
         now_unix: u64,
         now: Millis,
+    ) -> Result<Work, RejectReason> {
+        self.last = LastFwknop::default();
+        fwknop::precheck(payload).map_err(RejectReason::Packet)?;
+        // A packet fwknopd accepted before the switch (imported digest cache).
+        if self.replay.contains(&wire_key(payload), now_unix) {
+            return Err(RejectReason::Replayed);
+        }
+        let stanzas = self.candidate_stanzas(src, dst, now_unix);
+        for _ in &stanzas {
+            self.fwknop_budget
+                .take(src, now)
+                .map_err(|exhausted| RejectReason::CryptoBudget { format: Format::Fwknop, exhausted })?;
+        }
+        Ok(Work::Fwknop(stanzas))
+    }
+
+    /// Stanzas whose source, destination and expiry admit a packet from `src` to `dst`.
+    pub(super) fn candidate_stanzas(&self, src: IpAddr, dst: Option<IpAddr>, now_unix: u64) -> Vec<usize> {
+        let admits = |st: &FwknopStanza| {
+            (st.source.is_empty() || st.source.iter().any(|c| c.contains(src)))
+                && (st.destination.is_empty()
+                    || dst.is_some_and(|d| st.destination.iter().any(|c| c.contains(d))))
+                && !st.expires.is_some_and(|e| now_unix > e)
+        };
+        self.stanzas.iter().enumerate().filter(|(_, st)| admits(st)).map(|(i, _)| i).collect()
+    }
+
+    /// The costly part: try `stanzas` in order, then time window, replay and policy.
+    pub(super) fn fwknop(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        payload: &[u8],
+        stanzas: &[usize],
+        now_unix: u64,
     ) -> Verdict {
         self.last = LastFwknop::default();
-        if let Err(e) = fwknop::precheck(payload) {
-            return Verdict::Reject(RejectReason::Packet(e));
-        }
-        // A packet fwknopd accepted before the switch (imported digest cache).
-        let wire = wire_key(payload);
-        if self.replay.contains(&wire, now_unix) {
-            return Verdict::Reject(RejectReason::Replayed);
-        }
-        // First stanza whose source and destination match and whose keys authenticate
-        // wins (fwknopd). For the log: a MAC failure on an HMAC stanza is the
-        // meaningful reason; what a no-HMAC stanza made of the same bytes is secondary.
+        // First stanza whose keys authenticate wins (fwknopd). For the log: a MAC failure
+        // on an HMAC stanza is the meaningful reason; what a no-HMAC stanza made of the
+        // same bytes is secondary.
         let mut bad_mac = None;
         let mut other: Option<PacketError> = None;
         let mut found = None;
-        for (i, st) in self.stanzas.iter().enumerate() {
-            if !st.source.is_empty() && !st.source.iter().any(|c| c.contains(src)) {
-                continue;
-            }
-            if !st.destination.is_empty()
-                && !dst.is_some_and(|d| st.destination.iter().any(|c| c.contains(d)))
-            {
-                continue;
-            }
-            if st.expires.is_some_and(|e| now_unix > e) {
-                continue;
-            }
-            // Only the cheap filters above run unbudgeted; each HMAC (or AES) costs.
-            if let Err(exhausted) = self.fwknop_budget.take(src, now) {
-                return Verdict::Reject(RejectReason::CryptoBudget { format: Format::Fwknop, exhausted });
-            }
+        for &i in stanzas {
+            let Some(st) = self.stanzas.get(i) else { continue };
             match fwknop::decode(payload, &st.key) {
                 Ok(m) => {
                     found = Some((i, m));

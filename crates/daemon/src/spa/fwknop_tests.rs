@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use portcullis_proto::spa::fwknop::{self, Access, MsgType, SpaMessage};
+use portcullis_proto::spa::fwknop::{self, Access, EncMode, FwknopKey, HashType, MsgType, SpaMessage};
 use portcullis_proto::{Millis, Service};
 
 use super::digest_import::wire_key;
@@ -30,7 +30,13 @@ fn stanza() -> FwknopStanza {
 }
 
 fn gate(stanzas: Vec<FwknopStanza>, tweak: impl FnOnce(&mut SpaConfig)) -> SpaGate {
-    let mut cfg = SpaConfig {
+    let mut cfg = config(stanzas);
+    tweak(&mut cfg);
+    SpaGate::new(&cfg, vec![Service::tcp(22)], ReplayCache::in_memory(1000))
+}
+
+fn config(stanzas: Vec<FwknopStanza>) -> SpaConfig {
+    SpaConfig {
         ports: vec![62201],
         max_age: 120,
         protect: Vec::new(),
@@ -47,9 +53,7 @@ fn gate(stanzas: Vec<FwknopStanza>, tweak: impl FnOnce(&mut SpaConfig)) -> SpaGa
         inline_stanzas: 0,
         source_prefix: (24, 56),
         warnings: Vec::new(),
-    };
-    tweak(&mut cfg);
-    SpaGate::new(&cfg, vec![Service::tcp(22)], ReplayCache::in_memory(1000))
+    }
 }
 
 fn packet(ts: u64, nat: Option<(&str, u16)>, seed: u8) -> Vec<u8> {
@@ -221,5 +225,21 @@ fn a_command_cycle_stanza_without_open_ports_lets_its_commands_decide() {
     match g.handle_to(SRC, Some(DST), p.as_bytes(), NOW, Millis(0)) {
         Verdict::Grant(d) => assert!(d.fwknop.unwrap().cycle.is_some()),
         Verdict::Reject(r) => panic!("{r}"),
+    }
+}
+
+#[test]
+fn a_packet_screened_before_a_reload_is_tried_against_the_new_stanzas() {
+    let mut cfg_stanzas = vec![stanza()];
+    let mut g = gate(cfg_stanzas.clone(), |_| {});
+    let p = packet(NOW, None, 7);
+    let screened = g.screen(SRC, Some(DST), &p, NOW, Millis(0)).unwrap();
+    // The reload puts another stanza first: the screened index 0 now names the decoy.
+    let other = FwknopKey::new(b"otherkey", EncMode::Cbc, Some((HashType::Sha256, b"otherhmac"))).unwrap();
+    cfg_stanzas.insert(0, stanza_with("decoy", other));
+    g.reconfigure(&config(cfg_stanzas));
+    match g.decide(&screened, NOW) {
+        Verdict::Grant(d) => assert!(d.who.contains("access.conf:1"), "{}", d.who),
+        Verdict::Reject(r) => panic!("refused: {r}"),
     }
 }

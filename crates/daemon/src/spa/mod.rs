@@ -8,11 +8,17 @@
 //! 4. replay: canonical key of the decrypted request, persisted ([`replay`]);
 //! 5. policy: which services this stanza/user may open, for how long, for whom.
 //!
+//! Steps 1 and the budget of 2 are [`SpaGate::screen`], cheap enough for the capture
+//! thread's every packet; the rest is [`SpaGate::decide`], which the capture loop runs
+//! in bounded slices between packet batches (see [`backlog`]), so crypto never holds up
+//! knocks. [`SpaGate::handle_to`] does both at once.
+//!
 //! Nothing here sends anything: SPA never answers. Rejections are a typed
 //! [`RejectReason`]: its variant decides the metric class, its `Display` is the log
 //! text (and what fail2ban matches); attacker-controlled text in it (user names) is
 //! only ever logged escaped and never steers the class.
 
+pub mod backlog;
 pub mod budget;
 pub mod digest_import;
 mod fwknop;
@@ -92,6 +98,29 @@ pub enum Verdict {
     Reject(RejectReason),
 }
 
+/// A packet that passed [`SpaGate::screen`]: it holds its crypto budget, and only
+/// crypto and the decision are left ([`SpaGate::decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screened {
+    /// The packet's source.
+    pub src: IpAddr,
+    /// Its destination, when known.
+    pub dst: Option<IpAddr>,
+    payload: Vec<u8>,
+    work: Work,
+    /// The gate configuration it was screened under (a reload changes the stanzas).
+    generation: u64,
+}
+
+/// What crypto a screened packet still needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Work {
+    /// Open the native packet.
+    Native,
+    /// Try these fwknop stanzas (indices), in order; their budget is spent.
+    Fwknop(Vec<usize>),
+}
+
 /// Ephemeral public keys that already cost an X25519 operation. A cost optimisation
 /// only: replay protection is the replay cache, and nothing security-relevant depends
 /// on this set (it starts empty after a restart and junk can rotate it). A genuine native
@@ -155,6 +184,9 @@ pub struct SpaGate {
     dual_delivery: bool,
     recent: HashMap<(IpAddr, [u8; 32]), Millis>,
     fleet: Option<crate::fleet::gate::FleetGate>,
+    /// Bumped by every reconfiguration (screened fwknop packets carry stanza indices).
+    generation: u64,
+    source_prefix: (u8, u8),
 }
 
 impl SpaGate {
@@ -181,7 +213,14 @@ impl SpaGate {
             dual_delivery: cfg.udp_server.is_some(),
             recent: HashMap::new(),
             fleet: None,
+            generation: 0,
+            source_prefix: cfg.source_prefix,
         }
+    }
+
+    /// The source prefix `src` is budgeted (and queued) under.
+    pub fn prefix_of(&self, src: IpAddr) -> budget::Prefix {
+        budget::Prefix::of(src, self.source_prefix.0, self.source_prefix.1)
     }
 
     /// Check fleet-scoped users' requests fleet-wide too.
@@ -236,7 +275,8 @@ impl SpaGate {
         self.handle_to(src, None, payload, now_unix, now)
     }
 
-    /// Decide one payload sent by `src` to `dst`.
+    /// Decide one payload sent by `src` to `dst`: [`SpaGate::screen`], then
+    /// [`SpaGate::decide`].
     pub fn handle_to(
         &mut self,
         src: IpAddr,
@@ -245,12 +285,47 @@ impl SpaGate {
         now_unix: u64,
         now: Millis,
     ) -> Verdict {
-        if payload.starts_with(&native::MAGIC) {
-            self.native(src, payload, now_unix, now)
+        match self.screen(src, dst, payload, now_unix, now) {
+            Ok(s) => self.decide(&s, now_unix),
+            Err(r) => Verdict::Reject(r),
+        }
+    }
+
+    /// The cheap checks for one payload (shape, server tag, ephemeral key, imported
+    /// replay digests, stanza source/destination filters) and its crypto budget. Costs
+    /// microseconds: no crypto beyond the native server tag's hash.
+    pub fn screen(
+        &mut self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        payload: &[u8],
+        now_unix: u64,
+        now: Millis,
+    ) -> Result<Screened, RejectReason> {
+        let work = if payload.starts_with(&native::MAGIC) {
+            self.screen_native(src, payload, now)?
         } else if !self.stanzas.is_empty() {
-            self.fwknop(src, dst, payload, now_unix, now)
+            self.screen_fwknop(src, dst, payload, now_unix, now)?
         } else {
-            Verdict::Reject(RejectReason::NotNative)
+            return Err(RejectReason::NotNative);
+        };
+        Ok(Screened { src, dst, payload: payload.to_vec(), work, generation: self.generation })
+    }
+
+    /// Crypto, time window, replay and policy for a screened packet. An fwknop packet
+    /// screened before a reconfiguration has its stanza list worked out again.
+    pub fn decide(&mut self, s: &Screened, now_unix: u64) -> Verdict {
+        if s.generation != self.generation {
+            // Screened before a reconfiguration: the stanza list may have changed. The
+            // budget is spent already; only the cheap filters are run again.
+            if let Work::Fwknop(_) = s.work {
+                let stanzas = self.candidate_stanzas(s.src, s.dst, now_unix);
+                return self.fwknop(s.src, s.dst, &s.payload, &stanzas, now_unix);
+            }
+        }
+        match &s.work {
+            Work::Native => self.native(s.src, &s.payload, now_unix),
+            Work::Fwknop(stanzas) => self.fwknop(s.src, s.dst, &s.payload, stanzas, now_unix),
         }
     }
 
@@ -283,24 +358,29 @@ impl SpaGate {
         }
     }
 
-    fn native(&mut self, src: IpAddr, payload: &[u8], now_unix: u64, now: Millis) -> Verdict {
+    fn screen_native(&mut self, src: IpAddr, payload: &[u8], now: Millis) -> Result<Work, RejectReason> {
         let Some(server) = &self.server_key else {
-            return Verdict::Reject(RejectReason::NativeNotConfigured);
+            return Err(RejectReason::NativeNotConfigured);
         };
-        if let Err(e) = native::precheck(payload, server.public()) {
-            return Verdict::Reject(RejectReason::Packet(e));
-        }
+        native::precheck(payload, server.public()).map_err(RejectReason::Packet)?;
         // The ephemeral public key is the last 32 bytes of the cleartext header
         // (precheck has checked the length; `get` keeps this safe on its own).
         let Some(eph) = payload.get(native::HEADER_LEN - 32..native::HEADER_LEN) else {
-            return Verdict::Reject(RejectReason::Packet(PacketError::BadLength));
+            return Err(RejectReason::Packet(PacketError::BadLength));
         };
         if !self.seen_ephemeral.first_sight(eph, now, Duration::from_secs(self.max_age)) {
-            return Verdict::Reject(RejectReason::EphemeralSeen);
+            return Err(RejectReason::EphemeralSeen);
         }
-        if let Err(exhausted) = self.budget.take(src, now) {
-            return Verdict::Reject(RejectReason::CryptoBudget { format: Format::Native, exhausted });
-        }
+        self.budget
+            .take(src, now)
+            .map_err(|exhausted| RejectReason::CryptoBudget { format: Format::Native, exhausted })?;
+        Ok(Work::Native)
+    }
+
+    fn native(&mut self, src: IpAddr, payload: &[u8], now_unix: u64) -> Verdict {
+        let Some(server) = &self.server_key else {
+            return Verdict::Reject(RejectReason::NativeNotConfigured);
+        };
         let req = match native::open(payload, server, &self.user_keys) {
             Ok(r) => r,
             Err(e) => return Verdict::Reject(RejectReason::Packet(e)),

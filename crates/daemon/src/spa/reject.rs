@@ -161,6 +161,9 @@ pub enum RejectReason {
         /// Which bucket.
         exhausted: Exhausted,
     },
+    /// Screened, but the backlog of packets waiting for crypto was full and this one
+    /// had to make room (it came from the prefix with the most packets waiting).
+    BacklogFull,
     /// A fleet-scoped request while the fleet database is unreachable (`on_db_down = "refuse"`).
     FleetUnavailable,
     /// Authenticated and fresh, but refused by policy.
@@ -184,6 +187,7 @@ impl RejectReason {
             RejectReason::Replayed | RejectReason::EphemeralSeen => RejectClass::Replay,
             RejectReason::ReplayCacheFull
             | RejectReason::CryptoBudget { .. }
+            | RejectReason::BacklogFull
             | RejectReason::FleetUnavailable => RejectClass::Overload,
             RejectReason::Denied { .. } => RejectClass::Policy,
         }
@@ -241,6 +245,9 @@ impl fmt::Display for RejectReason {
                         write!(f, "{format} crypto budget exhausted for all sources (flood?)")
                     }
                 }
+            }
+            RejectReason::BacklogFull => {
+                f.write_str("SPA backlog full: dropped unchecked, its prefix had the most waiting (flood?)")
             }
             RejectReason::FleetUnavailable => f.write_str("fleet database unavailable (on_db_down = refuse)"),
             RejectReason::Denied { who, denial } => write!(f, "{denial} ({who})"),

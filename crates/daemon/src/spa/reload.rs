@@ -20,5 +20,7 @@ impl SpaGate {
         self.local_nat = cfg.local_nat;
         self.budget = PrefixBudget::new(budget::with_prefix(budget::NATIVE, cfg.source_prefix));
         self.fwknop_budget = PrefixBudget::new(budget::with_prefix(budget::FWKNOP, cfg.source_prefix));
+        self.source_prefix = cfg.source_prefix;
+        self.generation += 1;
     }
 }

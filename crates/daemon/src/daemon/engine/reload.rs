@@ -33,6 +33,9 @@ impl Engine {
         self.reported_suppressed = old.reported_suppressed;
         self.stats = old.stats;
         self.ext = old.ext;
+        // Packets screened under the old gate are decided by the new one (which screens
+        // fwknop packets' stanza lists again); with SPA off they are dropped.
+        self.spa_backlog = old.spa_backlog;
         self.spa = match spa {
             SpaUpdate::Off => None,
             SpaUpdate::Fresh(gate) => Some(*gate),
