@@ -73,6 +73,7 @@ pub(super) struct RawDoor {
     pub opens_per_second: Option<Spanned<i64>>,
     pub max_live_grants: Option<Spanned<i64>>,
     pub rotating: Option<Spanned<RawRotating>>,
+    pub scope: Option<Spanned<String>>,
 }
 
 /// A command: a shell line or an argv.
@@ -139,6 +140,7 @@ pub(super) struct RawSpa {
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
     pub server_key_file: Option<Spanned<String>>,
     pub access_conf: Option<Spanned<String>>,
+    pub access_conf_scope: Option<Spanned<String>>,
     pub source_prefix_v4: Option<Spanned<i64>>,
     pub source_prefix_v6: Option<Spanned<i64>>,
     pub udp_server_port: Option<Spanned<i64>>,
@@ -192,6 +194,7 @@ pub(super) struct RawStanza {
     pub force_snat: Option<Spanned<String>>,
     pub forward_all: Option<bool>,
     pub disable_dnat: Option<bool>,
+    pub scope: Option<Spanned<String>>,
 }
 
 /// `[api]`.

@@ -267,13 +267,17 @@ impl Engine {
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
         let n = d.rotating.as_ref().map_or(d.sequence.len(), |r| r.rotation.count());
-        let (label, services, duration) = (d.name.clone(), d.open.clone(), d.open_for);
+        let (label, services, duration, fleet) = (d.name.clone(), d.open.clone(), d.open_for, d.fleet);
         self.stats.knock_completed += 1;
         let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
         let stage = format!("{src}: {label}: Stage {n} (of {n})");
+        let before = self.stats.opened;
         if let Some(log) =
-            self.apply_grant(src, &label, Some(stage), origin, src, &services, duration, now, wall)
+            self.apply_grant(src, &label, Some(stage), origin.clone(), src, &services, duration, now, wall)
         {
+            if fleet && self.stats.opened > before {
+                self.share_fleet(src, &services, duration, &origin);
+            }
             self.after_open(src, door, wall, log);
         }
     }
@@ -334,14 +338,7 @@ impl Engine {
                     )
                     .unwrap_or(false);
                 if share && self.stats.opened > before {
-                    if let Some(f) = &self.fleet {
-                        f.share(crate::fleet::node::Outgoing::new(
-                            dec.allow,
-                            &dec.services,
-                            dec.duration,
-                            &origin,
-                        ));
-                    }
+                    self.share_fleet(dec.allow, &dec.services, dec.duration, &origin);
                 }
                 if dec.fwknop.is_some() && self.stats.opened > before && log {
                     self.fwknop_added(&dec, wall);
@@ -356,6 +353,13 @@ impl Engine {
                     self.stats.suppressed_logs += 1;
                 }
             }
+        }
+    }
+
+    /// Share a fleet-scoped grant this node just made with the other nodes.
+    fn share_fleet(&self, allow: IpAddr, services: &[Service], duration: Duration, origin: &Origin) {
+        if let Some(f) = &self.fleet {
+            f.share(crate::fleet::node::Outgoing::new(allow, services, duration, origin));
         }
     }
 
