@@ -134,7 +134,7 @@ fn schema_migrates_once_and_refuses_newer() {
     let mut c = pg.client();
     assert_eq!(schema::migrate(&mut c).unwrap(), 0);
     assert_eq!(schema::migrate(&mut c).unwrap(), schema::VERSION);
-    let skew = shared::check_clock(&mut c).unwrap();
+    let skew = shared::check_clock(&mut c, &unix_ms).unwrap();
     assert!(skew.abs() < shared::CLOCK_WARN_MS, "same host, same clock: {skew} ms");
     c.execute("INSERT INTO schema_version (version) VALUES (99)", &[]).unwrap();
     let e = schema::migrate(&mut c).unwrap_err();

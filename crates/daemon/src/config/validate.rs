@@ -141,7 +141,9 @@ impl Validator<'_> {
             }
         };
         let fleet_scoped = doors.iter().any(|d| d.fleet)
-            || spa.as_ref().is_some_and(|s| s.users.values().any(|u| u.fleet) || s.stanzas.iter().any(|s| s.fleet));
+            || spa
+                .as_ref()
+                .is_some_and(|s| s.users.values().any(|u| u.fleet) || s.stanzas.iter().any(|s| s.fleet));
         if fleet.is_none() && fleet_scoped {
             return self.err(
                 0..0,
@@ -535,7 +537,9 @@ impl Validator<'_> {
         if fleet && open.is_empty() {
             return self.err(
                 name_span,
-                format!("door {name:?}: scope \"fleet\" shares what a door opens, and this one opens nothing"),
+                format!(
+                    "door {name:?}: scope \"fleet\" shares what a door opens, and this one opens nothing"
+                ),
             );
         }
         Ok(Door {

@@ -170,8 +170,9 @@ mod tests {
 
     #[test]
     fn url_forms_keep_what_postgres_reads_and_take_tls() {
-        let u = split("postgresql://u:p@db/fleet?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x")
-            .unwrap();
+        let u =
+            split("postgresql://u:p@db/fleet?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x")
+                .unwrap();
         assert_eq!(u.conn, "postgresql://u:p@db/fleet?application_name=x&sslmode=require");
         assert_eq!((u.mode, u.root_cert.unwrap()), (TlsMode::VerifyFull, PathBuf::from("/etc/ca.pem")));
         let u = split("host=db user=u sslmode=require dbname=f").unwrap();
