@@ -592,7 +592,9 @@ fn bad_notifications_are_ignored_and_newer_schema_refused_at_start() {
     let Some(pg) = Pg::start() else { return };
     let (gws, fleets) = three_nodes(&pg);
     let mut c = pg.client();
-    for bad in ["", "g", "g -1", "g 0", "x 5", "g 99999999999999999999", "r abc", "g 1 2", "\u{0}\u{1}"] {
+    for bad in
+        ["", "g", "g -1", "g 0", "x 5", "g 99999999999999999999", "r abc", "g 1 2", "\u{1}\u{7f}", "g\u{a0}1"]
+    {
         c.execute("SELECT pg_notify('portcullis_fleet', $1)", &[&bad]).unwrap();
     }
     // A row naming a node outside `nodes`, and one whose address does not parse.

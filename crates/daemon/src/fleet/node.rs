@@ -265,7 +265,6 @@ fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, clock: &FleetCl
     let status = &*clock.status;
     while !stopped() {
         if let Some(mut c) = connect(url) {
-            status.set_connected(true, "");
             let mut lagging = LagApply { inner: apply, clock };
             let why = match shared::listen(&mut c, cfg, &mut lagging, &stopped, clock) {
                 Ok(()) => "stopped".to_owned(),

@@ -352,6 +352,7 @@ pub fn listen(
     measure(client)?;
     let n = reconcile(client, cfg, apply, clock.fleet_ms())?;
     tracing::info!("fleet: {n} live fleet grant(s) applied with their remaining time");
+    clock.status.set_connected(true, "");
     let mut measured = std::time::Instant::now();
     while !stop() {
         if measured.elapsed() >= CLOCK_EVERY {
