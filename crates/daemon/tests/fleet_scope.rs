@@ -53,6 +53,7 @@ open = ["tcp/2225"]
 open_for = 30
 
 [spa]
+protect = ["tcp/2223"]
 
 [[spa.fwknop]]
 name = "ops"
@@ -202,6 +203,8 @@ fn doors_api_grants_and_fwknop_stanzas_with_fleet_scope() {
     let conf = gws[0].dir.join("nofleet.toml");
     let text = format!("[[door]]{}", config("gw1").split_once("[[door]]").unwrap().1);
     std::fs::write(&conf, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = support::daemon_check(&conf);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [fleet] section"), "{out:?}");

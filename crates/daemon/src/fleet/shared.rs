@@ -302,7 +302,20 @@ pub fn handle(
         Notice::Revoke(id) => match get_any(client, cfg, id)? {
             None => {}
             Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
-            Some(Ok(g)) => apply.close(&g),
+            Some(Ok(g)) => {
+                let by: Option<String> = client
+                    .query_opt("SELECT node FROM fleet_revocations WHERE grant_id = $1", &[&id])?
+                    .map(|r| r.get(0));
+                let by: String =
+                    by.map_or_else(|| "?".into(), |n| n.chars().take(super::config::MAX_NODE).collect());
+                tracing::info!(
+                    "fleet: grant {id} ({} {}) from {} revoked by node {by:?}",
+                    g.addr,
+                    g.service,
+                    g.node
+                );
+                apply.close(&g);
+            }
         },
     }
     Ok(())
