@@ -62,6 +62,66 @@ impl Pg {
             .arg("stop"));
     }
 
+    /// Restart listening on 127.0.0.1 (a free port, returned) with TLS on, its
+    /// certificate for `localhost` signed by a CA written to `ca.crt` in the dir. The
+    /// unix socket then carries the port in its name: use TCP URLs from here on.
+    pub fn restart_with_tls(&self) -> u16 {
+        let d = self.dir.path();
+        let ossl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        ossl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fleet test CA", "-days", "1"],
+            ]
+            .concat(),
+        );
+        ossl(
+            &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]]
+                .concat(),
+        );
+        std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        run(Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(d.join("server.key"))
+            .arg(d.join("server.crt")));
+        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        self.down();
+        let opts = format!(
+            "-k {dir} -h 127.0.0.1 -p {port} -c fsync=off -c ssl=on -c ssl_cert_file={dir}/server.crt \
+             -c ssl_key_file={dir}/server.key",
+            dir = d.display()
+        );
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-w", "-s", "-l"])
+            .arg(d.join("log"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &opts, "start"]));
+        port
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("host={} user=postgres dbname={db}", self.dir.path().display())
     }
