@@ -656,3 +656,40 @@ fn live_grants_list_and_revoke_by_id() {
     assert!(fleets[1].revoke_id(live[0].id).unwrap().is_none(), "already revoked");
     assert!(fleets[1].live_grants(None).unwrap().is_empty());
 }
+
+/// A node started while the database is away creates the schema when it first reaches
+/// it; a node reconnecting to a database a newer node has upgraded refuses to read it.
+#[test]
+fn schema_is_checked_at_every_connect() {
+    let Some(pg) = Pg::start() else { return };
+    pg.down();
+    let (gw1, gw2) = (gateway(), gateway());
+    let f1 = Fleet::start(pg.node("gw1"), &gw1).unwrap();
+    let f2 = Fleet::start(pg.node("gw2"), &gw2).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!f1.status().connected.load(Ordering::Relaxed));
+    assert!(!f1.status().problem().is_empty());
+    pg.up();
+    for f in [&f1, &f2] {
+        wait_for("connected", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
+    }
+    let a: IpAddr = "192.0.2.70".parse().unwrap();
+    f1.share(Outgoing {
+        addr: a,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "api:ops".into(),
+    });
+    wait_for("applied", Duration::from_secs(5), || holds(&gw2, a).is_some());
+
+    // A newer node upgrades the schema; after a reconnect, ours refuse it.
+    pg.client()
+        .execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(schema::VERSION + 1)])
+        .unwrap();
+    pg.down();
+    pg.up();
+    wait_for("newer schema refused", Duration::from_secs(15), || {
+        f2.status().problem().contains("newer than this daemon")
+    });
+    assert!(!f2.status().connected.load(Ordering::Relaxed));
+}

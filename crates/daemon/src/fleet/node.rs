@@ -265,6 +265,19 @@ fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, clock: &FleetCl
     let status = &*clock.status;
     while !stopped() {
         if let Some(mut c) = connect(url) {
+            // Also when the database was away at start (a fresh one gets its tables), and
+            // so a database upgraded by a newer node meanwhile is refused, not read.
+            if let Err(e) = schema::migrate(&mut c) {
+                tracing::error!("fleet: {e}");
+                status.set_connected(false, &e.to_string());
+                for _ in 0..20 {
+                    if stopped() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                continue;
+            }
             let mut lagging = LagApply { inner: apply, clock };
             let why = match shared::listen(&mut c, cfg, &mut lagging, &stopped, clock) {
                 Ok(()) => "stopped".to_owned(),
@@ -321,7 +334,9 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop
             }
             status.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        if pending.is_empty() {
+        // Written only once the listener has checked the schema (a newer one is never
+        // written to) and measured the clock (expiries are converted with it).
+        if pending.is_empty() || !status.connected.load(Ordering::Relaxed) {
             continue;
         }
         if client.as_ref().is_none_or(postgres::Client::is_closed) {
