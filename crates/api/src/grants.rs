@@ -51,6 +51,17 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Where a grant applies: this node only, or every node of the fleet (`[fleet]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// This node only (the default).
+    #[default]
+    Local,
+    /// Every node of the fleet, each with the time left.
+    Fleet,
+}
+
 /// A grant record's life cycle: `active` → `expired` | `revoked`; `failed` from the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -189,6 +200,10 @@ pub struct GrantView {
     pub refresh_count: i64,
     /// When it was last refreshed (RFC 3339).
     pub refreshed_at: Option<String>,
+    /// Fleet grants only (`?scope=fleet`): the node that made it. The `id` is then
+    /// the fleet's id, which `DELETE /v1/grants/{id}?scope=fleet` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl GrantView {
@@ -220,6 +235,9 @@ pub struct CreateGrant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, example = 60)]
     pub duration: Option<i64>,
+    /// `local` (default): this node only; `fleet`: every node of the fleet too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
 }
 
 /// Result of a create.
@@ -268,6 +286,21 @@ pub struct ListQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(minimum = 1, maximum = 1000)]
     pub per_page: Option<u64>,
+    /// `local` (default): this node's records; `fleet`: the fleet's live grants, each
+    /// with the node that made it (`state` other than `active` and `origin` do not apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// The query string of `DELETE /v1/grants/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeQuery {
+    /// `local` (default): `id` is this node's record; `fleet`: `id` is a fleet grant's id
+    /// (from `?scope=fleet`), closed on every node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ pub mod schema;
 
 pub use grants::{
     CreateGrant, Created, GrantPage, GrantState, GrantView, ListQuery, OriginKind, OriginView, Protocol,
+    RevokeQuery, Scope,
 };
-pub use meta::{ErrorBody, Health, Version};
+pub use meta::{ErrorBody, FleetHealth, Health, Version};
 
 /// API version served under `/v1`.
 pub const API_VERSION: &str = "v1";

@@ -33,6 +33,28 @@ pub struct Health {
     /// How often the daemon reinstalled a ruleset removed or changed by someone else.
     #[serde(default)]
     pub firewall_restores: u64,
+    /// Fleet mode only: this node's link to the fleet database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetHealth>,
+}
+
+/// This node's link to the fleet database.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FleetHealth {
+    /// This node's name in the fleet.
+    pub node: String,
+    /// `ok`, or why the node has no connection to the fleet database (it keeps
+    /// enforcing what it holds; fleet-scoped SPA follows `on_db_down`).
+    pub status: String,
+    /// Last fleet grant from another node: milliseconds from its recording to its
+    /// application here.
+    pub lag_ms: i64,
+    /// Grants and revocations of this node waiting for the database.
+    pub queued: u64,
+    /// Grants dropped from a full queue (they stayed local).
+    pub dropped: u64,
+    /// The database's clock minus this node's, milliseconds.
+    pub clock_skew_ms: i64,
 }
 
 fn ok() -> String {

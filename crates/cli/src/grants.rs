@@ -18,7 +18,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use portcullis_api::{
-    CreateGrant, Created, ErrorBody, GrantPage, GrantState, GrantView, ListQuery, Protocol,
+    CreateGrant, Created, ErrorBody, GrantPage, GrantState, GrantView, ListQuery, Protocol, Scope,
     CLI_USER_AGENT_PREFIX,
 };
 use portcullis_proto::addr::canonical;
@@ -77,6 +77,9 @@ enum GrantsCommand {
         /// Records per page (1-1000).
         #[arg(long, default_value_t = 50)]
         per_page: u64,
+        /// The fleet's live grants (fleet mode), with the node that made each.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Show one record.
     Show {
@@ -93,12 +96,18 @@ enum GrantsCommand {
         /// Seconds (default: the daemon's default_duration; capped at its max_duration).
         #[arg(long = "for")]
         duration: Option<u64>,
+        /// Open it on every node of the fleet too (fleet mode).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Revoke grants by id (closes them in the firewall at once).
     Revoke {
-        /// Record ids.
+        /// Record ids (with --fleet: fleet ids, as `list --fleet` shows).
         #[arg(required = true)]
         ids: Vec<i64>,
+        /// The ids are fleet grants': close them on every node of the fleet.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -255,17 +264,27 @@ fn or_dash(s: &Option<String>) -> String {
     s.as_deref().map_or_else(|| "-".into(), clean)
 }
 
-fn print_table(items: &[GrantView]) {
+/// A table of records; with `node`, a NODE column (the fleet node that made each).
+fn print_table(items: &[GrantView], node: bool) {
+    let node_col = |n: &str| if node { format!("{n:<16} ") } else { String::new() };
     println!(
-        "{:>6}  {:<8} {:<39} {:<10} {:<20} {:<24} {:>6}",
-        "ID", "STATE", "ADDRESS", "SERVICE", "ORIGIN", "EXPIRES", "LEFT"
+        "{:>6}  {}{:<8} {:<39} {:<10} {:<20} {:<24} {:>6}",
+        "ID",
+        node_col("NODE"),
+        "STATE",
+        "ADDRESS",
+        "SERVICE",
+        "ORIGIN",
+        "EXPIRES",
+        "LEFT"
     );
     for g in items {
         let left =
             if g.state == GrantState::Active { format!("{}s", g.remaining_seconds) } else { "-".into() };
         println!(
-            "{:>6}  {:<8} {:<39} {:<10} {:<20} {:<24} {:>6}",
+            "{:>6}  {}{:<8} {:<39} {:<10} {:<20} {:<24} {:>6}",
             g.id,
+            node_col(&or_dash(&g.node)),
             g.state,
             g.source(),
             format!("{}/{}", g.protocol, g.port),
@@ -277,7 +296,7 @@ fn print_table(items: &[GrantView]) {
 }
 
 fn print_one(g: &GrantView) {
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 18] = [
         ("id", g.id.to_string()),
         ("origin", format!("{}:{}", g.origin.kind, clean(&g.origin.detail))),
         ("address", g.source()),
@@ -295,6 +314,7 @@ fn print_one(g: &GrantView) {
         ("driver_result", clean(&g.driver_result)),
         ("refresh_count", g.refresh_count.to_string()),
         ("refreshed_at", or_dash(&g.refreshed_at)),
+        ("node", or_dash(&g.node)),
     ];
     for (k, v) in rows {
         println!("{k:>18}: {v}");
@@ -344,18 +364,19 @@ pub fn run(a: &GrantsArgs) -> anyhow::Result<()> {
 
 async fn run_async(a: &GrantsArgs, ep: &Endpoint, token: &str) -> anyhow::Result<()> {
     match &a.command {
-        GrantsCommand::List { state, address, origin, page, per_page } => {
+        GrantsCommand::List { state, address, origin, page, per_page, fleet } => {
             let q = ListQuery {
                 state: *state,
                 address: address.clone(),
                 origin: origin.clone(),
                 page: Some(*page),
                 per_page: Some(*per_page),
+                scope: fleet.then_some(Scope::Fleet),
             };
             let path = format!("/v1/grants{}", query(&q)?);
             let (status, body) = call(ep, token, Method::GET, &path, None::<&()>).await?;
             output(a, status, &body, |p: GrantPage| {
-                print_table(&p.items);
+                print_table(&p.items, *fleet);
                 println!("page {} of {} record(s)", p.page, p.total);
             })
         }
@@ -364,7 +385,7 @@ async fn run_async(a: &GrantsArgs, ep: &Endpoint, token: &str) -> anyhow::Result
                 call(ep, token, Method::GET, &format!("/v1/grants/{id}"), None::<&()>).await?;
             output(a, status, &body, |g: GrantView| print_one(&g))
         }
-        GrantsCommand::Allow { address, services, duration } => {
+        GrantsCommand::Allow { address, services, duration, fleet } => {
             let mut requests: Vec<CreateGrant> = Vec::new();
             for s in services {
                 let protocol = Some(Protocol::from(s.proto));
@@ -375,6 +396,7 @@ async fn run_async(a: &GrantsArgs, ep: &Endpoint, token: &str) -> anyhow::Result
                         protocol,
                         ports: vec![i64::from(s.port)],
                         duration: duration.map(|d| i64::try_from(d).unwrap_or(i64::MAX)),
+                        scope: fleet.then_some(Scope::Fleet),
                     }),
                 }
             }
@@ -402,15 +424,16 @@ async fn run_async(a: &GrantsArgs, ep: &Endpoint, token: &str) -> anyhow::Result
                     }
                 }
             } else {
-                print_table(&granted);
+                print_table(&granted, false);
             }
             Ok(())
         }
-        GrantsCommand::Revoke { ids } => {
+        GrantsCommand::Revoke { ids, fleet } => {
             let mut failed = 0;
+            let scope = if *fleet { "?scope=fleet" } else { "" };
             for id in ids {
                 let (status, body) =
-                    call(ep, token, Method::DELETE, &format!("/v1/grants/{id}"), None::<&()>).await?;
+                    call(ep, token, Method::DELETE, &format!("/v1/grants/{id}{scope}"), None::<&()>).await?;
                 if a.json {
                     println!("{}", String::from_utf8_lossy(&body));
                 }

@@ -6,107 +6,21 @@
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use portcullis_daemon::firewall::none::NoFirewall;
-use portcullis_daemon::fleet::config::FleetConfig;
 use portcullis_daemon::fleet::node::{Fleet, Outgoing};
 use portcullis_daemon::fleet::replay::{self, Claim, FleetReplay};
 use portcullis_daemon::fleet::{schema, shared, unix_ms, FleetError, OnDbDown};
 use portcullis_daemon::grants::Granter;
 use portcullis_proto::Service;
 
+mod fleet_pg;
 mod support;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL cluster in a temp dir; stopped and removed on drop.
-struct Pg {
-    dir: tempfile::TempDir,
-}
-
-impl Pg {
-    fn start() -> Option<Pg> {
-        if !nix::unistd::geteuid().is_root() || !Path::new(BIN).join("initdb").exists() {
-            portcullis_daemon::lab::preflight::cannot_run("fleet", "needs root and postgresql 15");
-            return None;
-        }
-        let dir = tempfile::Builder::new().prefix("pcfleet").tempdir_in("/tmp").unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let pg = Pg { dir };
-        run(Command::new("chown").arg("postgres:postgres").arg(pg.dir.path()));
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Path::new(BIN).join("initdb"))
-            .args(["--no-sync", "-A", "trust", "-U", "postgres", "-D"])
-            .arg(pg.data()));
-        pg.up();
-        Some(pg)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn up(&self) {
-        let opts = format!("-k {} -h '' -c fsync=off", self.dir.path().display());
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Path::new(BIN).join("pg_ctl"))
-            .args(["-w", "-s", "-l"])
-            .arg(self.dir.path().join("log"))
-            .arg("-D")
-            .arg(self.data())
-            .args(["-o", &opts, "start"]));
-    }
-
-    fn down(&self) {
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Path::new(BIN).join("pg_ctl"))
-            .args(["-w", "-s", "-m", "fast", "-D"])
-            .arg(self.data())
-            .arg("stop"));
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!("host={} user=postgres dbname={db}", self.dir.path().display())
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap()
-    }
-
-    /// A 0600 URL file and a fleet config for `node`.
-    fn node(&self, node: &str) -> FleetConfig {
-        let f = self.dir.path().join(format!("{node}.url"));
-        std::fs::write(&f, self.url("postgres")).unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        FleetConfig {
-            database_url_file: f,
-            node: node.into(),
-            nodes: vec!["gw1".into(), "gw2".into(), "gw3".into()],
-            on_db_down: OnDbDown::Refuse,
-        }
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if self.data().join("postmaster.pid").exists() {
-            self.down();
-        }
-    }
-}
-
-fn run(c: &mut Command) {
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+use fleet_pg::Pg;
 
 fn ssh() -> Service {
     Service::parse_grant("tcp/22").unwrap()
@@ -134,7 +48,7 @@ fn schema_migrates_once_and_refuses_newer() {
     let mut c = pg.client();
     assert_eq!(schema::migrate(&mut c).unwrap(), 0);
     assert_eq!(schema::migrate(&mut c).unwrap(), schema::VERSION);
-    let skew = shared::check_clock(&mut c).unwrap();
+    let skew = shared::check_clock(&mut c, &unix_ms).unwrap();
     assert!(skew.abs() < shared::CLOCK_WARN_MS, "same host, same clock: {skew} ms");
     c.execute("INSERT INTO schema_version (version) VALUES (99)", &[]).unwrap();
     let e = schema::migrate(&mut c).unwrap_err();
@@ -617,4 +531,165 @@ fn grant_to_all_nodes_latency() {
     let (median, p99) = (times[100], times[197]);
     eprintln!("fleet grant -> applied on all nodes: median {median:?}, p99 {p99:?} (200 grants)");
     assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+}
+
+/// A node whose clock is minutes off: the difference is measured against the
+/// database's clock, and fleet grants still close at their absolute expiry there.
+#[test]
+fn node_clock_off_by_minutes_is_detected_and_expiry_holds() {
+    let Some(pg) = Pg::start() else { return };
+    let (gw1, ahead, behind) = (gateway(), gateway(), gateway());
+    let f1 = Fleet::start(pg.node("gw1"), &gw1).unwrap();
+    let five_min = 300_000;
+    let f2 = Fleet::start_with_clock(pg.node("gw2"), &ahead, Arc::new(move || unix_ms() + five_min)).unwrap();
+    let f3 =
+        Fleet::start_with_clock(pg.node("gw3"), &behind, Arc::new(move || unix_ms() - five_min)).unwrap();
+    for f in [&f1, &f2, &f3] {
+        wait_for("listener", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
+    }
+    let skew = |f: &Fleet| f.status().skew_ms.load(Ordering::Relaxed);
+    assert!((skew(&f2) + five_min).abs() < 2_000, "ahead: {}", skew(&f2));
+    assert!((skew(&f3) - five_min).abs() < 2_000, "behind: {}", skew(&f3));
+    assert!(skew(&f1).abs() < shared::CLOCK_WARN_MS);
+    let mut metrics = String::new();
+    portcullis_daemon::fleet::metrics::render(&mut metrics);
+    assert!(metrics.contains("portcullis_fleet_clock_skew_milliseconds"), "{metrics}");
+
+    // A 30 s grant from gw1: the node ahead does not take it for expired, the node
+    // behind does not keep it 5 minutes longer.
+    let client: IpAddr = "192.0.2.40".parse().unwrap();
+    f1.share(Outgoing {
+        addr: client,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "door:ssh".into(),
+    });
+    wait_for("applied on both", Duration::from_secs(5), || {
+        holds(&ahead, client).is_some() && holds(&behind, client).is_some()
+    });
+    for g in [&ahead, &behind] {
+        let left = holds(g, client).unwrap();
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(25), "{left:?}");
+    }
+    // A grant shared by the node ahead (its own clock says 30 s from its now) lasts
+    // 30 s on the others too, not 30 s minus 5 minutes.
+    let other: IpAddr = "192.0.2.41".parse().unwrap();
+    f2.share(Outgoing {
+        addr: other,
+        services: vec![ssh()],
+        expires_at: unix_ms() + five_min + 30_000,
+        origin: "door:ssh".into(),
+    });
+    wait_for("applied on gw1", Duration::from_secs(5), || holds(&gw1, other).is_some());
+    let left = holds(&gw1, other).unwrap();
+    assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(25), "{left:?}");
+}
+
+/// Malformed notifications and rows from unknown nodes are ignored, and the listener
+/// keeps working after them; a node refuses to join a database with a newer schema.
+#[test]
+fn bad_notifications_are_ignored_and_newer_schema_refused_at_start() {
+    let Some(pg) = Pg::start() else { return };
+    let (gws, fleets) = three_nodes(&pg);
+    let mut c = pg.client();
+    for bad in
+        ["", "g", "g -1", "g 0", "x 5", "g 99999999999999999999", "r abc", "g 1 2", "\u{1}\u{7f}", "g\u{a0}1"]
+    {
+        c.execute("SELECT pg_notify('portcullis_fleet', $1)", &[&bad]).unwrap();
+    }
+    // A row naming a node outside `nodes`, and one whose address does not parse.
+    for (node, addr) in [("gw9", "192.0.2.50"), ("gw1", "not-an-address")] {
+        let id: i64 = c
+            .query_one(
+                "INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
+                 VALUES ($1, $2, 'tcp/22', $3, 'spa:x', $4) RETURNING id",
+                &[&node, &addr, &(unix_ms() + 30_000), &unix_ms()],
+            )
+            .unwrap()
+            .get(0);
+        c.execute("SELECT pg_notify('portcullis_fleet', $1)", &[&format!("g {id}")]).unwrap();
+    }
+    // Still listening: a genuine grant after the bad ones is applied.
+    let good: IpAddr = "192.0.2.51".parse().unwrap();
+    fleets[0].share(Outgoing {
+        addr: good,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "api:ops".into(),
+    });
+    wait_for("good grant applied", Duration::from_secs(5), || {
+        holds(&gws[1], good).is_some() && holds(&gws[2], good).is_some()
+    });
+    for g in &gws {
+        assert!(holds(g, "192.0.2.50".parse().unwrap()).is_none(), "unknown node applied");
+        assert_eq!(g.live().unwrap().len(), usize::from(holds(g, good).is_some()), "only the good grant");
+    }
+    assert!(fleets.iter().all(|f| f.status().connected.load(Ordering::Relaxed)));
+    drop(fleets);
+
+    c.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(schema::VERSION + 1)]).unwrap();
+    let e = Fleet::start(pg.node("gw1"), &gateway()).err().expect("newer schema refused");
+    assert!(matches!(e, FleetError::NewerSchema { .. }), "{e}");
+    assert!(e.to_string().contains("upgrade portcullis on this node"), "{e}");
+}
+
+/// The API's view of the fleet: live grants with their node, revoke by fleet id.
+#[test]
+fn live_grants_list_and_revoke_by_id() {
+    let Some(pg) = Pg::start() else { return };
+    let (gws, fleets) = three_nodes(&pg);
+    let a: IpAddr = "192.0.2.60".parse().unwrap();
+    fleets[0].share(Outgoing {
+        addr: a,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "api:ops".into(),
+    });
+    wait_for("applied", Duration::from_secs(5), || holds(&gws[2], a).is_some());
+    let live = fleets[2].live_grants(None).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].node.as_str(), live[0].addr, live[0].origin.as_str()), ("gw1", a, "api:ops"));
+    assert!(fleets[2].live_grants(Some("192.0.2.61".parse().unwrap())).unwrap().is_empty());
+    let g = fleets[2].revoke_id(live[0].id).unwrap().expect("revoked");
+    assert_eq!(g.id, live[0].id);
+    wait_for("closed everywhere", Duration::from_secs(5), || gws.iter().all(|g| holds(g, a).is_none()));
+    assert!(fleets[1].revoke_id(live[0].id).unwrap().is_none(), "already revoked");
+    assert!(fleets[1].live_grants(None).unwrap().is_empty());
+}
+
+/// A node started while the database is away creates the schema when it first reaches
+/// it; a node reconnecting to a database a newer node has upgraded refuses to read it.
+#[test]
+fn schema_is_checked_at_every_connect() {
+    let Some(pg) = Pg::start() else { return };
+    pg.down();
+    let (gw1, gw2) = (gateway(), gateway());
+    let f1 = Fleet::start(pg.node("gw1"), &gw1).unwrap();
+    let f2 = Fleet::start(pg.node("gw2"), &gw2).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!f1.status().connected.load(Ordering::Relaxed));
+    assert!(!f1.status().problem().is_empty());
+    pg.up();
+    for f in [&f1, &f2] {
+        wait_for("connected", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
+    }
+    let a: IpAddr = "192.0.2.70".parse().unwrap();
+    f1.share(Outgoing {
+        addr: a,
+        services: vec![ssh()],
+        expires_at: unix_ms() + 30_000,
+        origin: "api:ops".into(),
+    });
+    wait_for("applied", Duration::from_secs(5), || holds(&gw2, a).is_some());
+
+    // A newer node upgrades the schema; after a reconnect, ours refuse it.
+    pg.client()
+        .execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(schema::VERSION + 1)])
+        .unwrap();
+    pg.down();
+    pg.up();
+    wait_for("newer schema refused", Duration::from_secs(15), || {
+        f2.status().problem().contains("newer than this daemon")
+    });
+    assert!(!f2.status().connected.load(Ordering::Relaxed));
 }

@@ -9,8 +9,8 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use portcullis_api::grants::{MAX_PAGE, MAX_PER_PAGE, MAX_PORTS};
 use portcullis_api::{
-    CreateGrant, Created, ErrorBody, GrantPage, GrantView, Health, ListQuery, Protocol, Version,
-    CLI_USER_AGENT_PREFIX,
+    CreateGrant, Created, ErrorBody, GrantPage, GrantView, Health, ListQuery, Protocol, RevokeQuery, Scope,
+    Version, CLI_USER_AGENT_PREFIX,
 };
 use portcullis_proto::{Proto, Service};
 
@@ -92,7 +92,8 @@ pub fn unprotected_warnings(state: &AppState, services: &[Service], warnings: &m
     }
 }
 
-/// Open ports for an address.
+/// Open ports for an address. With `"scope": "fleet"` the grant is also applied on every
+/// node of the fleet, with the time left.
 #[utoipa::path(
     post, path = "/v1/grants", tag = "grants",
     request_body = CreateGrant,
@@ -102,7 +103,7 @@ pub fn unprotected_warnings(state: &AppState, services: &[Service], warnings: &m
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "Invalid address, port or duration", body = ErrorBody),
+        (status = 422, description = "Invalid address, port or duration; scope fleet without [fleet]", body = ErrorBody),
         (status = 502, description = "The firewall refused", body = ErrorBody),
         (status = 503, description = "The store is unavailable or busy", body = ErrorBody),
     )
@@ -125,11 +126,18 @@ pub async fn create_grant(
             services.push(s);
         }
     }
+    let fleet_scoped = req.scope == Some(Scope::Fleet);
+    if fleet_scoped {
+        super::fleet::check_create()?;
+    }
     let mut warnings = Vec::new();
     let d = duration(&state, req.duration, &mut warnings)?;
     unprotected_warnings(&state, &services, &mut warnings);
     let origin = origin(&caller, &headers);
     let rows = state.granter.grant_recorded(origin.clone(), addr, &services, d).await?;
+    if fleet_scoped {
+        super::fleet::share(addr, &services, d, &origin, &mut warnings);
+    }
     let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
     tracing::info!(
         "{addr}: api: {origin}: opened {what} ({}s) via {}",
@@ -184,7 +192,8 @@ pub fn filter(q: &ListQuery) -> Result<Filter, ApiError> {
         (status = 200, description = "A page of records", body = GrantPage),
         (status = 400, description = "Bad filter or paging", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody),
+        (status = 422, description = "scope=fleet without [fleet]", body = ErrorBody),
+        (status = 503, description = "The store (or the fleet database) is unavailable", body = ErrorBody),
     )
 )]
 pub async fn list_grants(
@@ -192,6 +201,9 @@ pub async fn list_grants(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<GrantPage>, ApiError> {
     let f = filter(&q)?;
+    if q.scope == Some(Scope::Fleet) {
+        return Ok(Json(super::fleet::list(&q, f.address, f.page, f.per_page).await?));
+    }
     let store = state.granter.store()?.clone();
     let (page, per_page) = (f.page, f.per_page);
     let (items, total) = blocking(move || store.list(&f)).await??;
@@ -225,22 +237,27 @@ pub async fn get_grant(
 /// the same grant exactly one succeeds; the others get 409.
 #[utoipa::path(
     delete, path = "/v1/grants/{id}", tag = "grants",
-    params(("id" = i64, Path, description = "Record id")),
+    params(("id" = i64, Path, description = "Record id (a fleet grant's id with scope=fleet)"), RevokeQuery),
     responses(
         (status = 200, description = "Revoked; the record as it is now", body = GrantView),
         (status = 400, description = "Bad id", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such record", body = ErrorBody),
         (status = 409, description = "Not active (expired, revoked or failed)", body = ErrorBody),
+        (status = 422, description = "scope=fleet without [fleet]", body = ErrorBody),
         (status = 502, description = "The firewall refused", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody),
+        (status = 503, description = "The store (or the fleet database) is unavailable", body = ErrorBody),
     )
 )]
 pub async fn revoke_grant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<i64>,
+    ApiQuery(rq): ApiQuery<RevokeQuery>,
 ) -> Result<Json<GrantView>, ApiError> {
+    if rq.scope == Some(Scope::Fleet) {
+        return Ok(Json(super::fleet::revoke(id).await?));
+    }
     let r = state.granter.revoke(RevokeTarget::Id(id), &caller.0).await?;
     crate::fleet::node::revoke_everywhere(r.address, r.service);
     Ok(Json(view::grant(&r, state.granter.clock().now_ms())))
@@ -261,7 +278,8 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     };
     let fw = state.granter.firewall_state();
     let firewall_status = fw.problem().unwrap_or_else(|| "ok".into());
-    let healthy = store == "ok" && firewall_status == "ok";
+    let fleet = super::fleet::health();
+    let healthy = store == "ok" && firewall_status == "ok" && fleet.as_ref().is_none_or(|f| f.status == "ok");
     Json(Health {
         status: if healthy { "ok".into() } else { "degraded".into() },
         firewall: state.granter.driver_name().into(),
@@ -269,6 +287,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         store,
         firewall_status,
         firewall_restores: fw.restores.load(std::sync::atomic::Ordering::Relaxed),
+        fleet,
     })
 }
 

@@ -12,6 +12,7 @@
 
 pub mod compat;
 pub mod error;
+pub mod fleet;
 pub mod grants;
 pub mod metrics;
 pub mod tokens;

@@ -41,6 +41,7 @@ pub fn grant(r: &GrantRecord, now_ms: i64) -> GrantView {
         driver_result: r.driver_result.clone(),
         refresh_count: r.refresh_count,
         refreshed_at: r.refreshed_at.map(rfc3339),
+        node: None,
     }
 }
 

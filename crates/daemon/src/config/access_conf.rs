@@ -436,6 +436,8 @@ fn finish(p: &Pending) -> Result<FwknopStanza, String> {
         destination: p.destination.clone(),
         cmd_cycle,
         nat: p.nat.clone(),
+        // access.conf stays fwknopd's format; `[spa] access_conf_scope` sets this.
+        fleet: false,
     })
 }
 

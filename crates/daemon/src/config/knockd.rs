@@ -311,6 +311,7 @@ fn door(s: Section) -> Result<Door, (usize, String)> {
         commands: Some(Commands { start4, start6, stop4, stop6, cmd_timeout }),
         one_time,
         rotating: None,
+        fleet: false,
     })
 }
 

@@ -356,6 +356,8 @@ pub struct Door {
     /// A sequence derived from a secret and the time; `sequence` is then empty and the
     /// knocks of a step come from [`super::RotatingDoor::accepted_at`].
     pub rotating: Option<super::RotatingDoor>,
+    /// `scope = "fleet"`: the door's grants are shared with every fleet node.
+    pub fleet: bool,
 }
 
 impl Door {

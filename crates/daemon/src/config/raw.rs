@@ -75,6 +75,7 @@ pub(super) struct RawDoor {
     pub rotating: Option<Spanned<RawRotating>>,
     pub grant_prefix_v4: Option<Spanned<i64>>,
     pub grant_prefix_v6: Option<Spanned<i64>>,
+    pub scope: Option<Spanned<String>>,
 }
 
 /// A command: a shell line or an argv.
@@ -141,6 +142,7 @@ pub(super) struct RawSpa {
     pub protect: Option<Spanned<Vec<Spanned<String>>>>,
     pub server_key_file: Option<Spanned<String>>,
     pub access_conf: Option<Spanned<String>>,
+    pub access_conf_scope: Option<Spanned<String>>,
     pub source_prefix_v4: Option<Spanned<i64>>,
     pub source_prefix_v6: Option<Spanned<i64>>,
     pub udp_server_port: Option<Spanned<i64>>,
@@ -196,6 +198,7 @@ pub(super) struct RawStanza {
     pub force_snat: Option<Spanned<String>>,
     pub forward_all: Option<bool>,
     pub disable_dnat: Option<bool>,
+    pub scope: Option<Spanned<String>>,
 }
 
 /// `[api]`.

@@ -161,14 +161,7 @@ pub(super) fn validate(
                 _ => return at(s.span(), "max_open_for must be 1 to 86400 seconds"),
             },
         };
-        let fleet = match u.scope {
-            None => false,
-            Some(s) => match s.get_ref().as_str() {
-                "local" => false,
-                "fleet" => true,
-                _ => return at(s.span(), "scope must be \"local\" or \"fleet\""),
-            },
-        };
+        let fleet = crate::fleet::config::scope(u.scope)?;
         let mut allow_addresses = Vec::new();
         for a in u.allow_addresses.unwrap_or_default() {
             match Cidr::parse(a.get_ref()) {
@@ -196,7 +189,11 @@ pub(super) fn validate(
     let mut warnings = Vec::new();
     for s in raw.fwknop {
         let place = at_line(s.span().start);
-        let st = stanza(s.into_inner())?;
+        let span = s.span();
+        let mut st = stanza(s.into_inner())?;
+        if st.fleet {
+            fleet_stanza(&mut st).or_else(|m| at(span, m))?;
+        }
         warnings.extend(stanza_warnings(&st, &format!("fwknop stanza {:?} ({place})", st.name)));
         stanzas.push(st);
     }
@@ -206,10 +203,17 @@ pub(super) fn validate(
     if let Some(p) = raw.access_conf {
         let path = resolve(config_dir, p.get_ref());
         let parsed = if path.is_dir() { access_conf::load_folder(&path) } else { access_conf::load(&path) };
-        let parsed = parsed.or_else(|e| at(p.span(), e))?;
+        let mut parsed = parsed.or_else(|e| at(p.span(), e))?;
         access_path = Some(path);
+        if crate::fleet::config::scope(raw.access_conf_scope)? {
+            for st in &mut parsed.stanzas {
+                fleet_stanza(st).or_else(|m| at(p.span(), m))?;
+            }
+        }
         stanzas.extend(parsed.stanzas);
         notes = parsed.notes;
+    } else if let Some(s) = raw.access_conf_scope {
+        return at(s.span(), "access_conf_scope needs access_conf");
     }
     if server_key.is_none() && stanzas.is_empty() {
         return Err((
@@ -291,7 +295,22 @@ fn services(list: Vec<Spanned<String>>) -> Result<Vec<Service>, SpaErr> {
     Ok(out)
 }
 
+/// Make `st` fleet-scoped. Only plain firewall grants can be shared: another node
+/// cannot run this node's commands or reach its NAT targets.
+fn fleet_stanza(st: &mut FwknopStanza) -> Result<(), String> {
+    if st.cmd_cycle.is_some() || st.nat.any() {
+        return Err(format!(
+            "fwknop stanza {:?}: scope \"fleet\" cannot be combined with CMD_CYCLE_* or NAT \
+             (other nodes can only open their firewall)",
+            st.name
+        ));
+    }
+    st.fleet = true;
+    Ok(())
+}
+
 fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
+    let fleet = crate::fleet::config::scope(r.scope.clone())?;
     let name = r.name.get_ref().clone();
     let span = r.name.span();
     let enc = match (&r.key, &r.key_base64) {
@@ -383,6 +402,7 @@ fn stanza(r: RawStanza) -> Result<FwknopStanza, SpaErr> {
             forward_all: r.forward_all.unwrap_or(false),
             disable_dnat: r.disable_dnat.unwrap_or(false),
         },
+        fleet,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct FwknopStanza {
     pub cmd_cycle: Option<CmdCycle>,
     /// `FORCE_NAT`, `FORCE_SNAT`, `FORWARD_ALL`, `DISABLE_DNAT`.
     pub nat: StanzaNat,
+    /// `scope = "fleet"`: replay-checked fleet-wide and its grants shared with every node.
+    pub fleet: bool,
 }
 
 /// fwknop's command cycle: an open command now, a close command `timer` later. Both

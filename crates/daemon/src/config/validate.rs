@@ -164,8 +164,15 @@ impl Validator<'_> {
                 }
             }
         };
-        if fleet.is_none() && spa.as_ref().is_some_and(|s| s.users.values().any(|u| u.fleet)) {
-            return self.err(0..0, "an [[spa.user]] has scope = \"fleet\" but there is no [fleet] section");
+        let fleet_scoped = doors.iter().any(|d| d.fleet)
+            || spa
+                .as_ref()
+                .is_some_and(|s| s.users.values().any(|u| u.fleet) || s.stanzas.iter().any(|s| s.fleet));
+        if fleet.is_none() && fleet_scoped {
+            return self.err(
+                0..0,
+                "a door, [[spa.user]] or fwknop stanza has scope = \"fleet\" but there is no [fleet] section",
+            );
         }
         if doors.is_empty() && spa.is_none() {
             return Err(ConfigError {
@@ -547,7 +554,31 @@ impl Validator<'_> {
                 }
             },
         };
-        Ok(Door { name, sequence, seq_timeout, flags, open, open_for, target, commands, one_time, rotating })
+        let fleet = match crate::fleet::config::scope(raw.scope) {
+            Ok(f) => f,
+            Err((at, m)) => return self.err(at.unwrap_or(name_span), m),
+        };
+        if fleet && open.is_empty() {
+            return self.err(
+                name_span,
+                format!(
+                    "door {name:?}: scope \"fleet\" shares what a door opens, and this one opens nothing"
+                ),
+            );
+        }
+        Ok(Door {
+            name,
+            sequence,
+            seq_timeout,
+            flags,
+            open,
+            open_for,
+            target,
+            commands,
+            one_time,
+            rotating,
+            fleet,
+        })
     }
 
     fn commands(

@@ -272,14 +272,25 @@ impl Engine {
     fn open(&mut self, src: IpAddr, door: usize, now: Millis, wall: SystemTime) {
         let d = &self.doors[door];
         let n = d.rotating.as_ref().map_or(d.sequence.len(), |r| r.rotation.count());
-        let (label, services, duration) = (d.name.clone(), d.open.clone(), d.open_for);
+        let (label, services, duration, fleet) = (d.name.clone(), d.open.clone(), d.open_for, d.fleet);
         self.stats.knock_completed += 1;
         let origin = Origin { kind: OriginKind::Door, detail: label.clone() };
         let stage = format!("{src}: {label}: Stage {n} (of {n})");
+        let before = self.stats.opened;
         if let Some(log) =
-            self.apply_grant(src, &label, Some(stage), origin, src, &services, duration, now, wall)
+            self.apply_grant(src, &label, Some(stage), origin.clone(), src, &services, duration, now, wall)
         {
+            if fleet && self.stats.opened > before {
+                self.share_fleet(src, &services, duration, &origin);
+            }
             self.after_open(src, door, wall, log);
+        }
+    }
+
+    /// Share a fleet-scoped grant this node just made with the other nodes.
+    fn share_fleet(&self, allow: IpAddr, services: &[Service], duration: Duration, origin: &Origin) {
+        if let Some(f) = &self.fleet {
+            f.share(crate::fleet::node::Outgoing::new(allow, services, duration, origin));
         }
     }
 

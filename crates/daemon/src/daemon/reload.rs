@@ -123,6 +123,15 @@ pub fn restart_needed(old: &Config, new: &Config) -> Option<String> {
     if udp(old) != udp(new) {
         return Some("the SPA UDP server port changed (its socket is opened at start)".into());
     }
+    if old.fleet != new.fleet {
+        return Some("[fleet] changed (the fleet connection is made at start)".into());
+    }
+    let fleet_spa = |c: &Config| {
+        c.spa.as_ref().is_some_and(|s| s.users.values().any(|u| u.fleet) || s.stanzas.iter().any(|s| s.fleet))
+    };
+    if fleet_spa(new) && !fleet_spa(old) {
+        return Some("fleet-scoped SPA appears and the fleet replay check is not running".into());
+    }
     None
 }
 
@@ -262,7 +271,10 @@ impl Reloader {
             Tokens::load(&a.tokens_file).map_err(|e| anyhow::anyhow!("api tokens_file: {e}"))?;
         }
         let plan = super::plan_for(&new);
-        let engine = Engine::with_granter(&new, Arc::clone(&self.granter))?;
+        let mut engine = Engine::with_granter(&new, Arc::clone(&self.granter))?;
+        if let Some(f) = crate::fleet::node::current() {
+            engine = engine.with_fleet(Arc::clone(f));
+        }
         let spa = match (&self.config.spa, &new.spa) {
             (_, None) => SpaUpdate::Off,
             (Some(_), Some(s)) => SpaUpdate::Reconfigure(Box::new(s.clone())),
@@ -356,5 +368,12 @@ mod tests {
             restart_needed(&old, &conf(&cmd)).unwrap(),
             "door commands appear and the command runner is not running"
         );
+        let fleet = "[fleet]\ndatabase_url_file = \"u\"\nnode = \"gw1\"\n";
+        let scoped = conf(&format!("{fleet}{BASE}scope = \"fleet\"\n"));
+        assert_eq!(
+            restart_needed(&old, &scoped).unwrap(),
+            "[fleet] changed (the fleet connection is made at start)"
+        );
+        assert_eq!(restart_needed(&scoped, &conf(&format!("{fleet}{BASE}"))), None, "door scope: reloadable");
     }
 }

@@ -128,3 +128,16 @@ pub fn read_url(path: &Path) -> Result<String, FleetError> {
     }
     Ok(url.to_owned())
 }
+
+/// `scope = "local" | "fleet"` of a door, SPA user or fwknop stanza: whether it is
+/// fleet-scoped (absent: local).
+pub fn scope(s: Option<Spanned<String>>) -> Result<bool, Refusal> {
+    match s {
+        None => Ok(false),
+        Some(s) => match s.get_ref().as_str() {
+            "local" => Ok(false),
+            "fleet" => Ok(true),
+            _ => Err((Some(s.span()), "scope must be \"local\" or \"fleet\"".into())),
+        },
+    }
+}

@@ -20,6 +20,25 @@ pub struct FleetStatus {
     pub applied: AtomicU64,
     /// Milliseconds from a grant's creation on its node to its application here (last).
     pub lag_ms: AtomicI64,
+    /// The database's clock minus this node's, ms, measured at each (re)connect.
+    pub skew_ms: AtomicI64,
+    /// Why the listener has no connection (empty while connected).
+    pub problem: std::sync::Mutex<String>,
+}
+
+impl FleetStatus {
+    /// Record the listener's connectivity, and why it is lost.
+    pub fn set_connected(&self, up: bool, why: &str) {
+        self.connected.store(up, Ordering::Relaxed);
+        if let Ok(mut p) = self.problem.lock() {
+            why.clone_into(&mut p);
+        }
+    }
+
+    /// Why the listener has no connection (empty while connected).
+    pub fn problem(&self) -> String {
+        self.problem.lock().map(|p| p.clone()).unwrap_or_default()
+    }
 }
 
 static STATUS: OnceLock<Arc<FleetStatus>> = OnceLock::new();
@@ -32,7 +51,7 @@ pub fn register(status: Arc<FleetStatus>) {
 /// Append the fleet metrics to `out`, if a fleet is running.
 pub fn render(out: &mut String) {
     let Some(s) = STATUS.get() else { return };
-    let rows: [(&str, &str, &str, i64); 5] = [
+    let rows: [(&str, &str, &str, i64); 6] = [
         (
             "portcullis_fleet_up",
             "gauge",
@@ -62,6 +81,12 @@ pub fn render(out: &mut String) {
             "gauge",
             "Last fleet grant: from its recording on its node to its application here.",
             s.lag_ms.load(Ordering::Relaxed),
+        ),
+        (
+            "portcullis_fleet_clock_skew_milliseconds",
+            "gauge",
+            "The fleet database's clock minus this node's.",
+            s.skew_ms.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, v) in rows {

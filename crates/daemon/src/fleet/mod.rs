@@ -10,6 +10,8 @@
 //! * [`gate`]: the SPA gate's fleet claim and `on_db_down`.
 //! * [`replay`]: the atomic fleet replay claim, with a bounded wait off the caller.
 //! * [`shared`]: fleet grants and revocations, their notifications, the listener.
+//! * [`tls`]: `sslmode` / `sslrootcert` of the database URL.
+//! * [`query`]: the API's fleet view and revoke by fleet id.
 //! * [`metrics`]: fleet connectivity and lag for the API's `/metrics`.
 //! * [`node`]: this node's listener and publisher threads, status for health/metrics.
 
@@ -17,9 +19,11 @@ pub mod config;
 pub mod gate;
 pub mod metrics;
 pub mod node;
+pub mod query;
 pub mod replay;
 pub mod schema;
 pub mod shared;
+pub mod tls;
 
 pub use config::{FleetConfig, OnDbDown};
 
@@ -58,6 +62,45 @@ pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A node's wall clock, unix ms (injected in tests to play a node whose clock is off).
+pub type LocalClock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Fleet time: the database's clock, as this node's clock plus the offset measured
+/// when the listener (re)connects. Fleet rows hold fleet time, so a node whose clock
+/// is off still closes a fleet grant at its absolute expiry.
+#[derive(Clone)]
+pub struct FleetClock {
+    local: LocalClock,
+    status: std::sync::Arc<metrics::FleetStatus>,
+}
+
+impl FleetClock {
+    /// `local` corrected by the skew kept in `status`.
+    pub fn new(local: LocalClock, status: std::sync::Arc<metrics::FleetStatus>) -> FleetClock {
+        FleetClock { local, status }
+    }
+
+    /// This node's clock.
+    pub fn local_ms(&self) -> i64 {
+        (self.local)()
+    }
+
+    /// The database's clock minus this node's, as last measured.
+    pub fn skew_ms(&self) -> i64 {
+        self.status.skew_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A time by this node's clock, in fleet time.
+    pub fn to_fleet(&self, local_ms: i64) -> i64 {
+        local_ms.saturating_add(self.skew_ms())
+    }
+
+    /// Now, in fleet time.
+    pub fn fleet_ms(&self) -> i64 {
+        self.to_fleet(self.local_ms())
+    }
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use std::time::Duration;
 use portcullis_proto::Service;
 
 use super::config::FleetConfig;
-use super::replay::connect;
 use super::shared::{self, Apply, FleetGrant};
-use super::{schema, unix_ms};
+use super::tls::connect;
+use super::{schema, unix_ms, FleetClock, LocalClock};
 use crate::grants::{Granter, Origin, OriginKind, RevokeTarget};
 
 /// Most grants queued for the database while it is away; beyond that the oldest are
@@ -31,7 +31,7 @@ pub struct Outgoing {
     pub addr: IpAddr,
     /// To what.
     pub services: Vec<Service>,
-    /// Absolute expiry, unix ms.
+    /// Absolute expiry, unix ms by this node's clock (converted to fleet time when sent).
     pub expires_at: i64,
     /// What made it here.
     pub origin: String,
@@ -57,26 +57,32 @@ enum Job {
     Revoke(IpAddr, Service),
 }
 
-/// The daemon's publisher queue, for revokes made through the API (first fleet wins).
-static QUEUE_TX: std::sync::OnceLock<SyncSender<Job>> = std::sync::OnceLock::new();
+/// The daemon's fleet membership, for the API (the first registered wins).
+static CURRENT: std::sync::OnceLock<Arc<Fleet>> = std::sync::OnceLock::new();
+
+/// The daemon's fleet membership, if it has one.
+pub fn current() -> Option<&'static Arc<Fleet>> {
+    CURRENT.get()
+}
 
 /// Revoke `(addr, service)` on every node (an API/CLI revoke here); without a fleet,
 /// nothing. Never blocks: a full queue drops it (logged; kernel expiry still holds).
 pub fn revoke_everywhere(addr: IpAddr, service: Service) {
-    if let Some(tx) = QUEUE_TX.get() {
-        if tx.try_send(Job::Revoke(portcullis_proto::addr::canonical(addr), service)).is_err() {
-            tracing::error!("fleet: share queue full; revoke of {addr} {service} stays local to this node");
-        }
+    if let Some(f) = current() {
+        f.revoke(addr, service);
     }
 }
 
 /// A running fleet membership.
 pub struct Fleet {
-    cfg: FleetConfig,
+    pub(super) cfg: FleetConfig,
     out: SyncSender<Job>,
     status: Arc<FleetStatus>,
     stop: Arc<AtomicBool>,
-    url: String,
+    pub(super) url: String,
+    pub(super) clock: FleetClock,
+    /// The API's connection (list, revoke by id), opened on first use.
+    pub(super) db: std::sync::Mutex<Option<postgres::Client>>,
 }
 
 impl Fleet {
@@ -84,33 +90,49 @@ impl Fleet {
     /// returned and the daemon must not start its fleet side), and start the threads.
     /// An unreachable database is not an error: the threads retry.
     pub fn start(cfg: FleetConfig, granter: &Arc<Granter>) -> Result<Fleet, super::FleetError> {
+        Fleet::start_with_clock(cfg, granter, Arc::new(unix_ms))
+    }
+
+    /// [`Fleet::start`] with this node's wall clock given.
+    pub fn start_with_clock(
+        cfg: FleetConfig,
+        granter: &Arc<Granter>,
+        local: LocalClock,
+    ) -> Result<Fleet, super::FleetError> {
         let url = super::config::read_url(&cfg.database_url_file)?;
+        super::tls::check(&url)
+            .map_err(|reason| super::FleetError::UrlFile { path: cfg.database_url_file.clone(), reason })?;
         if let Some(mut c) = connect(&url) {
             let found = schema::migrate(&mut c)?;
             tracing::info!("fleet: node {} joined (schema {found} -> {})", cfg.node, schema::VERSION);
         }
         let status = Arc::new(FleetStatus::default());
+        status.set_connected(false, "not connected yet");
         super::metrics::register(Arc::clone(&status));
+        let clock = FleetClock::new(local, Arc::clone(&status));
         let stop = Arc::new(AtomicBool::new(false));
         let (out, rx) = mpsc::sync_channel(QUEUE);
-        let _ = QUEUE_TX.set(out.clone());
         {
-            let (cfg, url, status, stop) = (cfg.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
+            let (cfg, url, clock, stop) = (cfg.clone(), url.clone(), clock.clone(), Arc::clone(&stop));
             let mut apply = GranterApply { granter: Arc::clone(granter), status: Arc::clone(&status) };
             std::thread::Builder::new()
                 .name("fleet-listen".into())
-                .spawn(move || listener(&cfg, &url, &mut apply, &status, &stop))
+                .spawn(move || listener(&cfg, &url, &mut apply, &clock, &stop))
                 .map_err(|_| super::FleetError::Timeout)?;
         }
         {
-            let (node, url, status, stop) =
-                (cfg.node.clone(), url.clone(), Arc::clone(&status), Arc::clone(&stop));
+            let (node, url, clock, stop) = (cfg.node.clone(), url.clone(), clock.clone(), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("fleet-publish".into())
-                .spawn(move || publisher(&node, &url, &rx, &status, &stop))
+                .spawn(move || publisher(&node, &url, &rx, &clock, &stop))
                 .map_err(|_| super::FleetError::Timeout)?;
         }
-        Ok(Fleet { cfg, out, status, stop, url })
+        Ok(Fleet { cfg, out, status, stop, url, clock, db: std::sync::Mutex::new(None) })
+    }
+
+    /// Fleet time (the database's clock, as this node measures it).
+    pub fn clock(&self) -> &FleetClock {
+        &self.clock
     }
 
     /// This node's settings.
@@ -163,7 +185,11 @@ pub fn start_for(
 ) -> anyhow::Result<Option<Arc<Fleet>>> {
     match &config.fleet {
         None => Ok(None),
-        Some(f) => Ok(Some(Arc::new(Fleet::start(f.clone(), granter)?))),
+        Some(f) => {
+            let fleet = Arc::new(Fleet::start(f.clone(), granter)?);
+            let _ = CURRENT.set(Arc::clone(&fleet));
+            Ok(Some(fleet))
+        }
     }
 }
 
@@ -173,7 +199,7 @@ pub fn gate_for(
     spa: &crate::config::spa::SpaConfig,
 ) -> anyhow::Result<Option<super::gate::FleetGate>> {
     let Some(f) = fleet else { return Ok(None) };
-    if !spa.users.values().any(|u| u.fleet) {
+    if !spa.users.values().any(|u| u.fleet) && !spa.stanzas.iter().any(|s| s.fleet) {
         return Ok(None);
     }
     let replay =
@@ -234,16 +260,35 @@ impl Apply for GranterApply {
     }
 }
 
-fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, status: &FleetStatus, stop: &AtomicBool) {
+fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, clock: &FleetClock, stop: &AtomicBool) {
     let stopped = || stop.load(Ordering::Relaxed);
+    let status = &*clock.status;
     while !stopped() {
         if let Some(mut c) = connect(url) {
-            status.connected.store(true, Ordering::Relaxed);
-            let mut lagging = LagApply { inner: apply, status };
-            if let Err(e) = shared::listen(&mut c, cfg, &mut lagging, &stopped) {
-                tracing::error!("fleet: listener lost the database: {e}");
+            // Also when the database was away at start (a fresh one gets its tables), and
+            // so a database upgraded by a newer node meanwhile is refused, not read.
+            if let Err(e) = schema::migrate(&mut c) {
+                tracing::error!("fleet: {e}");
+                status.set_connected(false, &e.to_string());
+                for _ in 0..20 {
+                    if stopped() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                continue;
             }
-            status.connected.store(false, Ordering::Relaxed);
+            let mut lagging = LagApply { inner: apply, clock };
+            let why = match shared::listen(&mut c, cfg, &mut lagging, &stopped, clock) {
+                Ok(()) => "stopped".to_owned(),
+                Err(e) => {
+                    tracing::error!("fleet: listener lost the database: {e}");
+                    e.to_string()
+                }
+            };
+            status.set_connected(false, &why);
+        } else {
+            status.set_connected(false, "database unreachable");
         }
         for _ in 0..4 {
             if stopped() {
@@ -257,20 +302,21 @@ fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, status: &FleetS
 /// Measures lag (creation on its node to applied here) around another [`Apply`].
 struct LagApply<'a> {
     inner: &'a mut dyn Apply,
-    status: &'a FleetStatus,
+    clock: &'a FleetClock,
 }
 
 impl Apply for LagApply<'_> {
     fn open(&mut self, g: &FleetGrant, remaining: Duration) {
         self.inner.open(g, remaining);
-        self.status.lag_ms.store(g.lag_ms(unix_ms()), Ordering::Relaxed);
+        self.clock.status.lag_ms.store(g.lag_ms(self.clock.fleet_ms()), Ordering::Relaxed);
     }
     fn close(&mut self, g: &FleetGrant) {
         self.inner.close(g);
     }
 }
 
-fn publisher(node: &str, url: &str, rx: &Receiver<Job>, status: &FleetStatus, stop: &AtomicBool) {
+fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop: &AtomicBool) {
+    let status = &*clock.status;
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut client = None;
     while !stop.load(Ordering::Relaxed) {
@@ -288,7 +334,9 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, status: &FleetStatus, st
             }
             status.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        if pending.is_empty() {
+        // Written only once the listener has checked the schema (a newer one is never
+        // written to) and measured the clock (expiries are converted with it).
+        if pending.is_empty() || !status.connected.load(Ordering::Relaxed) {
             continue;
         }
         if client.as_ref().is_none_or(postgres::Client::is_closed) {
@@ -296,12 +344,13 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, status: &FleetStatus, st
         }
         let Some(c) = client.as_mut() else { continue };
         while let Some(job) = pending.front() {
-            let now = unix_ms();
+            let (local, now) = (clock.local_ms(), clock.fleet_ms());
             let done = match job {
                 // Expired while queued: nothing left to share.
-                Job::Grant(g) if g.expires_at <= now => Ok(()),
+                Job::Grant(g) if g.expires_at <= local => Ok(()),
                 Job::Grant(g) => {
-                    shared::publish(c, node, g.addr, &g.services, g.expires_at, &g.origin, now).map(drop)
+                    let expires = clock.to_fleet(g.expires_at);
+                    shared::publish(c, node, g.addr, &g.services, expires, &g.origin, now).map(drop)
                 }
                 Job::Revoke(addr, service) => shared::revoke(c, node, *addr, Some(*service), now).map(drop),
             };

@@ -11,7 +11,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
+
+use super::tls::connect;
 
 use super::FleetError;
 
@@ -105,24 +107,5 @@ fn worker(url: &str, node: &str, rx: &Receiver<Request>) {
         };
         // The caller may have given up waiting; the claim stands all the same.
         let _ = reply.try_send(answer);
-    }
-}
-
-/// Connect with a short timeout (the SPA path cannot wait for TCP's).
-pub fn connect(url: &str) -> Option<Client> {
-    let mut cfg: postgres::Config = match url.parse() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("fleet: database URL: {e}");
-            return None;
-        }
-    };
-    cfg.connect_timeout(Duration::from_secs(2));
-    match cfg.connect(NoTls) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!("fleet: database unreachable: {e}");
-            None
-        }
     }
 }

@@ -43,6 +43,8 @@ const LOCK_KEY: i64 = 0x706f_7274_6375_6c6c;
 pub fn migrate(client: &mut Client) -> Result<i32, FleetError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
+    // Not a NOTICE that the table exists at every (re)connect.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let found: i32 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?.get(0);
     if found > VERSION {

@@ -70,10 +70,12 @@ pub struct FleetGrant {
 }
 
 impl FleetGrant {
-    /// Time left at `now_ms`, or `None` if expired.
+    /// Time left at `now_ms` (fleet time), or `None` if expired. Never more than the
+    /// grant's whole length, whatever the clocks say.
     pub fn remaining(&self, now_ms: i64) -> Option<Duration> {
         let left = self.expires_at.checked_sub(now_ms)?;
-        (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+        let whole = self.expires_at.saturating_sub(self.created_at).max(0);
+        (left > 0).then(|| Duration::from_millis(u64::try_from(left.min(whole)).unwrap_or(0)))
     }
 
     /// Milliseconds from its recording to `now_ms` (negative if the clocks disagree).
@@ -238,7 +240,7 @@ pub fn get(
 }
 
 /// The row a revocation names (revoked or not).
-fn get_any(
+pub fn get_any(
     client: &mut Client,
     cfg: &FleetConfig,
     id: i64,
@@ -255,10 +257,15 @@ pub trait Apply: Send {
     fn close(&mut self, g: &FleetGrant);
 }
 
-/// Apply every live grant (start, reconnect). Rows this node made are applied too: after
-/// a restart its kernel may have lost them. Returns how many were applied.
-pub fn reconcile(client: &mut Client, cfg: &FleetConfig, apply: &mut dyn Apply) -> Result<usize, FleetError> {
-    let now = super::unix_ms();
+/// Apply every live grant (start, reconnect) at `now` (fleet time). Rows this node made
+/// are applied too: after a restart its kernel may have lost them. Returns how many
+/// were applied.
+pub fn reconcile(
+    client: &mut Client,
+    cfg: &FleetConfig,
+    apply: &mut dyn Apply,
+    now: i64,
+) -> Result<usize, FleetError> {
     let mut n = 0;
     for g in live(client, cfg, now)? {
         if let Some(left) = g.remaining(now) {
@@ -269,13 +276,14 @@ pub fn reconcile(client: &mut Client, cfg: &FleetConfig, apply: &mut dyn Apply) 
     Ok(n)
 }
 
-/// Act on one notification: read its row and apply it. Own grants are skipped (applied
-/// locally when made).
+/// Act on one notification: read its row and apply it with the time left at `now`
+/// (fleet time). Own grants are skipped (applied locally when made).
 pub fn handle(
     client: &mut Client,
     cfg: &FleetConfig,
     payload: &str,
     apply: &mut dyn Apply,
+    now: &dyn Fn() -> i64,
 ) -> Result<(), FleetError> {
     let Some(notice) = parse_notice(payload) else {
         tracing::warn!("fleet: refused malformed notification ({} bytes)", payload.len());
@@ -286,7 +294,7 @@ pub fn handle(
             None => {}
             Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
             Some(Ok(g)) if g.node == cfg.node => {}
-            Some(Ok(g)) => match g.remaining(super::unix_ms()) {
+            Some(Ok(g)) => match g.remaining(now()) {
                 Some(left) => apply.open(&g, left),
                 None => tracing::info!("fleet: grant {id} already expired"),
             },
@@ -294,7 +302,20 @@ pub fn handle(
         Notice::Revoke(id) => match get_any(client, cfg, id)? {
             None => {}
             Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
-            Some(Ok(g)) => apply.close(&g),
+            Some(Ok(g)) => {
+                let by: Option<String> = client
+                    .query_opt("SELECT node FROM fleet_revocations WHERE grant_id = $1", &[&id])?
+                    .map(|r| r.get(0));
+                let by: String =
+                    by.map_or_else(|| "?".into(), |n| n.chars().take(super::config::MAX_NODE).collect());
+                tracing::info!(
+                    "fleet: grant {id} ({} {}) from {} revoked by node {by:?}",
+                    g.addr,
+                    g.service,
+                    g.node
+                );
+                apply.close(&g);
+            }
         },
     }
     Ok(())
@@ -305,22 +326,26 @@ pub fn handle(
 /// longer (or shorter) than the node that made them.
 pub const CLOCK_WARN_MS: i64 = 2_000;
 
-/// Compare this node's clock with the database's; warn when they differ. Returns the
-/// difference (database minus here, ms).
-pub fn check_clock(client: &mut Client) -> Result<i64, FleetError> {
-    let before = super::unix_ms();
+/// Compare this node's clock (`local`) with the database's; warn when they differ.
+/// Returns the difference (database minus here, ms).
+pub fn check_clock(client: &mut Client, local: &dyn Fn() -> i64) -> Result<i64, FleetError> {
+    let before = local();
     let db: i64 =
         client.query_one("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT", &[])?.get(0);
-    let here = before + (super::unix_ms() - before) / 2;
+    let here = before + (local() - before) / 2;
     let skew = db - here;
     if skew.abs() > CLOCK_WARN_MS {
         tracing::warn!(
-            "fleet: this node's clock differs from the database's by {skew} ms: fleet grants here \
-             close that much off their absolute expiry; run NTP on every node"
+            "fleet: this node's clock differs from the database's by {skew} ms; fleet grants are \
+             timed by the database's clock, but local grants and SPA time windows are not: run NTP \
+             on every node"
         );
     }
     Ok(skew)
 }
+
+/// How often the listener measures the clock difference again.
+const CLOCK_EVERY: Duration = Duration::from_secs(60);
 
 /// LISTEN on `client` and apply notifications until `stop` says so. Reconciles first,
 /// so nothing announced while this node was not listening is missed.
@@ -329,12 +354,24 @@ pub fn listen(
     cfg: &FleetConfig,
     apply: &mut dyn Apply,
     stop: &dyn Fn() -> bool,
+    clock: &super::FleetClock,
 ) -> Result<(), FleetError> {
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-    check_clock(client)?;
-    let n = reconcile(client, cfg, apply)?;
+    let measure = |c: &mut Client| -> Result<(), FleetError> {
+        let skew = check_clock(c, &|| clock.local_ms())?;
+        clock.status.skew_ms.store(skew, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    measure(client)?;
+    let n = reconcile(client, cfg, apply, clock.fleet_ms())?;
     tracing::info!("fleet: {n} live fleet grant(s) applied with their remaining time");
+    clock.status.set_connected(true, "");
+    let mut measured = std::time::Instant::now();
     while !stop() {
+        if measured.elapsed() >= CLOCK_EVERY {
+            measure(client)?;
+            measured = std::time::Instant::now();
+        }
         let mut pending = Vec::new();
         {
             let mut notes = client.notifications();
@@ -353,7 +390,7 @@ pub fn listen(
         let pending: Vec<String> =
             pending.into_iter().filter(|n| n.channel() == CHANNEL).map(|n| n.payload().to_owned()).collect();
         for p in pending {
-            handle(client, cfg, &p, apply)?;
+            handle(client, cfg, &p, apply, &|| clock.fleet_ms())?;
         }
     }
     Ok(())

@@ -111,3 +111,89 @@ fn native_config_reads_fleet_and_scope() {
     let e = native("[fleet]\nnode = \"gw1\"\n").unwrap_err();
     assert!(e.contains("p.toml") && e.contains("database_url_file"), "{e}");
 }
+
+mod scope {
+    use std::path::Path;
+
+    use crate::config::{parse, Config};
+
+    const FLEET: &str = "[fleet]\ndatabase_url_file = \"fleet.url\"\nnode = \"gw1\"\n";
+    const DOOR: &str = "[[door]]\nname = \"ssh\"\nsequence = [7000, 9000, 8000]\nopen = [\"tcp/22\"]\n";
+    const KEYS: &str = "key_base64 = \"wzNP62oPPgEc+kXDPQLHPOayQBuNbYUTPP+QrErNDmg=\"\n\
+        hmac_key_base64 = \"Yh+xizBnl6FotC5ec7FanVGClRMlsOAPh2u6eovnerfBVKwaVKzjGoblFMHMc593TNyi0dWn4opLoTIV9q/ttg==\"\n";
+
+    fn p(text: &str) -> Result<Config, String> {
+        parse(text, Path::new("/etc/portcullis/test.toml")).map_err(|e| e.to_string())
+    }
+
+    fn stanza(extra: &str) -> String {
+        format!("[spa]\n[[spa.fwknop]]\nname = \"ops\"\n{KEYS}open_ports = [\"tcp/22\"]\n{extra}")
+    }
+
+    #[test]
+    fn doors_and_inline_stanzas_take_a_scope() {
+        let c = p(&format!("{FLEET}{DOOR}scope = \"fleet\"\n{}", stanza("scope = \"fleet\"\n"))).unwrap();
+        assert!(c.doors[0].fleet);
+        assert!(c.spa.unwrap().stanzas[0].fleet);
+        let c = p(&format!("{FLEET}{DOOR}scope = \"local\"\n{}", stanza(""))).unwrap();
+        assert!(!c.doors[0].fleet && !c.spa.unwrap().stanzas[0].fleet, "local is the default");
+        assert!(p(&format!("{FLEET}{DOOR}scope = \"global\"\n"))
+            .unwrap_err()
+            .contains("\"local\" or \"fleet\""));
+        // Fleet scope without [fleet]: refused, for doors and stanzas alike.
+        for text in [format!("{DOOR}scope = \"fleet\"\n"), stanza("scope = \"fleet\"\n")] {
+            assert!(p(&text).unwrap_err().contains("no [fleet] section"), "{text}");
+        }
+        // A command-only door and a command-cycle stanza have nothing another node can open.
+        let cmd_door = "[[door]]\nname = \"c\"\nsequence = [7000, 9000, 8000]\nstart_command = \"true\"\n\
+                        scope = \"fleet\"\n";
+        assert!(p(&format!("{FLEET}{cmd_door}")).unwrap_err().contains("opens nothing"));
+        let cycle =
+            "scope = \"fleet\"\ncmd_cycle_open = \"true\"\ncmd_cycle_close = \"true\"\ncmd_cycle_timer = 9\n";
+        assert!(p(&format!("{FLEET}{}", stanza(cycle))).unwrap_err().contains("CMD_CYCLE"));
+    }
+
+    #[test]
+    fn access_conf_scope_applies_to_the_file_s_stanzas() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = dir.path().join("access.conf");
+        std::fs::write(
+            &access,
+            "SOURCE ANY\nKEY_BASE64 wzNP62oPPgEc+kXDPQLHPOayQBuNbYUTPP+QrErNDmg=\n\
+             HMAC_KEY_BASE64 Yh+xizBnl6FotC5ec7FanVGClRMlsOAPh2u6eovnerfBVKwaVKzjGoblFMHMc593TNyi0dWn4opLoTIV9q/ttg==\n\
+             OPEN_PORTS tcp/22\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let spa = |scope: &str| format!("[spa]\naccess_conf = \"{}\"\n{scope}", access.display());
+        let c = p(&format!("{FLEET}{}", spa("access_conf_scope = \"fleet\"\n"))).unwrap();
+        assert!(c.spa.unwrap().stanzas.iter().all(|s| s.fleet));
+        let c = p(&format!("{FLEET}{}", spa(""))).unwrap();
+        assert!(c.spa.unwrap().stanzas.iter().all(|s| !s.fleet));
+        assert!(p(&spa("access_conf_scope = \"fleet\"\n")).unwrap_err().contains("no [fleet] section"));
+        assert!(p(
+            &format!("{FLEET}{}", stanza("")).replace("[spa]\n", "[spa]\naccess_conf_scope = \"fleet\"\n")
+        )
+        .unwrap_err()
+        .contains("needs access_conf"));
+    }
+}
+
+#[test]
+fn remaining_time_never_exceeds_the_grant_s_length() {
+    use super::shared::FleetGrant;
+    let g = FleetGrant {
+        id: 1,
+        node: "gw1".into(),
+        addr: "192.0.2.7".parse().unwrap(),
+        service: portcullis_proto::Service::tcp(22),
+        expires_at: 40_000,
+        origin: "door:ssh".into(),
+        created_at: 10_000,
+    };
+    // A clock far behind would otherwise keep it open minutes longer.
+    assert_eq!(g.remaining(-300_000), Some(std::time::Duration::from_secs(30)));
+    assert_eq!(g.remaining(30_000), Some(std::time::Duration::from_secs(10)));
+    assert_eq!(g.remaining(40_000), None);
+}

@@ -117,7 +117,14 @@ impl SpaGate {
             return Verdict::Reject(r);
         }
         self.remember_origin(key, src, now_unix);
-        self.policy(i, &msg, src, dst, who)
+        let verdict = self.policy(i, &msg, src, dst, who);
+        if matches!(verdict, Verdict::Grant(_)) && self.stanzas[i].fleet {
+            // Last, so only requests this node would grant reach the database.
+            if let Err(r) = self.fleet_claim(key, msg.timestamp) {
+                return Verdict::Reject(r);
+            }
+        }
+        verdict
     }
 
     fn policy(&self, i: usize, msg: &SpaMessage, src: IpAddr, dst: Option<IpAddr>, who: String) -> Verdict {

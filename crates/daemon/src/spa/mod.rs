@@ -358,6 +358,20 @@ impl SpaGate {
         }
     }
 
+    /// The fleet-wide replay claim of a fleet-scoped request this node would grant.
+    fn fleet_claim(&mut self, key: [u8; 32], timestamp: u64) -> Result<(), RejectReason> {
+        use crate::fleet::gate::Outcome;
+        let Some(fleet) = self.fleet.as_mut() else {
+            return Err(RejectReason::FleetUnavailable);
+        };
+        let expires = if self.aging { Window::new(self.max_age).last_accepted(timestamp) } else { u64::MAX };
+        match fleet.admit(key, expires) {
+            Outcome::Share | Outcome::LocalOnly => Ok(()),
+            Outcome::Replayed => Err(RejectReason::Replayed),
+            Outcome::Unavailable => Err(RejectReason::FleetUnavailable),
+        }
+    }
+
     fn screen_native(&mut self, src: IpAddr, payload: &[u8], now: Millis) -> Result<Work, RejectReason> {
         let Some(server) = &self.server_key else {
             return Err(RejectReason::NativeNotConfigured);
@@ -408,16 +422,8 @@ impl SpaGate {
         let duration = Duration::from_secs(u64::from(req.duration_secs)).min(user.max_open_for);
         if user.fleet {
             // Last, so only requests this node would grant reach the database.
-            use crate::fleet::gate::Outcome;
-            let Some(fleet) = self.fleet.as_mut() else {
-                return Verdict::Reject(RejectReason::FleetUnavailable);
-            };
-            let expires =
-                if self.aging { Window::new(self.max_age).last_accepted(req.timestamp) } else { u64::MAX };
-            match fleet.admit(native::canonical_replay_key(&req), expires) {
-                Outcome::Share | Outcome::LocalOnly => {}
-                Outcome::Replayed => return Verdict::Reject(RejectReason::Replayed),
-                Outcome::Unavailable => return Verdict::Reject(RejectReason::FleetUnavailable),
+            if let Err(r) = self.fleet_claim(native::canonical_replay_key(&req), req.timestamp) {
+                return Verdict::Reject(r);
             }
         }
         Verdict::Grant(Decision { who, allow, services: req.services.clone(), duration, fwknop: None })

@@ -64,6 +64,7 @@ pub(super) fn stanza_with(name: &str, key: FwknopKey) -> FwknopStanza {
         destination: Vec::new(),
         cmd_cycle: None,
         nat: Default::default(),
+        fleet: false,
     }
 }
 

@@ -126,14 +126,7 @@ impl Engine {
                     )
                     .unwrap_or(false);
                 if share && self.stats.opened > before {
-                    if let Some(f) = &self.fleet {
-                        f.share(crate::fleet::node::Outgoing::new(
-                            dec.allow,
-                            &dec.services,
-                            dec.duration,
-                            &origin,
-                        ));
-                    }
+                    self.share_fleet(dec.allow, &dec.services, dec.duration, &origin);
                 }
                 if dec.fwknop.is_some() && self.stats.opened > before && log {
                     self.fwknop_added(&dec, wall);
