@@ -159,21 +159,59 @@ pub fn publish(
     origin: &str,
     now: i64,
 ) -> Result<Vec<i64>, FleetError> {
-    let mut tx = client.transaction()?;
-    let mut ids = Vec::with_capacity(services.len());
-    for s in services {
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                &[&node, &addr.to_string(), &s.to_string(), &expires_at, &origin, &now],
-            )?
-            .get(0);
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("g {id}")])?;
-        ids.push(id);
+    publish_batch(client, node, &[NewGrant { addr, services, expires_at, origin }], now)
+}
+
+/// A grant made on this node, to record with [`publish_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewGrant<'a> {
+    /// Who may come in.
+    pub addr: IpAddr,
+    /// To what (one row each).
+    pub services: &'a [Service],
+    /// Absolute expiry, unix ms.
+    pub expires_at: i64,
+    /// What made it on this node.
+    pub origin: &'a str,
+}
+
+/// Most grants a publisher records in one transaction.
+pub const MAX_BATCH: usize = 1000;
+
+/// Record grants made on this node and announce each row (`g <id>`), all in one
+/// transaction and one round trip: a burst of grants on one node is shared at the
+/// database's pace, not one commit per grant. Returns the row ids.
+pub fn publish_batch(
+    client: &mut Client,
+    node: &str,
+    grants: &[NewGrant<'_>],
+    now: i64,
+) -> Result<Vec<i64>, FleetError> {
+    let (mut addrs, mut services, mut expiries, mut origins) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for g in grants {
+        for s in g.services {
+            addrs.push(g.addr.to_string());
+            services.push(s.to_string());
+            expiries.push(g.expires_at);
+            origins.push(g.origin);
+        }
     }
+    if addrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = client.transaction()?;
+    let rows = tx.query(
+        "WITH g AS (
+             INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
+             SELECT $1, a, s, e, o, $2 FROM unnest($3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[])
+                 WITH ORDINALITY AS t(a, s, e, o, n) ORDER BY n
+             RETURNING id)
+         SELECT id, pg_notify($7, 'g ' || id) FROM g ORDER BY id",
+        &[&node, &now, &addrs, &services, &expiries, &origins, &CHANNEL],
+    )?;
     tx.commit()?;
-    Ok(ids)
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Revoke every live fleet grant of `addr` (and `service`, if given) from `node`, and
