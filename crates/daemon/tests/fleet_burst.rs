@@ -58,12 +58,17 @@ fn held(g: &Granter) -> usize {
     g.live().unwrap().len()
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+/// Poll `f` until it holds; `Err` once `limit` has passed.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        if t.elapsed() > limit {
+            eprintln!("timed out after {limit:?} waiting for {what}");
+            return Err(());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
 }
 
 #[test]
@@ -74,7 +79,9 @@ fn burst_reaches_every_node_once_and_expires_on_time() {
     let fleets: Vec<Fleet> =
         ["gw1", "gw2", "gw3"].iter().zip(&gws).map(|(n, g)| Fleet::start(node(&pg, n), g).unwrap()).collect();
     for f in &fleets {
-        wait_for("listener", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
+        let up =
+            wait_for("listener", Duration::from_secs(10), || f.status().connected.load(Ordering::Relaxed));
+        up.expect("fleet listener connected");
     }
 
     // gw1 makes every grant locally (as its SPA path does) and shares it, as fast as
@@ -94,8 +101,22 @@ fn burst_reaches_every_node_once_and_expires_on_time() {
     }
     let made = t.elapsed();
     let all = usize::try_from(BURST).unwrap();
+    let status = |f: &Fleet| {
+        let s = f.status();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        format!("queued {} dropped {} applied {}", n(&s.queued), n(&s.dropped), n(&s.applied))
+    };
     wait_for("the burst on gw2 and gw3", LIFE - Duration::from_secs(3), || {
         held(&gws[1]) == all && held(&gws[2]) == all
+    })
+    .unwrap_or_else(|()| {
+        panic!(
+            "burst not applied: held {:?}; gw1 {}; gw2 {}; gw3 {}",
+            gws.iter().map(|g| held(g)).collect::<Vec<_>>(),
+            status(&fleets[0]),
+            status(&fleets[1]),
+            status(&fleets[2])
+        )
     });
     let applied = t.elapsed();
     eprintln!("{BURST} fleet grants: made on gw1 in {made:?}, applied on gw2 and gw3 after {applied:?}");
@@ -124,7 +145,10 @@ fn burst_reaches_every_node_once_and_expires_on_time() {
         assert_eq!(held(g), all, "gw{} closed grants before their expiry", i + 1);
     }
     std::thread::sleep(until(0));
-    wait_for("every node to close the burst", Duration::from_millis(2500), || {
+    let closed = wait_for("every node to close the burst", Duration::from_millis(2500), || {
         gws.iter().all(|g| held(g) == 0)
+    });
+    closed.unwrap_or_else(|()| {
+        panic!("still held after expiry: {:?}", gws.iter().map(|g| held(g)).collect::<Vec<_>>())
     });
 }
