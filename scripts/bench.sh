@@ -7,18 +7,19 @@
 #   bash scripts/bench.sh            # full suite, about 7 minutes on 2 cores
 #   bash scripts/bench.sh --quick    # fewer trials, shorter floods, about 3 minutes
 #   bash scripts/bench.sh latency    # one scenario: latency|flood|spa-flood|grants|spa|memory
+#   bash scripts/bench.sh fleet      # fleet mode: 3 gateways on a throwaway PostgreSQL (not in the full suite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-need_packages iproute2 procps util-linux knockd fwknop-server fwknop-client nftables iptables
+need_packages iproute2 procps util-linux knockd fwknop-server fwknop-client nftables iptables postgresql
 cargo build --release --locked --workspace
 
 cmd=all
 args=()
 for a in "$@"; do
   case "$a" in
-    all|latency|flood|spa-flood|grants|spa|memory) cmd="$a" ;;
+    all|latency|flood|spa-flood|grants|spa|memory|watch|fleet) cmd="$a" ;;
     *) args+=("$a") ;;
   esac
 done

@@ -12,9 +12,11 @@
 //!   ([`portcullis_daemon::lab::packet`]: headers and checksums), the token bucket in [`flood`], CPU% in [`procmon`];
 //! - lab and daemons: [`env`]; client side of a trial: [`probe`];
 //! - scenarios: [`latency`], [`floods`], [`spa_flood`], [`grants`], [`spa`],
-//!   [`spa_isolation`], [`memory`], [`watch`].
+//!   [`spa_isolation`], [`memory`], [`watch`], [`fleet`] (its own lab: three gateways and
+//!   a PostgreSQL cluster).
 
 mod env;
+mod fleet;
 mod flood;
 mod floods;
 mod grants;
@@ -84,6 +86,8 @@ enum Cmd {
     Memory,
     /// 6. self-repair: ruleset removed under a running daemon → port filtered again.
     Watch,
+    /// 7. fleet mode: three gateways on one throwaway PostgreSQL (not part of `all`).
+    Fleet,
 }
 
 /// Sizes for full and quick runs.
@@ -135,6 +139,18 @@ fn bins(dir: Option<PathBuf>) -> anyhow::Result<Bins> {
 fn run(cli: &Cli) -> anyhow::Result<Report> {
     let p = plan(cli.quick);
     let mut report = Report::default();
+    if cli.cmd == Cmd::Fleet {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("needs root (network namespaces, nftables, a PostgreSQL cluster run as postgres)");
+        }
+        let sizes = if cli.quick {
+            fleet::Sizes { fanout: 100, accept: 50, burst: 10_000 }
+        } else {
+            fleet::Sizes { fanout: 300, accept: 150, burst: 10_000 }
+        };
+        fleet::run(&bins(cli.bin_dir.clone())?.portcullisd, &sizes, &mut report)?;
+        return Ok(report);
+    }
     let needs_lab = cli.cmd != Cmd::Spa;
     let mut env = if needs_lab {
         if !nix::unistd::geteuid().is_root() {

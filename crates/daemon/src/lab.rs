@@ -23,6 +23,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod baseline;
 pub mod packet;
+pub mod pg;
 pub mod preflight;
 
 pub use baseline::Baseline;

@@ -325,15 +325,7 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        while let Ok(g) = rx.try_recv() {
-            pending.push_back(g);
-        }
-        while pending.len() > QUEUE {
-            if matches!(pending.pop_front(), Some(Job::Grant(_))) {
-                status.queued.fetch_sub(1, Ordering::Relaxed);
-            }
-            status.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        take_queued(rx, &mut pending, status);
         // Written only once the listener has checked the schema (a newer one is never
         // written to) and measured the clock (expiries are converted with it).
         if pending.is_empty() || !status.connected.load(Ordering::Relaxed) {
@@ -343,21 +335,13 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop
             client = connect(url);
         }
         let Some(c) = client.as_mut() else { continue };
-        while let Some(job) = pending.front() {
-            let (local, now) = (clock.local_ms(), clock.fleet_ms());
-            let done = match job {
-                // Expired while queued: nothing left to share.
-                Job::Grant(g) if g.expires_at <= local => Ok(()),
-                Job::Grant(g) => {
-                    let expires = clock.to_fleet(g.expires_at);
-                    shared::publish(c, node, g.addr, &g.services, expires, &g.origin, now).map(drop)
-                }
-                Job::Revoke(addr, service) => shared::revoke(c, node, *addr, Some(*service), now).map(drop),
-            };
-            match done {
-                Ok(()) => {
-                    if matches!(pending.pop_front(), Some(Job::Grant(_))) {
-                        status.queued.fetch_sub(1, Ordering::Relaxed);
+        while !pending.is_empty() {
+            match publish_front(c, node, &pending, clock) {
+                Ok(n) => {
+                    for _ in 0..n {
+                        if matches!(pending.pop_front(), Some(Job::Grant(_))) {
+                            status.queued.fetch_sub(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Err(e) => {
@@ -366,6 +350,60 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop
                     break;
                 }
             }
+            // Between batches too: a burst must not fill the channel while it is written.
+            take_queued(rx, &mut pending, status);
         }
     }
+}
+
+/// Move what the channel holds into `pending`; beyond [`QUEUE`] the oldest are dropped.
+fn take_queued(rx: &Receiver<Job>, pending: &mut VecDeque<Job>, status: &FleetStatus) {
+    while let Ok(g) = rx.try_recv() {
+        pending.push_back(g);
+    }
+    while pending.len() > QUEUE {
+        if matches!(pending.pop_front(), Some(Job::Grant(_))) {
+            status.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        status.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Write the front of `pending`: its leading grants together (at most
+/// [`shared::MAX_BATCH`], one transaction), else the revoke there. Returns how many
+/// jobs are done.
+fn publish_front(
+    c: &mut postgres::Client,
+    node: &str,
+    pending: &VecDeque<Job>,
+    clock: &FleetClock,
+) -> Result<usize, super::FleetError> {
+    let (local, now) = (clock.local_ms(), clock.fleet_ms());
+    let grants: Vec<&Outgoing> = pending
+        .iter()
+        .take(shared::MAX_BATCH)
+        .map_while(|j| match j {
+            Job::Grant(g) => Some(g),
+            Job::Revoke(..) => None,
+        })
+        .collect();
+    if grants.is_empty() {
+        if let Some(Job::Revoke(addr, service)) = pending.front() {
+            shared::revoke(c, node, *addr, Some(*service), now)?;
+        }
+        return Ok(1);
+    }
+    // Expired while queued: nothing left to share.
+    let batch: Vec<shared::NewGrant<'_>> = grants
+        .iter()
+        .filter(|g| g.expires_at > local)
+        .map(|g| shared::NewGrant {
+            addr: g.addr,
+            services: &g.services,
+            expires_at: clock.to_fleet(g.expires_at),
+            origin: &g.origin,
+        })
+        .collect();
+    shared::publish_batch(c, node, &batch, now)?;
+    Ok(grants.len())
 }

@@ -161,21 +161,58 @@ pub fn publish(
     origin: &str,
     now: i64,
 ) -> Result<Vec<i64>, FleetError> {
-    let mut tx = client.transaction()?;
-    let mut ids = Vec::with_capacity(services.len());
-    for s in services {
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                &[&node, &addr.to_string(), &s.to_string(), &expires_at, &origin, &now],
-            )?
-            .get(0);
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("g {id}")])?;
-        ids.push(id);
+    publish_batch(client, node, &[NewGrant { addr, services, expires_at, origin }], now)
+}
+
+/// A grant made on this node, to record with [`publish_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewGrant<'a> {
+    /// Who may come in.
+    pub addr: IpAddr,
+    /// To what (one row each).
+    pub services: &'a [Service],
+    /// Absolute expiry, unix ms.
+    pub expires_at: i64,
+    /// What made it on this node.
+    pub origin: &'a str,
+}
+
+/// Most grants a publisher records in one transaction.
+pub const MAX_BATCH: usize = 1000;
+
+/// Record grants made on this node and announce each row (`g <id>`), all in one
+/// statement (so one transaction: the rows and their notifications commit together):
+/// a burst of grants on one node is shared at the database's pace, not one commit per
+/// grant. Returns the row ids.
+pub fn publish_batch(
+    client: &mut Client,
+    node: &str,
+    grants: &[NewGrant<'_>],
+    now: i64,
+) -> Result<Vec<i64>, FleetError> {
+    let (mut addrs, mut services, mut expiries, mut origins) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for g in grants {
+        for s in g.services {
+            addrs.push(g.addr.to_string());
+            services.push(s.to_string());
+            expiries.push(g.expires_at);
+            origins.push(g.origin);
+        }
     }
-    tx.commit()?;
-    Ok(ids)
+    if addrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client.query(
+        "WITH g AS (
+             INSERT INTO fleet_grants (node, addr, service, expires_at, origin, created_at)
+             SELECT $1, a, s, e, o, $2 FROM unnest($3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[])
+                 WITH ORDINALITY AS t(a, s, e, o, n) ORDER BY n
+             RETURNING id)
+         SELECT id, pg_notify($7, 'g ' || id) FROM g ORDER BY id",
+        &[&node, &now, &addrs, &services, &expiries, &origins, &CHANNEL],
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Revoke every live fleet grant of `addr` (and `service`, if given) from `node`, and
@@ -285,38 +322,76 @@ pub fn handle(
     apply: &mut dyn Apply,
     now: &dyn Fn() -> i64,
 ) -> Result<(), FleetError> {
-    let Some(notice) = parse_notice(payload) else {
-        tracing::warn!("fleet: refused malformed notification ({} bytes)", payload.len());
-        return Ok(());
-    };
-    match notice {
-        Notice::Grant(id) => match get(client, cfg, id)? {
-            None => {}
-            Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
-            Some(Ok(g)) if g.node == cfg.node => {}
-            Some(Ok(g)) => match g.remaining(now()) {
-                Some(left) => apply.open(&g, left),
-                None => tracing::info!("fleet: grant {id} already expired"),
-            },
-        },
-        Notice::Revoke(id) => match get_any(client, cfg, id)? {
-            None => {}
-            Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
-            Some(Ok(g)) => {
-                let by: Option<String> = client
-                    .query_opt("SELECT node FROM fleet_revocations WHERE grant_id = $1", &[&id])?
-                    .map(|r| r.get(0));
-                let by: String =
-                    by.map_or_else(|| "?".into(), |n| n.chars().take(super::config::MAX_NODE).collect());
-                tracing::info!(
-                    "fleet: grant {id} ({} {}) from {} revoked by node {by:?}",
-                    g.addr,
-                    g.service,
-                    g.node
-                );
-                apply.close(&g);
+    handle_batch(client, cfg, &[payload.to_owned()], apply, now)
+}
+
+/// Act on notifications in their order, reading every grant row they name in one
+/// query: a burst costs one round trip per batch, not two per grant. A row named twice
+/// in one batch is applied once.
+pub fn handle_batch(
+    client: &mut Client,
+    cfg: &FleetConfig,
+    payloads: &[String],
+    apply: &mut dyn Apply,
+    now: &dyn Fn() -> i64,
+) -> Result<(), FleetError> {
+    let notices: Vec<Notice> = payloads
+        .iter()
+        .filter_map(|p| {
+            let n = parse_notice(p);
+            if n.is_none() {
+                tracing::warn!("fleet: refused malformed notification ({} bytes)", p.len());
             }
-        },
+            n
+        })
+        .collect();
+    let ids: Vec<i64> =
+        notices.iter().filter_map(|n| if let Notice::Grant(id) = n { Some(*id) } else { None }).collect();
+    let mut grants: std::collections::HashMap<i64, Result<FleetGrant, RowRefusal>> = if ids.is_empty() {
+        Default::default()
+    } else {
+        client
+            .query(
+                &format!(
+                    "{SELECT} WHERE g.id = ANY($1)
+                     AND NOT EXISTS (SELECT 1 FROM fleet_revocations r WHERE r.grant_id = g.id)"
+                ),
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| (r.get(0), from_row(cfg, r)))
+            .collect()
+    };
+    for notice in notices {
+        match notice {
+            Notice::Grant(id) => match grants.remove(&id) {
+                None => {}
+                Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
+                Some(Ok(g)) if g.node == cfg.node => {}
+                Some(Ok(g)) => match g.remaining(now()) {
+                    Some(left) => apply.open(&g, left),
+                    None => tracing::info!("fleet: grant {id} already expired"),
+                },
+            },
+            Notice::Revoke(id) => match get_any(client, cfg, id)? {
+                None => {}
+                Some(Err(e)) => tracing::warn!("fleet: refused: {e}"),
+                Some(Ok(g)) => {
+                    let by: Option<String> = client
+                        .query_opt("SELECT node FROM fleet_revocations WHERE grant_id = $1", &[&id])?
+                        .map(|r| r.get(0));
+                    let by: String =
+                        by.map_or_else(|| "?".into(), |n| n.chars().take(super::config::MAX_NODE).collect());
+                    tracing::info!(
+                        "fleet: grant {id} ({} {}) from {} revoked by node {by:?}",
+                        g.addr,
+                        g.service,
+                        g.node
+                    );
+                    apply.close(&g);
+                }
+            },
+        }
     }
     Ok(())
 }
@@ -389,9 +464,7 @@ pub fn listen(
         }
         let pending: Vec<String> =
             pending.into_iter().filter(|n| n.channel() == CHANNEL).map(|n| n.payload().to_owned()).collect();
-        for p in pending {
-            handle(client, cfg, &p, apply, &|| clock.fleet_ms())?;
-        }
+        handle_batch(client, cfg, &pending, apply, &|| clock.fleet_ms())?;
     }
     Ok(())
 }
