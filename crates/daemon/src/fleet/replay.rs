@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use postgres::Client;
 
-use super::tls::connect;
+pub use super::tls::connect;
 
 use super::FleetError;
 
