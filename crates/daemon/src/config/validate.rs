@@ -174,6 +174,28 @@ impl Validator<'_> {
                 "a door, [[spa.user]] or fwknop stanza has scope = \"fleet\" but there is no [fleet] section",
             );
         }
+        // Fleet grants are shared as single addresses: a prefix would silently narrow on
+        // the other nodes, so the combination is refused rather than half-applied.
+        let wide_fleet = doors
+            .iter()
+            .filter(|d| d.fleet && !limits.grant_prefix.door(&d.name).is_single())
+            .map(|d| format!("door {:?}", d.name))
+            .chain(spa.iter().flat_map(|s| {
+                s.users
+                    .iter()
+                    .filter(|(n, u)| u.fleet && !limits.grant_prefix.user(n).is_single())
+                    .map(|(n, _)| format!("[[spa.user]] {n:?}"))
+            }))
+            .next();
+        if let Some(what) = wide_fleet {
+            return self.err(
+                0..0,
+                format!(
+                    "{what}: scope = \"fleet\" with a grant prefix is not supported (fleet grants are \
+                     shared for single addresses); use scope = \"local\" or drop grant_prefix_v4/v6"
+                ),
+            );
+        }
         if doors.is_empty() && spa.is_none() {
             return Err(ConfigError {
                 path: self.path.to_owned(),

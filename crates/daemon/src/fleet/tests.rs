@@ -107,6 +107,9 @@ fn native_config_reads_fleet_and_scope() {
     assert_eq!(c.fleet.unwrap().node, "gw1");
     assert!(c.spa.unwrap().users["alice"].fleet);
     assert!(native("scope = \"fleet\"\n").unwrap_err().contains("no [fleet]"));
+    let e = native("scope = \"fleet\"\ngrant_prefix_v6 = 64\n[fleet]\ndatabase_url_file = \"fleet.url\"\nnode = \"gw1\"\n")
+        .unwrap_err();
+    assert!(e.contains("[[spa.user]] \"alice\"") && e.contains("grant prefix"), "{e}");
     assert!(native("scope = \"world\"\n").unwrap_err().contains("scope"));
     let e = native("[fleet]\nnode = \"gw1\"\n").unwrap_err();
     assert!(e.contains("p.toml") && e.contains("database_url_file"), "{e}");
@@ -151,6 +154,10 @@ mod scope {
         let cycle =
             "scope = \"fleet\"\ncmd_cycle_open = \"true\"\ncmd_cycle_close = \"true\"\ncmd_cycle_timer = 9\n";
         assert!(p(&format!("{FLEET}{}", stanza(cycle))).unwrap_err().contains("CMD_CYCLE"));
+        // Fleet grants are single addresses: a fleet door granting a prefix is refused.
+        let e = p(&format!("{FLEET}{DOOR}scope = \"fleet\"\ngrant_prefix_v4 = 24\n")).unwrap_err();
+        assert!(e.contains("door \"ssh\"") && e.contains("grant prefix"), "{e}");
+        assert!(p(&format!("{FLEET}{DOOR}grant_prefix_v4 = 24\n")).is_ok(), "local prefix doors stay");
     }
 
     #[test]
