@@ -158,7 +158,7 @@ fn prefix_door_v4(s: &Server) {
 
     // The kernel closes it on time.
     assert!(wait_until(Duration::from_secs(OPEN_FOR + 3), || !connects(
-        &s,
+        s,
         &c,
         NEIGHBOUR4,
         lab::SERVER4,
