@@ -143,6 +143,7 @@ fn prefix_door_v4(s: &Server) {
         dump()
     );
     assert!(connects(s, &c, lab::CLIENT4, lab::SERVER4, 2222), "and the knocker itself");
+    assert!(s.log_text().contains("cgnat: opened tcp/2222 for 192.0.2.0/24 until"), "{}", s.log_text());
     assert!(!connects(s, &o, lab::OTHER4, lab::SERVER4_OTHER, 2222), "outside the prefix: filtered");
     assert!(!connects(s, &c, NEIGHBOUR4, lab::SERVER4, 2223), "only the door's port");
 
