@@ -54,6 +54,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Option<String> {
     if old.protected() != new.protected() {
         return Some("the set of protected services changed (the firewall table is built for it)".into());
     }
+    if old.limits.grant_prefix.lens() != new.limits.grant_prefix.lens() {
+        return Some(
+            "the prefix lengths doors and users grant changed (the firewall has a set for each)".into(),
+        );
+    }
     let commands = |c: &Config| {
         c.doors.iter().any(|d| d.commands.is_some())
             || c.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()))
@@ -181,6 +186,12 @@ mod tests {
         );
         let daemon = format!("[daemon]\nnever_gate = [\"192.0.2.0/24\"]\n{BASE}");
         assert!(restart_needed(&old, &conf(&daemon)).unwrap().starts_with("[daemon] settings changed"));
+        let cgnat = conf(&format!("{BASE}grant_prefix_v4 = 24\n"));
+        assert!(restart_needed(&old, &cgnat).unwrap().starts_with("the prefix lengths"));
+        // The same lengths on another door need no new set.
+        let other = format!("{BASE}[[door]]\nname = \"b\"\nsequence = [1, 2, 3]\nopen = [\"tcp/22\"]\n");
+        let moved = format!("{}grant_prefix_v4 = 24\n", other);
+        assert_eq!(restart_needed(&cgnat, &conf(&moved)), None);
         let cmd = format!("{BASE}start_command = \"true\"\n");
         assert_eq!(
             restart_needed(&old, &conf(&cmd)).unwrap(),
