@@ -143,6 +143,7 @@ fn prefix_door_v4(s: &Server) {
         dump()
     );
     assert!(connects(s, &c, lab::CLIENT4, lab::SERVER4, 2222), "and the knocker itself");
+    assert!(s.log_text().contains("cgnat: opened tcp/2222 for 192.0.2.0/24 until"), "{}", s.log_text());
     assert!(!connects(s, &o, lab::OTHER4, lab::SERVER4_OTHER, 2222), "outside the prefix: filtered");
     assert!(!connects(s, &c, NEIGHBOUR4, lab::SERVER4, 2223), "only the door's port");
 
@@ -158,7 +159,7 @@ fn prefix_door_v4(s: &Server) {
 
     // The kernel closes it on time.
     assert!(wait_until(Duration::from_secs(OPEN_FOR + 3), || !connects(
-        &s,
+        s,
         &c,
         NEIGHBOUR4,
         lab::SERVER4,
@@ -210,6 +211,43 @@ fn a_prefix_door_opens_for_the_knockers_ipv6_slash_64() {
         lab::SERVER6,
         2222
     )));
+}
+
+#[test]
+fn a_native_spa_user_with_grant_prefix_opens_for_the_prefix() {
+    if !root_or_skip("a_native_spa_user_with_grant_prefix_opens_for_the_prefix") {
+        return;
+    }
+    let (server_secret, server_public) = keygen("--server");
+    let (user_secret, user_public) = keygen("--user");
+    let conf = format!(
+        "[spa]\nserver_key_file = \"server.key\"\n\n[[spa.user]]\nname = \"alice\"\nkey = \"{user_public}\"\n\
+         open = [\"tcp/2222\"]\nmax_open_for = 20\ngrant_prefix_v4 = 24\n"
+    );
+    let s = Server::start_with(
+        "cgnatspa",
+        &conf,
+        &[2222],
+        &[("server.key", server_secret.as_str()), ("alice.key", user_secret.as_str())],
+    );
+    let dev = link_of(&s, lab::CLIENT4);
+    run_ok(&s.lab, &s.lab.client, &["ip", "addr", "add", &format!("{NEIGHBOUR4}/24"), "dev", &dev]);
+    let (c, o) = (s.lab.client.clone(), s.lab.other.clone());
+    assert!(!connects(&s, &c, NEIGHBOUR4, lab::SERVER4, 2222), "filtered before the packet");
+    let key = s.dir.join("alice.key").display().to_string();
+    let bin = client_bin();
+    let args = ["spa", "--native", "--server-key", &server_public, "--user-key", &key, "-U", "alice"];
+    let mut argv = vec![bin.as_str()];
+    argv.extend(args);
+    argv.extend(["-A", "tcp/2222", "-a", lab::CLIENT4, "-f", "10", lab::SERVER4]);
+    s.client(&argv);
+    assert!(
+        wait_until(Duration::from_secs(2), || connects(&s, &c, NEIGHBOUR4, lab::SERVER4, 2222)),
+        "the neighbour in alice's /24 gets in; log:\n{}",
+        s.log_text()
+    );
+    assert!(!connects(&s, &o, lab::OTHER4, lab::SERVER4_OTHER, 2222), "outside the prefix: filtered");
+    assert!(s.log_text().contains("for 192.0.2.0/24"), "{}", s.log_text());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
@@ -27,16 +27,6 @@ struct NativeKeys {
     server_public: String,
     user_secret: String,
     user_public: String,
-}
-
-fn keygen(kind: &str) -> (String, String) {
-    let out = Command::new(client_bin()).args(["keygen", kind]).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let pick = |needle: &str| {
-        text.lines().find(|l| l.contains(needle)).and_then(|l| l.rsplit(' ').next()).unwrap().to_string()
-    };
-    (pick("secret key"), pick("public key"))
 }
 
 fn native_keys() -> NativeKeys {

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use toml::Spanned;
 
 use super::limits::Bad;
+use super::raw::RawConfig;
 use crate::firewall::Prefix;
 
 /// Shortest IPv4 prefix a grant may cover.
@@ -99,6 +100,35 @@ impl GrantPrefixes {
             })
             .collect()
     }
+}
+
+/// Take every door's and native SPA user's keys out of `raw` and check them; also the
+/// place of the first one that grants a prefix (for refusals that depend on other keys).
+pub(super) fn take(raw: &mut RawConfig) -> Result<(GrantPrefixes, Option<std::ops::Range<usize>>), Bad> {
+    let mut out = GrantPrefixes::default();
+    let mut at = None;
+    let mut one = |v4: Option<Spanned<i64>>, v6: Option<Spanned<i64>>| -> Result<Option<GrantPrefix>, Bad> {
+        let span = v4.as_ref().or(v6.as_ref()).map(|v| v.span());
+        let p = parse(v4, v6)?;
+        if p.is_single() {
+            return Ok(None);
+        }
+        at = at.take().or(span);
+        Ok(Some(p))
+    };
+    for d in &mut raw.doors {
+        let d = d.get_mut();
+        if let Some(p) = one(d.grant_prefix_v4.take(), d.grant_prefix_v6.take())? {
+            out.doors.insert(d.name.get_ref().clone(), p);
+        }
+    }
+    for u in raw.spa.as_mut().map(|s| s.get_mut().user.iter_mut()).into_iter().flatten() {
+        let u = u.get_mut();
+        if let Some(p) = one(u.grant_prefix_v4.take(), u.grant_prefix_v6.take())? {
+            out.users.insert(u.name.get_ref().clone(), p);
+        }
+    }
+    Ok((out, at))
 }
 
 /// Check a door's or user's `grant_prefix_v4` / `grant_prefix_v6` (absent: single address).

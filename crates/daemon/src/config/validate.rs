@@ -84,29 +84,10 @@ impl Validator<'_> {
                 d.max_live_grants.take(),
             ));
         }
-        let mut prefixes = crate::config::GrantPrefixes::default();
-        let mut prefix_at = None;
-        for d in &mut raw.doors {
-            let d = d.get_mut();
-            let (v4, v6) = (d.grant_prefix_v4.take(), d.grant_prefix_v6.take());
-            prefix_at = prefix_at.or(v4.as_ref().or(v6.as_ref()).map(|v| v.span()));
-            let p = grant_prefix::parse(v4, v6).or_else(|(at, m)| self.err(at, m))?;
-            if !p.is_single() {
-                prefixes.doors.insert(d.name.get_ref().clone(), p);
-            }
-        }
-        for u in raw.spa.as_mut().map(|s| s.get_mut().user.iter_mut()).into_iter().flatten() {
-            let u = u.get_mut();
-            let (v4, v6) = (u.grant_prefix_v4.take(), u.grant_prefix_v6.take());
-            prefix_at = prefix_at.or(v4.as_ref().or(v6.as_ref()).map(|v| v.span()));
-            let p = grant_prefix::parse(v4, v6).or_else(|(at, m)| self.err(at, m))?;
-            if !p.is_single() {
-                prefixes.users.insert(u.name.get_ref().clone(), p);
-            }
-        }
+        let (prefixes, prefix_at) = grant_prefix::take(&mut raw).or_else(|(at, m)| self.err(at, m))?;
         let store = limits::store(raw.store.take());
         let daemon = self.daemon(raw.daemon)?;
-        if let (Some(at), true) = (prefix_at.filter(|_| !prefixes.is_empty()), daemon.firewall.accept) {
+        if let (Some(at), true) = (prefix_at, daemon.firewall.accept) {
             return self.err(at, "grant_prefix_v4/grant_prefix_v6 work in mode = \"gate\" only");
         }
         let mut limits = bounds.build(daemon.max_grants).or_else(|(at, m)| self.err(at, m))?;

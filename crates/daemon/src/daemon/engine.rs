@@ -314,7 +314,9 @@ impl Engine {
         wall: SystemTime,
     ) -> Option<bool> {
         let what = services.iter().map(Service::to_string).collect::<Vec<_>>().join(",");
-        let for_whom = if allow == src { String::new() } else { format!(" for {allow}") };
+        let shown = self.granter.source_for(&origin, allow);
+        let for_whom =
+            if shown.is_host() && allow == src { String::new() } else { format!(" for {}", shown.short()) };
         // A knockd door may open nothing itself and only run commands.
         let result = if services.is_empty() {
             Ok(())

@@ -112,6 +112,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Option<String> {
     if old.protected() != new.protected() {
         return Some("the set of protected services changed (the firewall table is built for it)".into());
     }
+    if old.limits.grant_prefix.lens() != new.limits.grant_prefix.lens() {
+        return Some(
+            "the prefix lengths doors and users grant changed (the firewall has a set for each)".into(),
+        );
+    }
     let commands = |c: &Config| {
         c.doors.iter().any(|d| d.commands.is_some())
             || c.spa.as_ref().is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some()))
@@ -363,6 +368,12 @@ mod tests {
         assert_eq!(split_restart_needed(&api("/run/a.sock"), &api("/run/a.sock")), None);
         assert!(split_restart_needed(&api("/run/a.sock"), &api("/run/b.sock")).is_some());
         assert!(split_restart_needed(&old, &api("/run/a.sock")).is_some());
+        let cgnat = conf(&format!("{BASE}grant_prefix_v4 = 24\n"));
+        assert!(restart_needed(&old, &cgnat).unwrap().starts_with("the prefix lengths"));
+        // The same lengths on another door need no new set.
+        let other = format!("{BASE}[[door]]\nname = \"b\"\nsequence = [1, 2, 3]\nopen = [\"tcp/22\"]\n");
+        let moved = format!("{}grant_prefix_v4 = 24\n", other);
+        assert_eq!(restart_needed(&cgnat, &conf(&moved)), None);
         let cmd = format!("{BASE}start_command = \"true\"\n");
         assert_eq!(
             restart_needed(&old, &conf(&cmd)).unwrap(),

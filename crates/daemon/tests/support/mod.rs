@@ -29,6 +29,17 @@ pub fn daemon_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullisd")
 }
 
+/// `portcullis keygen KIND` (`--server`, `--user`): (secret key, public key).
+pub fn keygen(kind: &str) -> (String, String) {
+    let out = std::process::Command::new(client_bin()).args(["keygen", kind]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let pick = |needle: &str| {
+        text.lines().find(|l| l.contains(needle)).and_then(|l| l.rsplit(' ').next()).unwrap().to_string()
+    };
+    (pick("secret key"), pick("public key"))
+}
+
 /// `portcullisd check --config <config>`, run to completion.
 pub fn daemon_check(config: &Path) -> std::process::Output {
     let run = std::process::Command::new(daemon_bin()).arg("check").arg("--config").arg(config).output();

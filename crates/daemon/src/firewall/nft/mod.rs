@@ -73,6 +73,7 @@ mod compose;
 mod expr;
 mod monitor;
 mod netlink;
+mod prefix_sets;
 mod ruleset;
 #[cfg(test)]
 mod tests;
@@ -118,8 +119,8 @@ impl NftDriver {
     /// with their timeouts. Missing table or sets: none.
     fn live(&mut self, op: &'static str, next: Option<&Plan>) -> Result<Vec<Elem>, FirewallError> {
         let mut out = Vec::new();
-        let mut sets = ruleset::grant_sets(&self.plan);
-        for s in next.map(ruleset::grant_sets).unwrap_or_default() {
+        let mut sets = prefix_sets::grant_sets(&self.plan);
+        for s in next.map(prefix_sets::grant_sets).unwrap_or_default() {
             if !sets.contains(&s) {
                 sets.push(s);
             }
