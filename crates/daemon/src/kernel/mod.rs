@@ -104,6 +104,13 @@ pub fn plan(config: &Config, kind: Kind, now: u64) -> KernelPlan {
     for (i, d) in config.doors.iter().enumerate() {
         match door(i, d, kind, now) {
             Ok(k) => {
+                if !config.limits.grant_prefix.door(&d.name).is_single() {
+                    warnings.push(format!(
+                        "door {}: grant_prefix_v4/v6 is not applied: kernel mode opens for the \
+                         knocker's own address only",
+                        d.name
+                    ));
+                }
                 if let Some(r) = &d.rotating {
                     let s = r.rotation.step_secs();
                     step_secs = Some(step_secs.map_or(s, |t| t.min(s)));

@@ -43,6 +43,18 @@ fn doors_the_kernel_cannot_run_are_skipped_with_a_reason() {
 }
 
 #[test]
+fn a_prefix_door_is_kept_for_its_own_address_and_says_so() {
+    let text = FIXED.replacen("open_for = \"30s\"\n", "open_for = \"30s\"\ngrant_prefix_v4 = 24\n", 1);
+    let p = plan(&cfg(&text), Kind::Nftables, 0);
+    assert_eq!(p.doors.len(), 2);
+    assert!(
+        p.warnings.iter().any(|w| w.starts_with("door ssh: grant_prefix_v4/v6 is not applied")),
+        "{:?}",
+        p.warnings
+    );
+}
+
+#[test]
 fn nft_ruleset_walks_stages_resets_and_gates() {
     let p = plan(&cfg(FIXED), Kind::Nftables, 0);
     let t = nft::render(&p, &["hdr".into()], 1024);
