@@ -324,11 +324,8 @@ wait_count() { # needle, more than
   return 1
 }
 seq_now=31338
-if journal | grep -q "SIGHUP reload needs a restart in this mode"; then
-  # The split daemon of this build says so at start; reload under the split lands later.
-  log "SKIPPED: reload checks: the split daemon logged 'SIGHUP reload needs a restart in this mode'"
-  seq_now=31337
-else
+! journal | grep -q "SIGHUP reload needs a restart in this mode" ||
+  fail "the split daemon says it cannot reload on SIGHUP"
 opens=$(count "OPEN SESAME")
 sed -i 's/^sequence = \[31337, "47123:udp", 12011\]/sequence = [31338, 12012, "47124:udp"]/' "$conf"
 grep -q '^sequence = \[31338' "$conf" || fail "could not edit the sequence"
@@ -358,7 +355,6 @@ grep -q "portcullis.toml:" <<<"$line" || fail "the refusal does not say file:lin
 log "ok: a bad config on reload is refused at priority err: $line"
 cp "$work/good-$$.toml" "$conf"
 rm -f "$work/good-$$.toml"
-fi
 
 ! journal | grep -q "Watchdog timeout" || fail "the watchdog fired before the wedge test"
 
@@ -406,6 +402,31 @@ up=$(inside systemctl show -P MainPID portcullisd.service)
 [ "$up" != "$new" ] || fail "upgrade did not restart the running daemon"
 log "ok: upgrade kept the config and restarted the daemon (MainPID $new -> $up)"
 expect_port closed "the knocker's grant survived the upgrade"
+
+# --- 3b. a door with knockd-style commands: they run as root in the privileged part, and
+# the pending stop is written in the state directory the unprivileged part owns (root
+# without CAP_DAC_OVERRIDE writes there through the directory's group).
+cat >>"$conf" <<'EOF'
+
+[[door]]
+name = "cmd"
+sequence = [31400, 31402, 31401]
+start_command = ["/usr/bin/logger", "-t", "pcst-door", "start %IP%"]
+stop_command = ["/usr/bin/logger", "-t", "pcst-door", "stop %IP%"]
+cmd_timeout = 3
+EOF
+inside systemctl restart portcullisd.service
+wait_active portcullisd.service 30
+ip netns exec "$cli" "$client" knock -d 50 $SERVER 31400 31402 31401
+ran() { inside journalctl --no-pager -o cat -t pcst-door | grep -c "^$1 $CLIENT$" || true; }
+for _ in $(seq 1 25); do [ "$(ran start)" -ge 1 ] && break; sleep 0.2; done
+[ "$(ran start)" -ge 1 ] || fail "the door's start command did not run: $(journal | tail -20)"
+pending=$(inside stat -c '%U %a' /var/lib/portcullis/pending-stops.toml 2>/dev/null || true)
+[ "$pending" = "root 600" ] || fail "pending-stops.toml is '$pending', expected root's, 0600: $(journal | grep -i pending | tail -3)"
+for _ in $(seq 1 40); do [ "$(ran stop)" -ge 1 ] && break; sleep 0.2; done
+[ "$(ran stop)" -ge 1 ] || fail "the door's stop command did not run after cmd_timeout"
+! journal | grep -qi "pending.*\(denied\|failed\)" || fail "pending stop file errors: $(journal | grep -i pending | tail -3)"
+log "ok: door commands run under the unit (start, pending stop recorded as root 0600, stop after 3 s)"
 
 # --- 4. daemon disabled, container rebooted: the gate alone keeps the port closed
 inside systemctl disable --now portcullisd.service >/dev/null 2>&1

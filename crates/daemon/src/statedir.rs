@@ -15,6 +15,10 @@ use crate::fsperm::{self, DIR_MODE, FILE_MODE};
 
 /// Name of the lock file inside the state directory.
 pub const LOCK_FILE: &str = "lock";
+/// Mode of a state directory handed to the unprivileged part of a split daemon: owned by
+/// that user, group root, so that the privileged part (root without `CAP_DAC_OVERRIDE`
+/// under the shipped unit) can still write its own files there (`pending-stops.toml`).
+pub const HANDED_OVER_MODE: u32 = 0o770;
 /// How long a start waits for the state dir lock before refusing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -77,15 +81,18 @@ impl StateDir {
         if !md.is_dir() {
             return Err(StateDirError::Unsafe(format!("state dir {} is not a directory", dir.display())));
         }
-        if unprivileged != Some(md.uid()) {
+        let handed_over = unprivileged == Some(md.uid());
+        if !handed_over {
             fsperm::check_trusted(dir, &md).map_err(|e| StateDirError::Unsafe(format!("state dir {e}")))?;
-        } else if md.mode() & 0o022 != 0 {
+        } else if md.mode() & 0o002 != 0 || (md.mode() & 0o020 != 0 && md.gid() != 0) {
             return Err(StateDirError::Unsafe(format!(
                 "state dir {}: group/others may write it; refusing to start",
                 dir.display()
             )));
         }
-        if md.mode() & 0o7777 != DIR_MODE {
+        // A directory handed to the unprivileged part is HANDED_OVER_MODE, set by the
+        // hand-over itself (root may not chmod another user's directory under the unit).
+        if !handed_over && md.mode() & 0o7777 != DIR_MODE {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
                 .map_err(io("chmod 700"))?;
         }
@@ -223,6 +230,30 @@ mod tests {
         let file = d.path().join("file");
         std::fs::write(&file, "").unwrap();
         assert!(StateDir::open(&file, None, None).unwrap_err().to_string().contains("not a directory"));
+    }
+
+    #[test]
+    fn a_directory_handed_over_may_be_group_writable_by_root_only() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root (chown) under CI");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(HANDED_OVER_MODE)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(0)).unwrap();
+        drop(StateDir::open(&dir, None, Some(65534)).unwrap());
+        assert_eq!(mode(&dir), HANDED_OVER_MODE, "left as the hand-over set it");
+        let e = StateDir::open(&dir, None, None).unwrap_err().to_string();
+        assert!(e.contains("not owned by root"), "not handed over in this run: {e}");
+        std::os::unix::fs::chown(&dir, None, Some(65534)).unwrap();
+        let e = StateDir::open(&dir, None, Some(65534)).unwrap_err().to_string();
+        assert!(e.contains("group/others may write it"), "group other than root: {e}");
+        std::os::unix::fs::chown(&dir, None, Some(0)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&dir, None, Some(65534)).unwrap_err().to_string();
+        assert!(e.contains("group/others may write it"), "world-writable: {e}");
     }
 
     #[test]

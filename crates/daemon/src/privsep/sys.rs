@@ -195,6 +195,17 @@ pub fn chown_tree(path: &std::path::Path, account: &Account, except: &[&str]) ->
         }
     }
     // Last: a root without CAP_DAC_OVERRIDE (the systemd unit's) cannot list the 0700
-    // directory once it is the other user's.
-    own(path)
+    // directory once it is the other user's. Group root with write access keeps the
+    // privileged part able to write its pending stop commands there; the mode is set
+    // while root still owns the directory (after the chown it would need CAP_FOWNER).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(crate::statedir::HANDED_OVER_MODE))?;
+    fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(account.uid),
+        Some(nix::unistd::Gid::from_raw(0)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io::Error::other(format!("chown {}: {e}", path.display())))
 }
