@@ -216,6 +216,8 @@ struct Burst {
     distinct: i64,
     /// Per gateway: how many times its log says it applied one of them.
     logged: Vec<usize>,
+    /// Per gateway: warnings and errors in its log over the whole run.
+    complaints: Vec<usize>,
     /// Per gateway: held 2 s before expiry.
     before: Vec<usize>,
     /// Time after the expiry until no node held any (`None`: some still held at +3 s).
@@ -249,7 +251,7 @@ impl Burst {
             })
             .collect();
         format!(
-            "{}; {} rows ({} distinct); applied per node (log) {:?}",
+            "{} (kernel sets read every 0.2 s); {} rows ({} distinct); applied per node (log) {:?}",
             per.join(", "),
             thousands(u64::try_from(self.rows).unwrap_or(0)),
             thousands(u64::try_from(self.distinct).unwrap_or(0)),
@@ -266,13 +268,15 @@ impl Burst {
 
     fn note(&self) -> String {
         format!(
-            "- burst: {} fleet grants written as member `{OPS}` in transactions of {BATCH} in {:.2} s (load {} → {}); {}; {}",
+            "- burst: {} fleet grants written as member `{OPS}` in transactions of {BATCH} in {:.2} s (load {} → {}); {}; {}; \
+             warnings + errors in each gateway's log over the run: {:?}",
             thousands(u64::from(self.n)),
             self.written.as_secs_f64(),
             self.load.0,
             self.load.1,
             self.measured(),
-            self.expiry()
+            self.expiry(),
+            self.complaints
         )
     }
 }
@@ -319,7 +323,8 @@ fn burst(lab: &mut FleetLab, n: u32) -> anyhow::Result<Burst> {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Each poll dumps three sets of up to 10,000 elements: not too often.
+        std::thread::sleep(Duration::from_millis(200));
     }
     let applied: Vec<Result<Duration, usize>> = applied.into_iter().flatten().collect();
     let load1 = loadavg();
@@ -328,6 +333,11 @@ fn burst(lab: &mut FleetLab, n: u32) -> anyhow::Result<Burst> {
     let (rows, distinct): (i64, i64) = (r.get(0), r.get(1));
     let needle = format!("by fleet node {OPS}");
     let logged = lab.gws.iter().map(|g| g.log_text().matches(&needle).count()).collect();
+    let complaints = lab
+        .gws
+        .iter()
+        .map(|g| g.log_text().lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count())
+        .collect();
 
     let until = |ms_before: i64| {
         Duration::from_millis(u64::try_from(expires_at - ms_before - unix_ms()).unwrap_or(0))
@@ -349,5 +359,59 @@ fn burst(lab: &mut FleetLab, n: u32) -> anyhow::Result<Burst> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(Burst { n, written, applied, rows, distinct, logged, before, closed, load: (load0, load1) })
+    Ok(Burst {
+        n,
+        written,
+        applied,
+        rows,
+        distinct,
+        logged,
+        complaints,
+        before,
+        closed,
+        load: (load0, load1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn burst(applied: Vec<Result<Duration, usize>>, rows: i64, logged: Vec<usize>) -> Burst {
+        Burst {
+            n: 10,
+            written: Duration::ZERO,
+            applied,
+            rows,
+            distinct: rows,
+            logged,
+            complaints: vec![0; 3],
+            before: vec![10; 3],
+            closed: Some(Duration::ZERO),
+            load: (String::new(), String::new()),
+        }
+    }
+
+    #[test]
+    fn burst_verdict_catches_loss_and_duplicates() {
+        let all = || vec![Ok(Duration::from_secs(1)); 3];
+        assert!(burst(all(), 10, vec![10; 3]).ok());
+        assert!(!burst(vec![Ok(Duration::ZERO), Err(9), Ok(Duration::ZERO)], 10, vec![10; 3]).ok(), "lost");
+        assert!(!burst(all(), 11, vec![10; 3]).ok(), "duplicate row");
+        assert!(!burst(all(), 10, vec![10, 11, 10]).ok(), "applied twice");
+        let mut late = burst(all(), 10, vec![10; 3]);
+        late.closed = None;
+        assert!(!late.closed_on_time());
+        late.closed = Some(Duration::ZERO);
+        late.before = vec![10, 9, 10];
+        assert!(!late.closed_on_time(), "closed early");
+    }
+
+    #[test]
+    fn burst_addresses_are_apart_from_the_lab() {
+        assert_eq!(burst_addr(0), IpAddr::V4(Ipv4Addr::new(10, 20, 0, 0)));
+        assert_eq!(burst_addr(9_999), IpAddr::V4(Ipv4Addr::new(10, 20, 39, 15)));
+        assert!(in_burst(burst_addr(9_999)));
+        assert!(!in_burst("198.19.4.1".parse().unwrap()) && !in_burst("192.0.2.2".parse().unwrap()));
+    }
 }
