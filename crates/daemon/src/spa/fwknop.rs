@@ -58,7 +58,7 @@ impl SpaGate {
             (st.source.is_empty() || st.source.iter().any(|c| c.contains(src)))
                 && (st.destination.is_empty()
                     || dst.is_some_and(|d| st.destination.iter().any(|c| c.contains(d))))
-                && !st.expires.is_some_and(|e| now_unix > e)
+                && st.expires.is_none_or(|e| now_unix <= e)
         };
         self.stanzas.iter().enumerate().filter(|(_, st)| admits(st)).map(|(i, _)| i).collect()
     }
