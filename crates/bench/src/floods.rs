@@ -19,7 +19,10 @@ use portcullis_proto::spa::native;
 
 /// The grant flood: every spoofed source completes the door's (known) sequence.
 pub const GRANT_FLOOD: &str =
-    "grant flood: the known sequence 7000,8000,9000 completed by each of 32,768 spoofed sources (128 /24s)";
+    "grant flood: the known sequence 7000,8000,9000 completed by each of 50,000 spoofed sources (196 /24s)";
+/// The grant flood's sources: 198.18.0.0 onwards, 50,000 of them.
+const GRANT_FLOOD_SOURCES: Sources =
+    Sources::V4 { base: std::net::Ipv4Addr::new(198, 18, 0, 0), count: 50_000 };
 
 /// Time a legitimate attempt has to succeed.
 pub const LEGIT_LIMIT: Duration = Duration::from_millis(2500);
@@ -259,7 +262,7 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
         (
             Daemon::Portcullisd,
             format!("{GRANT_FLOOD}, full speed"),
-            spec(Kind::Syn, Ports::Sequence(&SEQUENCE), None),
+            Spec { sources: GRANT_FLOOD_SOURCES, ..spec(Kind::Syn, Ports::Sequence(&SEQUENCE), None) },
             true,
         ),
         (
@@ -363,7 +366,7 @@ pub fn run(env: &mut Env, attempts: usize, only: Option<&str>, report: &mut Repo
     }
     t.note(format!(
         "Attacker: Rust raw socket (IP_HDRINCL) in the attacker namespace, same L2 segment as client and server; \
-         spoofed sources 198.18.0.0/17 in order (each seen every 32,768 packets); {} s per flood, hard caps on \
+         spoofed sources 198.18.0.0/17 in order (each seen every 32,768 packets; the grant flood: 50,000 from 198.18.0.0, three packets each); {} s per flood, hard caps on \
          time and packets. Legit: {attempts} attempts, one per second from a fresh source, each with {:.1} s to \
          get tcp/22 answered; \"after\" = 2 attempts right after the flood. CPU% = the daemon's main process and its children \
          (utime+stime from /proc/PID/stat, all threads), 100 = one core. Server rx = the server's eth0 \

@@ -49,14 +49,23 @@ impl TokenBucket {
     /// Take one token at `now` only if `keep` more would still be left: the last
     /// `keep` tokens are held back for callers that pass a smaller `keep`.
     pub fn take_keeping(&mut self, now: Millis, keep: u32) -> bool {
+        self.take_n_keeping(now, 1, keep)
+    }
+
+    /// Take `n` tokens at `now` if there are that many, else none.
+    pub fn take_n(&mut self, now: Millis, n: u32) -> bool {
+        self.take_n_keeping(now, n, 0)
+    }
+
+    fn take_n_keeping(&mut self, now: Millis, n: u32, keep: u32) -> bool {
         if now > self.last {
             let refill = (now.0 - self.last.0).saturating_mul(self.per_sec);
             self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.milli_burst);
             self.last = now;
         }
-        let need = self.cost.saturating_mul(u64::from(keep) + 1);
-        if self.milli_tokens >= need {
-            self.milli_tokens -= self.cost;
+        let take = self.cost.saturating_mul(u64::from(n));
+        if self.milli_tokens >= take.saturating_add(self.cost.saturating_mul(u64::from(keep))) {
+            self.milli_tokens -= take;
             true
         } else {
             false
@@ -127,6 +136,16 @@ mod tests {
         assert!(b.take(Millis(0)) && b.take(Millis(0)), "the held-back two are there for others");
         assert!(!b.take(Millis(0)));
         assert!(!b.take_keeping(Millis(10), 1) && b.take_keeping(Millis(10), 0), "one refilled");
+    }
+
+    #[test]
+    fn several_tokens_are_taken_all_or_none() {
+        let mut b = TokenBucket::new(1000, 20);
+        assert!(b.take_n(Millis(0), 15));
+        assert!(!b.take_n(Millis(0), 6), "5 left: none taken");
+        assert!(b.take_n(Millis(0), 5));
+        assert!(!b.take(Millis(0)));
+        assert!(b.take_n(Millis(7), 7) && !b.take(Millis(7)));
     }
 
     #[test]

@@ -137,6 +137,22 @@ impl PacketSocket {
     }
 }
 
+/// Wait up to `timeout` until `a` or `b` has packets queued; which of them have.
+pub fn wait_either(a: &PacketSocket, b: &PacketSocket, timeout: Duration) -> io::Result<(bool, bool)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds =
+        [PollFd::new(a.sock.as_fd(), PollFlags::POLLIN), PollFd::new(b.sock.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
+        Err(e) => return Err(e.into()),
+    }
+    let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+    Ok((ready(&fds[0]), ready(&fds[1])))
+}
+
 /// Whether an error from [`PacketSocket::recv_batch`] just means "nothing arrived in time".
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)

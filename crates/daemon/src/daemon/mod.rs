@@ -3,12 +3,14 @@
 //!
 //! Threading: one capture thread does recv → parse → track → grant for knocks
 //! synchronously. The nftables grant is a single netlink round trip (microseconds), so
-//! doing it inline gives the lowest knock-to-open latency. SPA datagrams get only their
-//! cheap checks and crypto budget on arrival; what passes waits in a bounded backlog,
-//! fair between source prefixes, and the same thread decides it (crypto, replay,
-//! policy, grant) in slices of at most [`SPA_SLICE`] after each batch, reading the
-//! socket without waiting while any is left. So a flood of crypto-costly SPA junk holds
-//! a knock up by one slice at most, and grants stay applied one at a time through
+//! doing it inline gives the lowest knock-to-open latency. With `[spa]` the SPA ports
+//! have a packet socket of their own, read after the knocks' one: an SPA flood fills
+//! only its own receive buffer. SPA datagrams get only their cheap checks and crypto
+//! budget on arrival; what passes waits in a bounded backlog, fair between source
+//! prefixes, and the same thread decides it (crypto, replay, policy, grant) in slices of
+//! at most [`SPA_SLICE`] after each batch, reading the sockets without waiting while any
+//! is left. So a flood of crypto-costly SPA junk holds a knock up by one SPA batch and
+//! one slice at most, and grants stay applied one at a time through
 //! [`crate::grants::Granter`]. The address monitor runs on its own thread, the grant
 //! expiry scheduler and the store writer on theirs (see [`crate::grants`]).
 
@@ -26,7 +28,7 @@ use portcullis_proto::bpf::{self, Match};
 use portcullis_proto::{wire, Millis, Proto};
 
 use crate::capture::udp_server::UdpServer;
-use crate::capture::{is_timeout, Batch, Monitor, PacketSocket};
+use crate::capture::{is_timeout, wait_either, Batch, Monitor, PacketSocket};
 use crate::config::{Backend, Config};
 use crate::firewall::nft::NftDriver;
 use crate::firewall::none::NoFirewall;
@@ -44,6 +46,16 @@ const BATCH: usize = 64;
 /// Longest stretch of SPA crypto between two reads of the capture socket (a native
 /// packet costs ~0.1 ms, an fwknop one ~2 µs per stanza tried).
 pub const SPA_SLICE: Duration = Duration::from_micros(500);
+
+/// Never exit on capture errors (an interface vanishing mid-read, ENOBUFS): log at most
+/// once a second and keep going.
+fn capture_error(last_log: &mut Option<Instant>, e: &std::io::Error) {
+    if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+        tracing::warn!("capture error (continuing): {e}");
+        *last_log = Some(Instant::now());
+    }
+    std::thread::sleep(Duration::from_millis(10));
+}
 
 /// The driver a config asks for.
 pub fn driver_for(config: &Config) -> anyhow::Result<Box<dyn FirewallDriver>> {
@@ -67,10 +79,26 @@ pub fn plan_for(config: &Config) -> Plan {
     plan
 }
 
+/// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`,
+/// and the SPA ports: what one capture socket takes.
+pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
+    let mut m = knock_matches(config, unix);
+    m.extend(spa_matches(config));
+    m
+}
+
+/// The SPA ports' matches (none without `[spa]`).
+pub fn spa_matches(config: &Config) -> Vec<Match> {
+    let ports = config.spa.as_ref().map_or(&[][..], |s| &s.ports[..]);
+    let udp =
+        |port| Match { proto: Proto::Udp, port, flags: portcullis_proto::FlagFilter { set: 0, clear: 0 } };
+    ports.iter().copied().collect::<BTreeSet<u16>>().into_iter().map(udp).collect()
+}
+
 /// The BPF matches for every knock of every door (de-duplicated) at Unix time `unix`:
 /// a rotating door's knocks of the previous, current and next step, so the filter can
 /// be swapped at leisure after a boundary without missing the new step's knocks.
-pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
+pub fn knock_matches(config: &Config, unix: u64) -> Vec<Match> {
     let set: BTreeSet<(u8, u16, u8, u8)> = config
         .doors
         .iter()
@@ -88,10 +116,6 @@ pub fn bpf_matches(config: &Config, unix: u64) -> Vec<Match> {
             })
         })
         .collect();
-    let mut set = set;
-    if let Some(spa) = &config.spa {
-        set.extend(spa.ports.iter().map(|&p| (Proto::Udp.number(), p, 0, 0)));
-    }
     set.into_iter()
         .filter_map(|(p, port, set, clear)| {
             Some(Match {
@@ -132,8 +156,11 @@ pub(crate) fn open_replay(
 /// What the daemon opens while it still has every privilege: the capture socket and
 /// the API's sockets and tokens.
 pub struct Opened {
-    /// The packet socket.
+    /// The packet socket: knocks (and the SPA ports when there is no `spa_sock`).
     pub sock: PacketSocket,
+    /// With `[spa]`: a packet socket of its own for the SPA ports, so that no SPA flood
+    /// can fill the knocks' receive buffer or be read before them.
+    pub spa_sock: Option<PacketSocket>,
     /// The API, bound but not served.
     pub api: Option<crate::api::Bound>,
 }
@@ -142,10 +169,28 @@ pub struct Opened {
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating state dir {}", config.daemon.state_dir.display()))?;
-    let sock = PacketSocket::open(&bpf::program(&bpf_matches(config, unix_now())), RECV_TIMEOUT)
+    let split = config.spa.is_some();
+    let sock = PacketSocket::open(&bpf::program(&main_matches(config, unix_now(), split)), RECV_TIMEOUT)
         .context("opening the capture socket (needs CAP_NET_RAW)")?;
+    let spa_sock = match split {
+        true => Some(
+            PacketSocket::open(&bpf::program(&spa_matches(config)), RECV_TIMEOUT)
+                .context("opening the SPA capture socket (needs CAP_NET_RAW)")?,
+        ),
+        false => None,
+    };
     let api = config.api.as_ref().map(crate::api::bind).transpose().context("starting the API")?;
-    Ok(Opened { sock, api })
+    Ok(Opened { sock, spa_sock, api })
+}
+
+/// What the main capture socket takes: knocks, plus the SPA ports unless they have a
+/// socket of their own (`split`).
+fn main_matches(config: &Config, unix: u64, split: bool) -> Vec<Match> {
+    if split {
+        knock_matches(config, unix)
+    } else {
+        bpf_matches(config, unix)
+    }
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -163,7 +208,7 @@ pub fn serve(
     privileged: Option<Arc<crate::privsep::client::Client>>,
     reloading: Option<(Option<signal_hook::iterator::Signals>, reload::Loader)>,
 ) -> anyhow::Result<()> {
-    let Opened { sock, api } = opened;
+    let Opened { sock, spa_sock, api } = opened;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let granter =
@@ -283,38 +328,59 @@ pub fn serve(
             engine = next;
             current = *u.config;
             filter_generation = engine.rotation_generation();
-            if let Err(e) = sock.set_filter(&bpf::program(&bpf_matches(&current, unix_now()))) {
+            if let Err(e) =
+                sock.set_filter(&bpf::program(&main_matches(&current, unix_now(), spa_sock.is_some())))
+            {
                 tracing::error!(
                     "reload: the new capture filter was refused ({e}); knocks on new ports are not seen"
+                );
+            }
+            if let Err(e) =
+                spa_sock.as_ref().map_or(Ok(()), |s| s.set_filter(&bpf::program(&spa_matches(&current))))
+            {
+                tracing::error!(
+                    "reload: the new SPA capture filter was refused ({e}); new SPA ports are not seen"
                 );
             }
             tracing::info!("reloaded: {}; {kept} door group(s) kept their knocks in progress", u.summary);
             svc.ready(&format!("reloaded: {}", u.summary));
         }
         // SPA packets waiting for crypto: read what is queued, do not wait for more.
-        match sock.recv_batch(&mut batch, !engine.spa_pending()) {
-            Ok(_) => {
-                if monitor.generation() != generation {
-                    generation = monitor.generation();
-                    view = monitor.view();
+        let wait = !engine.spa_pending();
+        // Which sockets to read, and whether the read may wait: knocks first, from their
+        // own socket when SPA has one, then one batch of the SPA socket.
+        let reads: [(Option<&PacketSocket>, bool); 2] = match &spa_sock {
+            None => [(Some(&sock), wait), (None, false)],
+            Some(spa) => match wait_either(&sock, spa, if wait { RECV_TIMEOUT } else { Duration::ZERO }) {
+                Ok((k, s)) => [(k.then_some(&sock), false), (s.then_some(spa), false)],
+                Err(e) => {
+                    capture_error(&mut last_error_log, &e);
+                    [(None, false), (None, false)]
                 }
-                // One clock read per batch: packets in a batch arrived within microseconds.
-                let (t, wall) = (now(), SystemTime::now());
-                for (bytes, meta) in batch.packets() {
-                    if let Ok(d) = wire::parse_ip(bytes) {
-                        engine.on_datagram(&view, meta.ifindex, &d, t, wall);
+            },
+        };
+        for (i, (from, wait)) in reads.into_iter().enumerate() {
+            let Some(from) = from else { continue };
+            // A coarse knock filter may pass SPA datagrams too: they are the SPA socket's.
+            let skip_spa = i == 0 && spa_sock.is_some();
+            match from.recv_batch(&mut batch, wait) {
+                Ok(_) => {
+                    if monitor.generation() != generation {
+                        generation = monitor.generation();
+                        view = monitor.view();
+                    }
+                    // One clock read per batch: packets in a batch arrived within microseconds.
+                    let (t, wall) = (now(), SystemTime::now());
+                    for (bytes, meta) in batch.packets() {
+                        match wire::parse_ip(bytes) {
+                            Ok(d) if skip_spa && d.proto == Proto::Udp && engine.is_spa_port(d.dst_port) => {}
+                            Ok(d) => engine.on_datagram(&view, meta.ifindex, &d, t, wall),
+                            Err(_) => {}
+                        }
                     }
                 }
-            }
-            Err(e) if is_timeout(&e) => {}
-            Err(e) => {
-                // Never exit on capture errors (an interface vanishing mid-read, ENOBUFS):
-                // log at most once a second and keep going.
-                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!("capture error (continuing): {e}");
-                    last_error_log = Some(Instant::now());
-                }
-                std::thread::sleep(Duration::from_millis(10));
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => capture_error(&mut last_error_log, &e),
             }
         }
         let (t, wall) = (now(), SystemTime::now());
@@ -333,7 +399,7 @@ pub fn serve(
             // If the new filter is refused the old one stays: it was built with the next
             // step in it, so it passes the new current step's knocks until the step after,
             // when the swap is tried again.
-            match sock.set_filter(&bpf::program(&bpf_matches(&current, unix))) {
+            match sock.set_filter(&bpf::program(&main_matches(&current, unix, spa_sock.is_some()))) {
                 Ok(()) => tracing::debug!("rotating doors: capture filter follows step change"),
                 Err(e) => tracing::error!("rotating doors: replacing the capture filter failed: {e}"),
             }
@@ -341,8 +407,10 @@ pub fn serve(
         }
         if t.since(last_housekeeping) >= Duration::from_secs(1) {
             engine.housekeeping(t, wall);
-            if let Ok(n) = sock.take_drops() {
-                engine.count_capture_drops(n);
+            for s in std::iter::once(&sock).chain(spa_sock.as_ref()) {
+                if let Ok(n) = s.take_drops() {
+                    engine.count_capture_drops(n);
+                }
             }
             granter.publish_stats(engine.stats());
             last_housekeeping = t;

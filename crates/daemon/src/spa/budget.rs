@@ -157,11 +157,18 @@ impl PrefixBudget {
     /// a prefix that is out spends nothing of the global ceiling), then the ceiling,
     /// then, for a quiet prefix, the reserve.
     pub fn take(&mut self, src: IpAddr, now: Millis) -> Result<(), Exhausted> {
+        self.take_n(src, 1, now)
+    }
+
+    /// Spend `n` units for one packet (an fwknop packet tried against `n` stanzas), all
+    /// or none from each bucket: a packet that cannot pay in full spends nothing of the
+    /// ceiling, and a quiet prefix's packet may take all `n` from the reserve.
+    pub fn take_n(&mut self, src: IpAddr, n: u32, now: Millis) -> Result<(), Exhausted> {
         let (slot, quiet) = self.slot_for(Prefix::of(src, self.limits.v4_prefix, self.limits.v6_prefix), now);
-        if !slot.bucket.take(now) {
+        if !slot.bucket.take_n(now, n) {
             return Err(Exhausted::Prefix);
         }
-        if self.global.take(now) || (quiet && self.reserve.take(now)) {
+        if self.global.take_n(now, n) || (quiet && self.reserve.take_n(now, n)) {
             Ok(())
         } else {
             Err(Exhausted::Global)
@@ -293,6 +300,20 @@ mod tests {
         // The reserve is bounded too: newcomers beyond its burst are refused.
         let refused = (0..10u8).filter(|i| b.take(IpAddr::from([172, 16, *i, 1]), later).is_err()).count();
         assert!(refused >= 9, "{refused}");
+    }
+
+    #[test]
+    fn a_packet_pays_all_its_units_or_none() {
+        let mut b = PrefixBudget::new(SMALL);
+        // Twelve busy prefixes drain the global bucket but for 2 units.
+        for i in 0..10u8 {
+            b.take(IpAddr::from([10, i, 0, 1]), Millis(0)).unwrap();
+        }
+        assert_eq!(b.take_n(ip("10.0.0.1"), 3, Millis(0)), Err(Exhausted::Global), "2 left, not quiet");
+        assert_eq!(b.take_n(ip("10.1.0.1"), 2, Millis(0)), Ok(()), "the 2 were not spent by the refusal");
+        // A quiet newcomer takes a whole multi-unit packet from the reserve (burst 2).
+        assert_eq!(b.take_n(ip("192.0.2.1"), 3, Millis(0)), Err(Exhausted::Global), "more than the reserve");
+        assert_eq!(b.take_n(ip("192.0.3.1"), 2, Millis(0)), Ok(()));
     }
 
     #[test]

@@ -27,8 +27,9 @@ pub(super) struct LastFwknop {
 
 impl SpaGate {
     /// The cheap part: shape, imported digests, the stanzas that may apply (source,
-    /// destination, expiry) and one unit of budget for each of them: a packet that
-    /// cannot pay for every stanza it would be tried against is refused before any.
+    /// destination, expiry) and one unit of budget for each of them, all or none: a
+    /// packet that cannot pay for every stanza it would be tried against is refused
+    /// before any, having spent nothing of the ceiling.
     pub(super) fn screen_fwknop(
         &mut self,
         src: IpAddr,
@@ -44,11 +45,10 @@ impl SpaGate {
             return Err(RejectReason::Replayed);
         }
         let stanzas = self.candidate_stanzas(src, dst, now_unix);
-        for _ in &stanzas {
-            self.fwknop_budget
-                .take(src, now)
-                .map_err(|exhausted| RejectReason::CryptoBudget { format: Format::Fwknop, exhausted })?;
-        }
+        let units = u32::try_from(stanzas.len()).unwrap_or(u32::MAX);
+        self.fwknop_budget
+            .take_n(src, units, now)
+            .map_err(|exhausted| RejectReason::CryptoBudget { format: Format::Fwknop, exhausted })?;
         Ok(Work::Fwknop(stanzas))
     }
 
@@ -58,7 +58,7 @@ impl SpaGate {
             (st.source.is_empty() || st.source.iter().any(|c| c.contains(src)))
                 && (st.destination.is_empty()
                     || dst.is_some_and(|d| st.destination.iter().any(|c| c.contains(d))))
-                && !st.expires.is_some_and(|e| now_unix > e)
+                && st.expires.is_none_or(|e| now_unix <= e)
         };
         self.stanzas.iter().enumerate().filter(|(_, st)| admits(st)).map(|(i, _)| i).collect()
     }

@@ -32,6 +32,11 @@ impl Engine {
         }
     }
 
+    /// Whether UDP to `port` is SPA.
+    pub fn is_spa_port(&self, port: u16) -> bool {
+        self.spa.as_ref().is_some_and(|g| g.is_spa_port(port))
+    }
+
     /// Whether screened SPA packets are waiting for [`Engine::run_spa`].
     pub fn spa_pending(&self) -> bool {
         self.spa_backlog.as_ref().is_some_and(|b| !b.is_empty())
