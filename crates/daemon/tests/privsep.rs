@@ -154,6 +154,22 @@ fn parts_hold_only_what_they_need() {
     let parent = s.pid;
     let child = child_of(parent);
     let (ps, cs) = (status(parent), status(child));
+    // Capabilities are per thread: every thread of the privileged part (firewall
+    // watcher included) holds CAP_NET_ADMIN only, every thread of the other part nothing.
+    for (pid, want) in [(parent, CAP_NET_ADMIN), (child, 0)] {
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().collect();
+        assert!(pid == child || tasks.len() > 1, "the privileged part runs its watcher thread");
+        for t in tasks {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            if st.is_empty() {
+                continue;
+            }
+            for set in ["CapEff", "CapPrm", "CapBnd"] {
+                assert_eq!(caps(&st, set), want, "{set} of thread {:?} of {pid}:\n{st}", t.file_name());
+            }
+            assert_eq!(field(&st, "Seccomp"), "2", "thread {:?} of {pid} unfiltered", t.file_name());
+        }
+    }
 
     // The unprivileged part: not root, nothing in any capability set, no_new_privs.
     for uid in field(&cs, "Uid").split_whitespace().chain(field(&cs, "Gid").split_whitespace()) {

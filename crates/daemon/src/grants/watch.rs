@@ -158,7 +158,15 @@ impl Granter {
 
 /// Start `w`'s watcher thread (its plan must be set).
 pub fn start<W: Watched>(w: &Arc<W>) -> std::io::Result<()> {
-    let source = match w.firewall().lock().watch() {
+    let source = subscribe(w.as_ref());
+    spawn(w, source)
+}
+
+/// Subscribe to the driver's change notifications, if it has them (a privileged part
+/// does it before dropping capabilities, and starts the thread after: capabilities
+/// are per thread).
+pub fn subscribe(w: &dyn Watched) -> Option<Box<dyn Watch>> {
+    match w.firewall().lock().watch() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(
@@ -167,7 +175,11 @@ pub fn start<W: Watched>(w: &Arc<W>) -> std::io::Result<()> {
             );
             None
         }
-    };
+    }
+}
+
+/// Start `w`'s watcher thread on `source` (from [`subscribe`]).
+pub fn spawn<W: Watched>(w: &Arc<W>, source: Option<Box<dyn Watch>>) -> std::io::Result<()> {
     let how = if source.is_some() { "change notifications" } else { "periodic checks" };
     tracing::info!(
         "firewall: watching for changes by others ({how}; ruleset checked every {VERIFY_PERIOD:?})"

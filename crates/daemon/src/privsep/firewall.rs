@@ -47,9 +47,14 @@ impl Firewall {
         self.mirror.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start the watcher thread.
-    pub fn watch(self: &Arc<Self>) -> std::io::Result<()> {
-        watch::start(self)
+    /// Subscribe to the firewall's change notifications (while capabilities allow).
+    pub fn subscribe(&self) -> Option<Box<dyn crate::firewall::Watch>> {
+        watch::subscribe(self)
+    }
+
+    /// Start the watcher thread on `source` (from [`Firewall::subscribe`]).
+    pub fn watch(self: &Arc<Self>, source: Option<Box<dyn crate::firewall::Watch>>) -> std::io::Result<()> {
+        watch::spawn(self, source)
     }
 
     /// Health and repair counters.

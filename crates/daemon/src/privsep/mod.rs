@@ -186,8 +186,9 @@ fn privileged(
             policy::Policy::from_config(config),
             actions.as_ref().map(|a| a.handle()),
         );
-        // Its change notifications subscribe before the seccomp filter is in place.
-        server.firewall().watch().context("starting the firewall watcher")?;
+        // Subscribed before the seccomp filter; its thread starts after the capability
+        // drop (capabilities are per thread: a thread started earlier would keep them).
+        let source = server.firewall().subscribe();
         let keep = keep_for(config);
         match &keep {
             Some(k) => sys::keep_only(k).context("dropping capabilities")?,
@@ -198,6 +199,7 @@ fn privileged(
         if filtered {
             seccomp::confine_privileged().context("installing the seccomp filter")?;
         }
+        server.firewall().watch(source).context("starting the firewall watcher")?;
         let kept = keep.map_or("all (door commands configured)".to_string(), |k| {
             k.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
         });

@@ -87,11 +87,6 @@ impl Server {
         self.generation
     }
 
-    /// The config offered and not yet answered, if any.
-    pub fn offered(&self) -> Option<&Config> {
-        self.pending.as_ref().map(|(c, _)| c.as_ref())
-    }
-
     /// The unprivileged part's answer to an offer: the config it runs now, if it took it.
     fn settle(&mut self, generation: u64, accepted: bool) -> Option<Box<Config>> {
         if generation != self.generation {
