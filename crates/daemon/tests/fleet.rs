@@ -488,16 +488,17 @@ open = ["tcp/2223"]
 
         // Database stopped: local users still open, and close on time; fleet users refused.
         pg.down();
+        let t = Instant::now();
         send(&gws[2], packet(&bob, "bob", 2223, 3));
         gws[2].wait_probe(&gws[2].lab.client, lab::SERVER4, 2223, Probe::Open);
         send(&gws[2], packet(&alice, "alice", 2222, 20));
         gws[2].wait_log("fleet database unavailable", 1);
-        let t = Instant::now();
-        let closed = support::wait_until(Duration::from_secs(6), || {
+        let closed = support::wait_until(Duration::from_secs(8), || {
             gws[2].probe(&gws[2].lab.client, lab::SERVER4, 2223) == Probe::Filtered
         });
-        assert!(closed, "local grant did not expire on time");
-        assert!(t.elapsed() < Duration::from_secs(5));
+        // 3 s grant; the slack is for probes (600 ms each) on a loaded machine.
+        assert!(closed, "local grant did not expire");
+        assert!(t.elapsed() < Duration::from_secs(6), "local grant closed late: {:?}", t.elapsed());
         for g in &mut gws {
             g.kill9();
         }
