@@ -72,6 +72,7 @@ use super::{
 mod compose;
 mod expr;
 mod monitor;
+mod names;
 mod netlink;
 mod prefix_sets;
 mod ruleset;

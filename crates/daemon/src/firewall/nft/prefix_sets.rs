@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::ruleset::{allow_set, ID_PREFIX_BASE, SET_ALLOW4, SET_ALLOW6};
+use super::names::{allow_set, ID_PREFIX_BASE, SET_ALLOW4, SET_ALLOW6};
 use crate::firewall::{Plan, Prefix};
 
 /// The set holding grants for `p`: `allow4`/`allow6` for a single address, else the

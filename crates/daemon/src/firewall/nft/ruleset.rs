@@ -18,19 +18,9 @@ use netlink_packet_netfilter::nftables::{
 use portcullis_proto::{Proto, Service};
 
 use super::expr;
+pub use super::names::{CHAIN, SET_ALLOW4, SET_ALLOW6, SET_PROTECTED, TABLE};
 use super::prefix_sets::{by_set, prefix_sets, render_prefix_rules};
 use crate::firewall::{Grant, Key, Plan, Prefix};
-
-/// The one table we own: `table inet portcullis`.
-pub const TABLE: &str = "portcullis";
-/// Our base chain.
-pub const CHAIN: &str = "input";
-/// `inet_proto . inet_service` of every protected service.
-pub const SET_PROTECTED: &str = "protected";
-/// IPv4 grants: `ipv4_addr . inet_proto . inet_service`, with timeouts.
-pub const SET_ALLOW4: &str = "allow4";
-/// IPv6 grants: `ipv6_addr . inet_proto . inet_service`, with timeouts.
-pub const SET_ALLOW6: &str = "allow6";
 
 /// Hook priority `filter - 5`: just before the usual `filter` (0) chains. Order does
 /// not change the outcome (our drop is final wherever it runs) but running first
@@ -46,9 +36,6 @@ pub(super) const POLICY_ACCEPT: u32 = 1;
 pub(super) const ID_PROTECTED: u32 = 1;
 pub(super) const ID_ALLOW4: u32 = 2;
 pub(super) const ID_ALLOW6: u32 = 3;
-/// Prefix grant sets: this plus the prefix length (IPv4), plus 200 (IPv6); clear of
-/// the ids above and in `compose.rs`.
-pub(super) const ID_PREFIX_BASE: u32 = 100;
 
 /// nft datatype ids (`enum datatypes` in nftables' `datatype.h`); a concatenation's
 /// type is the field types shifted together 6 bits at a time.
@@ -109,14 +96,6 @@ pub struct Elem {
 /// 0 means "no timeout", i.e. a hole that never closes.
 pub fn timeout_ms(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// The set holding single-address grants for this address family.
-pub fn allow_set(addr: &IpAddr) -> &'static str {
-    match addr {
-        IpAddr::V4(_) => SET_ALLOW4,
-        IpAddr::V6(_) => SET_ALLOW6,
-    }
 }
 
 /// `inet_proto . inet_service` as 8 bytes: protocol in the first byte of its
