@@ -318,7 +318,9 @@ impl Apply for LagApply<'_> {
 fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop: &AtomicBool) {
     let status = &*clock.status;
     let mut pending: VecDeque<Job> = VecDeque::new();
-    let mut client = None;
+    // Connected before the first grant: a burst right after start must not wait for
+    // connection set-up while the channel fills.
+    let mut client = connect(url);
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(g) => pending.push_back(g),
