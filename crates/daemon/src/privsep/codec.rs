@@ -360,6 +360,10 @@ pub struct Bundle {
     pub text: String,
     /// The API tokens file's text, if the config has an API.
     pub tokens: Option<String>,
+    /// The other files parsing the config read (key files, `access.conf`, rotating
+    /// secrets), as the privileged part read and checked them.
+    #[serde(default)]
+    pub files: crate::config::files::Files,
 }
 
 /// Milliseconds, saturating.

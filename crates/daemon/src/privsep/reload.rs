@@ -54,7 +54,10 @@ impl Reload {
     }
 
     fn prepare(&self) -> anyhow::Result<(Config, String)> {
-        let (text, new) = self.loader.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Every file the parse reads (after its checks) goes with the text: the
+        // unprivileged part parses from these alone.
+        let (loaded, files) = crate::config::files::recording(|| self.loader.load());
+        let (text, new) = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
         let path = new.path.display().to_string();
         if let Some(why) =
             restart_needed(&self.config, &new).or_else(|| split_restart_needed(&self.config, &new))
@@ -74,9 +77,13 @@ impl Reload {
             }
             None => None,
         };
-        let bundle = serde_json::to_string(&Bundle { text, tokens }).context("encoding the config bundle")?;
+        let bundle =
+            serde_json::to_string(&Bundle { text, tokens, files }).context("encoding the config bundle")?;
         if bundle.len() > super::codec::MAX_BUNDLE {
-            anyhow::bail!("{path}: the config and tokens files are too large to hand over");
+            anyhow::bail!(
+                "{path}: the config, tokens and files it names are too large to hand over (over {} bytes)",
+                super::codec::MAX_BUNDLE
+            );
         }
         Ok((new, bundle))
     }
