@@ -284,6 +284,59 @@ mod tests {
         assert_eq!(serde_json::from_str::<Files>("{}").unwrap(), Files::default());
     }
 
+    /// A config naming every kind of file parsing reads: a server key, an access folder
+    /// whose file includes another, a rotating secret.
+    fn config_with_files(dir: &Path) -> String {
+        use portcullis_proto::spa::native::{ServerKey, UserKey};
+        use std::os::unix::fs::PermissionsExt;
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write("server.key", ServerKey::generate(&mut |b: &mut [u8]| b.fill(3)).to_text().as_str());
+        write("access.d/a.conf", "%include ../stanza.inc\n");
+        write("stanza.inc", "SOURCE ANY\nKEY secretkey1\nOPEN_PORTS tcp/2222\n");
+        write("s", "f00b4r\n");
+        let user = UserKey::generate(&mut |b: &mut [u8]| b.fill(7)).public();
+        format!(
+            "[spa]\nserver_key_file = \"server.key\"\naccess_conf = \"access.d\"\n\
+             [[spa.user]]\nname = \"alice\"\nkey = \"{user}\"\nopen = [\"tcp/22\"]\n\
+             [[door]]\nname = \"r\"\nopen = [\"tcp/23\"]\nrotating = {{ algorithm = \"hmac-sha256\", \
+             secret_file = \"s\", range = \"10000-10999\", count = 5 }}\n"
+        )
+    }
+
+    #[test]
+    fn a_config_parses_from_the_files_its_checked_parse_recorded_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("p.toml");
+        let text = config_with_files(d.path());
+        let (on_disk, files) = recording(|| crate::config::parse(&text, &path));
+        let on_disk = on_disk.unwrap();
+        let names: Vec<_> = files.files.keys().filter_map(|p| p.file_name()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(files.dirs.len(), 1);
+        // The bundle crosses the socket as JSON.
+        let files: Files = serde_json::from_str(&serde_json::to_string(&files).unwrap()).unwrap();
+        // Nothing on disk any more: served from the bundle alone.
+        std::fs::remove_dir_all(d.path()).unwrap();
+        let served = serving(files.clone(), || crate::config::parse(&text, &path)).unwrap();
+        let (a, b) = (served.spa.as_ref().unwrap(), on_disk.spa.as_ref().unwrap());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!((a.stanzas.len(), a.users.len()), (1, 1));
+        assert_eq!(served.doors, on_disk.doors);
+        // A file the bundle lacks is refused, by name (the disk is not asked).
+        for drop in files.files.keys() {
+            let mut less = files.clone();
+            less.files.remove(drop);
+            let e = serving(less, || crate::config::parse(&text, &path)).unwrap_err().to_string();
+            assert!(e.contains(&format!("{} is not among the files", drop.display())), "{e}");
+        }
+        assert!(crate::config::parse(&text, &path).is_err(), "outside the scope: the disk again");
+    }
+
     #[test]
     fn the_previous_mode_comes_back_after_a_panic() {
         let r = std::panic::catch_unwind(|| serving(Files::default(), || panic!("boom")));
