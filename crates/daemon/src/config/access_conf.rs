@@ -98,14 +98,15 @@ struct Reader {
     checked: Vec<PathBuf>,
 }
 
-/// Read an access file (or one it includes). It must be a regular file (not a FIFO or
-/// `/dev/zero`, whose length says nothing) that only root or we can write: its stanzas
-/// choose who may open what, and `CMD_CYCLE_*` lines run as root.
-/// Read through [`super::files`] (recorded for, or served to, a split daemon's reload).
+/// Read an access file (or one it includes) through [`super::files`] (recorded for, or
+/// served to, a split daemon's reload).
 fn read(path: &Path) -> Result<String, String> {
     super::files::read_text(path, MAX_FILE, read_disk)
 }
 
+/// It must be a regular file (not a FIFO or `/dev/zero`, whose length says nothing) that
+/// only root or we can write: its stanzas choose who may open what, and `CMD_CYCLE_*`
+/// lines run as root.
 fn read_disk(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let cant = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());

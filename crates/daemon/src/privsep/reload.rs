@@ -1,7 +1,9 @@
 //! SIGHUP in a split daemon. systemd signals the main process, the privileged part: it
 //! reads the config file and the API tokens file itself, checks them as a reload in one
 //! process does, and offers exactly the text it checked to the unprivileged part (which
-//! cannot read root's files), never the other way round. The unprivileged part sees the
+//! cannot read root's files), never the other way round. The files that parse read (key
+//! files, `access.conf` and its includes, rotating secrets: see [`crate::config::files`])
+//! go with the text, as read after their checks here. The unprivileged part sees the
 //! offer in its next status poll, builds its new engine from that text and answers
 //! whether it switched; only then does the privileged part's policy become the new
 //! config's (in between it allows what either config allows). A config refused by
