@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         None,
     );
     if data.first().is_some_and(|b| b & 1 == 1) {
-        let bundle = codec::encode(&codec::Bundle { text: "é".repeat(40_000), tokens: None });
+        let bundle = codec::encode(&codec::Bundle { text: "é".repeat(40_000), tokens: None, files: Default::default() });
         server.offer(c.clone(), String::from_utf8(bundle).expect("JSON is UTF-8"));
     }
     // Try the input as the first request and, split in two, as a pair.

@@ -98,10 +98,16 @@ struct Reader {
     checked: Vec<PathBuf>,
 }
 
-/// Read an access file (or one it includes). It must be a regular file (not a FIFO or
-/// `/dev/zero`, whose length says nothing) that only root or we can write: its stanzas
-/// choose who may open what, and `CMD_CYCLE_*` lines run as root.
+/// Read an access file (or one it includes) through [`super::files`] (recorded for, or
+/// served to, a split daemon's reload).
 fn read(path: &Path) -> Result<String, String> {
+    super::files::read_text(path, MAX_FILE, read_disk)
+}
+
+/// It must be a regular file (not a FIFO or `/dev/zero`, whose length says nothing) that
+/// only root or we can write: its stanzas choose who may open what, and `CMD_CYCLE_*`
+/// lines run as root.
+fn read_disk(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let cant = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
     let f = std::fs::File::open(path).map_err(|e| cant(&e))?;
@@ -121,8 +127,10 @@ fn read(path: &Path) -> Result<String, String> {
 /// A file holding keys: owned by the daemon's user (root), not accessible by group or
 /// others ([`crate::fsperm::check_secret`], as for every secret).
 pub fn check_key_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    crate::fsperm::check_secret(path, &meta)
+    super::files::check(path, |path| {
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        crate::fsperm::check_secret(path, &meta)
+    })
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -152,8 +160,7 @@ impl Reader {
         if self.files_read > MAX_FILES {
             return Err(format!("{}: more than {MAX_FILES} files included", path.display()));
         }
-        let canon =
-            std::fs::canonicalize(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let canon = super::files::canonicalize(path)?;
         if self.chain.contains(&canon) {
             return Err(format!("{}: include loop (it includes itself)", path.display()));
         }
@@ -238,14 +245,7 @@ impl Reader {
             "%INCLUDE_FOLDER" => {
                 self.close_stanza()?;
                 let dir = resolve(path, value);
-                let rd = std::fs::read_dir(&dir)
-                    .map_err(|e| format!("%include_folder: cannot read {}: {e}", dir.display()))?;
-                let mut files: Vec<PathBuf> = rd
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "conf") && p.is_file())
-                    .collect();
-                files.sort();
+                let files = super::files::conf_files(&dir).map_err(|e| format!("%include_folder: {e}"))?;
                 for f in files {
                     self.file(&f, depth + 1).map_err(|e| format!("%include_folder: {e}"))?;
                 }

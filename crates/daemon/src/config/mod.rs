@@ -19,6 +19,7 @@ pub mod api;
 pub mod convert;
 pub mod convert_hint;
 pub mod error;
+pub mod files;
 pub mod fwknopd;
 pub mod grant_prefix;
 pub mod knockd;

@@ -145,6 +145,10 @@ pub(super) fn validate(
 /// owned by root or by us, no group/other permission bits, at most 64 KiB. Checked on
 /// the opened file, so the file checked is the file read.
 pub fn read_root_secret(path: &Path) -> Result<Vec<u8>, String> {
+    super::files::read(path, MAX_SECRET_FILE, read_disk)
+}
+
+fn read_disk(path: &Path) -> Result<Vec<u8>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let md = f.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     if !md.is_file() {

@@ -202,7 +202,11 @@ pub(super) fn validate(
     let mut access_path = None;
     if let Some(p) = raw.access_conf {
         let path = resolve(config_dir, p.get_ref());
-        let parsed = if path.is_dir() { access_conf::load_folder(&path) } else { access_conf::load(&path) };
+        let parsed = if super::files::is_dir(&path) {
+            access_conf::load_folder(&path)
+        } else {
+            access_conf::load(&path)
+        };
         let mut parsed = parsed.or_else(|e| at(p.span(), e))?;
         access_path = Some(path);
         if crate::fleet::config::scope(raw.access_conf_scope)? {
@@ -275,7 +279,8 @@ fn resolve(dir: &Path, p: &str) -> PathBuf {
 /// Read a server secret key file (`pcs1-sec-...`), refusing one that someone else owns
 /// or group/others may read ([`crate::fsperm::read_secret`]).
 pub fn read_server_key(path: &Path) -> Result<ServerKey, String> {
-    let text = crate::fsperm::read_secret(path, 4096)?;
+    const MAX: u64 = 4096;
+    let text = super::files::read_text(path, MAX, |p| crate::fsperm::read_secret(p, MAX))?;
     ServerKey::from_text(text.trim())
         .map_err(|_| format!("{} does not hold a server secret key (pcs1-sec-...)", path.display()))
 }

@@ -245,7 +245,9 @@ impl Reloader {
             (Source::Files(loader), _) => Ok((loader.load().map_err(|e| anyhow::anyhow!("{e}"))?.1, None)),
             (Source::Privileged { client, loader, .. }, Some(generation)) => {
                 let b = client.bundle(generation).map_err(|e| anyhow::anyhow!("{e}"))?;
-                let config = (loader.parse)(&b.text).map_err(|e| anyhow::anyhow!("{e}"))?;
+                // The files it names come from the bundle, never from disk (they are root's).
+                let config = crate::config::files::serving(b.files, || (loader.parse)(&b.text))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let tokens =
                     match (&config.api, b.tokens) {
                         (Some(a), Some(t)) => Some(Tokens::parse(&t).map_err(|e| {

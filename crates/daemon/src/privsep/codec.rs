@@ -360,6 +360,10 @@ pub struct Bundle {
     pub text: String,
     /// The API tokens file's text, if the config has an API.
     pub tokens: Option<String>,
+    /// The other files parsing the config read (key files, `access.conf`, rotating
+    /// secrets), as the privileged part read and checked them.
+    #[serde(default)]
+    pub files: crate::config::files::Files,
 }
 
 /// Milliseconds, saturating.
@@ -427,6 +431,22 @@ mod tests {
 
     fn req(op: Op) -> Request {
         Request { v: VERSION, seq: 1, op }
+    }
+
+    #[test]
+    fn a_config_bundle_round_trips_with_its_files() {
+        let mut files = crate::config::files::Files::default();
+        files.files.insert("/etc/fwknop/access.conf".into(), b"SOURCE ANY\n".to_vec());
+        files.files.insert("/etc/portcullis/rot.secret".into(), vec![0, 0xff, 0x80]);
+        files.canon.insert("/etc/fwknop/access.conf".into(), "/etc/fwknop/access.conf".into());
+        files.dirs.insert("/etc/fwknop/access.d".into(), vec!["/etc/fwknop/access.d/a.conf".into()]);
+        let b = Bundle { text: "[spa]\n".into(), tokens: Some("ci t\n".into()), files };
+        let json = String::from_utf8(encode(&b)).unwrap();
+        assert_eq!(serde_json::from_str::<Bundle>(&json).unwrap(), b);
+        // A bundle without files (nothing named) still decodes; unknown fields do not.
+        let bare: Bundle = serde_json::from_str(r#"{"text":"x","tokens":null}"#).unwrap();
+        assert!(bare.files.files.is_empty());
+        assert!(serde_json::from_str::<Bundle>(r#"{"text":"x","tokens":null,"more":1}"#).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! SIGHUP in a split daemon. systemd signals the main process, the privileged part: it
 //! reads the config file and the API tokens file itself, checks them as a reload in one
 //! process does, and offers exactly the text it checked to the unprivileged part (which
-//! cannot read root's files), never the other way round. The unprivileged part sees the
+//! cannot read root's files), never the other way round. The files that parse read (key
+//! files, `access.conf` and its includes, rotating secrets: see [`crate::config::files`])
+//! go with the text, as read after their checks here. The unprivileged part sees the
 //! offer in its next status poll, builds its new engine from that text and answers
 //! whether it switched; only then does the privileged part's policy become the new
 //! config's (in between it allows what either config allows). A config refused by
@@ -54,7 +56,10 @@ impl Reload {
     }
 
     fn prepare(&self) -> anyhow::Result<(Config, String)> {
-        let (text, new) = self.loader.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Every file the parse reads (after its checks) goes with the text: the
+        // unprivileged part parses from these alone.
+        let (loaded, files) = crate::config::files::recording(|| self.loader.load());
+        let (text, new) = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
         let path = new.path.display().to_string();
         if let Some(why) =
             restart_needed(&self.config, &new).or_else(|| split_restart_needed(&self.config, &new))
@@ -74,9 +79,13 @@ impl Reload {
             }
             None => None,
         };
-        let bundle = serde_json::to_string(&Bundle { text, tokens }).context("encoding the config bundle")?;
+        let bundle =
+            serde_json::to_string(&Bundle { text, tokens, files }).context("encoding the config bundle")?;
         if bundle.len() > super::codec::MAX_BUNDLE {
-            anyhow::bail!("{path}: the config and tokens files are too large to hand over");
+            anyhow::bail!(
+                "{path}: the config, tokens and files it names are too large to hand over (over {} bytes)",
+                super::codec::MAX_BUNDLE
+            );
         }
         Ok((new, bundle))
     }
