@@ -77,34 +77,47 @@ impl Database {
     }
 }
 
-/// Give every TCP host name its address now (`hostaddr`), so that connecting later
-/// needs no resolver; the name still serves TLS host name checks. Only when the URL
-/// has no `hostaddr` and no unix socket host (an address given overrides a socket
-/// path); a name that does not resolve now is left to resolve at each connect.
+/// Give every TCP host name its addresses now (`hostaddr`), so that connecting later
+/// needs no resolver; the name still serves TLS host name checks. A name with several
+/// addresses is listed once per address (tried in turn, like libpq's list of hosts).
+/// Only when the URL has no `hostaddr` and no unix socket host (an address given
+/// overrides a socket path); a name that does not resolve now is left to resolve at
+/// each connect.
 fn resolve(cfg: &mut postgres::Config) {
     if !cfg.get_hostaddrs().is_empty() || !cfg.get_hosts().iter().all(|h| matches!(h, Host::Tcp(_))) {
         return;
     }
     let ports = cfg.get_ports().to_vec();
-    let mut addrs = Vec::new();
+    let mut first = Vec::new();
+    let mut more = Vec::new();
     for (i, h) in cfg.get_hosts().iter().enumerate() {
         let Host::Tcp(name) = h else { return };
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(DEFAULT_PORT);
-        let addr = name.parse::<IpAddr>().ok().or_else(|| {
-            (name.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next()).map(|a| a.ip())
-        });
-        match addr {
-            Some(a) => addrs.push(a),
-            None => {
-                tracing::warn!(
-                    "fleet: database host {name:?} does not resolve now; it is looked up at each connect"
-                );
-                return;
-            }
-        }
+        let addrs: Vec<IpAddr> = match name.parse::<IpAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|a| a.map(|a| a.ip()).collect())
+                .unwrap_or_default(),
+        };
+        let Some((&a, rest)) = addrs.split_first() else {
+            tracing::warn!(
+                "fleet: database host {name:?} does not resolve now; it is looked up at each connect"
+            );
+            return;
+        };
+        first.push(a);
+        more.extend(rest.iter().filter(|r| **r != a).map(|&r| (name.clone(), r, port)));
     }
-    for a in addrs {
+    for a in first {
         cfg.hostaddr(a);
+    }
+    let per_host_ports = ports.len() > 1;
+    for (name, addr, port) in more {
+        cfg.host(&name).hostaddr(addr);
+        if per_host_ports {
+            cfg.port(port);
+        }
     }
 }
 
@@ -126,9 +139,16 @@ mod tests {
     #[test]
     fn names_are_resolved_once_and_kept_for_tls() {
         let d = Database::open("host=localhost port=5433 user=u sslmode=require").unwrap();
-        assert_eq!(d.cfg.get_hosts(), &[Host::Tcp("localhost".into())]);
-        assert_eq!(d.cfg.get_hostaddrs().len(), 1);
-        assert!(d.cfg.get_hostaddrs()[0].is_loopback());
+        let hosts = d.cfg.get_hosts();
+        assert!(!hosts.is_empty() && hosts.iter().all(|h| *h == Host::Tcp("localhost".into())), "{hosts:?}");
+        assert_eq!(d.cfg.get_hostaddrs().len(), hosts.len());
+        assert!(d.cfg.get_hostaddrs().iter().all(IpAddr::is_loopback));
+        assert_eq!(d.tcp_ports(), vec![5433]);
+        // Per-host ports follow the extra addresses.
+        let d = Database::open("host=localhost,127.0.0.2 port=7000,7001 user=u").unwrap();
+        let n = d.cfg.get_hosts().len();
+        assert_eq!((d.cfg.get_hostaddrs().len(), d.cfg.get_ports().len()), (n, if n > 2 { n } else { 2 }));
+        assert_eq!(d.tcp_ports(), vec![7000, 7001]);
         // A socket path beside a name: left as written (a hostaddr would replace the path).
         let d = Database::open("host=/run/postgresql,localhost user=u").unwrap();
         assert!(d.cfg.get_hostaddrs().is_empty());
