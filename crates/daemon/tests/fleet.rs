@@ -460,6 +460,16 @@ open = ["tcp/2223"]
             g.wait_probe(&g.lab.client, lab::SERVER4, 2222, Probe::Open);
             assert_eq!(g.probe(&g.lab.other, lab::SERVER4_OTHER, 2222), Probe::Filtered);
         }
+        // Each gateway runs split: its fleet node lives in the unprivileged part (which
+        // applied gateway 1's grant above through the privileged part).
+        for g in &gws {
+            let log = g.log_text();
+            assert!(!log.contains("NOT SPLIT"), "{log}");
+            assert!(log.contains("privsep: unprivileged part"), "{log}");
+        }
+        for g in &gws[1..] {
+            g.wait_log("by fleet node gw1", 1);
+        }
         // The same packet replayed to gateway 2 is refused there.
         send(&gws[1], p);
         gws[1].wait_log("replayed packet", 1);

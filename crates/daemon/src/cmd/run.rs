@@ -26,9 +26,6 @@ pub fn split_unsupported(config: &Config) -> Option<&'static str> {
     {
         // NAT grants (an inside host chosen per packet) are not in the request set.
         Some("NAT grants (nat = true, ENABLE_IPT_FORWARDING, ENABLE_IPT_LOCAL_NAT)")
-    } else if config.fleet.is_some() {
-        // The database URL file is root-only and read when the fleet node starts.
-        Some("[fleet]")
     } else {
         None
     }

@@ -163,6 +163,8 @@ pub struct Opened {
     pub spa_sock: Option<PacketSocket>,
     /// The API, bound but not served.
     pub api: Option<crate::api::Bound>,
+    /// With `[fleet]`: the database, its root-only URL file and CA file read.
+    pub fleet: Option<crate::fleet::db::Database>,
 }
 
 /// Create the state directory, open the capture socket and bind the API.
@@ -180,7 +182,8 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         false => None,
     };
     let api = config.api.as_ref().map(crate::api::bind).transpose().context("starting the API")?;
-    Ok(Opened { sock, spa_sock, api })
+    let fleet = crate::fleet::node::open_for(config)?;
+    Ok(Opened { sock, spa_sock, api, fleet })
 }
 
 /// What the main capture socket takes: knocks, plus the SPA ports unless they have a
@@ -208,7 +211,7 @@ pub fn serve(
     privileged: Option<Arc<crate::privsep::client::Client>>,
     reloading: Option<(Option<signal_hook::iterator::Signals>, reload::Loader)>,
 ) -> anyhow::Result<()> {
-    let Opened { sock, spa_sock, api } = opened;
+    let Opened { sock, spa_sock, api, fleet } = opened;
     let plan = plan_for(config);
     // Firewall set-up, grant store, reconciliation, expiry scheduler; then the API.
     let granter =
@@ -226,7 +229,7 @@ pub fn serve(
         _ => None,
     };
     let mut engine = Engine::with_granter(config, Arc::clone(&granter))?;
-    let fleet = crate::fleet::node::start_for(config, &granter)?;
+    let fleet = crate::fleet::node::start_for(config, fleet, &granter)?;
     if let Some(f) = &fleet {
         engine = engine.with_fleet(Arc::clone(f));
     }

@@ -10,12 +10,14 @@
 //! * [`gate`]: the SPA gate's fleet claim and `on_db_down`.
 //! * [`replay`]: the atomic fleet replay claim, with a bounded wait off the caller.
 //! * [`shared`]: fleet grants and revocations, their notifications, the listener.
+//! * [`db`]: the database's settings, TLS and addresses, read before the split.
 //! * [`tls`]: `sslmode` / `sslrootcert` of the database URL.
 //! * [`query`]: the API's fleet view and revoke by fleet id.
 //! * [`metrics`]: fleet connectivity and lag for the API's `/metrics`.
 //! * [`node`]: this node's listener and publisher threads, status for health/metrics.
 
 pub mod config;
+pub mod db;
 pub mod gate;
 pub mod metrics;
 pub mod node;

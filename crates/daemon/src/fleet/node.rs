@@ -15,8 +15,8 @@ use std::time::Duration;
 use portcullis_proto::Service;
 
 use super::config::FleetConfig;
+use super::db::Database;
 use super::shared::{self, Apply, FleetGrant};
-use super::tls::connect;
 use super::{schema, unix_ms, FleetClock, LocalClock};
 use crate::grants::{Granter, Origin, OriginKind, RevokeTarget};
 
@@ -79,7 +79,7 @@ pub struct Fleet {
     out: SyncSender<Job>,
     status: Arc<FleetStatus>,
     stop: Arc<AtomicBool>,
-    pub(super) url: String,
+    pub(super) database: Arc<Database>,
     pub(super) clock: FleetClock,
     /// The API's connection (list, revoke by id), opened on first use.
     pub(super) db: std::sync::Mutex<Option<postgres::Client>>,
@@ -99,10 +99,19 @@ impl Fleet {
         granter: &Arc<Granter>,
         local: LocalClock,
     ) -> Result<Fleet, super::FleetError> {
-        let url = super::config::read_url(&cfg.database_url_file)?;
-        super::tls::check(&url)
-            .map_err(|reason| super::FleetError::UrlFile { path: cfg.database_url_file.clone(), reason })?;
-        if let Some(mut c) = connect(&url) {
+        let database = Database::read(&cfg.database_url_file)?;
+        Fleet::start_on(cfg, database, granter, local)
+    }
+
+    /// [`Fleet::start_with_clock`] on a database already read (before the split, as root).
+    pub fn start_on(
+        cfg: FleetConfig,
+        database: Database,
+        granter: &Arc<Granter>,
+        local: LocalClock,
+    ) -> Result<Fleet, super::FleetError> {
+        let database = Arc::new(database);
+        if let Some(mut c) = database.connect() {
             let found = schema::migrate(&mut c)?;
             tracing::info!("fleet: node {} joined (schema {found} -> {})", cfg.node, schema::VERSION);
         }
@@ -113,21 +122,23 @@ impl Fleet {
         let stop = Arc::new(AtomicBool::new(false));
         let (out, rx) = mpsc::sync_channel(QUEUE);
         {
-            let (cfg, url, clock, stop) = (cfg.clone(), url.clone(), clock.clone(), Arc::clone(&stop));
+            let (cfg, db, clock, stop) =
+                (cfg.clone(), Arc::clone(&database), clock.clone(), Arc::clone(&stop));
             let mut apply = GranterApply { granter: Arc::clone(granter), status: Arc::clone(&status) };
             std::thread::Builder::new()
                 .name("fleet-listen".into())
-                .spawn(move || listener(&cfg, &url, &mut apply, &clock, &stop))
+                .spawn(move || listener(&cfg, &db, &mut apply, &clock, &stop))
                 .map_err(|_| super::FleetError::Timeout)?;
         }
         {
-            let (node, url, clock, stop) = (cfg.node.clone(), url.clone(), clock.clone(), Arc::clone(&stop));
+            let (node, db, clock, stop) =
+                (cfg.node.clone(), Arc::clone(&database), clock.clone(), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("fleet-publish".into())
-                .spawn(move || publisher(&node, &url, &rx, &clock, &stop))
+                .spawn(move || publisher(&node, &db, &rx, &clock, &stop))
                 .map_err(|_| super::FleetError::Timeout)?;
         }
-        Ok(Fleet { cfg, out, status, stop, url, clock, db: std::sync::Mutex::new(None) })
+        Ok(Fleet { cfg, out, status, stop, database, clock, db: std::sync::Mutex::new(None) })
     }
 
     /// Fleet time (the database's clock, as this node measures it).
@@ -140,9 +151,9 @@ impl Fleet {
         &self.cfg
     }
 
-    /// The database URL (for the replay worker).
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The database (for the replay worker).
+    pub fn database(&self) -> &Arc<Database> {
+        &self.database
     }
 
     /// Connectivity and lag.
@@ -178,15 +189,24 @@ impl Fleet {
     }
 }
 
-/// Start the fleet side of `config`, if it has `[fleet]`.
+/// Read the database URL file of `config`'s `[fleet]`, if it has one (as root, before
+/// the split: the unprivileged part cannot read it).
+pub fn open_for(config: &crate::config::Config) -> Result<Option<Database>, super::FleetError> {
+    config.fleet.as_ref().map(|f| Database::read(&f.database_url_file)).transpose()
+}
+
+/// Start the fleet side of `config`, if it has `[fleet]`, on `database` as
+/// [`open_for`] read it.
 pub fn start_for(
     config: &crate::config::Config,
+    database: Option<Database>,
     granter: &Arc<Granter>,
 ) -> anyhow::Result<Option<Arc<Fleet>>> {
-    match &config.fleet {
-        None => Ok(None),
-        Some(f) => {
-            let fleet = Arc::new(Fleet::start(f.clone(), granter)?);
+    match (&config.fleet, database) {
+        (None, _) => Ok(None),
+        (Some(_), None) => anyhow::bail!("[fleet]: the database URL file was not read at start"),
+        (Some(f), Some(database)) => {
+            let fleet = Arc::new(Fleet::start_on(f.clone(), database, granter, Arc::new(unix_ms))?);
             let _ = CURRENT.set(Arc::clone(&fleet));
             Ok(Some(fleet))
         }
@@ -202,8 +222,11 @@ pub fn gate_for(
     if !spa.users.values().any(|u| u.fleet) && !spa.stanzas.iter().any(|s| s.fleet) {
         return Ok(None);
     }
-    let replay =
-        super::replay::FleetReplay::spawn(f.url.clone(), f.cfg.node.clone(), super::replay::DEFAULT_WAIT)?;
+    let replay = super::replay::FleetReplay::spawn_on(
+        Arc::clone(&f.database),
+        f.cfg.node.clone(),
+        super::replay::DEFAULT_WAIT,
+    )?;
     Ok(Some(super::gate::FleetGate::new(replay, f.cfg.on_db_down)))
 }
 
@@ -260,11 +283,11 @@ impl Apply for GranterApply {
     }
 }
 
-fn listener(cfg: &FleetConfig, url: &str, apply: &mut dyn Apply, clock: &FleetClock, stop: &AtomicBool) {
+fn listener(cfg: &FleetConfig, db: &Database, apply: &mut dyn Apply, clock: &FleetClock, stop: &AtomicBool) {
     let stopped = || stop.load(Ordering::Relaxed);
     let status = &*clock.status;
     while !stopped() {
-        if let Some(mut c) = connect(url) {
+        if let Some(mut c) = db.connect() {
             // Also when the database was away at start (a fresh one gets its tables), and
             // so a database upgraded by a newer node meanwhile is refused, not read.
             if let Err(e) = schema::migrate(&mut c) {
@@ -315,7 +338,7 @@ impl Apply for LagApply<'_> {
     }
 }
 
-fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop: &AtomicBool) {
+fn publisher(node: &str, db: &Database, rx: &Receiver<Job>, clock: &FleetClock, stop: &AtomicBool) {
     let status = &*clock.status;
     let mut pending: VecDeque<Job> = VecDeque::new();
     // Connected before the first grant: a burst right after start must not wait for
@@ -334,7 +357,7 @@ fn publisher(node: &str, url: &str, rx: &Receiver<Job>, clock: &FleetClock, stop
             continue;
         }
         if client.as_ref().is_none_or(postgres::Client::is_closed) {
-            client = connect(url);
+            client = db.connect();
         }
         let Some(c) = client.as_mut() else { continue };
         while !pending.is_empty() {

@@ -14,7 +14,7 @@ impl Fleet {
     fn with_db<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, FleetError>) -> Result<T, FleetError> {
         let mut db = self.db.lock().map_err(|_| FleetError::Timeout)?;
         if db.as_ref().is_none_or(Client::is_closed) {
-            *db = super::tls::connect(&self.url);
+            *db = self.database.connect();
         }
         let c = db.as_mut().ok_or(FleetError::Timeout)?;
         let r = f(c);

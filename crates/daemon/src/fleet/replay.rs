@@ -15,6 +15,7 @@ use postgres::Client;
 
 pub use super::tls::connect;
 
+use super::db::Database;
 use super::FleetError;
 
 /// Default longest wait for the database on the SPA path.
@@ -69,10 +70,21 @@ impl FleetReplay {
     /// Start the worker for `node` on `url`. It (re)connects by itself; while it has no
     /// connection every claim answers [`Claim::Down`] at once.
     pub fn spawn(url: String, node: String, wait: Duration) -> Result<FleetReplay, FleetError> {
+        let database = Database::open(&url)
+            .map_err(|reason| FleetError::UrlFile { path: "(given URL)".into(), reason })?;
+        FleetReplay::spawn_on(Arc::new(database), node, wait)
+    }
+
+    /// [`FleetReplay::spawn`] on a database already read.
+    pub fn spawn_on(
+        database: Arc<Database>,
+        node: String,
+        wait: Duration,
+    ) -> Result<FleetReplay, FleetError> {
         let (tx, rx) = mpsc::sync_channel::<Request>(64);
         let worker = std::thread::Builder::new()
             .name("fleet-replay".into())
-            .spawn(move || worker(&url, &node, &rx))
+            .spawn(move || worker(&database, &node, &rx))
             .map_err(|_| FleetError::Timeout)?;
         Ok(FleetReplay { tx, wait, _worker: Arc::new(worker) })
     }
@@ -88,11 +100,11 @@ impl FleetReplay {
     }
 }
 
-fn worker(url: &str, node: &str, rx: &Receiver<Request>) {
+fn worker(database: &Database, node: &str, rx: &Receiver<Request>) {
     let mut client: Option<Client> = None;
     while let Ok((digest, expires, reply)) = rx.recv() {
         if client.as_ref().is_none_or(Client::is_closed) {
-            client = connect(url);
+            client = database.connect();
         }
         let answer = match client.as_mut() {
             None => Claim::Down,

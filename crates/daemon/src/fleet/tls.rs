@@ -8,10 +8,9 @@
 //! `verify-ca` checks the chain, `verify-full` the chain and the host name.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use postgres::{Client, NoTls};
+use postgres::Client;
 use postgres_openssl::MakeTlsConnector;
 
 /// What the URL asks of TLS.
@@ -143,25 +142,19 @@ pub fn connector(u: &DbUrl) -> Result<Option<MakeTlsConnector>, String> {
 
 /// Check a URL file's contents enough to refuse a bad one when the daemon starts.
 pub fn check(url: &str) -> Result<(), String> {
-    let u = split(url)?;
-    u.conn.parse::<postgres::Config>().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
-    connector(&u).map(drop)
+    super::db::Database::open(url).map(drop)
 }
 
-/// Connect with a short timeout (the SPA path cannot wait for TCP's), over TLS when
-/// the URL asks for it. Failures are logged and give `None`.
+/// Connect to `url` (see [`super::db::Database::connect`]); a bad URL is logged and
+/// gives `None`.
 pub fn connect(url: &str) -> Option<Client> {
-    let attempt = || -> Result<Client, String> {
-        let u = split(url)?;
-        let mut cfg: postgres::Config = u.conn.parse().map_err(|e| format!("database URL: {e}"))?;
-        cfg.connect_timeout(Duration::from_secs(2));
-        let c = match connector(&u)? {
-            None => cfg.connect(NoTls),
-            Some(tls) => cfg.connect(tls),
-        };
-        c.map_err(|e| format!("database unreachable: {e}"))
-    };
-    attempt().map_err(|e| tracing::warn!("fleet: {e}")).ok()
+    match super::db::Database::open(url) {
+        Ok(db) => db.connect(),
+        Err(e) => {
+            tracing::warn!("fleet: database URL: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

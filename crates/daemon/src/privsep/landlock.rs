@@ -1,7 +1,8 @@
 //! Landlock for the unprivileged part: after the privilege drop it may read and write
 //! only inside the state directory (store, replay cache) and read only the paths it is
-//! given; every other file access, any `execve`, binding or connecting a TCP socket and
-//! signalling a process outside its own domain are refused by the kernel, whatever the
+//! given; every other file access, any `execve`, binding a TCP socket, connecting one
+//! to any port but the fleet database's, and signalling a process outside its own
+//! domain are refused by the kernel, whatever the
 //! file permissions say. A parser bug in the part that reads the network then cannot read
 //! `/etc/shadow`-like secrets it could otherwise read as its uid (world-readable keys,
 //! other services' state), nor plant files anywhere writable by `portcullis` or `nobody`.
@@ -15,8 +16,8 @@
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, LandlockStatus, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 /// The ABI these rules were written and tested for. Pinned, so a newer kernel's new
@@ -63,10 +64,11 @@ pub struct Error(String);
 
 /// Confine this process (its calling thread and every thread it starts later): read and
 /// write beneath `state_dir`, read (files, and directories' listings) beneath each of
-/// `read_paths`, nothing else on the file system; no TCP bind or connect; no signal
-/// to processes outside the sandbox. Unix sockets already connected or reached by path
-/// (sd_notify, the journal) and sockets already open are unaffected.
-pub fn restrict(state_dir: &Path, read_paths: &[&Path]) -> Result<Restricted, Error> {
+/// `read_paths`, nothing else on the file system; no TCP bind, and TCP connect only to
+/// `connect_ports` (the fleet database's); no signal to processes outside the sandbox.
+/// Unix sockets already connected or reached by path (sd_notify, the journal, a
+/// database's socket) and sockets already open are unaffected.
+pub fn restrict(state_dir: &Path, read_paths: &[&Path], connect_ports: &[u16]) -> Result<Restricted, Error> {
     let fs_all = AccessFs::from_all(ABI_USED);
     let mut created = Ruleset::default()
         .handle_access(fs_all)
@@ -79,6 +81,11 @@ pub fn restrict(state_dir: &Path, read_paths: &[&Path]) -> Result<Restricted, Er
         .map_err(err("creating the ruleset"))?;
     let dir = PathFd::new(state_dir).map_err(|e| Error(format!("opening {}: {e}", state_dir.display())))?;
     created = created.add_rule(PathBeneath::new(dir, fs_all)).map_err(err("state directory rule"))?;
+    for &port in connect_ports {
+        created = created
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+            .map_err(|e| Error(format!("connect rule for port {port}: {e}")))?;
+    }
     let mut missing = Vec::new();
     for &p in read_paths {
         let fd = match PathFd::new(p) {
@@ -150,7 +157,7 @@ mod tests {
     /// The rules are applied in a child process (a copy of this test binary), so the
     /// test process itself stays unconfined. The child reports what it could do.
     #[test]
-    fn the_sandbox_allows_the_state_dir_and_read_paths_only() {
+    fn the_sandbox_allows_the_state_dir_read_paths_and_the_database_only() {
         let base = tempfile::tempdir().unwrap();
         let state = base.path().join("state");
         let conf = base.path().join("conf");
@@ -183,6 +190,8 @@ mod tests {
             "/etc/passwd: denied",
             "exec: denied",
             "tcp connect: denied",
+            "tcp connect to the allowed port: ok",
+            "unix socket outside the state dir: ok",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{all}");
         }
@@ -195,7 +204,15 @@ mod tests {
         let state = base.join("state");
         let conf = base.join("conf");
         nix::sys::prctl::set_no_new_privs().unwrap();
-        let r = restrict(&state, &[&conf.join("readable.toml"), &base.join("does-not-exist")]).unwrap();
+        // A database's TCP port and unix socket (outside the state dir), listening
+        // before the sandbox as a database server would be.
+        let db = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let db_port = db.local_addr().unwrap().port();
+        let sock_dir = base.join("run");
+        std::fs::create_dir(&sock_dir).unwrap();
+        let _unix = std::os::unix::net::UnixListener::bind(sock_dir.join(".s.PGSQL.5432")).unwrap();
+        let r = restrict(&state, &[&conf.join("readable.toml"), &base.join("does-not-exist")], &[db_port])
+            .unwrap();
         println!("enforced: {:?}", r.enforced);
         assert_eq!(r.missing, vec![base.join("does-not-exist")]);
         let res = |what: &str, r: std::io::Result<()>| match r {
@@ -215,6 +232,14 @@ mod tests {
         res("write outside", std::fs::write(base.join("planted"), b"x"));
         res("/etc/passwd", std::fs::read("/etc/passwd").map(|_| ()));
         res("exec", std::process::Command::new("/bin/true").status().map(|_| ()));
+        res(
+            "tcp connect to the allowed port",
+            std::net::TcpStream::connect(("127.0.0.1", db_port)).map(|_| ()),
+        );
+        res(
+            "unix socket outside the state dir",
+            std::os::unix::net::UnixStream::connect(sock_dir.join(".s.PGSQL.5432")).map(|_| ()),
+        );
         let tcp = std::net::TcpStream::connect_timeout(
             &"127.0.0.1:9".parse().unwrap(),
             std::time::Duration::from_secs(1),

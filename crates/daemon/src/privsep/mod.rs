@@ -134,7 +134,9 @@ fn unprivileged(
     // Files it still reads after start: only fwknopd's digest cache, once, if imported.
     let read: Vec<&std::path::Path> =
         config.spa.as_ref().and_then(|s| s.import_digest_file.as_deref()).into_iter().collect();
-    let sandbox = landlock::restrict(&config.daemon.state_dir, &read)?;
+    // The fleet database: its TCP ports (a unix socket needs no rule).
+    let ports = opened.fleet.as_ref().map(|d| d.tcp_ports()).unwrap_or_default();
+    let sandbox = landlock::restrict(&config.daemon.state_dir, &read, &ports)?;
     if sandbox.enforced != landlock::Enforced::Fully {
         tracing::warn!("privsep: unprivileged part file access: {sandbox}");
     }

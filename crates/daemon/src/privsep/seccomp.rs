@@ -6,8 +6,9 @@
 //! `process_vm_writev`, `io_uring_*`, `perf_event_open`, `keyctl`, ...) is refused.
 //!
 //! The lists were taken from `strace -f` of the whole end-to-end suite (knocks, SPA,
-//! API, store, iptables and nftables backends) plus the calls of rare paths (errors,
-//! panics, log reconnects). Filters are inherited by threads started later and by
+//! API, store, iptables and nftables backends, the fleet's PostgreSQL client over a unix
+//! socket and over TCP with TLS) plus the calls of rare paths (errors, panics, log
+//! reconnects). Filters are inherited by threads started later and by
 //! anything exec'd, so the privileged part only gets one when it runs no commands.
 
 use std::collections::BTreeMap;
