@@ -10,27 +10,6 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::daemon;
 
-/// Why `config` must run as one process, if it must: features whose privileged work is
-/// not in the request set.
-pub fn split_unsupported(config: &Config) -> Option<&'static str> {
-    let spa = config.spa.as_ref();
-    if spa.and_then(|s| s.udp_server).is_some_and(|p| p < 1024) {
-        // Bound by the unprivileged part, which holds no CAP_NET_BIND_SERVICE.
-        Some("the SPA UDP server on a port below 1024")
-    } else if spa.is_some_and(|s| s.stanzas.iter().any(|st| st.cmd_cycle.is_some())) {
-        Some("fwknop CMD_CYCLE commands")
-    } else if config.daemon.firewall.nat
-        || spa.is_some_and(|s| {
-            s.forwarding || s.local_nat || s.stanzas.iter().any(|st| st.nat.force_nat.is_some())
-        })
-    {
-        // NAT grants (an inside host chosen per packet) are not in the request set.
-        Some("NAT grants (nat = true, ENABLE_IPT_FORWARDING, ENABLE_IPT_LOCAL_NAT)")
-    } else {
-        None
-    }
-}
-
 /// Run until `shutdown` becomes true. Installs the firewall table first; leaves it in
 /// place on exit (fail closed: ports stay protected and grants expire in the kernel).
 /// As root (unless `privsep` is false) the daemon splits in two, see [`crate::privsep`].
@@ -46,7 +25,7 @@ pub fn run(
     let loader = loader.unwrap_or_else(daemon::reload::Loader::none);
     let root = nix::unistd::geteuid().is_root();
     let missing = crate::privsep::sys::missing_for_split();
-    let unsupported = split_unsupported(config);
+    let unsupported = crate::privsep::unsplit::reason(config);
     let split = privsep && root && missing.is_empty() && unsupported.is_none();
     // Taken before anything else and held by this process (the privileged part when
     // split) for its whole life: a second daemon on the same state dir refuses to start.

@@ -343,7 +343,7 @@ fn publisher(node: &str, db: &Database, rx: &Receiver<Job>, clock: &FleetClock, 
     let mut pending: VecDeque<Job> = VecDeque::new();
     // Connected before the first grant: a burst right after start must not wait for
     // connection set-up while the channel fills.
-    let mut client = connect(url);
+    let mut client = db.connect();
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(g) => pending.push_back(g),

@@ -25,6 +25,7 @@ pub mod reload;
 pub mod seccomp;
 pub mod server;
 pub mod sys;
+pub mod unsplit;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};

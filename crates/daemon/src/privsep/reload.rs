@@ -66,7 +66,7 @@ impl Reload {
         {
             anyhow::bail!("{path}: {why}; restart the daemon to apply it");
         }
-        if let Some(what) = crate::cmd::run::split_unsupported(&new) {
+        if let Some(what) = super::unsplit::reason(&new) {
             anyhow::bail!("{path}: {what} needs the daemon unsplit; restart it to apply the config");
         }
         let tokens = match &new.api {
