@@ -3,8 +3,6 @@
 //! and `sslrootcert` in the URL. Needs root (the cluster runs as `postgres`); under
 //! CI=true a test that cannot run fails.
 
-use portcullis_daemon::fleet::tls;
-
 mod fleet_pg;
 
 use fleet_pg::Pg;
@@ -18,7 +16,7 @@ fn sslmode_and_sslrootcert_verify_the_database() {
         format!("host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres {tail}")
     };
     let encrypted = |u: &str| -> Option<bool> {
-        let mut c = tls::connect(u)?;
+        let mut c = portcullis_daemon::fleet::db::connect(u)?;
         Some(c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0))
     };
     // verify-full: the chain and the name; verify-ca: the chain only.

@@ -121,6 +121,23 @@ fn resolve(cfg: &mut postgres::Config) {
     }
 }
 
+/// Check a URL file's contents enough to refuse a bad one when the daemon starts.
+pub fn check(url: &str) -> Result<(), String> {
+    Database::open(url).map(drop)
+}
+
+/// Connect to `url` (see [`Database::connect`]); a bad URL is logged and
+/// gives `None`.
+pub fn connect(url: &str) -> Option<Client> {
+    match Database::open(url) {
+        Ok(db) => db.connect(),
+        Err(e) => {
+            tracing::warn!("fleet: database URL: {e}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use postgres::Client;
 
-pub use super::tls::connect;
+pub use super::db::connect;
 
 use super::db::Database;
 use super::FleetError;

@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use postgres::Client;
 use postgres_openssl::MakeTlsConnector;
 
 /// What the URL asks of TLS.
@@ -140,23 +139,6 @@ pub fn connector(u: &DbUrl) -> Result<Option<MakeTlsConnector>, String> {
     Ok(Some(c))
 }
 
-/// Check a URL file's contents enough to refuse a bad one when the daemon starts.
-pub fn check(url: &str) -> Result<(), String> {
-    super::db::Database::open(url).map(drop)
-}
-
-/// Connect to `url` (see [`super::db::Database::connect`]); a bad URL is logged and
-/// gives `None`.
-pub fn connect(url: &str) -> Option<Client> {
-    match super::db::Database::open(url) {
-        Ok(db) => db.connect(),
-        Err(e) => {
-            tracing::warn!("fleet: database URL: {e}");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,8 +157,8 @@ mod tests {
         assert!(split("postgres://db/f?sslmode=verify").unwrap_err().contains("sslmode"));
         assert!(split("host=db sslrootcert=/ca.pem").unwrap_err().contains("verify"));
         assert!(split("host=db sslmode='require'").unwrap_err().contains("quotes"));
-        assert!(check("host=db sslmode=verify-ca sslrootcert=/nonexistent/ca.pem").is_err());
-        assert!(check("host=db sslmode=require").is_ok());
-        assert!(check("postgres://db:notaport/f").is_err());
+        assert!(crate::fleet::db::check("host=db sslmode=verify-ca sslrootcert=/nonexistent/ca.pem").is_err());
+        assert!(crate::fleet::db::check("host=db sslmode=require").is_ok());
+        assert!(crate::fleet::db::check("postgres://db:notaport/f").is_err());
     }
 }
