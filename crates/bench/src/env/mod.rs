@@ -43,6 +43,7 @@ mod kernel;
 mod knockd;
 mod portcullisd;
 mod process;
+mod xtables;
 
 pub use daemon::{Daemon, SpaFormat};
 use fwknopd::FwknopKeys;
@@ -258,11 +259,18 @@ impl Env {
     }
 
     /// Reset the server firewall to the baseline (flush everything in the server
-    /// namespace only) plus `extra` nft text.
+    /// namespace only: nftables, x_tables once iptables-legacy was used, ipsets) plus
+    /// `extra` nft text.
     pub fn reset_firewall(&self, extra: &str) -> anyhow::Result<()> {
+        // Flush first on its own: iptables-nft rules may reference ipsets, which go
+        // next. x_tables and ipsets are not part of the nftables ruleset.
+        run_in(&self.lab.server, &["nft", "flush", "ruleset"])?;
+        if self.legacy_used.get() {
+            self.reset_xtables()?;
+        }
+        self.destroy_ipsets()?;
         let rules = format!(
-            "flush ruleset\n\
-             table inet bench {{\n\
+            "table inet bench {{\n\
                chain input {{\n\
                  type filter hook input priority 10; policy drop;\n\
                  ct state established,related accept\n\
@@ -275,30 +283,6 @@ impl Env {
         let f = self.dir.join("base.nft");
         std::fs::write(&f, rules)?;
         run_in(&self.lab.server, &["nft", "-f", &f.display().to_string()])?;
-        if self.legacy_used.get() {
-            // `nft flush ruleset` does not reach x_tables; portcullisd leaves its chain in
-            // place at exit (a restart must not close holes), so flush table filter here
-            // (no --noflush: the table is replaced, our chains go), server namespace only.
-            let empty = self.dir.join("legacy-empty.rules");
-            std::fs::write(
-                &empty,
-                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
-            )?;
-            for bin in ["iptables-legacy-restore", "ip6tables-legacy-restore"] {
-                let (ns, file) = (self.lab.server.clone(), empty.display().to_string());
-                lab::sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sh",
-                    "-c",
-                    &format!("exec {bin} -w < \"$1\""),
-                    "sh",
-                    &file,
-                ])?;
-            }
-        }
         Ok(())
     }
 
