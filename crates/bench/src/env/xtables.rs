@@ -6,7 +6,10 @@
 //! restart must not close holes). Left behind by the iptables-legacy row, that chain
 //! drops every later row's probes whatever the later row's own firewall says.
 
+use std::time::Duration;
+
 use anyhow::bail;
+use portcullis_daemon::lab;
 
 use super::{run_in, Env};
 
@@ -63,8 +66,23 @@ impl Env {
     /// fwknopd drop-in's grants live there). Call once no rule references a set:
     /// after `nft flush ruleset` and [`Env::reset_xtables`].
     pub(super) fn destroy_ipsets(&self) -> anyhow::Result<()> {
-        run_in(&self.lab.server, &["ipset", "destroy"])?;
-        Ok(())
+        // nf_tables releases a flushed rule's set reference in a deferred worker, so
+        // a set can stay "in use" for a moment after the flush: retry briefly.
+        let mut last = None;
+        let done = lab::wait_until(Duration::from_secs(2), || {
+            match run_in(&self.lab.server, &["ipset", "destroy"]) {
+                Ok(_) => true,
+                Err(e) => {
+                    last = Some(e);
+                    false
+                }
+            }
+        });
+        match (done, last) {
+            (true, _) => Ok(()),
+            (false, Some(e)) => Err(e.context("destroying the server's ipsets")),
+            (false, None) => bail!("destroying the server's ipsets: no attempt finished in time"),
+        }
     }
 }
 
