@@ -119,8 +119,11 @@ pub fn run(env: &mut Env, trials: usize, only: Option<&str>, report: &mut Report
          that is the floor of the method (the door was already open). No CPU pinning (as in the anchors) except \
          in the extra portcullisd row, where the daemon sits on one core and the client on the other: the \
          difference is the cost of waking an idle vCPU in this VM. portcullisd (iptables-nft / iptables-legacy): \
-         the same daemon and door with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: each grant is one \
-         `iptables-<variant>-restore --noflush` batch (fork+exec, `-I PORTCULLIS 2 ...`), expiry by the daemon. kernel-only (no daemon): the same door as `portcullisd generate --kernel \
+         the same daemon and door with `backend = \"iptables-nft\"` / `\"iptables-legacy\"`: rules \
+         (chain PORTCULLIS in filter INPUT and mangle PREROUTING) are loaded once at start by \
+         `iptables-<variant>-restore --noflush`; each grant is one ipset netlink message (`hash:ip,port`, \
+         kernel timeout), no process forked. Between rows the server's nftables ruleset, x_tables tables \
+         and ipsets are emptied. kernel-only (no daemon): the same door as `portcullisd generate --kernel \
          nftables|iptables`, loaded with `nft -f` / `iptables-nft-restore --noflush`, no process running: \
          netfilter itself walks the sequence (stage sets / recent lists). seq_timeout {SEQ_TIMEOUT_S} s, \
          cmd_timeout/open_for/FW_ACCESS_TIMEOUT {GRANT_S} s.",

@@ -9,9 +9,9 @@ pub enum Daemon {
     /// The same, run as one process with full privileges (`--no-privsep`): the
     /// baseline the privilege separation's cost is measured against.
     PortcullisdOneProcess,
-    /// portcullisd, iptables driver, `iptables-nft-restore` batches (`backend = "iptables-nft"`).
+    /// portcullisd, iptables driver with iptables-nft rules, grants in ipsets (`backend = "iptables-nft"`).
     PortcullisdIptNft,
-    /// portcullisd, iptables driver, `iptables-legacy-restore` batches (`backend = "iptables-legacy"`).
+    /// portcullisd, iptables driver with iptables-legacy rules, grants in ipsets (`backend = "iptables-legacy"`).
     PortcullisdIptLegacy,
     /// knockd, start_command `iptables -I`, stop_command `iptables -D`.
     KnockdIpt,
@@ -115,8 +115,8 @@ impl Daemon {
             | Daemon::PortcullisdSpaFwknop
             | Daemon::PortcullisdSpaNative
             | Daemon::PortcullisdSpaKnock => "nftables (netlink)",
-            Daemon::PortcullisdIptNft => "iptables-nft (driver: restore batches)",
-            Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: restore batches)",
+            Daemon::PortcullisdIptNft => "iptables-nft (driver: ipset grants)",
+            Daemon::PortcullisdIptLegacy => "iptables-legacy (driver: ipset grants)",
             Daemon::KnockdIpt => "iptables",
             Daemon::KnockdNft => "nft set",
             Daemon::Fwknopd => "iptables (INPUT policy DROP, FWKNOP_INPUT rules)",

@@ -4,9 +4,12 @@
 //! fwknopd; one module each) started and stopped by PID.
 //!
 //! Addresses: the segment is 192.0.2.0/24 (server .1, client .2, attacker .3). Trial
-//! sources are 198.19.4.1 onwards (RFC 2544 benchmark range), all on the client's
-//! bridge; the server has 198.19.0.1/16 and a permanent neighbour entry for each, so
-//! no ARP exchange is timed. Spoofed floods use 198.18.0.0/17 and 2001:db8:ff00::/40,
+//! sources are in 198.19.4.0–198.19.203.255 (RFC 2544 benchmark range), all on the
+//! client's bridge; the server has 198.19.0.1/16 and a permanent neighbour entry for
+//! each, so no ARP exchange is timed. Consecutive sources lie in different /24s
+//! ([`pool_addr`]): each trial is a new client, and a row of trials must not look like
+//! one /24 to portcullisd's per-prefix open budget (`opens_per_prefix`, 30 a minute per
+//! /24 by default), which would refuse the 31st open of a row. Spoofed floods use 198.18.0.0/17 and 2001:db8:ff00::/40,
 //! which nothing in the lab owns; replies to them are not routable and never leave.
 //!
 //! Baseline firewall in the server (the anchors' "input policy drop"): `inet bench`,
@@ -43,6 +46,7 @@ mod kernel;
 mod knockd;
 mod portcullisd;
 mod process;
+mod xtables;
 
 pub use daemon::{Daemon, SpaFormat};
 use fwknopd::FwknopKeys;
@@ -63,8 +67,17 @@ pub const GRANT_S: u64 = 5;
 pub const NATIVE_USER: &str = "bench";
 /// Trial source addresses available.
 const POOL: u32 = 3000;
-/// First trial source.
-const POOL_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 4, 1);
+/// /24 prefixes the trial sources are spread over (198.19.4.0/24 onwards).
+const POOL_PREFIXES: u32 = 200;
+
+/// The `i`-th trial source: 198.19.(4 + i mod 200).(1 + i / 200), so that any 200
+/// consecutive sources lie in 200 different /24s.
+fn pool_addr(i: u32) -> Ipv4Addr {
+    // Both octets fit: at most 203 and 15.
+    const _: () = assert!(4 + POOL_PREFIXES <= 255 && POOL / POOL_PREFIXES < 254);
+    let (net, host) = (4 + i % POOL_PREFIXES, 1 + i / POOL_PREFIXES);
+    Ipv4Addr::new(198, 19, net as u8, host as u8)
+}
 
 /// Paths of the programs we run.
 #[derive(Debug, Clone)]
@@ -190,7 +203,7 @@ impl Env {
             run_in(&c, &["cat", &format!("/sys/class/net/{}/address", lab::BRIDGE)])?.trim().to_string();
         let (mut cli_batch, mut srv_batch) = (String::new(), String::new());
         for i in 0..POOL {
-            let a = Ipv4Addr::from(u32::from(POOL_BASE) + i);
+            let a = pool_addr(i);
             let _ = writeln!(cli_batch, "addr add {a}/16 dev {}", lab::BRIDGE);
             let _ = writeln!(srv_batch, "neigh replace {a} lladdr {mac} dev eth0 nud permanent");
         }
@@ -254,15 +267,22 @@ impl Env {
             bail!("out of fresh client source addresses ({POOL})");
         }
         self.next_src.set(i + 1);
-        Ok(Ipv4Addr::from(u32::from(POOL_BASE) + i))
+        Ok(pool_addr(i))
     }
 
     /// Reset the server firewall to the baseline (flush everything in the server
-    /// namespace only) plus `extra` nft text.
+    /// namespace only: nftables, x_tables once iptables-legacy was used, ipsets) plus
+    /// `extra` nft text.
     pub fn reset_firewall(&self, extra: &str) -> anyhow::Result<()> {
+        // Flush first on its own: iptables-nft rules may reference ipsets, which go
+        // next. x_tables and ipsets are not part of the nftables ruleset.
+        run_in(&self.lab.server, &["nft", "flush", "ruleset"])?;
+        if self.legacy_used.get() {
+            self.reset_xtables()?;
+        }
+        self.destroy_ipsets()?;
         let rules = format!(
-            "flush ruleset\n\
-             table inet bench {{\n\
+            "table inet bench {{\n\
                chain input {{\n\
                  type filter hook input priority 10; policy drop;\n\
                  ct state established,related accept\n\
@@ -275,30 +295,6 @@ impl Env {
         let f = self.dir.join("base.nft");
         std::fs::write(&f, rules)?;
         run_in(&self.lab.server, &["nft", "-f", &f.display().to_string()])?;
-        if self.legacy_used.get() {
-            // `nft flush ruleset` does not reach x_tables; portcullisd leaves its chain in
-            // place at exit (a restart must not close holes), so flush table filter here
-            // (no --noflush: the table is replaced, our chains go), server namespace only.
-            let empty = self.dir.join("legacy-empty.rules");
-            std::fs::write(
-                &empty,
-                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
-            )?;
-            for bin in ["iptables-legacy-restore", "ip6tables-legacy-restore"] {
-                let (ns, file) = (self.lab.server.clone(), empty.display().to_string());
-                lab::sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sh",
-                    "-c",
-                    &format!("exec {bin} -w < \"$1\""),
-                    "sh",
-                    &file,
-                ])?;
-            }
-        }
         Ok(())
     }
 
@@ -481,4 +477,27 @@ pub(super) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(data)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{pool_addr, POOL, POOL_PREFIXES};
+
+    #[test]
+    fn pool_sources_are_distinct_and_consecutive_ones_in_different_slash24s() {
+        let all: HashSet<_> = (0..POOL).map(pool_addr).collect();
+        assert_eq!(all.len(), POOL as usize);
+        assert!(all.iter().all(|a| {
+            let o = a.octets();
+            o[0] == 198 && o[1] == 19 && (4..=203).contains(&o[2]) && (1..=254).contains(&o[3])
+        }));
+        assert_eq!(pool_addr(0).to_string(), "198.19.4.1");
+        assert_eq!(pool_addr(POOL_PREFIXES).to_string(), "198.19.4.2");
+        for start in [0, 17, POOL - POOL_PREFIXES] {
+            let nets: HashSet<_> = (start..start + POOL_PREFIXES).map(|i| pool_addr(i).octets()[2]).collect();
+            assert_eq!(nets.len(), POOL_PREFIXES as usize);
+        }
+    }
 }
