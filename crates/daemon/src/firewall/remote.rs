@@ -14,12 +14,17 @@ pub struct RemoteDriver {
     client: Arc<Client>,
     name: &'static str,
     kernel_expiry: bool,
+    /// The services this part's config protects (from the last plan set up). A grant
+    /// for any other service changes nothing in the firewall (one process records it
+    /// and adds a harmless set element); it is not sent, so the privileged part, which
+    /// refuses it, is not asked.
+    protected: Option<std::collections::HashSet<portcullis_proto::Service>>,
 }
 
 impl RemoteDriver {
     /// Forward over `client` to a driver called `name`.
     pub fn new(client: Arc<Client>, name: &'static str, kernel_expiry: bool) -> RemoteDriver {
-        RemoteDriver { client, name, kernel_expiry }
+        RemoteDriver { client, name, kernel_expiry, protected: None }
     }
 
     fn call(&self, op: Op, what: &'static str) -> Result<Answer, FirewallError> {
@@ -27,6 +32,10 @@ impl RemoteDriver {
             ClientError::Failed(m) => FirewallError::Protocol(m),
             e => FirewallError::Kernel { op: what, source: std::io::Error::other(e.to_string()) },
         })
+    }
+
+    fn changes_something(&self, s: &portcullis_proto::Service) -> bool {
+        self.protected.as_ref().is_none_or(|p| p.contains(s))
     }
 
     fn done(&self, op: Op, what: &'static str) -> Result<(), FirewallError> {
@@ -42,12 +51,20 @@ impl FirewallDriver for RemoteDriver {
         self.name
     }
 
-    fn setup(&mut self, _plan: &Plan) -> Result<(), FirewallError> {
+    fn setup(&mut self, plan: &Plan) -> Result<(), FirewallError> {
         // The privileged part installs the plan of the config it loaded itself.
-        self.done(Op::Setup, "setup")
+        self.done(Op::Setup, "setup")?;
+        self.protected = Some(plan.protected.iter().copied().collect());
+        Ok(())
+    }
+
+    fn adopt(&mut self, plan: &Plan) {
+        self.protected = Some(plan.protected.iter().copied().collect());
     }
 
     fn grant(&mut self, grants: &[Grant]) -> Result<(), FirewallError> {
+        let grants: Vec<Grant> =
+            grants.iter().filter(|g| self.changes_something(&g.service)).copied().collect();
         for chunk in grants.chunks(crate::privsep::codec::MAX_ITEMS) {
             self.done(Op::Grant { grants: chunk.iter().map(WireGrant::from).collect() }, "grant")?;
         }
@@ -55,6 +72,7 @@ impl FirewallDriver for RemoteDriver {
     }
 
     fn revoke(&mut self, grants: &[Key]) -> Result<(), FirewallError> {
+        let grants: Vec<Key> = grants.iter().filter(|(_, s)| self.changes_something(s)).copied().collect();
         for chunk in grants.chunks(crate::privsep::codec::MAX_ITEMS) {
             let keys = chunk.iter().map(|&(p, s)| WireKey::new(p, s)).collect();
             self.done(Op::Revoke { keys }, "revoke")?;

@@ -65,6 +65,7 @@ pub fn run(
             account.name
         );
     }
+    sys::check_reachable(&config.daemon.state_dir, &account).map_err(|e| anyhow::anyhow!("privsep: {e}"))?;
     // The unprivileged part owns the store and the replay cache; the pending stop
     // commands and the state dir lock stay root's (the privileged part checks the
     // pending file's owner when loading and holds the lock).

@@ -209,3 +209,51 @@ pub fn chown_tree(path: &std::path::Path, account: &Account, except: &[&str]) ->
     )
     .map_err(|e| io::Error::other(format!("chown {}: {e}", path.display())))
 }
+
+/// Refuse, with a message an operator can act on, a state directory the unprivileged
+/// part could not reach: every directory above it must be searchable by `account`
+/// (otherwise the part dies at start with a bare "Permission denied").
+pub fn check_reachable(state_dir: &std::path::Path, account: &Account) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in state_dir.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+        let md = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let search = if md.uid() == account.uid.as_raw() {
+            md.mode() & 0o100 != 0
+        } else if md.gid() == account.gid.as_raw() {
+            md.mode() & 0o010 != 0
+        } else {
+            md.mode() & 0o001 != 0
+        };
+        if !search {
+            return Err(format!(
+                "the state directory {} is below {} (mode {:o}), which user {} cannot enter: \
+                 allow it (chmod o+x {}) or put state_dir elsewhere, or run with --no-privsep",
+                state_dir.display(),
+                dir.display(),
+                md.mode() & 0o7777,
+                account.name,
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_dir_below_a_closed_directory_is_refused_with_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let nobody = Account { name: "nobody".into(), uid: Uid::from_raw(65534), gid: Gid::from_raw(65534) };
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = check_reachable(&state, &nobody).unwrap_err();
+        assert!(e.contains("cannot enter") && e.contains(&d.path().display().to_string()), "{e}");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        check_reachable(&state, &nobody).unwrap();
+    }
+}
