@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-need_packages iproute2 nftables
+need_packages iproute2 nftables pkg-config libssl-dev
 cargo build --locked --release -q -p portcullis-daemon --bin portcullisd --example api_bench
 exec target/release/examples/api_bench "$@"

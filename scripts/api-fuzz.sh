@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-need_packages iproute2
+need_packages iproute2 pkg-config libssl-dev
 
 EXAMPLES="${1:-40}"
 SCHEMATHESIS_VERSION="4.32.5"

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-need_packages iproute2 procps util-linux ipset knockd fwknop-server fwknop-client nftables iptables postgresql
+need_packages iproute2 procps util-linux ipset knockd fwknop-server fwknop-client nftables iptables postgresql pkg-config libssl-dev
 cargo build --release --locked --workspace
 
 cmd=all

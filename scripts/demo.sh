@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-need_packages iproute2 procps
+need_packages iproute2 procps pkg-config libssl-dev
 cargo build --release --locked --workspace
 exec ./target/release/portcullisd demo "$@"

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-need_packages dpkg-dev lintian python3 gzip
+need_packages dpkg-dev lintian python3 gzip pkg-config libssl-dev
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 
 cargo build --release --locked -p portcullis-daemon -p portcullis-cli -p portcullis-docgen

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-need_packages iproute2 procps nftables iptables ipset knockd nmap fwknop-client fwknop-server openssh-server openssh-client postgresql
+need_packages iproute2 procps nftables iptables ipset knockd nmap fwknop-client fwknop-server openssh-server openssh-client postgresql pkg-config libssl-dev
 # Integration tests run the client binary too: build every binary first.
 cargo build --locked --workspace
 cargo test --locked --workspace
