@@ -75,6 +75,13 @@ pub struct Lab {
     children: Vec<Child>,
 }
 
+/// Add the bridge [`BRIDGE`] in namespace `ns`, with no STP and no forwarding delay, so
+/// ports forward as soon as they are up.
+pub fn add_bridge(ns: &str) -> anyhow::Result<()> {
+    sh(&["ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+    Ok(())
+}
+
 /// Run a command, failing with its stderr if it fails.
 pub fn sh(args: &[&str]) -> anyhow::Result<Output> {
     let out = Command::new(args[0])
@@ -155,21 +162,7 @@ impl Lab {
 
     fn setup_bridged(&self) -> anyhow::Result<()> {
         let (s, c, o) = (self.server.as_str(), self.client.as_str(), self.other.as_str());
-        // No STP and no forwarding delay: ports forward as soon as they are up.
-        sh(&[
-            "ip",
-            "-n",
-            c,
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-        ])?;
+        add_bridge(c)?;
         for (port, peer) in [("p-srv", s), ("p-oth", o)] {
             sh(&[
                 "ip", "link", "add", port, "netns", c, "type", "veth", "peer", "name", "eth0", "netns", peer,

@@ -203,6 +203,24 @@ fn parts_hold_only_what_they_need() {
     knock(&s);
     s.wait_probe(&s.lab.client, lab::SERVER4, 2222, Probe::Open);
     assert!(s.log_text().contains("running as nobody") || s.log_text().contains("running as portcullis"));
+
+    // An API grant for a service no door protects is recorded with a warning, as in one
+    // process: the unprivileged part does not ask the privileged part (which refuses it).
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/stdout", "-w", "\n%{http_code}", "--unix-socket", api.to_str().unwrap()])
+        .args(["-H", "Authorization: Bearer 0123456789abcdef0123456789abcdef"])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-d", r#"{"address":"192.0.2.9","ports":[8080],"duration":30}"#])
+        .arg("http://localhost/v1/grants")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n201") && text.contains("tcp/8080 is not protected"),
+        "{text}\n{}",
+        s.log_text()
+    );
+    assert!(!s.log_text().contains("REFUSED"), "{}", s.log_text());
 }
 
 #[test]

@@ -151,20 +151,7 @@ impl FleetLab {
             lab::sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
         let c = self.client.as_str();
-        lab::sh(&[
-            "ip",
-            "-n",
-            c,
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-        ])?;
+        lab::add_bridge(c)?;
         for (i, g) in self.gws.iter().enumerate() {
             let port = format!("p-gw{}", i + 1);
             lab::sh(&[
