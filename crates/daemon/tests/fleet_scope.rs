@@ -73,18 +73,7 @@ tokens_file = "tokens"
 
 /// Run `portcullis grants --json ARGS` against `s`'s socket; (success, JSON).
 fn grants(s: &Server, args: &[&str]) -> (bool, Value) {
-    let sock = s.dir.join("api.sock");
-    let out = Command::new(client_bin())
-        .args(["grants", "--json", "--socket", sock.to_str().unwrap()])
-        .args(args)
-        .env("PORTCULLIS_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!("grants {args:?}: not JSON ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
-    });
-    (out.status.success(), v)
+    s.grants_json(TOKEN, args)
 }
 
 /// `GET path` on `s`'s API socket (curl over the unix socket: no network).

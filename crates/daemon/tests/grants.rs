@@ -46,20 +46,9 @@ fn start_with(tag: &str, conf: &str, extra: &[(&str, &str)]) -> Server {
     Server::start_with(tag, conf, &[2222, 2223], &files)
 }
 
-/// Run `portcullis grants --json ARGS` against the server's socket; (success, JSON).
+/// Run `portcullis grants --json ARGS` against `s`'s socket; (success, JSON).
 fn grants(s: &Server, args: &[&str]) -> (bool, Value) {
-    let sock = s.dir.join("api.sock");
-    let out = Command::new(client_bin())
-        .args(["grants", "--json", "--socket", sock.to_str().unwrap()])
-        .args(args)
-        .env("PORTCULLIS_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!("grants {args:?}: not JSON ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
-    });
-    (out.status.success(), v)
+    s.grants_json(TOKEN, args)
 }
 
 fn allow(s: &Server, addr: &str, service: &str, secs: u64) -> i64 {

@@ -149,6 +149,23 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Run `portcullis grants --json ARGS` against this daemon's API socket with `token`;
+    /// (success, the JSON it printed).
+    pub fn grants_json(&self, token: &str, args: &[&str]) -> (bool, serde_json::Value) {
+        let sock = self.dir.join("api.sock");
+        let out = std::process::Command::new(client_bin())
+            .args(["grants", "--json", "--socket", sock.to_str().unwrap()])
+            .args(args)
+            .env("PORTCULLIS_TOKEN", token)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!("grants {args:?}: not JSON ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
+        });
+        (out.status.success(), v)
+    }
+
     /// Run `args` in the client namespace; panics with output if it fails.
     pub fn client(&self, args: &[&str]) {
         run_ok(&self.lab, &self.lab.client, args);
