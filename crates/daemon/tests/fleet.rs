@@ -284,24 +284,7 @@ mod gate {
                 fleet,
             },
         );
-        let cfg = SpaConfig {
-            ports: vec![62201],
-            max_age: 120,
-            protect: Vec::new(),
-            server_key: Some(server.clone()),
-            users,
-            stanzas: Vec::new(),
-            udp_server: None,
-            aging: true,
-            persist_replay: false,
-            import_digest_file: None,
-            forwarding: false,
-            local_nat: false,
-            access_conf: None,
-            inline_stanzas: 0,
-            source_prefix: (24, 56),
-            warnings: Vec::new(),
-        };
+        let cfg = SpaConfig { server_key: Some(server.clone()), users, ..SpaConfig::default() };
         let g = SpaGate::new(&cfg, vec![ssh()], ReplayCache::in_memory(1000));
         match fg {
             Some(fg) => g.with_fleet(fg),

@@ -87,6 +87,35 @@ fn at<T>(span: std::ops::Range<usize>, msg: impl Into<String>) -> Result<T, SpaE
 
 /// Default fwknop SPA port.
 pub const DEFAULT_PORT: u16 = 62201;
+/// Default allowed clock skew, seconds (fwknop's default MAX_SPA_PACKET_AGE).
+pub const DEFAULT_MAX_AGE: u64 = 120;
+/// Default prefix lengths (IPv4, IPv6) by which sources share a crypto budget.
+pub const DEFAULT_SOURCE_PREFIX: (u8, u8) = (24, 56);
+
+/// What an `[spa]` section with nothing in it means: the default port, packet aging on,
+/// no key, no user and no stanza.
+impl Default for SpaConfig {
+    fn default() -> SpaConfig {
+        SpaConfig {
+            ports: vec![DEFAULT_PORT],
+            max_age: DEFAULT_MAX_AGE,
+            protect: Vec::new(),
+            server_key: None,
+            users: HashMap::new(),
+            stanzas: Vec::new(),
+            udp_server: None,
+            aging: true,
+            persist_replay: false,
+            import_digest_file: None,
+            forwarding: false,
+            local_nat: false,
+            access_conf: None,
+            inline_stanzas: 0,
+            source_prefix: DEFAULT_SOURCE_PREFIX,
+            warnings: Vec::new(),
+        }
+    }
+}
 
 /// Validate `[spa]`; also returns notes about ignored access.conf lines. `at_line(offset)`
 /// names a place in the config text (`FILE:LINE`), for warnings.
@@ -113,7 +142,7 @@ pub(super) fn validate(
         }
     };
     let max_age = match raw.max_age {
-        None => 120,
+        None => DEFAULT_MAX_AGE,
         Some(a) => match u64::try_from(*a.get_ref()) {
             Ok(v) if (1..=3600).contains(&v) => v,
             _ => return at(a.span(), "max_age must be 1 to 3600 seconds"),
@@ -249,8 +278,8 @@ pub(super) fn validate(
         access_conf: access_path,
         inline_stanzas,
         source_prefix: (
-            prefix_len(raw.source_prefix_v4, 24, 32, "source_prefix_v4")?,
-            prefix_len(raw.source_prefix_v6, 56, 128, "source_prefix_v6")?,
+            prefix_len(raw.source_prefix_v4, DEFAULT_SOURCE_PREFIX.0, 32, "source_prefix_v4")?,
+            prefix_len(raw.source_prefix_v6, DEFAULT_SOURCE_PREFIX.1, 128, "source_prefix_v6")?,
         ),
         warnings,
     };

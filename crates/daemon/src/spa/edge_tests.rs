@@ -60,22 +60,12 @@ fn config(k: &Keys, stanzas: Vec<FwknopStanza>, allow_addresses: Vec<Cidr>) -> S
     };
     users.insert("alice".to_string(), user);
     SpaConfig {
-        ports: vec![62201],
         max_age: MAX_AGE,
-        protect: Vec::new(),
         server_key: Some(k.server.clone()),
         users,
         stanzas,
-        source_prefix: (24, 56),
-        warnings: Vec::new(),
-        udp_server: None,
-        aging: true,
         persist_replay: true,
-        import_digest_file: None,
-        forwarding: false,
-        local_nat: false,
-        access_conf: None,
-        inline_stanzas: 0,
+        ..SpaConfig::default()
     }
 }
 

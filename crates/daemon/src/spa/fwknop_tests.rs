@@ -36,24 +36,7 @@ fn gate(stanzas: Vec<FwknopStanza>, tweak: impl FnOnce(&mut SpaConfig)) -> SpaGa
 }
 
 fn config(stanzas: Vec<FwknopStanza>) -> SpaConfig {
-    SpaConfig {
-        ports: vec![62201],
-        max_age: 120,
-        protect: Vec::new(),
-        server_key: None,
-        users: Default::default(),
-        stanzas,
-        udp_server: None,
-        aging: true,
-        persist_replay: false,
-        import_digest_file: None,
-        forwarding: false,
-        local_nat: false,
-        access_conf: None,
-        inline_stanzas: 0,
-        source_prefix: (24, 56),
-        warnings: Vec::new(),
-    }
+    SpaConfig { stanzas, ..SpaConfig::default() }
 }
 
 fn packet(ts: u64, nat: Option<(&str, u16)>, seed: u8) -> Vec<u8> {

@@ -89,24 +89,7 @@ fn fixture(stanzas: Vec<FwknopStanza>) -> Fixture {
             fleet: false,
         },
     );
-    let cfg = SpaConfig {
-        ports: vec![62201],
-        max_age: 120,
-        protect: Vec::new(),
-        server_key: Some(server.clone()),
-        users,
-        stanzas,
-        source_prefix: (24, 56),
-        warnings: Vec::new(),
-        udp_server: None,
-        aging: true,
-        persist_replay: false,
-        import_digest_file: None,
-        forwarding: false,
-        local_nat: false,
-        access_conf: None,
-        inline_stanzas: 0,
-    };
+    let cfg = SpaConfig { server_key: Some(server.clone()), users, stanzas, ..SpaConfig::default() };
     let gate = SpaGate::new(&cfg, vec![Service::tcp(22), Service::tcp(443)], ReplayCache::in_memory(1000));
     Fixture { gate, server, alice }
 }
