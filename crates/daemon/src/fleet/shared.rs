@@ -137,18 +137,19 @@ pub fn check_row(cfg: &FleetConfig, r: RawRow) -> Result<FleetGrant, RowRefusal>
 }
 
 fn from_row(cfg: &FleetConfig, r: &Row) -> Result<FleetGrant, RowRefusal> {
-    check_row(
-        cfg,
-        RawRow {
-            id: r.get(0),
-            node: r.get(1),
-            addr: r.get(2),
-            service: r.get(3),
-            expires_at: r.get(4),
-            origin: r.get(5),
-            created_at: r.get(6),
-        },
-    )
+    // `try_get`: a table altered behind our back is a refused row, not a panic.
+    let raw = || -> Result<RawRow, postgres::Error> {
+        Ok(RawRow {
+            id: r.try_get(0)?,
+            node: r.try_get(1)?,
+            addr: r.try_get(2)?,
+            service: r.try_get(3)?,
+            expires_at: r.try_get(4)?,
+            origin: r.try_get(5)?,
+            created_at: r.try_get(6)?,
+        })
+    };
+    check_row(cfg, raw().map_err(|_| RowRefusal::Malformed(r.try_get(0).unwrap_or(0)))?)
 }
 
 /// Record a fleet grant made on this node and announce it. Returns the row ids.
@@ -359,7 +360,7 @@ pub fn handle_batch(
                 &[&ids],
             )?
             .iter()
-            .map(|r| (r.get(0), from_row(cfg, r)))
+            .filter_map(|r| Some((r.try_get(0).ok()?, from_row(cfg, r))))
             .collect()
     };
     for notice in notices {
